@@ -1,0 +1,338 @@
+"""`dncml`: the command line.
+
+    dncml datasets list | prepare glyphs | check NAME --root DIR | show NAME --out FILE.png
+    dncml train RUNSPEC.yaml [--set field=value ...] [--local | --num-workers N --use-gpu --address A]
+    dncml embed CHECKPOINT --split test --out FILE.parquet
+    dncml sweep SPEC.yaml [--preset NAME] [--address A] [--storage DIR] [--resume]
+    dncml table STORE --experiment NAME [--format md|latex|html] [--out FILE]
+    dncml plot STORE --experiment NAME --out FILE.png
+
+Heavy imports (torch, ray) happen inside the subcommands, so `dncml datasets list` is instant.
+Errors a user can fix are printed as one line on stderr with exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A problem with the user's input; printed without a traceback."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from dncml.trainers.data.base import DatasetError
+    from dncml.trainers.spec import SpecError
+
+    errors: list[type[BaseException]] = [UsageError, DatasetError, SpecError, FileNotFoundError]
+    try:
+        from dncml.experiments.loader import ExperimentError
+        errors.append(ExperimentError)
+    except ImportError:
+        pass
+    try:
+        from dncml.analysis.store import StoreError
+        errors.append(StoreError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+# ---------------------------------------------------------------------------------- datasets
+def _glyph_config(args):
+    from dncml.trainers.data.glyphs import GlyphConfig
+
+    try:
+        return GlyphConfig(num_classes=args.classes, instances_per_class=args.instances,
+                           image_size=args.image_size, seed=args.seed)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def cmd_datasets_list(args) -> int:
+    from dncml.trainers.data.base import default_cache_dir
+    from dncml.trainers.data.benchmarks import BENCHMARKS
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    prepared = sorted(p.name for p in (cache / "glyphs").glob("*") if (p / "meta.json").is_file()) if (cache / "glyphs").is_dir() else []
+    print("glyphs     embedded default: Unicode code points x 12 DejaVu faces shipped with matplotlib")
+    print(f"           cache: {cache / 'glyphs'}  prepared: {', '.join(prepared) or 'none yet (dncml datasets prepare glyphs)'}")
+    print("           Recall@K: 1, 2, 4, 8; group labels: Unicode script / block")
+    for name, info in BENCHMARKS.items():
+        print(f"{name:<10} {info.title}")
+        print(f"           unpack: {info.archive}")
+        print(f"           expects under --root / data_root: {', '.join(info.required_files)}")
+        print(f"           Recall@K: {', '.join(map(str, info.recall_ks))}; group labels: {'yes' if info.has_groups else 'no'}")
+    return 0
+
+
+def cmd_datasets_prepare(args) -> int:
+    if args.name != "glyphs":
+        raise UsageError(f"only 'glyphs' is rendered locally; {args.name!r} is read from its archive "
+                         f"(dncml datasets check {args.name} --root DIR)")
+    from dncml.trainers.data.glyphs import load_glyphs, prepare_glyphs
+
+    config = _glyph_config(args)
+    started = time.perf_counter()
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    path = prepare_glyphs(config, cache_dir, progress=True)
+    bundle = load_glyphs(config, cache_dir, progress=False)
+    timing = path / "timing.json"
+    render = json.loads(timing.read_text()).get("render_seconds") if timing.is_file() else None
+    print(f"glyphs ready at {path} ({time.perf_counter() - started:.1f} s now"
+          + (f"; rendered in {render:.1f} s" if render else "") + ")")
+    _print_summary(bundle.summary())
+    groups = {bundle.group_names.get(int(g), str(g)) for g in set(bundle.train.groups.tolist())}
+    print(f"groups ({len(groups)}): {', '.join(sorted(groups))}")
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"{'split':<22}{'classes':>9}{'images':>10}")
+    for split, row in summary.items():
+        print(f"{split:<22}{row['classes']:>9}{row['images']:>10}")
+
+
+def cmd_datasets_check(args) -> int:
+    if args.name == "glyphs":
+        from dncml.trainers.data.glyphs import load_glyphs
+
+        bundle = load_glyphs(_glyph_config(args), Path(args.cache_dir) if args.cache_dir else None)
+        _print_summary(bundle.summary())
+        return 0
+    if not args.root:
+        raise UsageError(f"dncml datasets check {args.name} needs --root DIR (the unpacked archive)")
+    from dncml.trainers.data.benchmarks import check_dataset
+
+    report = check_dataset(args.name, args.root, verify_images=args.verify_images)
+    print(f"{report['title']} at {report['root']}: {report['images']} image files")
+    _print_summary(report["splits"])
+    if report["has_groups"]:
+        print(f"group labels: {report['num_groups']} groups")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_datasets_show(args) -> int:
+    from dncml.trainers.data.preview import save_grid
+
+    if args.name == "glyphs":
+        from dncml.trainers.data.glyphs import load_glyphs
+
+        bundle = load_glyphs(_glyph_config(args), Path(args.cache_dir) if args.cache_dir else None)
+    else:
+        if not args.root:
+            raise UsageError(f"dncml datasets show {args.name} needs --root DIR")
+        from dncml.trainers.data.benchmarks import read_benchmark
+
+        bundle = read_benchmark(args.name, args.root)
+    data = bundle.train if args.split == "train" else bundle.tests[0].query
+    out = save_grid(data, args.out, classes=args.classes, per_class=args.per_class)
+    print(f"wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- train
+def _load_spec(args):
+    from dncml.trainers import spec as runspec
+
+    overrides = runspec.parse_overrides(args.set or [])
+    return runspec.load(args.runspec, overrides) if args.runspec else runspec.from_dict({}, overrides)
+
+
+def cmd_train(args) -> int:
+    spec = _load_spec(args)
+    if args.local:
+        return _train_local(spec, args)
+    from dncml.platform.train import train_on_ray
+
+    train_on_ray(spec, num_workers=args.num_workers, use_gpu=args.use_gpu, address=args.address,
+                 storage=args.storage, resume=args.resume)
+    return 0
+
+
+def _train_local(spec, args) -> int:
+    """In-process run, no Ray: the trainer with the local seam."""
+    from dncml.platform.store import ResultsStore, TrialRecorder
+    from dncml.trainers.divide_and_conquer import train
+    from dncml.trainers.runtime import resolve_device
+    from dncml.trainers.seam import LocalRun, Seam, World
+
+    run_dir = Path(args.run_dir or Path("runs") / spec.name)
+    reporter = LocalRun(run_dir, spec.selection_metric)
+    resume_from = reporter.latest_checkpoint() if args.resume else None
+    if args.resume and resume_from is None:
+        print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from epoch 1")
+    # One trial id per run directory, so a resumed run replaces its own rows instead of adding some.
+    id_file = run_dir / "trial_id"
+    if not (args.resume and id_file.is_file()):
+        id_file.write_text(f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    recorder = TrialRecorder(ResultsStore(args.storage), sweep=args.sweep or "train", trial_id=id_file.read_text().strip(),
+                             spec=spec) if args.storage else None
+
+    def report(metrics, checkpoint):
+        reporter(metrics, checkpoint)
+        if recorder:
+            recorder.epoch(metrics)
+
+    print(f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
+          f"T={spec.recluster_every}, loss {spec.loss}, {spec.total_epochs} epochs; run dir {run_dir}")
+    seam = Seam(report=report, world=World(resolve_device(spec)), resume_from=resume_from,
+                checkpoint_root=str(run_dir / "tmp"))
+    try:
+        state = train(spec, seam)
+    except BaseException as error:
+        if recorder:
+            recorder.finish("failed", error=f"{type(error).__name__}: {error}")
+        raise
+    if recorder:
+        recorder.finish("completed")
+        print(f"results appended to {recorder.store.root / recorder.sweep}")
+    best = state.history[state.best_epoch] if state.best_epoch >= 0 else state.history[-1]
+    print(f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
+          + "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("test_") and isinstance(v, float)))
+    print(f"checkpoints: {reporter.checkpoints}")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from dncml.platform.store import write_embeddings
+    from dncml.trainers.runtime import embed_checkpoint
+
+    split, vectors = embed_checkpoint(args.checkpoint, args.split)
+    out = write_embeddings(args.out, split, vectors)
+    print(f"wrote {len(vectors)} embeddings of dimension {vectors.shape[1]} ({args.split}) to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- sweep, table
+def cmd_sweep(args) -> int:
+    from dncml.platform.sweep import run_sweep
+
+    run_sweep(args.spec, preset=args.preset, address=args.address, storage=args.storage,
+              resume=args.resume, max_concurrent=args.max_concurrent)
+    return 0
+
+
+def cmd_table(args) -> int:
+    from dncml.analysis.tables import render_table
+
+    text = render_table(args.store, args.experiment, fmt=args.format, metrics=args.metric)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from dncml.analysis.plots import plot_experiment
+
+    out = plot_experiment(args.store, args.experiment, args.out, kind=args.kind)
+    print(f"wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dncml", description="Divide-and-conquer deep metric learning on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    datasets = sub.add_parser("datasets", help="list, prepare, check and look at datasets")
+    dsub = datasets.add_subparsers(dest="action", required=True)
+
+    def glyph_options(p):
+        p.add_argument("--cache-dir", help="default: $DNCML_CACHE or $XDG_CACHE_HOME/dncml or ~/.cache/dncml")
+        p.add_argument("--classes", type=int, default=None, help="glyphs: number of classes (default: all)")
+        p.add_argument("--instances", type=int, default=24, help="glyphs: images per class (multiple of 12)")
+        p.add_argument("--image-size", type=int, default=32, help="glyphs: pixels")
+        p.add_argument("--seed", type=int, default=0, help="glyphs: augmentation and split seed")
+
+    p = dsub.add_parser("list", help="known datasets and where they are expected")
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=cmd_datasets_list)
+    p = dsub.add_parser("prepare", help="render and cache the embedded glyphs dataset")
+    p.add_argument("name", help="glyphs")
+    glyph_options(p)
+    p.set_defaults(func=cmd_datasets_prepare)
+    p = dsub.add_parser("check", help="validate a dataset directory; print counts per split")
+    p.add_argument("name")
+    p.add_argument("--root", help="the unpacked archive")
+    p.add_argument("--verify-images", action="store_true", help="decode every image (slow)")
+    glyph_options(p)
+    p.set_defaults(func=cmd_datasets_check)
+    p = dsub.add_parser("show", help="write a PNG grid of sample images per class")
+    p.add_argument("name")
+    p.add_argument("--root")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument("--per-class", type=int, default=12)
+    glyph_options(p)
+    p.set_defaults(func=cmd_datasets_show, classes=None)
+
+    p = sub.add_parser("train", help="one divide-and-conquer run (Ray Train, or --local in this process)")
+    p.add_argument("runspec", nargs="?", help="RunSpec YAML (e.g. experiments/runs/glyphs_smoke.yaml)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a RunSpec field (K, T, m, d aliases)")
+    p.add_argument("--local", action="store_true", help="run in this process without Ray")
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker")
+    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a local Ray)")
+    p.add_argument("--storage", default=None, help="results store directory (default for Ray runs: ./results)")
+    p.add_argument("--sweep", default=None, help="results-store sub-directory for --local runs (default: train)")
+    p.add_argument("--run-dir", default=None, help="--local: where checkpoints go (default: runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("embed", help="export a checkpoint's embeddings and labels to Parquet")
+    p.add_argument("checkpoint", help="a checkpoint directory (holds state.pt and spec.yaml)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("sweep", help="run an experiment spec as a Ray Tune sweep")
+    p.add_argument("spec", help="experiment YAML (experiments/*.yaml) or a name")
+    p.add_argument("--preset", default=None, help="smoke, quick or paper (default: the spec's default)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    p.add_argument("--storage", default="results", help="results store directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: fits the cluster's CPUs)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("table", help="an experiment's table from the results store")
+    p.add_argument("store")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--format", choices=("md", "latex", "html", "csv"), default="md")
+    p.add_argument("--metric", action="append", help="metric column(s) (default: the experiment's)")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("plot", help="an experiment's figure from the results store")
+    p.add_argument("store")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--kind", default=None, help="curves | clusters | metric_vs (default: the experiment's)")
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

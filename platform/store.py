@@ -1,0 +1,200 @@
+"""The results store: Parquet `trials` and `epochs` tables, one directory per sweep.
+
+    STORE/<sweep>/trials/<trial_id>.parquet           one row per trial (rewritten as it ends)
+    STORE/<sweep>/epochs/<trial_id>-e<epoch>.parquet  one row per (trial, epoch)
+
+Every file is written to a hidden temporary name and renamed into place, so a reader never sees
+half a file (pyarrow and pandas skip names starting with "." or "_"). A file's name is a
+function of (trial, epoch): a trial resumed from a checkpoint replaces the rows of the epochs it
+runs again instead of duplicating them. Columns have fixed types per sweep (RunSpec fields by
+their declared types, metrics float64), so `pandas.read_parquet(STORE/<sweep>/epochs)` reads
+every file of a sweep with one schema.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import json
+import os
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dncml.trainers.spec import RunSpec, _field_type
+
+# Per-epoch fields the trainer reports besides the evaluation metrics, and their types.
+EPOCH_FIELDS: dict[str, pa.DataType] = {
+    "epoch": pa.int64(), "total_epochs": pa.int64(), "phase": pa.string(), "active_learners": pa.int64(),
+    "assignment_version": pa.int64(), "loss": pa.float64(), "steps": pa.int64(), "train_seconds": pa.float64(),
+    "images_per_second": pa.float64(), "lr": pa.float64(), "eval_seconds": pa.float64(),
+    "epoch_seconds": pa.float64(), "best_epoch": pa.int64(), "reclustered": pa.bool_(),
+    "cluster_seconds": pa.float64(), "embed_seconds": pa.float64(), "kmeans_seconds": pa.float64(),
+    "cluster_cost": pa.float64(), "cluster_changed": pa.float64(), "cluster_repaired": pa.int64(),
+    "cluster_sizes": pa.string(),
+}
+TRIAL_FIELDS: dict[str, pa.DataType] = {
+    "sweep": pa.string(), "trial_id": pa.string(), "experiment": pa.string(), "setting": pa.string(),
+    "status": pa.string(), "error": pa.string(), "epochs_done": pa.int64(), "best_epoch": pa.int64(),
+    "wall_seconds": pa.float64(), "train_seconds": pa.float64(), "cluster_seconds": pa.float64(),
+    "eval_seconds": pa.float64(), "started_at": pa.string(), "ended_at": pa.string(), "host": pa.string(),
+    "git_revision": pa.string(), "versions": pa.string(),
+}
+STATUSES = ("running", "completed", "failed", "pruned")
+
+
+class StoreError(ValueError):
+    """A results store that is missing, empty or not what was asked for."""
+
+
+def _spec_type(name: str) -> pa.DataType:
+    base, _ = _field_type(name)
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}[base]
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, temporary)
+    os.replace(temporary, path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@functools.lru_cache(maxsize=1)
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("dncml", "torch", "torchvision", "ray", "faiss-gpu", "pytorch-metric-learning", "optuna", "numpy"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return json.dumps(found, sort_keys=True)
+
+
+def _row_table(row: dict[str, Any], types: dict[str, pa.DataType]) -> pa.Table:
+    """One row with every column of `types` (missing -> typed null); extra keys typed by value."""
+    columns, fields = {}, []
+    for name, value in row.items():
+        if name not in types:
+            types = {**types, name: pa.float64() if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+                     else pa.bool_() if isinstance(value, bool) else pa.string()}
+    for name, kind in types.items():
+        value = row.get(name)
+        if isinstance(value, (np.floating, np.integer)):
+            value = value.item()
+        if value is not None and kind == pa.float64():
+            value = float(value)
+        elif value is not None and kind == pa.int64():
+            value = int(value)
+        elif value is not None and kind == pa.string() and not isinstance(value, str):
+            value = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        columns[name] = pa.array([value], type=kind)
+        fields.append(pa.field(name, kind))
+    return pa.Table.from_pydict(columns, schema=pa.schema(fields))
+
+
+class ResultsStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def sweep_dir(self, sweep: str) -> Path:
+        return self.root / sweep
+
+    def write_trial(self, sweep: str, row: dict[str, Any], metric_names: list[str]) -> None:
+        types = dict(TRIAL_FIELDS)
+        types.update({f"spec_{f.name}": _spec_type(f.name) for f in dataclasses.fields(RunSpec)})
+        for prefix in ("final_", "best_"):
+            types.update({prefix + name: pa.float64() for name in metric_names})
+        _atomic_write(_row_table(row, types), self.sweep_dir(sweep) / "trials" / f"{row['trial_id']}.parquet")
+
+    def write_epoch(self, sweep: str, trial_id: str, metrics: dict[str, Any], metric_names: list[str]) -> None:
+        types = {"sweep": pa.string(), "trial_id": pa.string(), **EPOCH_FIELDS}
+        types.update({name: pa.float64() for name in metric_names})
+        row = {**metrics, "sweep": sweep, "trial_id": trial_id}
+        _atomic_write(_row_table(row, types), self.sweep_dir(sweep) / "epochs" / f"{trial_id}-e{int(metrics['epoch']):04d}.parquet")
+
+    def trial_ids(self, sweep: str) -> set[str]:
+        directory = self.sweep_dir(sweep) / "trials"
+        return {p.stem for p in directory.glob("*.parquet")} if directory.is_dir() else set()
+
+
+class TrialRecorder:
+    """Writes one trial's rows as it runs: a 'running' trial row at the start, an epoch row per
+    report, the final trial row (status, error, final and best metrics, timings) at the end."""
+
+    def __init__(self, store: ResultsStore, sweep: str, trial_id: str, spec: RunSpec,
+                 experiment: str = "", setting: str = "", metric_names: list[str] | None = None):
+        from dncml.trainers.data.loading import metric_names as expected_metrics
+
+        self.store, self.sweep, self.trial_id, self.spec = store, sweep, trial_id, spec
+        self.experiment, self.setting = experiment, setting
+        self.metric_names = metric_names or expected_metrics(spec)
+        self.started = dt.datetime.now(dt.timezone.utc)
+        self.history: list[dict] = []
+        self._write("running")
+
+    def epoch(self, metrics: dict[str, Any]) -> None:
+        self.history = [h for h in self.history if h["epoch"] < metrics["epoch"]] + [dict(metrics)]
+        self.store.write_epoch(self.sweep, self.trial_id, metrics, self.metric_names)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}")
+        self._write(status, error)
+
+    def _write(self, status: str, error: str | None = None) -> None:
+        row: dict[str, Any] = {
+            "sweep": self.sweep, "trial_id": self.trial_id, "experiment": self.experiment, "setting": self.setting,
+            "status": status, "error": error, "epochs_done": len(self.history),
+            "started_at": self.started.isoformat(timespec="seconds"), "ended_at": None if status == "running" else _now(),
+            "wall_seconds": (dt.datetime.now(dt.timezone.utc) - self.started).total_seconds(),
+            "host": socket.gethostname(), "git_revision": git_revision(), "versions": package_versions(),
+        }
+        row.update({f"spec_{k}": v for k, v in self.spec.to_dict().items()})
+        if self.history:
+            row["train_seconds"] = sum(h.get("train_seconds") or 0.0 for h in self.history)
+            row["cluster_seconds"] = sum(h.get("cluster_seconds") or 0.0 for h in self.history)
+            row["eval_seconds"] = sum(h.get("eval_seconds") or 0.0 for h in self.history)
+            final = self.history[-1]
+            row["best_epoch"] = final.get("best_epoch")
+            best = next((h for h in self.history if h["epoch"] == final.get("best_epoch")), None)
+            for name in self.metric_names:
+                evaluated = [h for h in self.history if h.get(name) is not None]
+                row["final_" + name] = evaluated[-1][name] if evaluated else None
+                row["best_" + name] = best.get(name) if best else None
+        self.store.write_trial(self.sweep, row, self.metric_names)
+
+
+def write_embeddings(out: str | os.PathLike, split, vectors: np.ndarray) -> Path:
+    """A split's embeddings with their labels (and group labels, file paths) as Parquet."""
+    out = Path(out)
+    columns = {
+        "index": pa.array(np.arange(len(vectors), dtype=np.int64)),
+        "label": pa.array(split.labels), "group": pa.array(split.groups),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), vectors.shape[1]),
+    }
+    if split.paths is not None:
+        columns["path"] = pa.array(split.paths)
+    _atomic_write(pa.table(columns), out)
+    return out

@@ -1,0 +1,1 @@
+"""Dataset readers and containers (glyphs, CUB, Cars, SOP, In-shop, VehicleID)."""

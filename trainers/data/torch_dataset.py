@@ -1,0 +1,76 @@
+"""A torch Dataset over an `ImageSplit`: in-memory uint8 arrays (glyphs) or image files (photos)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dncml.trainers.data.base import DatasetError, ImageSplit
+from dncml.trainers.data.benchmarks import IMAGENET_MEAN, IMAGENET_STD, photo_transforms
+
+__all__ = ["ImageDataset", "photo_transforms", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+
+class ImageDataset(Dataset):
+    """`dataset[i]` -> (image tensor, label: int, index: int); the default collate stacks them
+    into (float batch, int64 labels, int64 indices).
+
+    Array splits (split.images, uint8 (n, H, W) grayscale or (n, H, W, C)): the image becomes a
+    float tensor (1, H, W) (or (C, H, W)) scaled to [0, 1]; with transform None it is then
+    normalised with mean 0.5 / std 0.5 (range [-1, 1]); otherwise `transform` is applied to the
+    [0, 1] tensor (so it must take tensors).
+
+    Path splits (split.paths): the file is opened with PIL and converted to RGB, then `transform`
+    is applied (with None: `photo_transforms(train=False)`, i.e. resize 256, centre crop 224,
+    ImageNet normalisation). A file that is missing or cannot be decoded raises DatasetError naming
+    its path.
+    """
+
+    def __init__(self, split: ImageSplit, transform=None):
+        self.split = split
+        self.transform = transform
+        self.labels = np.asarray(split.labels, dtype=np.int64)
+        if split.images is not None:
+            images = np.asarray(split.images)
+            if images.dtype != np.uint8:
+                raise DatasetError(f"split {split.name!r}: image array must be uint8, got {images.dtype}")
+            if images.ndim not in (3, 4):
+                raise DatasetError(
+                    f"split {split.name!r}: image array must be (n, H, W) or (n, H, W, C), "
+                    f"got shape {images.shape}"
+                )
+            self.images = images
+            self.paths = None
+        else:
+            self.images = None
+            self.paths = list(split.paths)
+            if self.transform is None:
+                self.transform = photo_transforms(train=False)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _array_item(self, index: int) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(self.images[index])).to(torch.float32).div_(255.0)
+        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
+        if self.transform is None:
+            return x.sub_(0.5).div_(0.5)
+        return self.transform(x)
+
+    def _path_item(self, index: int):
+        from PIL import Image
+
+        path = self.paths[index]
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except FileNotFoundError:
+            raise DatasetError(f"missing image file: {path}") from None
+        except Exception as exc:  # UnidentifiedImageError, truncated data, ...
+            raise DatasetError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from None
+        return self.transform(image)
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        image = self._array_item(index) if self.images is not None else self._path_item(index)
+        return image, int(self.labels[index]), index

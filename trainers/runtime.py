@@ -1,0 +1,191 @@
+"""The plumbing around Algorithm 1: devices, seeds, optimiser, embedding passes, evaluation and
+checkpoints. Kept out of `divide_and_conquer.py` so that the algorithm reads on its own."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from .data.base import DatasetBundle, ImageSplit
+from .data.loading import torch_dataset
+from .evaluation import evaluate_embeddings
+from .grouping import Assignment
+from .model import DivideAndConquerNet
+from .spec import RunSpec, from_dict
+
+
+def resolve_device(spec: RunSpec) -> torch.device:
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("RunSpec device 'cuda' asked for, but torch sees no GPU (use device: auto or cpu)")
+    if spec.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Reseed every RNG at each epoch from (seed, epoch, rank): a run resumed at an epoch boundary
+    continues exactly as the uninterrupted run would."""
+    value = (seed * 1_000_003 + epoch * 1_009 + rank) % (2**31)
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def autocast(spec: RunSpec, device: torch.device):
+    if spec.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(spec: RunSpec, net: DivideAndConquerNet) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam with separate learning rates for backbone, embedding and loss parameters; optional
+    step decay per epoch."""
+    groups = net.parameter_groups()
+    optimizer = torch.optim.Adam([
+        {"params": groups["backbone"], "lr": spec.lr, "weight_decay": spec.weight_decay, "name": "backbone"},
+        {"params": groups["embedding"], "lr": spec.lr_embedding, "weight_decay": spec.weight_decay, "name": "embedding"},
+        {"params": groups["loss"], "lr": spec.lr_loss, "weight_decay": 0.0, "name": "loss"},
+    ])
+    if spec.lr_decay_every:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, spec.lr_decay_every, spec.lr_decay_gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    return optimizer, scheduler
+
+
+def loader(split: ImageSplit, spec: RunSpec, train: bool, batch_sampler=None, indices=None) -> DataLoader:
+    dataset = torch_dataset(split, spec, train=train)
+    if indices is not None:
+        dataset = torch.utils.data.Subset(dataset, indices)
+    kwargs = dict(num_workers=spec.loader_workers, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=False)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
+    return DataLoader(dataset, batch_size=spec.eval_batch_size, shuffle=False, **kwargs)
+
+
+@torch.no_grad()
+def embed_split(net: DivideAndConquerNet, split: ImageSplit, spec: RunSpec, device: torch.device,
+                space: str = "embedding", indices: np.ndarray | None = None) -> np.ndarray:
+    """Embeddings (eval transforms, eval mode) of a split or of some of its samples."""
+    was_training = net.training
+    net.eval()
+    chunks = []
+    with autocast(spec, device):
+        for images, _, _ in loader(split, spec, train=False, indices=None if indices is None else indices.tolist()):
+            chunks.append(net.embed(images.to(device, non_blocking=True), space).float().cpu())
+    net.train(was_training)
+    width = spec.embedding_dim if space == "embedding" else net.backbone.feature_dim
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, width), np.float32)
+
+
+def evaluate(net: DivideAndConquerNet, data: DatasetBundle, spec: RunSpec, device: torch.device) -> dict[str, float]:
+    """Recall@K, NMI and MAP@R on the validation split (model selection) and every test set."""
+    metrics: dict[str, float] = {}
+    sets = ([data.val] if data.val is not None else []) + list(data.tests)
+    for eval_set in sets:
+        query = embed_split(net, eval_set.query, spec, device)
+        gallery = embed_split(net, eval_set.gallery, spec, device) if eval_set.gallery is not None else None
+        metrics.update(evaluate_embeddings(
+            query, eval_set.query.labels, eval_set.recall_ks, gallery,
+            eval_set.gallery.labels if eval_set.gallery is not None else None,
+            seed=spec.seed, prefix=f"{eval_set.name}_"))
+    return metrics
+
+
+class EmbeddingBank:
+    """`embedding_source: training_pass`: the cluster-space vectors the training steps already
+    computed since the last round, so a round needs no extra pass over the data.
+
+    `seen` marks what this worker computed; `seen_globally` what any worker did (every worker
+    knows the global batch of each step), so only samples no one saw need a fallback pass."""
+
+    def __init__(self, num_samples: int):
+        self.vectors: np.ndarray | None = None
+        self.seen = np.zeros(num_samples, dtype=bool)
+        self.seen_globally = np.zeros(num_samples, dtype=bool)
+
+    def record(self, indices: np.ndarray, vectors: torch.Tensor, global_indices: np.ndarray) -> None:
+        vectors = vectors.float().cpu().numpy()
+        if self.vectors is None:
+            self.vectors = np.zeros((len(self.seen), vectors.shape[1]), dtype=np.float32)
+        self.vectors[indices] = vectors
+        self.seen[indices] = True
+        self.seen_globally[global_indices] = True
+
+    def reset(self) -> None:
+        self.seen[:] = False
+        self.seen_globally[:] = False
+
+
+@dataclass
+class TrainState:
+    """Everything besides the weights that a resumed run needs to continue identically."""
+
+    epoch: int = 0  # the next epoch to run
+    assignment: Assignment | None = None
+    best_value: float = float("-inf")
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+
+
+def save_checkpoint(directory: str, spec: RunSpec, net: DivideAndConquerNet, optimizer, scheduler,
+                    state: TrainState, bank: EmbeddingBank | None) -> str:
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "state": state, "bank": (bank.vectors, bank.seen, bank.seen_globally) if bank is not None else None,
+    }
+    torch.save(payload, path / "state.pt.tmp")
+    os.replace(path / "state.pt.tmp", path / "state.pt")
+    (path / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return str(path)
+
+
+def load_checkpoint(directory: str, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(directory) / "state.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"not a dncml checkpoint: {path} is missing")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_checkpoint_spec(directory: str) -> RunSpec:
+    path = Path(directory) / "spec.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"not a dncml checkpoint: {path} is missing")
+    return from_dict(yaml.safe_load(path.read_text()))
+
+
+class Timer:
+    def __init__(self):
+        self.started = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def embed_checkpoint(directory: str, split_name: str = "test") -> tuple[ImageSplit, np.ndarray]:
+    """The full test-time embeddings of one split, from a saved checkpoint (for users' own
+    analysis: `dncml embed`)."""
+    from .data.loading import load_dataset
+
+    spec = load_checkpoint_spec(directory)
+    device = resolve_device(spec)
+    data = load_dataset(spec, progress=False)
+    splits = {"train": data.train, "val": data.val.query if data.val else None, "test": data.tests[0].query}
+    split = splits.get(split_name)
+    if split is None:
+        raise ValueError(f"split {split_name!r} is empty or unknown; choose from train, val, test")
+    num_classes = len(np.unique(data.train.labels))
+    net = DivideAndConquerNet(spec, data.channels, num_classes).to(device)
+    net.load_state_dict(load_checkpoint(directory, device)["model"])
+    return split, embed_split(net, split, spec, device)

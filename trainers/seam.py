@@ -1,0 +1,111 @@
+"""The seam between the algorithm and whatever runs it.
+
+The training loop is written once, against this interface. A single process uses the local
+implementations below; `dncml.platform` passes Ray-backed ones (ray.train.report, the clustering
+actor, DDP, ray.train.Checkpoint) without the loop knowing.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .grouping import Assignment, LocalGroupingService, PartitionRequest
+
+
+class World:
+    """Rank, world size and the collective operations the loop needs. Single process: trivial."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __init__(self, device: torch.device | None = None):
+        self.device = device or torch.device("cpu")
+
+    def wrap_model(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Distributed runs wrap the module in DDP here."""
+        return module
+
+    def barrier(self) -> None:
+        pass
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+
+Reporter = Callable[[dict, "str | None"], None]  # (metrics of one epoch, checkpoint dir or None)
+
+
+@dataclass
+class Seam:
+    report: Reporter
+    partition: Callable[[PartitionRequest], Assignment] = field(default_factory=LocalGroupingService)
+    world: World = field(default_factory=World)
+    resume_from: str | None = None  # a checkpoint directory to continue from
+    checkpoint_root: str | None = None  # where checkpoints are written before they are reported
+
+    def new_checkpoint_dir(self, epoch: int) -> str:
+        root = Path(self.checkpoint_root) if self.checkpoint_root else Path(tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f"epoch-{epoch:04d}-", dir=root)
+
+
+class LocalRun:
+    """Reporter of a single-process run: keeps the history, prints one line per epoch and keeps
+    the newest `keep` checkpoints (plus the best by the selection metric) in `run_dir`."""
+
+    def __init__(self, run_dir: str | Path, selection_metric: str = "val_recall@1", keep: int = 2,
+                 printer: Callable[[str], None] | None = print):
+        self.run_dir = Path(run_dir)
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.selection_metric = selection_metric
+        self.keep = keep
+        self.printer = printer
+        self.history: list[dict] = []
+        self.best_value = float("-inf")
+
+    def __call__(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.history.append(dict(metrics))
+        if self.printer:
+            self.printer(format_epoch(metrics))
+        if checkpoint_dir is None:
+            return
+        target = self.checkpoints / f"epoch-{metrics['epoch']:04d}"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(checkpoint_dir, target)
+        value = metrics.get(self.selection_metric)
+        if value is not None and value > self.best_value:
+            self.best_value = value
+            best = self.checkpoints / "best"
+            staging = self.checkpoints / ".best-staging"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(target, staging)
+            shutil.rmtree(best, ignore_errors=True)
+            staging.rename(best)
+        epochs = sorted(p for p in self.checkpoints.glob("epoch-*") if p.is_dir())
+        for old in epochs[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def latest_checkpoint(self) -> str | None:
+        epochs = sorted(p for p in self.checkpoints.glob("epoch-*") if (p / "state.pt").is_file())
+        return str(epochs[-1]) if epochs else None
+
+
+def format_epoch(metrics: dict) -> str:
+    """One readable progress line per epoch."""
+    parts = [f"epoch {metrics['epoch'] + 1:>3}/{metrics['total_epochs']}", f"{metrics['phase']:<8}",
+             f"K={metrics['active_learners']}", f"loss {metrics['loss']:.4f}"]
+    for key in ("val_recall@1", "test_recall@1", "test_nmi", "test_map@r"):
+        if key in metrics and metrics[key] == metrics[key]:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    parts.append(f"{metrics['epoch_seconds']:.1f}s")
+    if metrics.get("cluster_seconds"):
+        parts.append(f"(clustering {metrics['cluster_seconds']:.1f}s)")
+    return "  ".join(parts)

@@ -1,0 +1,342 @@
+"""RunSpec: the one typed, validated description of a divide-and-conquer run.
+
+Every knob of a run lives here, with the paper's defaults where the paper has one
+(PAPER_NOTES.md). A spec comes from YAML, a dict or `--set field=value` overrides; anything
+wrong fails here, early, with the field's name and the values it allows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATASETS = ("glyphs", "cub", "cars", "sop", "inshop", "vehicleid")
+DATASETS_WITH_GROUPS = ("glyphs", "sop")
+BACKBONES = ("glyphnet", "resnet18", "resnet50")
+GROUPINGS = ("none", "kmeans", "kmeans_nosplit", "random", "gt_labels")
+HIERARCHIES = ("flat", "binary")
+CLUSTER_SPACES = ("embedding", "backbone")
+EMBEDDING_SOURCES = ("full_pass", "training_pass")
+MASKS = ("fixed", "learned")
+LOSSES = ("margin", "triplet", "proxynca", "multisimilarity", "normsoftmax", "arcface", "contrastive")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Short names used in the paper and on the command line (`--set K=8`).
+ALIASES = {"K": "num_learners", "T": "recluster_every", "m": "samples_per_class", "d": "embedding_dim"}
+
+
+class SpecError(ValueError):
+    """An invalid RunSpec; the message names the field and what it allows."""
+
+
+@dataclass
+class RunSpec:
+    name: str = "run"
+
+    # --- data ---
+    dataset: str = "glyphs"
+    data_root: str | None = None  # the unpacked archive of a benchmark; glyphs ignore it
+    glyph_classes: int | None = None  # glyphs only: None = every eligible code point
+    glyph_instances: int = 24  # glyphs only: 12 faces x augmentations
+    image_size: int | None = None  # None: 32 for glyphs, 224 for photos
+    val_fraction: float = 0.15  # of the training classes, for model selection
+    dataset_seed: int = 0
+
+    # --- model ---
+    backbone: str = "glyphnet"
+    pretrained: str | None = None  # a local weights file, or "cache" for $TORCH_HOME's hub cache
+    freeze_bn: bool = False
+    embedding_dim: int = 128  # d
+    num_learners: int = 4  # K
+    masks: str = "fixed"  # fixed: CVPR slices; learned: TPAMI soft masks
+    mask_regularization: float = 0.01
+
+    # --- division ---
+    grouping: str = "kmeans"
+    hierarchy: str = "flat"
+    recluster_every: int = 2  # T, in epochs
+    cluster_space: str = "embedding"
+    embedding_source: str = "full_pass"
+    kmeans_iterations: int = 100
+
+    # --- loss ---
+    loss: str = "margin"
+    margin: float = 0.2  # margin loss alpha; also contrastive / triplet margin
+    margin_beta: float = 1.2
+    learn_beta: bool = True
+    beta_per_class: bool = False
+
+    # --- sampling ---
+    batch_size: int = 128
+    samples_per_class: int = 4  # m
+    steps_per_epoch: int | None = None  # None: training images // batch size
+
+    # --- schedule (epochs) ---
+    warmup_epochs: int = 0  # full embedding, all data, before the first division
+    epochs: int = 20  # divide epochs
+    finetune_epochs: int = 0  # conquer: full embedding, all data
+
+    # --- optimisation ---
+    lr: float = 1e-5  # backbone
+    lr_embedding: float = 1e-5
+    lr_loss: float = 1e-3  # loss parameters: beta, proxies
+    weight_decay: float = 1e-4
+    lr_decay_every: int = 0  # step decay period in epochs; 0 = constant (the authors)
+    lr_decay_gamma: float = 0.1
+
+    # --- evaluation ---
+    eval_every: int = 1
+    eval_batch_size: int = 256
+    selection_metric: str = "val_recall@1"
+
+    # --- runtime ---
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    loader_workers: int = 0
+
+    # ------------------------------------------------------------------
+    @property
+    def total_epochs(self) -> int:
+        return self.warmup_epochs + self.epochs + self.finetune_epochs
+
+    @property
+    def resolved_image_size(self) -> int:
+        return self.image_size or (32 if self.dataset == "glyphs" else 224)
+
+    @property
+    def divides(self) -> bool:
+        """False for the baseline: one learner, all data, the whole embedding."""
+        return self.grouping != "none"
+
+    def phase(self, epoch: int) -> str:
+        if epoch < self.warmup_epochs or not self.divides:
+            return "warmup" if epoch < self.warmup_epochs else "baseline"
+        if epoch < self.warmup_epochs + self.epochs:
+            return "divide"
+        return "conquer"
+
+    def reclusters_at(self, epoch: int) -> bool:
+        return self.phase(epoch) == "divide" and (epoch - self.warmup_epochs) % self.recluster_every == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "RunSpec":
+        return from_dict({**self.to_dict(), **changes})
+
+    def validate(self) -> "RunSpec":
+        _validate(self)
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(RunSpec)}
+
+
+def _field_type(name: str) -> tuple[type, bool]:
+    """(base type, optional?) of a RunSpec field, from its annotation."""
+    hints = typing.get_type_hints(RunSpec)
+    hint = hints[name]
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        base = next(a for a in args if a is not type(None))
+        return base, True
+    return hint, False
+
+
+def canonical_field(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in _fields():
+        close = difflib.get_close_matches(name, list(_fields()) + list(ALIASES), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SpecError(f"unknown RunSpec field {name!r}{hint}")
+    return name
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a YAML / command-line value to the field's type, or a SpecError naming the field."""
+    base, optional = _field_type(name)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~") and optional):
+        if optional:
+            return None
+        raise SpecError(f"RunSpec field {name!r} may not be empty")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise SpecError(f"RunSpec field {name!r} must be {base.__name__}{' or null' if optional else ''}, got {value!r}")
+
+
+def from_dict(values: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> RunSpec:
+    """Build and validate a RunSpec from a mapping (aliases K, T, m, d accepted)."""
+    merged: dict[str, Any] = {}
+    for source in (values or {}), (overrides or {}):
+        if not isinstance(source, dict):
+            raise SpecError(f"a RunSpec must be a mapping of field: value, got {type(source).__name__}")
+        for key, value in source.items():
+            merged[canonical_field(str(key))] = value
+    coerced = {key: coerce(key, value) for key, value in merged.items()}
+    return RunSpec(**coerced).validate()
+
+
+def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> RunSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"RunSpec file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    if isinstance(values, dict) and "run" in values and isinstance(values["run"], dict):
+        values = values["run"]  # allow `run:` as a top-level key
+    try:
+        return from_dict(values, overrides)
+    except SpecError as error:
+        raise SpecError(f"{path}: {error}") from None
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """`["K=8", "grouping=random"]` -> {"num_learners": "8", "grouping": "random"} (YAML-typed)."""
+    result: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise SpecError(f"--set expects field=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        result[canonical_field(key.strip())] = yaml.safe_load(raw) if raw.strip() else None
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+def _choice(spec: RunSpec, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(spec, name)
+    if value not in allowed:
+        raise SpecError(f"RunSpec field {name!r} = {value!r}: allowed values are {', '.join(allowed)}")
+
+
+def _at_least(spec: RunSpec, name: str, minimum: float) -> None:
+    value = getattr(spec, name)
+    if value < minimum:
+        raise SpecError(f"RunSpec field {name!r} = {value}: must be >= {minimum}")
+
+
+def _validate(spec: RunSpec) -> None:
+    for name, allowed in (
+        ("dataset", DATASETS), ("backbone", BACKBONES), ("grouping", GROUPINGS),
+        ("hierarchy", HIERARCHIES), ("cluster_space", CLUSTER_SPACES),
+        ("embedding_source", EMBEDDING_SOURCES), ("masks", MASKS), ("loss", LOSSES), ("device", DEVICES),
+    ):
+        _choice(spec, name, allowed)
+    for name, minimum in (
+        ("embedding_dim", 1), ("num_learners", 1), ("recluster_every", 1), ("kmeans_iterations", 1),
+        ("batch_size", 2), ("samples_per_class", 2), ("warmup_epochs", 0), ("epochs", 0),
+        ("finetune_epochs", 0), ("eval_every", 1), ("eval_batch_size", 1), ("loader_workers", 0),
+        ("lr", 0), ("lr_embedding", 0), ("lr_loss", 0), ("weight_decay", 0), ("lr_decay_every", 0),
+        ("glyph_instances", 12), ("mask_regularization", 0),
+    ):
+        _at_least(spec, name, minimum)
+    if spec.total_epochs < 1:
+        raise SpecError("RunSpec: warmup_epochs + epochs + finetune_epochs must be >= 1")
+    d, k = spec.embedding_dim, spec.num_learners
+    if d % k:
+        divisors = [i for i in range(1, d + 1) if d % i == 0]
+        raise SpecError(
+            f"RunSpec field 'num_learners' (K) = {k}: K must divide the embedding size "
+            f"embedding_dim (d) = {d}; allowed K: {', '.join(map(str, divisors))}"
+        )
+    if spec.hierarchy == "binary" and k & (k - 1):
+        raise SpecError(f"RunSpec field 'num_learners' (K) = {k}: hierarchy 'binary' doubles K, so K must be a power of 2")
+    if spec.hierarchy == "binary" and spec.grouping != "kmeans":
+        raise SpecError("RunSpec field 'hierarchy' = 'binary' splits k-means clusters: it needs grouping 'kmeans'")
+    if spec.masks == "learned" and spec.hierarchy != "flat":
+        raise SpecError("RunSpec field 'masks' = 'learned' works with hierarchy 'flat' only")
+    m = spec.samples_per_class
+    if spec.batch_size % m:
+        raise SpecError(f"RunSpec field 'batch_size' = {spec.batch_size}: must be a multiple of samples_per_class (m) = {m}")
+    if spec.batch_size // m < 2:
+        raise SpecError(f"RunSpec field 'batch_size' = {spec.batch_size}: must hold at least 2 classes of m = {m} images")
+    if spec.steps_per_epoch is not None and spec.steps_per_epoch < 1:
+        raise SpecError(f"RunSpec field 'steps_per_epoch' = {spec.steps_per_epoch}: must be >= 1 or null")
+    if not 0.0 <= spec.val_fraction < 0.9:
+        raise SpecError(f"RunSpec field 'val_fraction' = {spec.val_fraction}: must be in [0, 0.9)")
+    if not 0.0 < spec.lr_decay_gamma <= 1.0:
+        raise SpecError(f"RunSpec field 'lr_decay_gamma' = {spec.lr_decay_gamma}: must be in (0, 1]")
+    if spec.image_size is not None and not 16 <= spec.image_size <= 1024:
+        raise SpecError(f"RunSpec field 'image_size' = {spec.image_size}: must be in [16, 1024] or null")
+    if spec.glyph_instances % 12:
+        raise SpecError(f"RunSpec field 'glyph_instances' = {spec.glyph_instances}: must be a multiple of 12 (the DejaVu faces)")
+    if spec.glyph_classes is not None and spec.glyph_classes < 8:
+        raise SpecError(f"RunSpec field 'glyph_classes' = {spec.glyph_classes}: must be >= 8 or null (all)")
+    if spec.grouping == "gt_labels" and spec.dataset not in DATASETS_WITH_GROUPS:
+        raise SpecError(
+            f"RunSpec field 'grouping' = 'gt_labels' needs a dataset with group labels "
+            f"({', '.join(DATASETS_WITH_GROUPS)}); {spec.dataset!r} has none"
+        )
+    if spec.dataset != "glyphs" and spec.data_root is None:
+        raise SpecError(f"RunSpec field 'data_root' is required for dataset {spec.dataset!r} (the unpacked archive)")
+    if spec.dataset == "glyphs" and spec.backbone != "glyphnet" and spec.resolved_image_size < 32:
+        raise SpecError("RunSpec: ResNet backbones need image_size >= 32")
+    if spec.pretrained not in (None, "cache") and not Path(os.path.expanduser(spec.pretrained)).is_file():
+        raise SpecError(f"RunSpec field 'pretrained' = {spec.pretrained!r}: no such file (give a local weights file, 'cache', or null)")
+    if not spec.selection_metric.startswith("val_"):
+        raise SpecError(f"RunSpec field 'selection_metric' = {spec.selection_metric!r}: must be a validation metric (val_...)")
+    if not math.isfinite(spec.margin_beta):
+        raise SpecError("RunSpec field 'margin_beta' must be finite")
+
+
+def check_against_data(spec: RunSpec, num_train_classes: int, has_groups: bool) -> None:
+    """Checks that need the dataset's size; run right after loading it, before any training."""
+    if spec.divides and spec.num_learners > num_train_classes // 2:
+        raise SpecError(
+            f"RunSpec field 'num_learners' (K) = {spec.num_learners}: K must be <= training classes / 2 "
+            f"= {num_train_classes // 2} (each learner needs >= 2 classes)"
+        )
+    if spec.grouping == "gt_labels" and not has_groups:
+        raise SpecError(f"RunSpec field 'grouping' = 'gt_labels': dataset {spec.dataset!r} carries no group labels")
+    if spec.batch_size // spec.samples_per_class > num_train_classes:
+        raise SpecError(
+            f"RunSpec field 'batch_size' = {spec.batch_size}: {spec.batch_size // spec.samples_per_class} classes per batch "
+            f"but the training split has {num_train_classes}"
+        )
+
+
+def field_help() -> dict[str, str]:
+    """Field -> 'type = default' (for `dncml train --help-spec`)."""
+    out = {}
+    for name, f in _fields().items():
+        base, optional = _field_type(name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out[name] = f"{base.__name__}{' | null' if optional else ''} = {default!r}"
+    return out
