@@ -132,7 +132,8 @@ def cmd_datasets_show(args) -> int:
 
         bundle = read_benchmark(args.name, args.root)
     data = bundle.train if args.split == "train" else bundle.tests[0].query
-    out = save_grid(data, args.out, classes=args.classes, per_class=args.per_class)
+    out = save_grid(data, args.out, classes=args.rows, per_class=args.per_class,
+                    group_names=bundle.group_names)
     print(f"wrote {out}")
     return 0
 
@@ -272,9 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root")
     p.add_argument("--out", required=True)
     p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument("--rows", type=int, default=16, help="classes to show (one row each)")
     p.add_argument("--per-class", type=int, default=12)
     glyph_options(p)
-    p.set_defaults(func=cmd_datasets_show, classes=None)
+    p.set_defaults(func=cmd_datasets_show)
 
     p = sub.add_parser("train", help="one divide-and-conquer run (Ray Train, or --local in this process)")
     p.add_argument("runspec", nargs="?", help="RunSpec YAML (e.g. experiments/runs/glyphs_smoke.yaml)")
@@ -326,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ValueError as error:
+        # GlyphConfig and the readers raise ValueError subclasses naming the field or the path.
+        if isinstance(error, _user_errors()) or args.command == "datasets":
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        raise
     except _user_errors() as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -134,6 +134,12 @@ class ResultsStore:
         row = {**metrics, "sweep": sweep, "trial_id": trial_id}
         _atomic_write(_row_table(row, types), self.sweep_dir(sweep) / "epochs" / f"{trial_id}-e{int(metrics['epoch']):04d}.parquet")
 
+    def epoch_rows(self, sweep: str, trial_id: str) -> list[dict[str, Any]]:
+        """One trial's epoch rows, in epoch order, as plain dicts (missing values as None)."""
+        files = sorted((self.sweep_dir(sweep) / "epochs").glob(f"{trial_id}-e[0-9]*.parquet"))
+        rows = [pq.read_table(f).to_pylist()[0] for f in files]
+        return sorted(rows, key=lambda row: row["epoch"])
+
     def trial_ids(self, sweep: str) -> set[str]:
         directory = self.sweep_dir(sweep) / "trials"
         return {p.stem for p in directory.glob("*.parquet")} if directory.is_dir() else set()
@@ -155,12 +161,14 @@ class TrialRecorder:
         self._write("running")
 
     def epoch(self, metrics: dict[str, Any]) -> None:
-        self.history = [h for h in self.history if h["epoch"] < metrics["epoch"]] + [dict(metrics)]
         self.store.write_epoch(self.sweep, self.trial_id, metrics, self.metric_names)
 
     def finish(self, status: str, error: str | None = None) -> None:
+        """The final trial row, from the epoch rows in the store (whoever wrote them: this
+        process, or a Ray Train controller)."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
+        self.history = self.store.epoch_rows(self.sweep, self.trial_id)
         self._write(status, error)
 
     def _write(self, status: str, error: str | None = None) -> None:

@@ -1,0 +1,220 @@
+"""One divide-and-conquer run on Ray Train: the workers' seam, the trainer, `dncml train`.
+
+The training loop is `dncml.trainers.divide_and_conquer.train`; this module only supplies its
+seam on a Ray Train worker: `ray.train.report` with a `Checkpoint`, the run's clustering actor
+as the grouping service, DDP through `prepare_model`, and resumption from
+`ray.train.get_checkpoint()` (after a worker failure or an interrupted sweep).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from dncml.trainers import spec as runspec
+from dncml.trainers.seam import Seam, World, format_epoch
+
+from .clustering import ActorGroupingService, start_actor
+from .store import ResultsStore, TrialRecorder
+
+
+class PlatformError(ValueError):
+    """A problem with the cluster or the request, found before any training starts."""
+
+
+# -------------------------------------------------------------------------- on the workers
+class RayWorld(World):
+    def __init__(self):
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        super().__init__(ray.train.torch.get_device())
+
+    def wrap_model(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self.world_size == 1:
+            return module.to(self.device)
+        # A step trains one learner: the other slices and their losses are unused in that step.
+        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+def _session_id(world: RayWorld) -> str:
+    """A fresh id per worker-group start, the same on every rank (rank 0's, broadcast)."""
+    session = [uuid.uuid4().hex[:12]]
+    if world.world_size > 1:
+        torch.distributed.broadcast_object_list(session, src=0)
+    return session[0]
+
+
+def worker_loop(config: dict) -> None:
+    """The function every Ray Train worker runs."""
+    from dncml.trainers.divide_and_conquer import train
+
+    spec = runspec.from_dict(config["spec"])
+    world = RayWorld()
+    if spec.device == "cuda" and world.device.type != "cuda":
+        raise RuntimeError("RunSpec device 'cuda' but this Ray Train worker has no GPU (use --use-gpu)")
+    scratch = Path(tempfile.mkdtemp(prefix="dncml-"))
+    resume_from = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        resume_from = checkpoint.to_directory(str(scratch / "resume"))
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        if world.is_chief:
+            print(f"[{config['run_id']}] {format_epoch(metrics)}", flush=True)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # Ray has persisted its copy
+
+    seam = Seam(report=report, partition=ActorGroupingService(config["run_id"], _session_id(world)), world=world,
+                resume_from=resume_from, checkpoint_root=str(scratch / "checkpoints"))
+    try:
+        train(spec, seam)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------ on the driver side
+class StoreCallback(ray.train.UserCallback):
+    """Writes an epoch row to the results store for every report (runs in the Train controller)."""
+
+    def __init__(self, store_root: str, sweep: str, trial_id: str, metric_names: list[str]):
+        self.store_root, self.sweep, self.trial_id, self.metric_names = store_root, sweep, trial_id, metric_names
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        chief = metrics[0] if isinstance(metrics, list) else metrics
+        ResultsStore(self.store_root).write_epoch(self.sweep, self.trial_id, chief, self.metric_names)
+
+
+@dataclass
+class Resources:
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    use_gpu: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Resources":
+        return cls(num_workers=int(values.get("num_workers", 1)), cpus_per_worker=float(values.get("cpus_per_worker", 1.0)),
+                   gpus_per_worker=float(values.get("gpus_per_worker", 0.0)), use_gpu=bool(values.get("use_gpu", False)))
+
+
+def prepare_data(spec: runspec.RunSpec) -> None:
+    """Render / check the dataset on the driver first: a bad dataset fails here, and the workers
+    never race to render the same cache."""
+    from dncml.trainers.data.loading import load_dataset
+    from dncml.trainers.spec import check_against_data
+    import numpy as np
+
+    bundle = load_dataset(spec, progress=True)
+    check_against_data(spec, len(np.unique(bundle.train.labels)), bundle.train.has_groups)
+
+
+def fit_run(spec: runspec.RunSpec, run_id: str, resources: Resources, store: ResultsStore, sweep: str,
+            recorder: TrialRecorder, extra_callbacks: tuple = (), max_failures: int = 2):
+    """Build and fit the TorchTrainer of one run, with its clustering actor; record the outcome.
+    The same name and storage path resume the run from its newest checkpoint (Ray Train V2)."""
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    actor = start_actor(run_id, state_dir=str(store.root / "_ray" / sweep / run_id / "clustering"))
+    scaling = ray.train.ScalingConfig(
+        num_workers=resources.num_workers, use_gpu=resources.use_gpu,
+        resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker or 1} if resources.use_gpu else {})})
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"spec": spec.to_dict(), "run_id": run_id},
+        torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+        scaling_config=scaling,
+        run_config=ray.train.RunConfig(
+            name=run_id, storage_path=str((store.root / "_ray" / sweep).resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[StoreCallback(str(store.root.resolve()), sweep, recorder.trial_id, recorder.metric_names), *extra_callbacks],
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except BaseException as error:
+        recorder.finish("failed", error=f"{type(error).__name__}: {error}"[:4000])
+        raise
+    finally:
+        try:
+            ray.kill(actor)
+        except Exception:
+            pass
+    recorder.finish("completed")
+    return result
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at `address` (None: start a private local one). An unreachable
+    address is an error here, not a hang."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    if ray.is_initialized():
+        return
+    if address and address not in ("auto", "local") and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise PlatformError(f"--address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as error:
+            raise PlatformError(f"--address {address}: no Ray cluster answers there ({error}); "
+                                f"start one with `ray start --head --port={port}`") from None
+    try:
+        if address in (None, "local"):
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        else:
+            ray.init(address=address, log_to_driver=True)
+    except ConnectionError as error:
+        raise PlatformError(f"--address {address}: cannot connect to Ray: {error}") from None
+
+
+def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = False, address: str | None = None,
+                 storage: str | None = None, resume: bool = False, sweep: str = "train") -> str:
+    """`dncml train`: one run on Ray Train workers; its epochs land in the results store."""
+    if num_workers < 1:
+        raise PlatformError(f"--num-workers {num_workers}: must be >= 1")
+    store = ResultsStore(storage or "results")
+    trial_id = _resume_id(store, sweep, spec.name) if resume else None
+    if resume and trial_id is None:
+        print(f"no unfinished run named {spec.name!r} in {store.root / sweep}; starting a new one")
+    trial_id = trial_id or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    prepare_data(spec)
+    connect(address)
+    if use_gpu and not ray.cluster_resources().get("GPU"):
+        raise PlatformError("--use-gpu: the Ray cluster has no GPUs")
+    resources = Resources(num_workers=num_workers, use_gpu=use_gpu)
+    free = ray.cluster_resources().get("CPU", 0)
+    if num_workers * resources.cpus_per_worker > free:
+        raise PlatformError(f"--num-workers {num_workers} needs {num_workers} CPUs; the cluster has {free:g}")
+    print(f"run {trial_id}: {num_workers} Ray Train worker(s), store {store.root / sweep}", flush=True)
+    recorder = TrialRecorder(store, sweep, trial_id, spec)
+    fit_run(spec, trial_id, resources, store, sweep, recorder)
+    print(f"done: epochs in {store.root / sweep / 'epochs'}, trial row in {store.root / sweep / 'trials'}")
+    return trial_id
+
+
+def _resume_id(store: ResultsStore, sweep: str, name: str) -> str | None:
+    import pandas as pd
+
+    directory = store.sweep_dir(sweep) / "trials"
+    if not directory.is_dir():
+        return None
+    trials = pd.read_parquet(directory)
+    unfinished = trials[(trials["spec_name"] == name) & (trials["status"] != "completed")]
+    return None if unfinished.empty else str(unfinished.sort_values("started_at")["trial_id"].iloc[-1])
