@@ -150,7 +150,7 @@ class TrialRecorder:
     report, the final trial row (status, error, final and best metrics, timings) at the end."""
 
     def __init__(self, store: ResultsStore, sweep: str, trial_id: str, spec: RunSpec,
-                 experiment: str = "", setting: str = "", metric_names: list[str] | None = None):
+                 experiment: str = "", setting: str = "", metric_names: list[str] | None = None, start: bool = True):
         from dncml.trainers.data.loading import metric_names as expected_metrics
 
         self.store, self.sweep, self.trial_id, self.spec = store, sweep, trial_id, spec
@@ -158,7 +158,8 @@ class TrialRecorder:
         self.metric_names = metric_names or expected_metrics(spec)
         self.started = dt.datetime.now(dt.timezone.utc)
         self.history: list[dict] = []
-        self._write("running")
+        if start:
+            self._write("running")
 
     def epoch(self, metrics: dict[str, Any]) -> None:
         self.store.write_epoch(self.sweep, self.trial_id, metrics, self.metric_names)

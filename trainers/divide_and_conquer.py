@@ -40,6 +40,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
     check_against_data(spec, len(class_ids), data.train.has_groups)
     num_samples = len(targets)
 
+    torch.manual_seed(spec.seed)  # the initial weights are a function of the run's seed alone
     net = DivideAndConquerNet(spec, data.channels, len(class_ids)).to(device)
     model = world.wrap_model(net)
     optimizer, scheduler = make_optimizer(spec, net)

@@ -1,0 +1,618 @@
+"""The divide-and-conquer trainer: gradient isolation of the learners, the grouping strategies
+(Hungarian matching, repair, ground-truth and random partitions, the binary hierarchy), the
+cluster sampler, K = 1 == baseline, checkpoint / resume, RunSpec validation and a short run that
+actually learns. Everything runs on tiny rendered glyphs (16x16, a few dozen classes) on CPU."""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dncml.trainers import divide_and_conquer as dnc
+from dncml.trainers import runtime
+from dncml.trainers.data.loading import load_dataset
+from dncml.trainers.grouping import (
+    LocalGroupingService,
+    PartitionRequest,
+    binary_split,
+    compute_assignment,
+    ground_truth_partition,
+    match_to_previous,
+    random_partition,
+    repair,
+)
+from dncml.trainers.model import DivideAndConquerNet
+from dncml.trainers.runtime import EmbeddingBank, load_checkpoint, make_optimizer
+from dncml.trainers.sampler import ClusterBatchSampler
+from dncml.trainers.seam import LocalRun, Seam, World
+from dncml.trainers.spec import GROUPINGS, LOSSES, SpecError, from_dict, parse_overrides
+
+TINY = dict(glyph_classes=48, glyph_instances=12, image_size=16, embedding_dim=32, batch_size=16,
+            samples_per_class=4, K=4, T=1, warmup_epochs=0, epochs=2, finetune_epochs=1, lr=1e-3,
+            lr_embedding=1e-3, steps_per_epoch=3, kmeans_iterations=10)
+
+
+def tiny(**changes):
+    return from_dict({**TINY, **changes})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def glyph_cache(tmp_path_factory):
+    """Render glyphs once per test session, into a private cache."""
+    previous = os.environ.get("DNCML_CACHE")
+    os.environ["DNCML_CACHE"] = str(tmp_path_factory.mktemp("dncml-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DNCML_CACHE", None)
+    else:
+        os.environ["DNCML_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    return load_dataset(tiny(), progress=False)
+
+
+def run(spec, root, data=None, resume_from=None, report=None):
+    """Train in-process; returns (reported metrics, final state, final model state_dict)."""
+    history, checkpoints = [], []
+
+    def reporter(metrics, checkpoint):
+        history.append(metrics)
+        checkpoints.append(checkpoint)
+        if report is not None:
+            report(metrics, checkpoint)
+
+    state = dnc.train(spec, Seam(report=reporter, checkpoint_root=str(root), resume_from=resume_from), data)
+    return history, state, load_checkpoint(checkpoints[-1])["model"]
+
+
+def assert_state_dicts_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"tensors differ: {different}"
+
+
+def batch(num_classes=4, m=4, size=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_classes).repeat_interleave(m)
+    # Images that depend on the class, so metric losses have something to pull together.
+    prototypes = torch.randn(num_classes, 1, size, size, generator=generator)
+    images = prototypes[labels] + 0.5 * torch.randn(len(labels), 1, size, size, generator=generator)
+    return images, labels
+
+
+# ============================================================================ 1. the learners
+
+
+def test_gradient_isolation_and_adam_leaves_other_learners_alone():
+    spec = tiny(K=4, embedding_dim=32)
+    torch.manual_seed(0)
+    net = DivideAndConquerNet(spec, in_channels=1, num_classes=8)
+    optimizer, _ = make_optimizer(spec, net)
+    images, labels = batch()
+
+    # A step through every learner (and the full embedding) gives Adam momentum everywhere.
+    optimizer.zero_grad(set_to_none=True)
+    total = sum(net(images, labels, (k, k + 1))[0] for k in range(4)) + net(images, labels, (0, 4))[0]
+    total.backward()
+    assert all(p.grad is not None for layer in net.learner_layers for p in layer.parameters())
+    optimizer.step()
+
+    # Learner 1 only.
+    optimizer.zero_grad(set_to_none=True)
+    loss, _ = net(images, labels, (1, 2))
+    assert float(loss) > 0
+    loss.backward()
+    for k, layer in enumerate(net.learner_layers):
+        for p in layer.parameters():
+            if k == 1:
+                assert p.grad is not None and p.grad.abs().sum() > 0
+            else:
+                assert p.grad is None, f"learner {k} got a gradient from learner 1's step"
+    for key, loss_module in net.losses.items():
+        if key != "1-2":
+            assert all(p.grad is None for p in loss_module.parameters()), key
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.backbone.parameters())
+
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    optimizer.step()
+    after = dict(net.named_parameters())
+    for k in range(4):
+        for suffix in ("weight", "bias"):
+            name = f"learner_layers.{k}.{suffix}"
+            same = torch.equal(before[name], after[name])
+            assert same == (k != 1), f"{name}: {'unchanged' if same else 'changed'}"
+    for name in before:
+        if name.startswith("losses.") and not name.startswith("losses.1-2."):
+            assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["backbone.body.0.weight"], after["backbone.body.0.weight"])
+
+    # Test time: the full embedding is the normalised concatenation of the raw slices.
+    net.eval()
+    with torch.no_grad():
+        features = net.features(images)
+        raw = [layer(features) for layer in net.learner_layers]
+        expected = F.normalize(torch.cat(raw, dim=1), dim=1)
+        torch.testing.assert_close(net.embed(images), expected)
+        torch.testing.assert_close(net.learner_embedding(features, (1, 2)), F.normalize(raw[1], dim=1))
+        _, vectors = net(images, labels, (2, 3))  # the cluster-space vectors a training step returns
+        torch.testing.assert_close(vectors, expected)
+    assert sum(p.numel() for p in net.learner_layers.parameters()) == (128 + 1) * 32  # independent of K
+
+
+# =================================================================== 2. Hungarian stability
+
+
+def test_match_to_previous_undoes_a_relabeling():
+    rng = np.random.default_rng(0)
+    previous = rng.integers(0, 5, 600)
+    permutation = np.array([2, 0, 4, 1, 3])
+    relabeled = permutation[previous]
+    assert not np.array_equal(relabeled, previous)
+    assert np.array_equal(match_to_previous(relabeled, previous, 5), previous)
+
+    # 10 % of the samples move: each new cluster keeps the learner it overlaps most.
+    noisy = relabeled.copy()
+    moved = rng.choice(len(noisy), size=60, replace=False)
+    noisy[moved] = (noisy[moved] + rng.integers(1, 5, size=60)) % 5
+    matched = match_to_previous(noisy, previous, 5)
+    for new in range(5):
+        members = noisy == new
+        most = np.bincount(previous[members], minlength=5).argmax()
+        assert (matched[members] == most).all()
+    assert (matched != previous).mean() == pytest.approx(0.1)
+
+
+def blobs(num_blobs=4, classes_per_blob=5, per_class=8, dim=16, seed=0):
+    """Well separated clusters (on orthogonal axes); each holds whole classes. Shuffled."""
+    rng = np.random.default_rng(seed)
+    n = num_blobs * classes_per_blob * per_class
+    blob = np.repeat(np.arange(num_blobs), classes_per_blob * per_class)
+    labels = np.repeat(np.arange(num_blobs * classes_per_blob), per_class)
+    vectors = np.eye(dim, dtype=np.float32)[blob] + 0.05 * rng.standard_normal((n, dim)).astype(np.float32)
+    order = rng.permutation(n)
+    return vectors[order], labels[order], blob[order]
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_kmeans_rounds_keep_their_clusters():
+    vectors, labels, blob = blobs()
+    request = dict(strategy="kmeans", num_clusters=4, labels=labels, groups=np.full(len(labels), -1),
+                   indices=np.arange(len(labels)), vectors=vectors, kmeans_iterations=20)
+    service = LocalGroupingService()
+    first = service(PartitionRequest(round=0, seed=0, **request))
+    assert same_partition(first.clusters, blob)  # precondition: k-means found the blobs
+    assert first.repaired == 0 and first.version == 0
+    second = service(PartitionRequest(round=1, seed=5, previous=first.clusters, **request))
+    assert np.array_equal(second.clusters, first.clusters)
+    assert second.changed == 0.0 and second.version == 1
+
+
+# ======================================================================= 3. K = 1 == baseline
+
+
+def test_one_learner_equals_the_baseline(tmp_path, tiny_data):
+    schedule = dict(K=1, T=1, epochs=2, finetune_epochs=1, seed=7)
+    divided, _, divided_model = run(tiny(grouping="kmeans", **schedule), tmp_path / "a", tiny_data)
+    baseline, _, baseline_model = run(tiny(grouping="none", **schedule), tmp_path / "b", tiny_data)
+    assert [m["phase"] for m in divided] == ["divide", "divide", "conquer"]
+    assert [m["phase"] for m in baseline] == ["baseline"] * 3
+    assert [m["loss"] for m in divided] == [m["loss"] for m in baseline]
+    assert_state_dicts_equal(divided_model, baseline_model)
+    assert divided[-1]["test_recall@1"] == baseline[-1]["test_recall@1"]
+
+
+def test_the_seed_fixes_the_initial_weights(tmp_path, tiny_data):
+    spec = tiny(grouping="none", epochs=1, finetune_epochs=0, steps_per_epoch=1)
+    torch.manual_seed(123)  # global RNG state must not leak into the run
+    first = run(spec, tmp_path / "a", tiny_data)
+    torch.manual_seed(456)
+    second = run(spec, tmp_path / "b", tiny_data)
+    assert_state_dicts_equal(first[2], second[2])
+    third = run(spec.replace(seed=1), tmp_path / "c", tiny_data)
+    assert not torch.equal(first[2]["backbone.body.0.weight"], third[2]["backbone.body.0.weight"])
+
+
+# ================================================================================ 4. sampler
+
+
+def sampler_data():
+    """Four clusters of unequal size (4, 6, 10, 20 classes), 6 samples per class."""
+    classes_in = [4, 6, 10, 20]
+    class_cluster = np.repeat(np.arange(4), classes_in)
+    labels = np.repeat(np.arange(len(class_cluster)), 6)
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(labels))
+    labels = labels[order]
+    return labels, class_cluster[labels]
+
+
+def test_sampler_batches_come_from_one_cluster():
+    labels, clusters = sampler_data()
+    sampler = ClusterBatchSampler(labels, batch_size=16, samples_per_class=4, seed=3)
+    sampler.set_assignment(clusters, 4)
+    steps = sampler.epoch(0, 60)
+    for step in steps:
+        assert len(step.indices) == 16 and len(set(step.indices.tolist())) == 16
+        classes, counts = np.unique(labels[step.indices], return_counts=True)
+        assert len(classes) == 4 and (counts == 4).all()
+        assert (clusters[step.indices] == step.cluster).all()
+        assert np.array_equal(step.global_indices, step.indices)
+
+    again = ClusterBatchSampler(labels, 16, 4, seed=3)
+    again.set_assignment(clusters, 4)
+    assert all(a.cluster == b.cluster and np.array_equal(a.indices, b.indices)
+               for a, b in zip(steps, again.epoch(0, 60)))
+    other_epoch = again.epoch(1, 60)
+    assert any(not np.array_equal(a.indices, b.indices) for a, b in zip(steps, other_epoch))
+
+    # Uniform over clusters, not proportional to their size.
+    counts = np.bincount([step.cluster for step in sampler.epoch(2, 4000)], minlength=4)
+    assert np.abs(counts - 1000).max() < 120, counts
+
+
+def test_sampler_ranks_split_each_global_batch():
+    labels, clusters = sampler_data()
+    ranks = [ClusterBatchSampler(labels, 16, 4, seed=9, rank=r, world_size=2) for r in range(2)]
+    for sampler in ranks:
+        sampler.set_assignment(clusters, 4)
+    for a, b in zip(*(sampler.epoch(4, 40) for sampler in ranks)):
+        assert a.cluster == b.cluster
+        assert len(a.indices) == len(b.indices) == 16
+        assert not set(labels[a.indices]) & set(labels[b.indices])  # class-disjoint
+        assert (clusters[a.indices] == a.cluster).all() and (clusters[b.indices] == a.cluster).all()
+        assert np.array_equal(a.global_indices, b.global_indices)
+        assert np.array_equal(np.concatenate([a.indices, b.indices]), a.global_indices)
+
+
+# ================================================================================= 5. repair
+
+
+def usable_classes(clusters, labels, k, per_class=2):
+    return [int((np.unique(labels[clusters == c], return_counts=True)[1] >= per_class).sum()) for c in range(k)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_repair_makes_every_cluster_batchable(seed):
+    rng = np.random.default_rng(seed)
+    # 15 singleton classes and 20 classes of 2..6 samples; random clusters leave many strays.
+    sizes = np.r_[np.ones(15, int), rng.integers(2, 7, 20)]
+    labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    k = 4
+    clusters = rng.integers(0, k, len(labels))
+    assert min(usable_classes(clusters, labels, k)) < 2  # the case the repair exists for
+    repaired, moved = repair(clusters, labels, k)
+    assert min(usable_classes(repaired, labels, k)) >= 2
+    assert moved == int((repaired != clusters).sum()) > 0
+    assert repaired.min() >= 0 and repaired.max() < k
+
+    # An empty cluster gets classes.
+    clusters = rng.integers(0, k - 1, len(labels))
+    assert (clusters == k - 1).sum() == 0
+    repaired, _ = repair(clusters, labels, k)
+    assert min(usable_classes(repaired, labels, k)) >= 2
+
+    # A sampler can be built on the result.
+    ClusterBatchSampler(labels, 8, 2, seed=0).set_assignment(repaired, k)
+
+
+def test_repair_leaves_a_good_partition_alone():
+    _, labels, blob = blobs()
+    repaired, moved = repair(blob, labels, 4)
+    assert moved == 0 and np.array_equal(repaired, blob)
+
+
+# ======================================================== 6. ground-truth and random partitions
+
+
+def test_ground_truth_partition_keeps_groups_whole_and_balanced():
+    # Six groups of 5, 4, 3, 3, 2, 1 classes x 10 samples: 180 samples, three clusters of 60 fit.
+    classes_per_group = [5, 4, 3, 3, 2, 1]
+    class_group = np.repeat(np.arange(6), classes_per_group)
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(len(class_group)), 10))
+    groups = class_group[labels]
+    clusters = ground_truth_partition(labels, groups, 3)
+    for c in np.unique(labels):
+        assert len(np.unique(clusters[labels == c])) == 1
+    for g in np.unique(groups):
+        assert len(np.unique(clusters[groups == g])) == 1, f"group {g} split"
+    sizes = np.bincount(clusters, minlength=3)
+    assert sizes.min() > 0 and sizes.max() / sizes.min() <= 1.2, sizes
+
+    # Unequal classes: still balanced within the largest unit.
+    labels = np.repeat(np.arange(12), np.arange(12) + 5)
+    groups = labels // 2
+    clusters = ground_truth_partition(labels, groups, 4)
+    sizes = np.bincount(clusters, minlength=4)
+    assert sizes.max() - sizes.min() <= 2 * 16 + 1, sizes  # the biggest group has 31 samples
+    for g in np.unique(groups):
+        assert len(np.unique(clusters[groups == g])) == 1
+
+
+def test_ground_truth_partition_splits_groups_when_there_are_too_few():
+    labels = np.repeat(np.arange(12), 5)
+    groups = (labels >= 6).astype(np.int64)  # two groups of six classes, K = 4
+    clusters = ground_truth_partition(labels, groups, 4)
+    assert sorted(np.unique(clusters).tolist()) == [0, 1, 2, 3]
+    for c in np.unique(labels):
+        assert len(np.unique(clusters[labels == c])) == 1
+    for k in range(4):
+        assert len(np.unique(groups[clusters == k])) == 1  # a cluster is part of one group
+        assert len(np.unique(labels[clusters == k])) == 3
+
+
+def test_random_partition_is_seeded_and_balanced():
+    a = random_partition(1003, 4, seed=5)
+    assert np.array_equal(a, random_partition(1003, 4, seed=5))
+    assert not np.array_equal(a, random_partition(1003, 4, seed=6))
+    sizes = np.bincount(a, minlength=4)
+    assert sizes.max() - sizes.min() <= 1
+
+
+# ======================================================================= 7. binary hierarchy
+
+
+def test_binary_split_children_stay_under_their_parent():
+    rng = np.random.default_rng(0)
+    # Two parents, each made of two separated sub-blobs.
+    centers = np.eye(8, dtype=np.float32)[:4] * 3
+    sub = np.repeat(np.arange(4), 30)
+    vectors = centers[sub] + 0.1 * rng.standard_normal((len(sub), 8)).astype(np.float32)
+    order = rng.permutation(len(sub))
+    vectors, sub = vectors[order], sub[order]
+    parent = sub // 2
+    children = binary_split(vectors, parent, 2, seed=0, iterations=20)
+    for c in range(2):
+        assert set(children[parent == c].tolist()) == {2 * c, 2 * c + 1}
+    assert same_partition(children, sub)
+
+    # Through compute_assignment (strategy binary, previous K = 2 -> K = 4): the same rule.
+    labels = sub * 5 + rng.integers(0, 5, len(sub))
+    request = PartitionRequest(round=2, strategy="binary", num_clusters=4, seed=0, labels=labels,
+                               groups=np.full(len(sub), -1), previous=parent, kmeans_iterations=20)
+    assignment = compute_assignment(request, vectors)
+    assert ((assignment.clusters // 2) == parent).all()
+
+
+def test_binary_hierarchy_run_doubles_the_learners(tmp_path, tiny_data):
+    rounds = []
+
+    def service(request):
+        assignment = LocalGroupingService()(request)
+        rounds.append((request, assignment))
+        return assignment
+
+    spec = tiny(hierarchy="binary", K=4, T=1, epochs=3, finetune_epochs=0, eval_every=10)
+    history = []
+    dnc.train(spec, Seam(report=lambda m, c: history.append(m), partition=service,
+                         checkpoint_root=str(tmp_path)), tiny_data)
+    assert [m["active_learners"] for m in history] == [1, 2, 4]
+    assert [len(eval(m["cluster_sizes"])) for m in history] == [1, 2, 4]
+    assert [r.num_clusters for r, _ in rounds] == [1, 2, 4]
+    # K = 2 -> 4: children of cluster c are 2c and 2c + 1 (the repair may move a few stray samples).
+    (request, assignment) = rounds[2]
+    follows = (assignment.clusters // 2) == request.previous
+    assert follows.mean() >= 0.9, follows.mean()
+
+
+# ================================================================ 8. every strategy and loss
+
+EPOCH_KEYS = {"epoch", "total_epochs", "phase", "active_learners", "assignment_version", "loss", "steps",
+              "train_seconds", "images_per_second", "lr", "best_epoch", "best_val_recall@1", "epoch_seconds"}
+EVAL_KEYS = {f"{split}_{metric}" for split in ("val", "test")
+             for metric in ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r")}
+ROUND_KEYS = {"reclustered", "cluster_seconds", "embed_seconds", "kmeans_seconds", "cluster_sizes"}
+
+
+def check_run(history, spec):
+    assert len(history) == spec.total_epochs
+    for epoch, metrics in enumerate(history):
+        assert EPOCH_KEYS <= metrics.keys(), EPOCH_KEYS - metrics.keys()
+        assert math.isfinite(metrics["loss"]), metrics
+        assert metrics["steps"] == spec.steps_per_epoch
+        assert metrics["phase"] == spec.phase(epoch)
+        if spec.reclusters_at(epoch):
+            assert ROUND_KEYS <= metrics.keys()
+    assert EVAL_KEYS <= history[-1].keys()
+    assert all(math.isfinite(history[-1][key]) for key in EVAL_KEYS)
+
+
+@pytest.mark.parametrize("grouping", GROUPINGS)
+def test_every_grouping_runs(grouping, tmp_path, tiny_data):
+    spec = tiny(grouping=grouping, epochs=2, finetune_epochs=1, steps_per_epoch=2, eval_every=10)
+    history, _, _ = run(spec, tmp_path, tiny_data)
+    check_run(history, spec)
+    expected = {"none": 1, "kmeans": 4, "kmeans_nosplit": 1, "random": 4, "gt_labels": 4}[grouping]
+    assert history[0]["active_learners"] == expected
+    if grouping != "none":
+        assert len(eval(history[0]["cluster_sizes"])) == 4
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_runs(loss, tmp_path, tiny_data):
+    spec = tiny(loss=loss, epochs=1, finetune_epochs=1, steps_per_epoch=2, eval_every=10)
+    history, _, model = run(spec, tmp_path, tiny_data)
+    check_run(history, spec)
+    assert all(torch.isfinite(t).all() for t in model.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("options", [
+    dict(masks="learned"),
+    dict(embedding_source="training_pass"),
+    dict(cluster_space="backbone"),
+    dict(cluster_space="backbone", embedding_source="training_pass"),
+    dict(hierarchy="binary", K=2),
+    dict(freeze_bn=True, lr_decay_every=1),
+], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_options_run(options, tmp_path, tiny_data):
+    spec = tiny(epochs=2, finetune_epochs=1, steps_per_epoch=2, eval_every=10, **options)
+    history, _, _ = run(spec, tmp_path, tiny_data)
+    check_run(history, spec)
+    assert history[1]["reclustered"] and history[1]["assignment_version"] == 1
+
+
+# ========================================================================= 9. resume
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("source", ["full_pass", "training_pass"])
+def test_resume_continues_identically(source, tmp_path, tiny_data):
+    # T = 2: epoch 2 re-clusters from the restored assignment (and, for training_pass, the
+    # restored bank of vectors from epochs 0 and 1).
+    spec = tiny(embedding_source=source, T=2, epochs=3, finetune_epochs=0, steps_per_epoch=4, eval_every=10)
+    straight, _, straight_model = run(spec, tmp_path / "straight", tiny_data)
+
+    local = LocalRun(tmp_path / "run", spec.selection_metric, printer=None)
+
+    def interrupting(metrics, checkpoint):
+        local(metrics, checkpoint)
+        if metrics["epoch"] == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(spec, tmp_path / "tmp", tiny_data, report=interrupting)
+    checkpoint = local.latest_checkpoint()
+    assert checkpoint is not None and checkpoint.endswith("epoch-0001")
+    assert [m["loss"] for m in local.history] == [m["loss"] for m in straight[:2]]
+
+    resumed, state, resumed_model = run(spec, tmp_path / "tmp", tiny_data, resume_from=checkpoint)
+    assert [m["epoch"] for m in resumed] == [2]
+    assert resumed[0]["reclustered"]
+    assert resumed[0]["loss"] == straight[2]["loss"]
+    assert resumed[0]["cluster_sizes"] == straight[2]["cluster_sizes"]
+    assert resumed[0]["cluster_changed"] == straight[2]["cluster_changed"]
+    assert len(state.history) == 3
+    assert_state_dicts_equal(straight_model, resumed_model)
+
+
+# ================================================================== 10. RunSpec validation
+
+
+def test_spec_validation_messages():
+    with pytest.raises(SpecError, match="K must divide"):
+        from_dict(dict(K=7, d=64))
+    with pytest.raises(SpecError, match="did you mean num_learners"):
+        from_dict(dict(num_lerners=4))
+    with pytest.raises(SpecError) as error:
+        from_dict(dict(grouping="kmean"))
+    assert all(name in str(error.value) for name in GROUPINGS)
+    with pytest.raises(SpecError, match="multiple of samples_per_class"):
+        from_dict(dict(batch_size=18, m=4))
+    with pytest.raises(SpecError, match="samples_per_class"):
+        from_dict(dict(m=1))
+    with pytest.raises(SpecError, match="recluster_every"):
+        from_dict(dict(T=0))
+    with pytest.raises(SpecError, match="group labels"):
+        from_dict(dict(grouping="gt_labels", dataset="cub", data_root="/nonexistent"))
+    with pytest.raises(SpecError, match="power of 2"):
+        from_dict(dict(hierarchy="binary", K=6, d=96))
+    with pytest.raises(SpecError, match="must be int"):
+        from_dict(dict(K="eight"))
+
+
+def test_spec_coercion():
+    overrides = parse_overrides(["K=8", "T=3", "lr=1e-4", "amp=yes", "glyph_classes=null", "grouping=random", "d=64"])
+    spec = from_dict({}, overrides)
+    assert spec.num_learners == 8 and isinstance(spec.num_learners, int)
+    assert spec.recluster_every == 3 and spec.embedding_dim == 64
+    assert spec.lr == pytest.approx(1e-4) and isinstance(spec.lr, float)
+    assert spec.amp is True and spec.glyph_classes is None and spec.grouping == "random"
+    assert from_dict(dict(amp="off", freeze_bn=1, learn_beta="False")).amp is False
+    assert from_dict(dict(freeze_bn=1)).freeze_bn is True
+    assert from_dict(dict(learn_beta="False")).learn_beta is False
+    assert from_dict(dict(K="8")).num_learners == 8
+    with pytest.raises(SpecError, match="amp"):
+        from_dict(dict(amp="maybe"))
+    with pytest.raises(SpecError):
+        parse_overrides(["K"])
+
+
+def test_too_many_learners_for_the_data_fails_before_training(tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the spec check")
+
+    monkeypatch.setattr(dnc, "DivideAndConquerNet", no_model)
+    spec = tiny(glyph_classes=16, K=4, batch_size=8, m=2)  # 6 training classes: K <= 3
+    reports = []
+    with pytest.raises(SpecError, match="K must be <= training classes / 2"):
+        dnc.train(spec, Seam(report=lambda m, c: reports.append(m), checkpoint_root=str(tmp_path)))
+    assert not reports
+    # The baseline has no such limit: it gets as far as building the model.
+    with pytest.raises(AssertionError, match="model was built"):
+        dnc.train(spec.replace(grouping="none"), Seam(report=lambda m, c: None, checkpoint_root=str(tmp_path)))
+
+
+# =========================================================================== 11. it learns
+
+
+def test_a_short_run_learns(tmp_path):
+    started = time.perf_counter()
+    spec = from_dict(dict(glyph_classes=200, glyph_instances=12, image_size=32, d=64, K=2, warmup_epochs=1,
+                          epochs=2, finetune_epochs=1, batch_size=32, lr=1e-3, lr_embedding=1e-3,
+                          kmeans_iterations=20, eval_every=100))
+    data = load_dataset(spec, progress=False)
+    torch.manual_seed(spec.seed)  # the same initial weights as the run's
+    untrained = DivideAndConquerNet(spec, data.channels, len(np.unique(data.train.labels)))
+    before = runtime.evaluate(untrained, data, spec, torch.device("cpu"))["test_recall@1"]
+    history, _, _ = run(spec, tmp_path, data)
+    after = history[-1]["test_recall@1"]
+    assert [m["phase"] for m in history] == ["warmup", "divide", "divide", "conquer"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert after >= before + 0.05, (before, after)
+    print(f"test_recall@1 {before:.3f} -> {after:.3f} in {time.perf_counter() - started:.1f} s")
+
+
+# ============================================================ 12. training_pass collection
+
+
+def test_training_pass_needs_no_extra_pass_when_everything_was_seen(tiny_data, monkeypatch):
+    spec = tiny(embedding_source="training_pass")
+    n = len(tiny_data.train)
+    net = DivideAndConquerNet(spec, tiny_data.channels, len(np.unique(tiny_data.train.labels)))
+    embedded = []
+    real_embed_split = runtime.embed_split
+
+    def counting(net, split, spec, device, space="embedding", indices=None):
+        embedded.append(np.arange(len(split)) if indices is None else np.asarray(indices))
+        return real_embed_split(net, split, spec, device, space, indices)
+
+    monkeypatch.setattr(dnc, "embed_split", counting)
+    bank = EmbeddingBank(n)
+    bank.vectors = np.random.default_rng(0).standard_normal((n, spec.embedding_dim)).astype(np.float32)
+    bank.seen[:] = True
+    bank.seen_globally[:] = True
+    indices, vectors = dnc.collect_vectors(spec, net, tiny_data, World(), bank)
+    assert all(len(e) == 0 for e in embedded), [len(e) for e in embedded]
+    assert np.array_equal(np.sort(indices), np.arange(n))
+    assert np.array_equal(vectors, bank.vectors[indices])
+
+    # Half seen: exactly the unseen half gets a pass, and every sample is covered once.
+    embedded.clear()
+    bank.seen[:] = bank.seen_globally[:] = np.arange(n) % 2 == 0
+    indices, vectors = dnc.collect_vectors(spec, net, tiny_data, World(), bank)
+    assert sum(len(e) for e in embedded) == n // 2
+    assert np.array_equal(np.concatenate(embedded), np.arange(1, n, 2))
+    assert np.array_equal(np.sort(indices), np.arange(n))
+    order = np.argsort(indices)
+    full = runtime.embed_split(net, tiny_data.train, spec, torch.device("cpu"))
+    np.testing.assert_allclose(vectors[order][1::2], full[1::2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(vectors[order][0::2], bank.vectors[0::2])
+
+    # No bank yet (the first round): one full pass.
+    embedded.clear()
+    indices, _ = dnc.collect_vectors(spec, net, tiny_data, World(), EmbeddingBank(n))
+    assert sum(len(e) for e in embedded) == n and np.array_equal(indices, np.arange(n))
