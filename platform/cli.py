@@ -35,6 +35,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     try:
+        from dncml.platform.train import PlatformError
+        errors.append(PlatformError)
+    except ImportError:
+        pass
+    try:
         from dncml.analysis.store import StoreError
         errors.append(StoreError)
     except ImportError:
@@ -215,9 +220,17 @@ def cmd_embed(args) -> int:
 def cmd_sweep(args) -> int:
     from dncml.platform.sweep import run_sweep
 
-    run_sweep(args.spec, preset=args.preset, address=args.address, storage=args.storage,
-              resume=args.resume, max_concurrent=args.max_concurrent)
-    return 0
+    from dncml.experiments.loader import load_experiment
+
+    experiment = load_experiment(args.spec, args.preset)
+    sweep, summary = run_sweep(args.spec, preset=args.preset, address=args.address, storage=args.storage,
+                               resume=args.resume, max_concurrent=args.max_concurrent)
+    if summary.get("completed"):
+        from dncml.analysis.tables import render_table
+
+        print()
+        print(render_table(args.storage, experiment.name, fmt="md", sweep=sweep))
+    return 0 if not summary.get("failed") else 1
 
 
 def cmd_table(args) -> int:

@@ -37,7 +37,9 @@ EPOCH_FIELDS: dict[str, pa.DataType] = {
     "epoch_seconds": pa.float64(), "best_epoch": pa.int64(), "reclustered": pa.bool_(),
     "cluster_seconds": pa.float64(), "embed_seconds": pa.float64(), "kmeans_seconds": pa.float64(),
     "cluster_cost": pa.float64(), "cluster_changed": pa.float64(), "cluster_repaired": pa.int64(),
-    "cluster_sizes": pa.string(),
+    "cluster_sizes": pa.string(), "assignment_digest": pa.int64(),
+    # Written by the Ray Train callback from all workers' reports of the epoch:
+    "workers": pa.int64(), "workers_agree": pa.bool_(), "node_ids": pa.string(), "session": pa.string(),
 }
 TRIAL_FIELDS: dict[str, pa.DataType] = {
     "sweep": pa.string(), "trial_id": pa.string(), "experiment": pa.string(), "setting": pa.string(),

@@ -148,6 +148,7 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(tune_root), callbacks=callbacks, verbose=0,
                                       failure_config=tune.FailureConfig(fail_fast=False)),
         )
+    write_experiment_card(store, sweep, experiment)
     results = tuner.fit()
     summary = reconcile(store, sweep, experiment, results)
     print(f"sweep {sweep} done: " + ", ".join(f"{n} {status}" for status, n in summary.items() if n))
@@ -180,6 +181,24 @@ def _tune_config(experiment: Experiment, limit: int) -> tune.TuneConfig:
                                scheduler=scheduler)
     return tune.TuneConfig(metric=f"best_{experiment.metric}", mode=experiment.mode, num_samples=experiment.num_samples,
                            max_concurrent_trials=limit, scheduler=scheduler)
+
+
+def write_experiment_card(store: ResultsStore, sweep: str, experiment: Experiment) -> None:
+    """What `analysis/` needs to know about the sweep (rows, metric, the table's labels and the
+    paper's numbers), stored beside its Parquet tables so analysis reads the store alone."""
+    import json
+    import os
+
+    card = {"experiment": experiment.name, "preset": experiment.preset, "sweep": sweep,
+            "description": experiment.description, "rows": experiment.rows, "metric": experiment.metric,
+            "mode": experiment.mode, "grid": experiment.grid, "search": experiment.search,
+            "num_samples": experiment.num_samples, "table": experiment.table, "plot": experiment.plot,
+            "base_run": experiment.run}
+    directory = store.sweep_dir(sweep)
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = directory / ".experiment.json.tmp"
+    temporary.write_text(json.dumps(card, indent=2, default=str))
+    os.replace(temporary, directory / "experiment.json")
 
 
 def reconcile(store: ResultsStore, sweep: str, experiment: Experiment, results) -> dict[str, int]:

@@ -73,14 +73,18 @@ def worker_loop(config: dict) -> None:
     if checkpoint is not None:
         resume_from = checkpoint.to_directory(str(scratch / "resume"))
 
+    node_id = ray.get_runtime_context().get_node_id()
+    session = _session_id(world)
+
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         if world.is_chief:
             print(f"[{config['run_id']}] {format_epoch(metrics)}", flush=True)
+        metrics = {**metrics, "node_id": node_id, "session": session}
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # Ray has persisted its copy
 
-    seam = Seam(report=report, partition=ActorGroupingService(config["run_id"], _session_id(world)), world=world,
+    seam = Seam(report=report, partition=ActorGroupingService(config["run_id"], session), world=world,
                 resume_from=resume_from, checkpoint_root=str(scratch / "checkpoints"))
     try:
         train(spec, seam)
@@ -96,8 +100,13 @@ class StoreCallback(ray.train.UserCallback):
         self.store_root, self.sweep, self.trial_id, self.metric_names = store_root, sweep, trial_id, metric_names
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        chief = metrics[0] if isinstance(metrics, list) else metrics
-        ResultsStore(self.store_root).write_epoch(self.sweep, self.trial_id, chief, self.metric_names)
+        reports = metrics if isinstance(metrics, list) else [metrics]
+        # Every worker must train on the same assignment: the one the run's actor handed out.
+        versions = {(m.get("assignment_version"), m.get("assignment_digest")) for m in reports}
+        row = {**reports[0], "workers": len(reports), "workers_agree": len(versions) == 1,
+               "node_ids": ",".join(sorted({str(m.get("node_id")) for m in reports}))}
+        row.pop("node_id", None)
+        ResultsStore(self.store_root).write_epoch(self.sweep, self.trial_id, row, self.metric_names)
 
 
 @dataclass
@@ -177,7 +186,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
                                 f"start one with `ray start --head --port={port}`") from None
     try:
         if address in (None, "local"):
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
         else:
             ray.init(address=address, log_to_driver=True)
     except ConnectionError as error:

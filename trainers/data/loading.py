@@ -1,6 +1,7 @@
 """From a RunSpec to a dataset bundle with its validation split, and to torch datasets."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..spec import RunSpec
@@ -19,7 +20,7 @@ def load_dataset(spec: RunSpec, cache_dir: str | Path | None = None, progress: b
     else:
         from .benchmarks import read_benchmark
 
-        bundle = read_benchmark(spec.dataset, spec.data_root)
+        bundle = read_benchmark(spec.dataset, os.path.expanduser(os.path.expandvars(spec.data_root)))
     train, val = carve_validation(bundle.train, spec.val_fraction, spec.dataset_seed)
     bundle.train = train
     bundle.val = EvalSet("val", val, None, bundle.recall_ks) if len(val) else None

@@ -1,0 +1,390 @@
+"""An experiment's figure from the results store, saved as PNG (matplotlib, Agg renderer).
+
+    curves     a metric per epoch, one line per row setting (mean over seeds, ± std band), dotted
+               lines where the phase changes (warmup -> divide -> conquer): Figure 1
+    clusters   cluster sizes at each re-clustering round, one panel per setting
+    metric_vs  a final metric against a numeric row field (e.g. recluster_every), with error bars
+    bars       grouped bars: x = one row field, hue = another (e.g. loss x grouping)
+    search     a hyper-parameter search: the metric per trial in completion order with the
+               running best, and the metric against each searched parameter
+
+Figures are built with `matplotlib.figure.Figure` (no pyplot, no global backend switch), so this
+works in scripts, threads and notebooks alike.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .store import ExperimentData, StoreError, load_experiment
+from .tables import (ALIASES, is_percent, is_seconds, metric_column, metric_label, metric_mode, ordered_keys,
+                     row_fields, row_keys, row_values)
+
+KINDS = ("curves", "clusters", "metric_vs", "bars", "search")
+DPI = 120
+SHORT = {v: k for k, v in ALIASES.items()}  # num_learners -> K, ...
+PHASE_ORDER = ("warmup", "divide", "conquer", "baseline")
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _short(field: str) -> str:
+    return SHORT.get(field, field)
+
+
+def setting_label(data: ExperimentData, key: str) -> str:
+    """The legend entry of a row: the table's label, else `K=4` / `grouping=kmeans, loss=margin`."""
+    labels = {str(k): str(v) for k, v in (data.table.get("labels") or {}).items()}
+    if key in labels:
+        return labels[key]
+    fields = row_fields(data)
+    parts = key.split(",") if len(fields) > 1 else [key]
+    return ", ".join(f"{_short(f)}={labels.get(v, v)}" for f, v in zip(fields, parts))
+
+
+def _axis_label(name: str) -> str:
+    base = name[5:] if name.startswith("best_") else name
+    split, _, rest = base.partition("_")
+    label = metric_label(base)
+    if split in ("val", "test") and rest:
+        label = ("validation " if split == "val" else "test ") + label.replace("val ", "")
+    if is_percent(base):
+        return f"{label} (%)"
+    if is_seconds(base):
+        return f"{base.replace('_seconds', '').replace('_', ' ')} time (s)"
+    return label
+
+
+def _scale(name: str) -> float:
+    return 100.0 if is_percent(name) else 1.0
+
+
+def _completed(data: ExperimentData) -> pd.DataFrame:
+    return data.with_status(("completed",))
+
+
+def _pick_metric(data: ExperimentData, metric: str | None, trials: pd.DataFrame | None = None) -> str:
+    """The metric to plot: asked for, else the card's plot.metric, else the table's first metric
+    recorded, else the card's selection metric."""
+    if metric:
+        return metric[5:] if metric.startswith("best_") else metric
+    if data.plot.get("metric"):
+        return str(data.plot["metric"])
+    if trials is not None:
+        for name in data.table.get("metrics") or []:
+            if metric_column(trials, name) is not None:
+                return name
+    return data.metric
+
+
+def _trial_values(data: ExperimentData, trials: pd.DataFrame, name: str) -> pd.Series:
+    column = metric_column(trials, name)
+    if column is None:
+        from .tables import available_metrics
+
+        raise StoreError(f"no trial of {data.name!r} recorded metric {name!r}; "
+                         f"available: {', '.join(available_metrics(trials)) or 'none'}")
+    return pd.to_numeric(trials[column], errors="coerce")
+
+
+def _trial_keys(data: ExperimentData, epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.Series:
+    """Each epoch row's table row key (NaN for epochs of trials not in `trials`)."""
+    keys = row_keys(data, trials)
+    if "sweep" in epochs and "sweep" in trials:
+        lookup = dict(zip(zip(trials["sweep"], trials["trial_id"]), keys))
+        return pd.Series([lookup.get(k) for k in zip(epochs["sweep"], epochs["trial_id"])], index=epochs.index, dtype=object)
+    lookup = dict(zip(trials["trial_id"], keys))
+    return epochs["trial_id"].map(lookup)
+
+
+def _colors(count: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if count <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
+def palette(data: ExperimentData) -> dict[str, Any]:
+    """Row key -> color, the same in every figure of the experiment (table order)."""
+    trials = data.with_status(None)
+    keys = ordered_keys(data, row_keys(data, trials)) if len(trials) else []
+    return dict(zip(keys, _colors(len(keys))))
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _title(data: ExperimentData, text: str) -> str:
+    sweeps = data.sweeps[0] if len(data.sweeps) == 1 else f"{len(data.sweeps)} sweeps"
+    return f"{data.name} ({data.preset or 'n/a'}): {text}\n{sweeps}"
+
+
+def _save(fig: Figure, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI, format="png", bbox_inches="tight")
+    return out
+
+
+# ------------------------------------------------------------------------------------ kinds
+def _phase_changes(epochs: pd.DataFrame) -> dict[int, set[str]]:
+    """First epoch of a new phase -> the phases starting there (across trials)."""
+    changes: dict[int, set[str]] = {}
+    if "phase" not in epochs:
+        return changes
+    group_by = [c for c in ("sweep", "trial_id") if c in epochs]
+    for _, trial in epochs.sort_values("epoch").groupby(group_by):
+        phases = trial["phase"].tolist()
+        for (epoch, phase), previous in zip(zip(trial["epoch"].tolist()[1:], phases[1:]), phases[:-1]):
+            if phase != previous and isinstance(phase, str):
+                changes.setdefault(int(epoch), set()).add(phase)
+    return changes
+
+
+def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
+    trials = _completed(data)
+    metric = _pick_metric(data, metric)
+    epochs = data.epochs
+    if epochs.empty or metric not in epochs or epochs[metric].notna().sum() == 0:
+        names = [c for c in epochs.columns if c.startswith(("val_", "test_")) and epochs[c].notna().any()] if len(epochs) else []
+        names += [c for c in ("loss",) if c in epochs]
+        raise StoreError(f"no epoch of {data.name!r} recorded {metric!r}; available per-epoch metrics: {', '.join(names) or 'none'}")
+    epochs = epochs.assign(_key=_trial_keys(data, epochs, trials)).dropna(subset=["_key"])
+    keys = ordered_keys(data, epochs["_key"].unique())
+    scale = _scale(metric)
+    fig = Figure(figsize=(8.5, 5.6), layout="constrained")
+    ax = fig.add_subplot()
+    colors = palette(data)
+    for index, key in enumerate(keys):
+        color = colors.get(key, "black")
+        rows = epochs[(epochs["_key"] == key) & epochs[metric].notna()]
+        stats = (rows[metric] * scale).groupby(rows["epoch"] + 1).agg(["mean", "std", "count"])
+        n = int(rows.groupby([c for c in ("sweep", "trial_id") if c in rows]).ngroups)
+        x = stats.index.to_numpy(dtype=float)
+        # Distinct markers and shrinking widths keep coinciding curves visible.
+        ax.plot(x, stats["mean"], marker=MARKERS[index % len(MARKERS)] if len(x) <= 40 else None,
+                markersize=7 - 4 * index / max(1, len(keys)), lw=2.6 - 1.4 * index / max(1, len(keys)), color=color,
+                alpha=0.9, label=f"{setting_label(data, key)} (n={n})")
+        band = stats["std"].fillna(0.0)
+        if (band > 0).any():
+            ax.fill_between(x, stats["mean"] - band, stats["mean"] + band, color=color, alpha=0.18, lw=0)
+    changes = _phase_changes(epochs)
+    for epoch, phases in sorted(changes.items()):
+        shown = sorted(phases - {"baseline"} or phases, key=lambda p: PHASE_ORDER.index(p) if p in PHASE_ORDER else 9)
+        ax.axvline(epoch + 0.5, color="0.35", ls=":", lw=1.2)
+        ax.text(epoch + 0.55, 0.02, " / ".join(shown), transform=ax.get_xaxis_transform(), rotation=90,
+                va="bottom", ha="left", fontsize=9, color="0.3")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(_axis_label(metric))
+    hue = data.plot.get("hue") or ", ".join(row_fields(data))
+    ax.set_title(_title(data, f"{metric_label(metric)} per epoch by {_short(str(hue))} (mean ± std over seeds)"))
+    if epochs["epoch"].nunique() <= 25:
+        ax.set_xticks(sorted((epochs["epoch"] + 1).unique()))
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=2 if len(keys) > 3 else len(keys), fontsize=9, frameon=False,
+               title=None if data.table.get("labels") else _short(str(hue)))
+    return fig
+
+
+def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
+    trials = _completed(data)
+    epochs = data.epochs
+    if epochs.empty or "cluster_sizes" not in epochs or epochs["cluster_sizes"].notna().sum() == 0:
+        raise StoreError(f"no trial of {data.name!r} re-clustered (no cluster_sizes in its epochs); "
+                         "a clusters plot needs a dividing grouping (random, gt_labels, kmeans ...)")
+    epochs = epochs.assign(_key=_trial_keys(data, epochs, trials)).dropna(subset=["_key", "cluster_sizes"])
+    if epochs.empty:
+        raise StoreError(f"no completed trial of {data.name!r} re-clustered (no cluster_sizes)")
+    keys = ordered_keys(data, epochs["_key"].unique())
+    ncols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    rng = np.random.default_rng(0)
+    colors = palette(data)
+    for ax, key in zip(axes.ravel(), keys):
+        color = colors.get(key, "tab:blue")
+        rows = epochs[epochs["_key"] == key].sort_values("epoch")
+        rounds = sorted(int(e) for e in rows["epoch"].unique())
+        sizes = [[s for text in rows.loc[rows["epoch"] == e, "cluster_sizes"] for s in json.loads(text)] for e in rounds]
+        positions = list(range(1, len(rounds) + 1))
+        ax.boxplot(sizes, positions=positions, widths=0.6, showfliers=False,
+                   medianprops={"color": "black"}, boxprops={"color": "0.4"}, whiskerprops={"color": "0.4"})
+        for pos, values in zip(positions, sizes):
+            ax.scatter(pos + rng.uniform(-0.18, 0.18, len(values)), values, s=12, color=color, alpha=0.75, zorder=3)
+        counts = [len(json.loads(t)) for t in rows["cluster_sizes"]]
+        ax.set_xticks(positions, [str(e + 1) for e in rounds])
+        ax.set_title(f"{setting_label(data, key)}\n(K up to {max(counts)}, {rows['trial_id'].nunique()} trial(s))", fontsize=10)
+        ax.set_xlabel("re-clustering at epoch")
+        ax.grid(alpha=0.3, axis="y")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("cluster size (training samples)")
+    for ax in axes.ravel()[len(keys):]:
+        ax.set_visible(False)
+    fig.suptitle(_title(data, "cluster sizes at each re-clustering (dots: clusters, pooled over seeds)"))
+    return fig
+
+
+def _numeric(values: pd.Series) -> pd.Series | None:
+    numbers = pd.to_numeric(values, errors="coerce")
+    return numbers if numbers.notna().all() else None
+
+
+def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
+    trials = _completed(data)
+    fields = row_fields(data)
+    x_field = ALIASES.get(str(data.plot.get("x") or fields[0]), str(data.plot.get("x") or fields[0]))
+    metric = _pick_metric(data, metric, trials)
+    panels = [metric] + [m for m in (data.table.get("metrics") or []) if is_seconds(m) and m != metric
+                         and metric_column(trials, m) is not None][:2]
+    values = row_values(data, trials) if x_field in fields else pd.DataFrame(index=trials.index)
+    column = f"spec_{x_field}" if f"spec_{x_field}" in trials else x_field
+    if column not in trials:
+        raise StoreError(f"the trials have no column for x = {x_field!r}")
+    x_raw = trials[column]
+    x_num = _numeric(x_raw)
+    others = [f for f in fields if f != x_field]
+    groups = values[others].astype(str).agg(",".join, axis=1) if others else pd.Series("", index=trials.index)
+    fig = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    categories = list(dict.fromkeys(x_raw.astype(str))) if x_num is None else None
+    for ax, name in zip(axes, panels):
+        y = _trial_values(data, trials, name) * _scale(name)
+        group_names = sorted(groups.unique())
+        for index, (group, color) in enumerate(zip(group_names, _colors(len(group_names)))):
+            mask = groups == group
+            x = x_num[mask] if x_num is not None else x_raw[mask].astype(str).map({c: i for i, c in enumerate(categories)})
+            stats = y[mask].groupby(x).agg(["mean", "std", "count"]).sort_index()
+            label = ", ".join(f"{_short(f)}={v}" for f, v in zip(others, group.split(","))) if others else None
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", capsize=4, lw=1.8,
+                        color=color, label=label)
+            ax.scatter(x, y[mask], s=14, color=color, alpha=0.35, zorder=3)
+        if x_num is None:
+            ax.set_xticks(range(len(categories)), categories)
+        elif x_num.nunique() <= 12:
+            ax.set_xticks(sorted(x_num.unique()))
+        ax.set_xlabel(f"{_short(x_field)} ({x_field})" if _short(x_field) != x_field else x_field)
+        ax.set_ylabel(_axis_label(name))
+        ax.set_title(f"{metric_label(name)} vs {_short(x_field)}", fontsize=11)
+        ax.grid(alpha=0.3)
+        if others:
+            ax.legend(fontsize=8)
+    fig.suptitle(_title(data, "mean ± std over seeds (dots: trials)"))
+    return fig
+
+
+def plot_bars(data: ExperimentData, metric: str | None = None) -> Figure:
+    trials = _completed(data)
+    fields = row_fields(data)
+    x_field = ALIASES.get(str(data.plot.get("x") or fields[0]), str(data.plot.get("x") or fields[0]))
+    hue = data.plot.get("hue")
+    hue_field = ALIASES.get(str(hue), str(hue)) if hue else next((f for f in fields if f != x_field), None)
+    if hue_field == x_field:
+        hue_field = None
+    if x_field not in fields or (hue_field is not None and hue_field not in fields):
+        raise StoreError(f"bars: x {x_field!r} and hue {hue_field!r} must be row fields of {data.name!r} ({', '.join(fields)})")
+    metric = _pick_metric(data, metric, trials)
+    y = _trial_values(data, trials, metric) * _scale(metric)
+    values = row_values(data, trials)
+    keys = ordered_keys(data, values.astype(str).agg(",".join, axis=1))
+    index_of = {f: i for i, f in enumerate(fields)}
+    xs = list(dict.fromkeys(k.split(",")[index_of[x_field]] for k in keys))
+    hues = list(dict.fromkeys(k.split(",")[index_of[hue_field]] for k in keys)) if hue_field else [""]
+    fig = Figure(figsize=(max(6.0, 1.1 * len(xs) * max(1, len(hues)) + 2), 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(hues)
+    for j, (h, color) in enumerate(zip(hues, _colors(len(hues)))):
+        mask_h = (values[hue_field] == h) if hue_field else pd.Series(True, index=values.index)
+        means, stds, ns = [], [], []
+        for xv in xs:
+            selected = y[mask_h & (values[x_field] == xv)].dropna()
+            means.append(selected.mean() if len(selected) else np.nan)
+            stds.append(selected.std(ddof=1) if len(selected) > 1 else 0.0)
+            ns.append(len(selected))
+        positions = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
+        label = setting_label_for(data, hue_field, h) if hue_field else None
+        bars = ax.bar(positions, means, width * 0.92, yerr=stds, capsize=3, color=color, label=label)
+        ax.bar_label(bars, labels=["" if np.isnan(m) else f"{m:.1f}" for m in means], fontsize=8, padding=2)
+    ax.set_xticks(np.arange(len(xs)), [setting_label_for(data, x_field, v) for v in xs])
+    ax.set_xlabel(x_field)
+    ax.set_ylabel(_axis_label(metric))
+    ax.grid(alpha=0.3, axis="y")
+    if hue_field:
+        ax.legend(title=hue_field, fontsize=9)
+    ax.set_title(_title(data, f"{metric_label(metric)} by {x_field}" + (f" and {hue_field}" if hue_field else "")
+                        + " (mean ± std over seeds)"))
+    return fig
+
+
+def setting_label_for(data: ExperimentData, field: str, value: str) -> str:
+    labels = {str(k): str(v) for k, v in (data.table.get("labels") or {}).items()}
+    return labels.get(value, value)
+
+
+def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
+    trials = data.with_status(("completed", "pruned"))
+    metric = metric[5:] if metric and metric.startswith("best_") else (metric or data.metric)
+    y = _trial_values(data, trials, metric) * _scale(metric)
+    order_by = [c for c in ("ended_at", "started_at", "trial_id") if c in trials]
+    ranked = trials.assign(_y=y).sort_values(order_by, na_position="last").reset_index(drop=True)
+    params = [ALIASES.get(p, p) for p in (data.card.get("search") or {})]
+    params = [p for p in params if f"spec_{p}" in ranked]
+    panels = 1 + len(params)
+    ncols = min(4, panels)
+    nrows = math.ceil(panels / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.7 * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    ax = axes[0]
+    x = np.arange(1, len(ranked) + 1)
+    pruned = ranked["status"] == "pruned"
+    ax.scatter(x[~pruned], ranked["_y"][~pruned], s=22, color="tab:blue", label="completed", zorder=3)
+    if pruned.any():
+        ax.scatter(x[pruned], ranked["_y"][pruned], s=22, color="tab:gray", marker="x", label="pruned (ASHA)", zorder=3)
+    best = ranked["_y"].cummax() if metric_mode(metric, data) == "max" else ranked["_y"].cummin()
+    ax.step(x, best, where="post", color="tab:red", lw=1.8, label="best so far")
+    ax.set_xlabel("trial (completion order)")
+    ax.set_ylabel(_axis_label(metric))
+    ax.set_title(f"{metric_label(metric)} per trial", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    distributions = {ALIASES.get(k, k): v for k, v in (data.card.get("search") or {}).items()}
+    for ax, param in zip(axes[1:], params):
+        values = pd.to_numeric(ranked[f"spec_{param}"], errors="coerce")
+        ax.scatter(values, ranked["_y"], s=22, c=np.where(pruned, "tab:gray", "tab:blue"), zorder=3)
+        spec = distributions.get(param) or {}
+        if isinstance(spec, dict) and "loguniform" in spec and (values > 0).all():
+            ax.set_xscale("log")
+        ax.set_xlabel(f"{param}" + (f" ({_short(param)})" if _short(param) != param else ""))
+        ax.set_ylabel(_axis_label(metric))
+        ax.grid(alpha=0.3)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    fig.suptitle(_title(data, f"search: {len(ranked)} trials selected on {metric}"))
+    return fig
+
+
+PLOTTERS = {"curves": plot_curves, "clusters": plot_clusters, "metric_vs": plot_metric_vs, "bars": plot_bars,
+            "search": plot_search}
+
+
+def experiment_figure(data: ExperimentData, kind: str | None = None, metric: str | None = None) -> Figure:
+    """The figure (not saved) of a loaded experiment; kind defaults to the card's plot.kind."""
+    kind = kind or data.plot.get("kind") or "curves"
+    if kind not in PLOTTERS:
+        raise StoreError(f"unknown plot kind {kind!r}; one of {', '.join(KINDS)}")
+    return PLOTTERS[kind](data, metric)
+
+
+def plot_experiment(store: str | Path | ExperimentData, experiment: str | None, out: str | Path,
+                    kind: str | None = None, sweep: str | None = None, metric: str | None = None) -> Path:
+    """Draw the experiment's figure and save it as a PNG at `out`; returns the path.
+    kind: curves | clusters | metric_vs | bars | search (default: the card's plot.kind, else curves)."""
+    if kind is not None and kind not in PLOTTERS:
+        raise StoreError(f"unknown plot kind {kind!r}; one of {', '.join(KINDS)}")
+    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep)
+    return _save(experiment_figure(data, kind, metric), out)

@@ -1,0 +1,107 @@
+"""Ray's cost per trial and the clustering actor's round trip (a benchmark, not a test).
+
+    python tests/benchmarks/bench_platform.py [--quick]
+
+1. Wall time of a nested Tune trial (trial function -> TorchTrainer -> 1 worker) vs the same
+   run's training in one process without Ray, for the smoke run (and the quick run with --quick).
+2. Round-trip time of the clustering actor for n = 10k and 60k embeddings of d = 128 (K = 8
+   k-means): one worker's request through the actor vs the same `compute_assignment` called
+   directly, so the difference is Ray's share.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def time_local(spec) -> float:
+    from dncml.trainers.divide_and_conquer import train
+    from dncml.trainers.seam import Seam
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        train(spec, Seam(report=lambda metrics, checkpoint: None, checkpoint_root=scratch))
+    return time.perf_counter() - started
+
+
+def time_nested(run_file: Path, overrides: dict, name: str) -> float:
+    from dncml.platform.sweep import run_sweep
+
+    with tempfile.TemporaryDirectory() as scratch:
+        spec = Path(scratch) / f"{name}.yaml"
+        spec.write_text(yaml.safe_dump({"name": name, "base": str(run_file), "run": overrides, "grid": {"seed": [0]}}))
+        started = time.perf_counter()
+        run_sweep(str(spec), storage=str(Path(scratch) / "store"))
+        return time.perf_counter() - started
+
+
+def actor_round_trip(n: int, dim: int = 128, k: int = 8, repeats: int = 3) -> tuple[float, float]:
+    import ray
+
+    from dncml.platform.clustering import ClusteringActor
+    from dncml.trainers.grouping import PartitionRequest, compute_assignment
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    labels = np.repeat(np.arange(n // 20), 20)[:n]
+
+    def request(round_index):
+        return PartitionRequest(round=round_index, strategy="kmeans", num_clusters=k, seed=0, labels=labels,
+                                groups=np.zeros(n, np.int64), indices=np.arange(n), vectors=None,
+                                kmeans_iterations=20)
+
+    direct = []
+    for r in range(repeats):
+        started = time.perf_counter()
+        compute_assignment(request(r), vectors)
+        direct.append(time.perf_counter() - started)
+    actor = ClusteringActor.options(num_cpus=0).remote("bench")
+    ray.get(actor.ping.remote())
+    through = []
+    for r in range(repeats):
+        started = time.perf_counter()
+        ray.get(actor.partition.remote("bench", request(r), [ray.put(vectors)]))
+        through.append(time.perf_counter() - started)
+    ray.kill(actor)
+    return float(np.median(direct)), float(np.median(through))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="also time the quick-size run (minutes)")
+    args = parser.parse_args()
+    import ray
+
+    from dncml.trainers import spec as runspec
+
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    sizes = [("smoke", ROOT / "experiments/runs/glyphs_smoke.yaml", {})]
+    if args.quick:
+        sizes.append(("quick", ROOT / "experiments/runs/glyphs_ablation.yaml", {"epochs": 2, "warmup_epochs": 1}))
+    print(f"{'run':<8}{'one process (s)':>17}{'nested trial (s)':>18}{'ratio':>8}{'Ray cost (s)':>14}")
+    for name, run_file, overrides in sizes:
+        spec = runspec.load(run_file, overrides)
+        time_local(spec)  # warm caches (glyph render, imports) so both sides start equal
+        local = time_local(spec)
+        nested = time_nested(run_file, overrides, f"bench_{name}")
+        print(f"{name:<8}{local:>17.1f}{nested:>18.1f}{nested / local:>8.2f}{nested - local:>14.1f}", flush=True)
+    print()
+    print(f"{'n':>8}{'direct (s)':>12}{'via actor (s)':>15}{'Ray share (s)':>15}")
+    for n in (10_000, 60_000):
+        direct, through = actor_round_trip(n)
+        print(f"{n:>8}{direct:>12.3f}{through:>15.3f}{through - direct:>15.3f}", flush=True)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

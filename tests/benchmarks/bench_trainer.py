@@ -1,0 +1,180 @@
+"""Trainer benchmarks on CPU (not collected by pytest: the file is not named test_*.py).
+
+    .venv/bin/python tests/benchmarks/bench_trainer.py [--threads 1] [--size quick|small] [--skip-overhead]
+
+1. Step time: a divide-and-conquer step (learner k's slice (k, k+1) of a K = 4 net) vs a plain
+   single-embedding step (block (0, 1) of a K = 1 net) with the same GlyphNet backbone and d,
+   batch 128 of 32x32 images, interleaved step by step; medians.
+2. One clustering round vs n: an embedding pass over n images (random uint8 32x32 through an
+   untrained GlyphNet) and k-means + repair + Hungarian matching (`compute_assignment`, K = 4,
+   the spec's default 100 iterations, against a previous round).
+3. Clustering overhead per epoch at T = 2, `embedding_source` full_pass vs training_pass:
+   (round seconds / T) / training seconds of one epoch, from real `train()` runs on glyphs
+   (the round at epoch 2, i.e. after two epochs of training filled the bank).
+
+Threads default to 1: on a small CPU shared with other work, OpenMP threads that spin-wait for
+each other make multi-threaded timings erratic (an order of magnitude slower under load).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import faiss
+import numpy as np
+import torch
+
+from dncml.trainers import divide_and_conquer as dnc
+from dncml.trainers.data.base import ImageSplit
+from dncml.trainers.faiss_ops import num_gpus
+from dncml.trainers.grouping import PartitionRequest, compute_assignment
+from dncml.trainers.model import DivideAndConquerNet
+from dncml.trainers.runtime import embed_split, make_optimizer
+from dncml.trainers.seam import Seam
+from dncml.trainers.spec import from_dict
+
+CPU = torch.device("cpu")
+
+
+def header(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+# ------------------------------------------------------------------------------ 1. step time
+def bench_step(batch_size: int = 128, warm: int = 5, steps: int = 30, d: int = 128, k: int = 4) -> None:
+    header(f"1. training step, GlyphNet, batch {batch_size}, 32x32, d = {d}, margin loss "
+           f"({warm} warm-up + {steps} timed steps each, interleaved; medians)")
+    base = dict(d=d, batch_size=batch_size, m=4, lr=1e-3, lr_embedding=1e-3, image_size=32)
+    nets = {}
+    for name, spec in (("divide (K=4, block (k,k+1))", from_dict({**base, "K": k})),
+                       ("plain (K=1, block (0,1))", from_dict({**base, "K": 1, "grouping": "none"}))):
+        torch.manual_seed(0)
+        net = DivideAndConquerNet(spec, 1, 100).train()
+        nets[name] = (net, make_optimizer(spec, net)[0], spec.num_learners)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 1, 32, 32, generator=generator)
+    labels = torch.arange(batch_size // 4).repeat_interleave(4)
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for i in range(warm + steps):
+        for name, (net, optimizer, num_learners) in nets.items():
+            block = (i % num_learners, i % num_learners + 1)
+            started = time.perf_counter()
+            loss, _ = net(images, labels, block)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if i >= warm:
+                times[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"{'step':<30}{'median ms':>12}{'p10 ms':>10}{'p90 ms':>10}")
+    for name, values in times.items():
+        q = np.percentile(values, [10, 90]) * 1e3
+        print(f"{name:<30}{medians[name] * 1e3:>12.1f}{q[0]:>10.1f}{q[1]:>10.1f}")
+    divide, plain = medians.values()
+    print(f"ratio divide / plain: {divide / plain:.3f}")
+
+
+# ------------------------------------------------------------------------- 2. clustering round
+def bench_round(sizes=(5_000, 20_000, 50_000), k: int = 4, per_class: int = 24) -> None:
+    spec = from_dict(dict(d=128, K=k, image_size=32))
+    header(f"2. one clustering round vs n: embedding pass (untrained GlyphNet, 32x32, eval batch "
+           f"{spec.eval_batch_size}) + k-means (K = {k}, {spec.kmeans_iterations} iterations) + repair + matching")
+    torch.manual_seed(0)
+    net = DivideAndConquerNet(spec, 1, 100)
+    rng = np.random.default_rng(0)
+    print(f"{'n':>8}{'embed s':>10}{'kmeans+match s':>16}{'round s':>10}{'embed us/img':>14}")
+    for n in sizes:
+        labels = np.arange(n) // per_class
+        split = ImageSplit("synthetic", labels, images=rng.integers(0, 256, (n, 32, 32), dtype=np.uint8))
+        started = time.perf_counter()
+        vectors = embed_split(net, split, spec, CPU)
+        embed_seconds = time.perf_counter() - started
+        request = dict(strategy="kmeans", num_clusters=k, seed=0, labels=labels, groups=np.full(n, -1),
+                       kmeans_iterations=spec.kmeans_iterations)
+        previous = compute_assignment(PartitionRequest(round=0, **request), vectors)
+        started = time.perf_counter()
+        compute_assignment(PartitionRequest(round=1, previous=previous.clusters, **request), vectors)
+        kmeans_seconds = time.perf_counter() - started
+        print(f"{n:>8}{embed_seconds:>10.2f}{kmeans_seconds:>16.2f}{embed_seconds + kmeans_seconds:>10.2f}"
+              f"{embed_seconds / n * 1e6:>14.0f}", flush=True)
+
+
+# ------------------------------------------------------------------ 3. overhead per epoch, T = 2
+class Stop(Exception):
+    pass
+
+
+def bench_overhead(size: str) -> None:
+    T = 2
+    if size == "quick":
+        glyphs = dict(glyph_classes=None, glyph_instances=24)
+        label = "the quick size (every glyph class x 24 instances, 32x32)"
+    else:
+        glyphs = dict(glyph_classes=600, glyph_instances=24)
+        label = "a small size (glyph_classes = 600, glyph_instances = 24, 32x32)"
+    # glyphs_quick.yaml's model and optimiser; warm-up 0 and no evaluation, so epoch 2 is the
+    # second round (after two epochs of training) and nothing else is timed.
+    spec = from_dict(dict(**glyphs, image_size=32, d=128, K=4, grouping="kmeans", T=T, loss="margin",
+                          batch_size=128, m=4, warmup_epochs=0, epochs=4, finetune_epochs=0, lr=1e-3,
+                          lr_embedding=1e-3, lr_loss=1e-2, eval_every=100, seed=0))
+    header(f"3. clustering overhead per epoch at T = {T}, on {label}; (round s / T) / epoch training s")
+    from dncml.trainers.data.loading import load_dataset
+
+    started = time.perf_counter()
+    data = load_dataset(spec, progress=False)
+    print(f"dataset: {len(data.train)} training images, {len(np.unique(data.train.labels))} classes "
+          f"(loaded / rendered in {time.perf_counter() - started:.1f} s)", flush=True)
+    rows = []
+    for source in ("full_pass", "training_pass"):
+        history = []
+
+        def report(metrics, checkpoint):
+            history.append(metrics)
+            if metrics["epoch"] == 2:
+                raise Stop  # skip the remaining epoch and the final evaluation
+
+        with tempfile.TemporaryDirectory() as root:
+            try:
+                dnc.train(spec.replace(embedding_source=source), Seam(report=report, checkpoint_root=root), data)
+            except Stop:
+                pass
+        round_metrics = history[2]
+        train_seconds = statistics.mean(m["train_seconds"] for m in history)
+        rows.append((source, history[0]["cluster_seconds"], round_metrics["embed_seconds"],
+                     round_metrics["kmeans_seconds"], round_metrics["cluster_seconds"], train_seconds,
+                     round_metrics["cluster_seconds"] / T / train_seconds))
+        print(f"  {source}: epochs {[round(m['train_seconds'], 1) for m in history]} s training", flush=True)
+    print(f"{'source':<15}{'round@0 s':>10}{'embed s':>9}{'kmeans s':>10}{'round@2 s':>10}"
+          f"{'epoch train s':>15}{'overhead':>10}")
+    for source, first, embed, kmeans_s, total, train_s, overhead in rows:
+        print(f"{source:<15}{first:>10.2f}{embed:>9.2f}{kmeans_s:>10.2f}{total:>10.2f}{train_s:>15.2f}{overhead:>10.1%}")
+    print("(round@2 = embed (training_pass: only samples no step saw since the last round) + k-means, "
+          "repair, matching; round@0 is a full pass for both: the bank is empty)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--size", choices=("quick", "small"), default="small")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5_000, 20_000, 50_000])
+    parser.add_argument("--skip-overhead", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s) of {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}, faiss GPUs {num_gpus()}")
+    total = time.perf_counter()
+    bench_step()
+    bench_round(tuple(args.sizes))
+    if not args.skip_overhead:
+        bench_overhead(args.size)
+    print(f"\ntotal {time.perf_counter() - total:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

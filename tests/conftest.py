@@ -1,0 +1,42 @@
+"""Shared fixtures: one glyph cache and (lazily) one local Ray runtime per test session."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def glyph_cache(tmp_path_factory):
+    """Glyph renders are cached per session, never in the user's ~/.cache."""
+    previous = os.environ.get("DNCML_CACHE")
+    path = os.environ.get("DNCML_TEST_CACHE") or str(tmp_path_factory.mktemp("dncml-cache"))
+    os.environ["DNCML_CACHE"] = path
+    yield path
+    if previous is None:
+        os.environ.pop("DNCML_CACHE", None)
+    else:
+        os.environ["DNCML_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One private local Ray runtime for all in-process Ray tests (started on first use)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def ray_local(ray_session):
+    import ray
+
+    if not ray.is_initialized():  # a test that needed Ray down (multi-node) shut it
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    return ray

@@ -1,0 +1,407 @@
+"""analysis/: the results store read back as tables, plots and notebooks. Every test builds a
+small synthetic store (Parquet files and experiment cards laid out as `dncml sweep` writes them)
+in tmp_path; nothing here trains, starts Ray or imports torch."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dncml.analysis.plots import KINDS, plot_experiment
+from dncml.analysis.store import ExperimentData, StoreError, list_experiments, load_experiment
+from dncml.analysis.tables import experiment_table, paper_comparison, render_table
+
+PNG = b"\x89PNG\r\n\x1a\n"
+SWEEP_T6 = "table6_grouping-quick-20260101-120000"
+
+# grouping -> best_test_recall@1 per seed (None: that seed failed); hand-computed statistics below.
+T6_RECALL = {"none": [0.50, 0.52, 0.54], "random": [0.55, 0.57, 0.59], "kmeans": [0.60, 0.64, None]}
+T6_CLUSTER = {"none": [0.0, 0.0, 0.0], "random": [1.0, 2.0, 3.0], "kmeans": [4.0, 6.0, None]}
+
+
+def t6_card(**table) -> dict:
+    return {
+        "experiment": "table6_grouping", "preset": "quick", "sweep": SWEEP_T6, "description": "test",
+        "rows": ["grouping"], "metric": "val_recall@1", "mode": "max",
+        "grid": {"grouping": ["none", "random", "kmeans"], "seed": [0, 1, 2]}, "search": {}, "num_samples": 1,
+        "table": {"baseline": "none", "order": ["none", "kmeans", "random"],
+                  "labels": {"none": "baseline (no division)", "kmeans": "K-means (full method)"},
+                  "metrics": ["test_recall@1", "test_nmi", "cluster_seconds"],
+                  "paper_dataset": "Stanford Online Products",
+                  "paper": {"none": {"R@1": 72.7, "R@10": 86.2}, "kmeans": {"R@1": 75.9, "R@10": 88.4}}, **table},
+        "plot": {"kind": "curves", "hue": "grouping"}, "base_run": {"num_learners": 4},
+    }
+
+
+def _write(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([row]), path)
+
+
+def write_sweep(root: Path, card: dict, trials: list[dict], epochs: list[dict] = ()) -> Path:
+    """A sweep directory as `dncml sweep` leaves it: the card, one file per trial and per epoch."""
+    directory = root / card["sweep"]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "experiment.json").write_text(json.dumps(card))
+    for trial in trials:
+        _write(directory / "trials" / f"{trial['trial_id']}.parquet", {"sweep": card["sweep"], **trial})
+    for epoch in epochs:
+        _write(directory / "epochs" / f"{epoch['trial_id']}-e{epoch['epoch']:04d}.parquet", {"sweep": card["sweep"], **epoch})
+    return directory
+
+
+def trial(trial_id: str, status: str = "completed", error: str | None = None, **fields) -> dict:
+    row = {"trial_id": trial_id, "experiment": fields.pop("experiment", "table6_grouping"), "status": status,
+           "error": error, "spec_dataset": "glyphs", "wall_seconds": 10.0, "ended_at": f"2026-01-01T12:{trial_id[-2:]}:00"}
+    row.update(fields)
+    return row
+
+
+def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4) -> list[dict]:
+    """warmup, divide x (epochs - 2), conquer; the baseline's middle epochs are 'baseline'."""
+    rows = []
+    for e in range(epochs):
+        phase = "warmup" if e == 0 else "conquer" if e == epochs - 1 else "divide"
+        if grouping == "none" and e > 0:
+            phase = "baseline"
+        divides = phase == "divide"
+        rows.append({"trial_id": trial_id, "epoch": e, "phase": phase, "active_learners": 4 if divides else 1,
+                     "loss": 1.0 / (e + 1), "reclustered": True if divides else None,
+                     "cluster_sizes": json.dumps([40 + seed, 30, 20, 10 - seed]) if divides else None,
+                     "val_recall@1": 0.4 + 0.05 * e + 0.01 * seed, "test_recall@1": 0.35 + 0.05 * e})
+    return rows
+
+
+@pytest.fixture()
+def t6_store(tmp_path) -> Path:
+    root = tmp_path / "store"
+    trials, epochs = [], []
+    for g, grouping in enumerate(T6_RECALL):
+        for seed, (recall, cluster) in enumerate(zip(T6_RECALL[grouping], T6_CLUSTER[grouping])):
+            trial_id = f"t6_{g}{seed}"
+            if recall is None:
+                trials.append(trial(trial_id, "failed", error="Traceback ...\nRuntimeError: out of memory",
+                                    setting=f"grouping={grouping}", spec_grouping=grouping, spec_seed=seed))
+                continue
+            trials.append(trial(trial_id, setting=f"grouping={grouping}", spec_grouping=grouping, spec_seed=seed,
+                                spec_num_learners=4, cluster_seconds=cluster, **{
+                                    "best_test_recall@1": recall, "best_test_nmi": 0.3 + recall / 10,
+                                    "best_val_recall@1": recall + 0.1, "final_test_recall@1": recall - 0.01}))
+            epochs += epoch_rows(trial_id, grouping, seed)
+    write_sweep(root, t6_card(), trials, epochs)
+    (root / "_ray" / SWEEP_T6).mkdir(parents=True)  # Ray's own files: never read
+    return root
+
+
+# ------------------------------------------------------------------------------------ tables
+def test_table_statistics_against_hand_values(t6_store):
+    data = load_experiment(t6_store, "table6_grouping")
+    assert data.sweeps == [SWEEP_T6] and len(data.trials) == 9 and len(data.epochs) == 8 * 4
+    table = experiment_table(data)
+    assert table.loc["none", "test_recall@1 mean"] == pytest.approx(0.52)
+    assert table.loc["none", "test_recall@1 std"] == pytest.approx(0.02)
+    assert table.loc["random", "test_recall@1 mean"] == pytest.approx(0.57)
+    assert table.loc["kmeans", "test_recall@1 mean"] == pytest.approx(0.62)
+    assert table.loc["kmeans", "test_recall@1 std"] == pytest.approx(math.sqrt(2 * 0.02 ** 2))
+    assert table.loc["kmeans", "test_recall@1 n"] == 2 and table.loc["none", "test_recall@1 n"] == 3
+    assert table.loc["kmeans", "trials"] == 2  # the failed seed is not counted
+    assert table.loc["random", "cluster_seconds mean"] == pytest.approx(2.0)
+    assert table.loc["random", "cluster_seconds std"] == pytest.approx(1.0)
+    assert table.attrs["metrics"] == ["test_recall@1", "test_nmi", "cluster_seconds"]
+
+
+def test_table_order_labels_baseline_best_and_paper(t6_store):
+    table = experiment_table(load_experiment(t6_store, "table6_grouping"))
+    assert table.index.tolist() == ["none", "kmeans", "random"]  # the card's order
+    assert table["label"].tolist() == ["baseline (no division)", "K-means (full method)", "random"]  # unlabelled: value
+    assert table.loc["kmeans", "test_recall@1 delta"] == pytest.approx(0.10)
+    assert table.loc["random", "test_recall@1 delta"] == pytest.approx(0.05)
+    assert table.loc["none", "test_recall@1 delta"] == 0.0
+    assert table["test_recall@1 best"].tolist() == [False, True, False]  # max
+    assert table["cluster_seconds best"].tolist() == [True, False, False]  # seconds: min
+    assert table.loc["kmeans", "paper R@1"] == 75.9 and table.loc["none", "paper R@10"] == 86.2
+    assert math.isnan(table.loc["random", "paper R@1"])
+    comparison = paper_comparison(load_experiment(t6_store, "table6_grouping"))
+    assert comparison.loc["kmeans", "ours"] == pytest.approx(62.0)
+    assert comparison.loc["kmeans", "ours Δ"] == pytest.approx(10.0)
+    assert comparison.loc["kmeans", "paper Δ"] == pytest.approx(3.2)
+
+
+def test_explicit_metrics_and_orders_without_card_order(t6_store):
+    card = t6_card()
+    del card["table"]["order"]
+    write_sweep(t6_store, {**card, "sweep": "table6_grouping-quick-20260102-000000"},
+                [trial("x1", spec_grouping="kmeans", spec_seed=0, **{"best_test_recall@1": 0.7}),
+                 trial("x2", spec_grouping="none", spec_seed=0, **{"best_test_recall@1": 0.6})])
+    table = experiment_table(load_experiment(t6_store, "table6_grouping"), metrics=["test_recall@1"])
+    assert table.index.tolist() == ["none", "kmeans"]  # the grid's order
+    assert [c for c in table.columns if c.startswith("test_")] == [
+        "test_recall@1 mean", "test_recall@1 std", "test_recall@1 n", "test_recall@1 delta", "test_recall@1 best"]
+
+
+def test_multi_field_rows_compare_within_their_group(tmp_path):
+    card = {"experiment": "table3_losses", "preset": "smoke", "sweep": "table3_losses-smoke-20260101-000000",
+            "rows": ["loss", "grouping"], "metric": "val_recall@1", "mode": "max",
+            "grid": {"loss": ["triplet", "margin"], "grouping": ["none", "kmeans"], "seed": [0]},
+            "table": {"baseline": {"grouping": "none"}, "metrics": ["test_recall@1"],
+                      "paper": {"triplet,kmeans": {"R@1": 55.4}, "margin,none": {"R@1": 63.6}}},
+            "plot": {"kind": "bars", "hue": "grouping", "x": "loss"}}
+    values = {("triplet", "none"): 0.40, ("triplet", "kmeans"): 0.45, ("margin", "none"): 0.50, ("margin", "kmeans"): 0.58}
+    write_sweep(tmp_path, card, [trial(f"b{i}", experiment="table3_losses", spec_loss=loss, spec_grouping=grouping,
+                                       spec_seed=0, **{"best_test_recall@1": v})
+                                 for i, ((loss, grouping), v) in enumerate(values.items())])
+    table = experiment_table(load_experiment(tmp_path, "table3_losses"))
+    assert table.index.tolist() == ["triplet,none", "triplet,kmeans", "margin,none", "margin,kmeans"]
+    assert table.loc["triplet,kmeans", "test_recall@1 delta"] == pytest.approx(0.05)
+    assert table.loc["margin,kmeans", "test_recall@1 delta"] == pytest.approx(0.08)
+    assert table.loc["triplet,kmeans", "paper R@1"] == 55.4
+    assert table.loc["margin,kmeans", "label"] == "margin, kmeans"
+    png = plot_experiment(tmp_path, "table3_losses", tmp_path / "bars.png")
+    assert png.read_bytes()[:8] == PNG
+
+
+def test_render_formats(t6_store):
+    md = render_table(t6_store, "table6_grouping", fmt="md")
+    caption, _, body = md.partition("\n\n")
+    assert "table6_grouping" in caption and "preset quick" in caption and "glyphs" in caption
+    assert "8 completed trials" in caption and "1 failed" in caption and "in %" in caption
+    lines = body.strip().splitlines()
+    assert len(lines) == 2 + 3  # header, separator, one line per row
+    assert lines[0].startswith("| setting") and "R@1" in lines[0] and "Δ R@1" in lines[0] and "paper R@1" in lines[0]
+    assert set(lines[1]) <= set("|-: ")
+    rows = {line.split("|")[1].strip(): line for line in lines[2:]}
+    assert list(rows) == ["baseline (no division)", "K-means (full method)", "random"]
+    kmeans = rows["K-means (full method)"]
+    assert "**62.0 ± 2.8 (n=2)**" in kmeans and " +10.0 |" in kmeans and "75.9" in kmeans  # best R@1, bold, in %
+    none_line = rows["baseline (no division)"]
+    assert "52.0 ± 2.0 (n=3)" in none_line and " baseline |" in none_line and "72.7" in none_line
+    assert "**0.00 ± 0.00 (n=3)**" in none_line  # cluster seconds: the minimum is best
+    assert " +5.0 |" in rows["random"] and "**" not in rows["random"]
+
+    latex = render_table(t6_store, "table6_grouping", fmt="latex")
+    assert r"\begin{tabular}" in latex and r"\textbf{62.0 $\pm$ 2.8 (n=2)}" in latex and r"\caption{" in latex
+    html = render_table(t6_store, "table6_grouping", fmt="html")
+    assert html.startswith("<table>") and "<b>62.0 ± 2.8 (n=2)</b>" in html and html.count("<tr>") == 4
+    csv_text = render_table(t6_store, "table6_grouping", fmt="csv")
+    assert csv_text.startswith("# table6_grouping")
+    frame = pd.read_csv(__import__("io").StringIO(csv_text), comment="#", index_col=0)
+    assert frame.loc["kmeans", "test_recall@1 mean"] == pytest.approx(0.62)
+    one = render_table(t6_store, "table6_grouping", metrics=["test_nmi"])
+    assert "NMI" in one and "R@1 |" not in one.splitlines()[2]
+    with pytest.raises(StoreError, match="format"):
+        render_table(t6_store, "table6_grouping", fmt="xlsx")
+
+
+def test_markdown_rows_match_real_writer(tmp_path):
+    """Rows written by the platform's own writer (ResultsStore) read back."""
+    from dncml.platform.store import ResultsStore
+
+    store = ResultsStore(tmp_path)
+    sweep = "fig1_learners-smoke-20260101-000000"
+    card = {"experiment": "fig1_learners", "preset": "smoke", "sweep": sweep, "rows": ["num_learners"],
+            "metric": "val_recall@1", "mode": "max", "grid": {"num_learners": [1, 4], "seed": [0]},
+            "table": {"baseline": 1, "metrics": ["test_recall@1"]}, "plot": {"kind": "curves", "metric": "val_recall@1"}}
+    (tmp_path / sweep).mkdir()
+    (tmp_path / sweep / "experiment.json").write_text(json.dumps(card))
+    names = ["val_recall@1", "test_recall@1"]
+    for k, recall in ((1, 0.5), (4, 0.6)):
+        trial_id = f"k{k}"
+        for e in range(2):
+            store.write_epoch(sweep, trial_id, {"epoch": e, "phase": "warmup" if e == 0 else "divide",
+                                                "val_recall@1": recall + e / 10, "test_recall@1": recall + e / 20}, names)
+        store.write_trial(sweep, {"trial_id": trial_id, "sweep": sweep, "experiment": "fig1_learners", "status": "completed",
+                                  "spec_num_learners": k, "spec_seed": 0, "best_test_recall@1": recall}, names)
+    md = render_table(tmp_path, "fig1_learners")
+    lines = md.partition("\n\n")[2].strip().splitlines()
+    assert lines[0].startswith("| num_learners ")  # no labels: the row field names the first column
+    rows = lines[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["1", "4"]
+    assert "+10.0" in rows[1]
+    assert plot_experiment(tmp_path, "fig1_learners", tmp_path / "f.png").read_bytes()[:8] == PNG
+
+
+# ------------------------------------------------------------------------------------- plots
+@pytest.mark.parametrize("kind", ["curves", "clusters"])
+def test_epoch_plots_write_png(t6_store, tmp_path, kind):
+    out = plot_experiment(t6_store, "table6_grouping", tmp_path / "figs" / f"{kind}.png", kind=kind)
+    assert out.is_file() and out.stat().st_size > 1000 and out.read_bytes()[:8] == PNG
+
+
+def test_default_kind_and_metric_from_card(t6_store, tmp_path):
+    out = plot_experiment(t6_store, "table6_grouping", tmp_path / "default.png", metric="test_recall@1")
+    assert out.read_bytes()[:8] == PNG
+    with pytest.raises(StoreError, match="available per-epoch metrics"):
+        plot_experiment(t6_store, "table6_grouping", tmp_path / "x.png", metric="test_nmi")
+    with pytest.raises(StoreError, match="unknown plot kind"):
+        plot_experiment(t6_store, "table6_grouping", tmp_path / "x.png", kind="pie")
+    assert set(KINDS) == {"curves", "clusters", "metric_vs", "bars", "search"}
+
+
+def test_metric_vs_and_search_plots(tmp_path):
+    card = {"experiment": "t_sensitivity", "preset": "smoke", "sweep": "t_sensitivity-smoke-20260101-000000",
+            "rows": ["recluster_every"], "metric": "val_recall@1", "mode": "max",
+            "grid": {"recluster_every": [1, 2, 4], "seed": [0, 1]},
+            "table": {"metrics": ["test_recall@1", "cluster_seconds"]},
+            "plot": {"kind": "metric_vs", "x": "recluster_every", "metric": "test_recall@1"}}
+    write_sweep(tmp_path, card, [trial(f"t{t}{s}", experiment="t_sensitivity", spec_recluster_every=t, spec_seed=s,
+                                       cluster_seconds=4.0 / t, **{"best_test_recall@1": 0.5 + 0.01 * s})
+                                 for t in (1, 2, 4) for s in (0, 1)])
+    assert plot_experiment(tmp_path, "t_sensitivity", tmp_path / "mv.png").read_bytes()[:8] == PNG
+    table = experiment_table(load_experiment(tmp_path, "t_sensitivity"))
+    assert table.index.tolist() == ["1", "2", "4"] and math.isnan(table.loc["2", "test_recall@1 delta"])
+    assert "Δ" not in render_table(tmp_path, "t_sensitivity").splitlines()[2]  # no baseline, no Δ column
+
+    card = {"experiment": "hpo", "preset": "smoke", "sweep": "hpo-smoke-20260101-000000", "rows": [],
+            "metric": "val_recall@1", "mode": "max", "grid": {},
+            "search": {"lr": {"loguniform": [1e-4, 3e-3]}, "num_learners": {"choice": [2, 4]}},
+            "table": {"metrics": ["val_recall@1", "test_recall@1"]}, "plot": {"kind": "search"}}
+    write_sweep(tmp_path, card, [trial(f"h{i:02d}", experiment="hpo", status="pruned" if i == 2 else "completed",
+                                       spec_lr=1e-4 * (i + 1), spec_num_learners=2 + 2 * (i % 2), spec_seed=0,
+                                       **{"best_val_recall@1": 0.3 + 0.1 * i, "best_test_recall@1": 0.2 + 0.1 * i})
+                                 for i in range(4)])
+    assert plot_experiment(tmp_path, "hpo", tmp_path / "search.png").read_bytes()[:8] == PNG
+    table = experiment_table(load_experiment(tmp_path, "hpo"))
+    assert table.index.tolist() == ["h00", "h01", "h03"]  # one row per completed trial
+    assert table["val_recall@1 best"].tolist() == [False, False, True]
+
+
+# ------------------------------------------------------------------------------ store errors
+def test_store_errors(tmp_path, t6_store):
+    with pytest.raises(StoreError, match="does not exist"):
+        load_experiment(tmp_path / "nowhere", "table6_grouping")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="holds no sweeps"):
+        load_experiment(tmp_path / "empty", "table6_grouping")
+    with pytest.raises(StoreError, match=r"no sweep of experiment 'fig1_learners'.*it holds: table6_grouping \(1 sweep\)"):
+        render_table(t6_store, "fig1_learners")
+    with pytest.raises(StoreError, match=r"no trial of 'table6_grouping' recorded metric 'test_recall@1000'.*available: .*test_recall@1"):
+        render_table(t6_store, "table6_grouping", metrics=["test_recall@1000"])
+    (t6_store / "stray-sweep" / "trials").mkdir(parents=True)
+    with pytest.raises(StoreError, match="has no experiment.json"):
+        load_experiment(t6_store, "table6_grouping", sweep="stray-sweep")
+    with pytest.raises(StoreError, match="without experiment.json: stray-sweep"):
+        load_experiment(t6_store, "hierarchy")
+    assert list_experiments(t6_store) == {"table6_grouping": [SWEEP_T6]}
+    with pytest.raises(StoreError, match="no sweep 'nope'"):
+        load_experiment(t6_store, "table6_grouping", sweep="nope")
+    for error in (StoreError("x"),):
+        assert isinstance(error, ValueError)
+
+
+def test_all_trials_failed(tmp_path):
+    card = {**t6_card(), "sweep": "table6_grouping-quick-20260101-000000"}
+    write_sweep(tmp_path, card, [trial("f1", "failed", error="Traceback (most recent call last):\nValueError: bad data_root",
+                                       spec_grouping="none", spec_seed=0),
+                                 trial("f2", "running", spec_grouping="kmeans", spec_seed=0)])
+    with pytest.raises(StoreError, match=r"no completed trials .*1 failed, 1 running.*first error: ValueError: bad data_root"):
+        render_table(tmp_path, "table6_grouping")
+    data = load_experiment(tmp_path, "table6_grouping", require_completed=False)
+    assert sorted(data.trials["status"]) == ["failed", "running"]
+    (tmp_path / "table6_grouping-quick-20260101-000000" / "trials").mkdir(exist_ok=True)
+    write_sweep(tmp_path, {**card, "sweep": "table6_grouping-quick-20260103-000000"}, [])
+    with pytest.raises(StoreError, match="no trials recorded yet"):
+        load_experiment(tmp_path, "table6_grouping")
+
+
+def test_differing_columns_still_combine(tmp_path):
+    """An older writer's trial (no NMI, int seconds, an extra column) next to a newer one."""
+    card = {**t6_card(), "sweep": "table6_grouping-quick-20260101-000000"}
+    directory = write_sweep(tmp_path, card, [trial("a", spec_grouping="none", spec_seed=0, cluster_seconds=None,
+                                                   **{"best_test_recall@1": 0.5})])
+    _write(directory / "trials" / "b.parquet", {"sweep": card["sweep"], "trial_id": "b", "status": "completed",
+                                                "spec_grouping": "kmeans", "spec_seed": 0, "cluster_seconds": 3,
+                                                "best_test_recall@1": 0.6, "best_test_nmi": 0.4, "new_column": "x"})
+    _write(directory / "trials" / ".b.parquet.1234.tmp", {"garbage": 1})  # a half-written file: skipped
+    _write(directory / "trials" / "_SUCCESS.parquet", {"garbage": 1})
+    data = load_experiment(tmp_path, "table6_grouping")
+    assert len(data.trials) == 2 and "garbage" not in data.trials
+    assert data.trials["cluster_seconds"].dtype.kind == "f"
+    table = experiment_table(data)
+    assert table.loc["kmeans", "test_nmi n"] == 1 and table.loc["none", "test_nmi n"] == 0
+    assert table.loc["kmeans", "cluster_seconds mean"] == 3.0
+
+
+def test_sweep_selection_newest_and_all(tmp_path):
+    def sweep(stamp, preset, recall):
+        card = {**t6_card(), "preset": preset, "sweep": f"table6_grouping-{preset}-{stamp}"}
+        write_sweep(tmp_path, card, [trial(f"{stamp[-2:]}{preset[0]}", spec_grouping="none", spec_seed=0,
+                                           **{"best_test_recall@1": recall})])
+        return card["sweep"]
+
+    old = sweep("20260101-000000", "quick", 0.2)
+    smoke = sweep("20260102-000000", "smoke", 0.9)
+    new = sweep("20260103-000000", "quick", 0.4)
+    assert list_experiments(tmp_path) == {"table6_grouping": [old, smoke, new]}
+    assert load_experiment(tmp_path, "table6_grouping").sweeps == [new]
+    pooled = load_experiment(tmp_path, "table6_grouping", sweep="all")
+    assert pooled.sweeps == [old, new] and len(pooled.trials) == 2  # same preset as the newest only
+    table = experiment_table(pooled)
+    assert table.loc["none", "test_recall@1 mean"] == pytest.approx(0.3) and table.loc["none", "test_recall@1 n"] == 2
+    assert "2 sweeps" in render_table(tmp_path, "table6_grouping", sweep="all")
+    assert load_experiment(tmp_path, "table6_grouping", sweep=smoke).preset == "smoke"
+
+
+def test_analysis_imports_no_ray_torch_or_platform():
+    code = ("import sys, dncml.analysis.store, dncml.analysis.tables, dncml.analysis.plots; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ray') or "
+            "m.startswith(('dncml.platform', 'dncml.trainers', 'dncml.experiments'))]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------- notebooks
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "analysis" / "notebooks"
+
+
+def _fig1_store(root: Path) -> None:
+    card = {"experiment": "fig1_learners", "preset": "quick", "sweep": "fig1_learners-quick-20260101-000000",
+            "rows": ["num_learners"], "metric": "val_recall@1", "mode": "max",
+            "grid": {"num_learners": [1, 2, 4], "seed": [0, 1]},
+            "table": {"baseline": 1, "metrics": ["test_recall@1", "test_nmi"]},
+            "plot": {"kind": "curves", "hue": "num_learners", "metric": "val_recall@1"}}
+    trials, epochs = [], []
+    for k in (4, 1, 2):
+        for seed in (0, 1):
+            trial_id = f"k{k}s{seed}"
+            trials.append(trial(trial_id, experiment="fig1_learners", spec_num_learners=k, spec_seed=seed,
+                                **{"best_test_recall@1": 0.5 + k / 100, "best_test_nmi": 0.4}))
+            epochs += [{**row, "cluster_sizes": row["cluster_sizes"] if k > 1 else None}
+                       for row in epoch_rows(trial_id, "kmeans" if k > 1 else "none", seed, epochs=3)]
+    write_sweep(root, card, trials, epochs)
+
+
+@pytest.mark.parametrize("name, expected", [("table6_grouping", ["none", "kmeans", "random"]),
+                                            ("fig1_learners", ["1", "2", "4"])])
+def test_notebooks_execute(t6_store, tmp_path, name, expected):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        pytest.skip("no Jupyter kernel named python3 (pip install ipykernel in this environment)")
+    if name == "fig1_learners":
+        _fig1_store(t6_store)
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    first = next(cell for cell in nb.cells if cell.cell_type == "code")
+    assert first.source.strip() == 'STORE = "results"'
+    first.source = f"STORE = {str(t6_store)!r}"
+    work = tmp_path / "run"
+    work.mkdir()
+    nbclient.NotebookClient(nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(work)}}).execute()
+    last = [cell for cell in nb.cells if cell.cell_type == "code"][-1]
+    assert "table = " in last.source
+    printed = "".join(o.get("text", "") for o in last.outputs if o.get("output_type") == "stream")
+    assert printed.strip() == repr(expected)
+    assert any(p.suffix == ".png" and p.read_bytes()[:8] == PNG for p in (work / "figures").iterdir())
+    errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.get("output_type") == "error"]
+    assert not errors

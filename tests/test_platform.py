@@ -1,0 +1,310 @@
+"""The Ray platform, on real Ray: Train workers, the clustering actor, sweeps, faults, resume,
+a multi-node cluster made with `ray start`, and bad input. Every run is smoke-sized."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from dncml.trainers import spec as runspec
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "runs" / "glyphs_smoke.yaml"
+CLI = [sys.executable, "-m", "dncml.platform.cli"]
+
+pytestmark = pytest.mark.slow
+
+
+def smoke_spec(**overrides) -> runspec.RunSpec:
+    return runspec.load(SMOKE, {"glyph_classes": 64, "embedding_dim": 32, "steps_per_epoch": 4,
+                                "kmeans_iterations": 10, **overrides})
+
+
+def write_experiment(tmp_path: Path, name: str, grid: dict, run: dict | None = None, **extra) -> Path:
+    card = {"name": name, "base": str(SMOKE), "grid": grid, "rows": [k for k in grid if k != "seed"] or ["seed"],
+            "run": {"glyph_classes": 64, "embedding_dim": 32, "steps_per_epoch": 4, "kmeans_iterations": 10,
+                    "warmup_epochs": 0, "epochs": 1, "finetune_epochs": 1, **(run or {})}, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(card))
+    return path
+
+
+def read_store(store: Path, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_parquet(store / sweep / "trials"), pd.read_parquet(store / sweep / "epochs")
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+def in_background(function, *args, **kwargs) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as error:  # surfaced by the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def epoch_files(store: Path, sweep: str = "train") -> list[Path]:
+    directory = store / sweep / "epochs"
+    return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+
+
+# ------------------------------------------------------------------------------- Ray Train
+def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
+    from ray.util.state import list_actors
+
+    from dncml.platform.train import train_on_ray
+
+    spec = smoke_spec(name="two_workers")
+    trial_id = train_on_ray(spec, num_workers=2, storage=str(tmp_path / "store"))
+    trials, epochs = read_store(tmp_path / "store", "train")
+    assert trials.set_index("trial_id").loc[trial_id, "status"] == "completed"
+    assert sorted(epochs["epoch"]) == list(range(spec.total_epochs))
+    assert (epochs["workers"] == 2).all()
+    assert epochs["workers_agree"].all()  # both workers trained on the same assignment version
+    divided = epochs[epochs["reclustered"] == True]  # noqa: E712
+    assert len(divided) == spec.epochs and divided["assignment_digest"].notna().all()
+    assert list(divided["assignment_version"]) == list(range(spec.epochs))
+    actors = [a for a in list_actors(filters=[("class_name", "=", "ClusteringActor")]) if trial_id in (a.name or "")]
+    assert len(actors) == 1  # one actor served both workers
+
+
+def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path):
+    from ray.util.state import list_actors
+
+    from dncml.platform.train import train_on_ray
+
+    spec = smoke_spec(name="worker_fault", warmup_epochs=1, epochs=4, finetune_epochs=1, steps_per_epoch=8)
+    store = tmp_path / "store"
+    thread, outcome = in_background(train_on_ray, spec, num_workers=2, storage=str(store))
+    wait_for(lambda: len(epoch_files(store)) >= 2, 300, "two epochs")
+    workers = wait_for(lambda: list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]),
+                       60, "train workers")
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    thread.join(600)
+    assert "error" not in outcome, outcome.get("error")
+    trials, epochs = read_store(store, "train")
+    assert trials["status"].tolist() == ["completed"]
+    assert sorted(epochs["epoch"]) == list(range(spec.total_epochs))  # every epoch exactly once
+    assert epochs["session"].nunique() >= 2  # a second worker group finished the run
+
+
+def test_clustering_actor_killed_mid_run_restarts(ray_local, tmp_path):
+    import ray
+
+    from dncml.platform.clustering import actor_name
+    from dncml.platform.train import train_on_ray
+
+    spec = smoke_spec(name="actor_fault", warmup_epochs=0, epochs=4, finetune_epochs=0, recluster_every=1, steps_per_epoch=8)
+    store = tmp_path / "store"
+    thread, outcome = in_background(train_on_ray, spec, num_workers=1, storage=str(store))
+    wait_for(lambda: len(epoch_files(store)) >= 1, 300, "the first epoch")
+    trial_id = (store / "train" / "trials").glob("*.parquet").__next__().stem
+    actor = ray.get_actor(actor_name(trial_id))
+    first_pid = ray.get(actor.ping.remote())["pid"]
+    ray.kill(actor, no_restart=False)
+    thread.join(600)
+    assert "error" not in outcome, outcome.get("error")
+    trials, epochs = read_store(store, "train")
+    assert trials["status"].tolist() == ["completed"]
+    assert epochs["reclustered"].sum() == spec.epochs  # every round still got its assignment
+    assert first_pid > 0
+
+
+# ----------------------------------------------------------------------------------- sweeps
+def test_sweep_records_failed_trial_and_completes_the_rest(ray_local, tmp_path):
+    from dncml.platform.sweep import run_sweep
+
+    # glyph_classes beyond the fonts' code points passes the RunSpec check but fails when the
+    # trial reads its data: a runtime failure of one trial.
+    spec = write_experiment(tmp_path, "partly_broken", {"glyph_classes": [64, 100000]})
+    sweep, summary = run_sweep(str(spec), storage=str(tmp_path / "store"))
+    trials, epochs = read_store(tmp_path / "store", sweep)
+    by_size = trials.set_index("spec_glyph_classes")
+    assert by_size.loc[64, "status"] == "completed"
+    assert by_size.loc[100000, "status"] == "failed"
+    assert "num_classes" in by_size.loc[100000, "error"]
+    assert set(epochs["trial_id"]) == {by_size.loc[64, "trial_id"]}
+    assert summary == {"completed": 1, "failed": 1}
+    card = yaml.safe_load((tmp_path / "store" / sweep / "experiment.json").read_text())
+    assert card["experiment"] == "partly_broken" and card["rows"] == ["glyph_classes"]
+
+
+def test_optuna_search_with_asha(ray_local, tmp_path):
+    from dncml.platform.sweep import run_sweep
+
+    spec = tmp_path / "search.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "search", "base": str(SMOKE),
+        "run": {"glyph_classes": 64, "embedding_dim": 32, "steps_per_epoch": 3, "kmeans_iterations": 10,
+                "warmup_epochs": 0, "epochs": 3, "finetune_epochs": 0},
+        "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "num_learners": {"choice": [2, 4]}},
+        "num_samples": 3, "metric": "val_recall@1", "asha": {"grace_period": 1, "reduction_factor": 2},
+    }))
+    sweep, summary = run_sweep(str(spec), storage=str(tmp_path / "store"))
+    trials, epochs = read_store(tmp_path / "store", sweep)
+    assert len(trials) == 3
+    assert set(trials["status"]) <= {"completed", "pruned"}
+    assert trials["spec_lr"].nunique() == 3  # Optuna sampled three different learning rates
+    assert set(trials["spec_num_learners"]) <= {2, 4}
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    spec = write_experiment(tmp_path, "resumable", {"seed": [0, 1, 2]}, max_concurrent=1)
+    store = tmp_path / "store"
+    process = subprocess.Popen([*CLI, "sweep", str(spec), "--storage", str(store), "--max-concurrent", "1"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def first_completed():
+            files = list(store.glob("resumable-*/trials/*.parquet"))
+            return files and any(pd.read_parquet(f)["status"].iloc[0] == "completed" for f in files)
+
+        wait_for(first_completed, 400, "the first trial to complete")
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+        try:
+            process.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+    sweep = next(store.glob("resumable-*")).name
+    before = pd.read_parquet(store / sweep / "trials")
+    finished = before[before["status"] == "completed"].set_index("trial_id")["started_at"]
+    assert 1 <= len(finished) < 3
+
+    result = run_cli("sweep", str(spec), "--storage", str(store), "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials, epochs = read_store(store, sweep)
+    assert sorted(trials["status"]) == ["completed"] * 3
+    after = trials.set_index("trial_id")["started_at"]
+    for trial_id, started in finished.items():
+        assert after[trial_id] == started  # finished trials were not run again
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert len(epochs) == 3 * 2  # three trials x (epochs 1 + finetune 1), nothing lost
+
+
+# ------------------------------------------------------------------------------- bad input
+def test_bad_input_fails_before_any_trial(tmp_path):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    spec = write_experiment(tmp_path, "bad", {"grouping": ["kmeans", "random"]})
+
+    result = run_cli("sweep", str(spec), "--address", f"127.0.0.1:{port}", "--storage", str(tmp_path / "s1"), timeout=120)
+    assert result.returncode == 2 and "no Ray cluster answers" in result.stderr
+
+    result = run_cli("sweep", str(spec), "--preset", "nonsense", "--storage", str(tmp_path / "s2"), timeout=120)
+    assert result.returncode == 2 and "unknown preset 'nonsense'" in result.stderr
+
+    broken = write_experiment(tmp_path, "bad_point", {"num_learners": [4, 7]})
+    result = run_cli("sweep", str(broken), "--storage", str(tmp_path / "s3"), timeout=120)
+    assert result.returncode == 2
+    assert "grid point num_learners=7" in result.stderr and "K must divide" in result.stderr
+    assert not (tmp_path / "s3").exists()  # nothing started, nothing written
+
+    result = run_cli("train", str(SMOKE), "--set", "K=7", "--local", timeout=120)
+    assert result.returncode == 2 and "K must divide the embedding size" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------- multi-node cluster
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_node(args: list[str], env: dict) -> subprocess.Popen:
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    return subprocess.Popen([ray_cli, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1", *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End only the process group we started (never `ray stop`)."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 15)):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()  # one Ray instance at a time on this machine keeps Ray's own tools unambiguous
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    address = f"127.0.0.1:{gcs_port}"
+    head = _start_node(["--head", f"--port={gcs_port}", "--num-cpus=1", "--dashboard-host=127.0.0.1",
+                        f"--dashboard-port={dashboard_port}", "--include-dashboard=true"], env)
+    nodes = [head]
+    try:
+        ray_cli = str(Path(sys.executable).with_name("ray"))
+        wait_for(lambda: subprocess.run([ray_cli, "status", f"--address={address}"], env=env,
+                                        capture_output=True).returncode == 0, 120, "the head node")
+        nodes.append(_start_node([f"--address={address}", "--num-cpus=1"], env))
+
+        def two_nodes():
+            out = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{address}', log_to_driver=False); "
+                                  "print(sum(n['Alive'] for n in ray.nodes()))"], env=env, capture_output=True, text=True)
+            return out.returncode == 0 and out.stdout.strip().endswith("2")
+
+        wait_for(two_nodes, 120, "the second node to join", interval=2)
+
+        spec = write_experiment(tmp_path, "cluster", {"seed": [0, 1]})
+        store = tmp_path / "store"
+        result = run_cli("sweep", str(spec), "--address", address, "--storage", str(store), "--max-concurrent", "2",
+                         env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        sweep = next(store.glob("cluster-*")).name
+        trials, epochs = read_store(store, sweep)
+        assert sorted(trials["status"]) == ["completed", "completed"]
+        assert epochs["node_ids"].nunique() == 2  # the two trials' workers ran on different nodes
+
+        job_store = tmp_path / "job_store"
+        job = subprocess.run([ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", "--",
+                              sys.executable, "-m", "dncml.platform.cli", "sweep", str(spec), "--address", "auto",
+                              "--storage", str(job_store)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        assert "succeeded" in job.stdout.lower()
+        job_trials = pd.read_parquet(next(job_store.glob("cluster-*")) / "trials")
+        assert sorted(job_trials["status"]) == ["completed", "completed"]
+    finally:
+        for node in reversed(nodes):
+            _stop(node)
