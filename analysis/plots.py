@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .store import ExperimentData, StoreError, load_experiment
 from .tables import (ALIASES, is_percent, is_seconds, metric_column, metric_label, metric_mode, ordered_keys,
@@ -186,8 +187,7 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
     if epochs["epoch"].nunique() <= 25:
         ax.set_xticks(sorted((epochs["epoch"] + 1).unique()))
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=2 if len(keys) > 3 else len(keys), fontsize=9, frameon=False,
-               title=None if data.table.get("labels") else _short(str(hue)))
+    fig.legend(loc="outside lower center", ncols=2 if len(keys) > 3 else len(keys), fontsize=9, frameon=False)
     return fig
 
 
@@ -347,6 +347,7 @@ def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
         ax.scatter(x[pruned], ranked["_y"][pruned], s=22, color="tab:gray", marker="x", label="pruned (ASHA)", zorder=3)
     best = ranked["_y"].cummax() if metric_mode(metric, data) == "max" else ranked["_y"].cummin()
     ax.step(x, best, where="post", color="tab:red", lw=1.8, label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial (completion order)")
     ax.set_ylabel(_axis_label(metric))
     ax.set_title(f"{metric_label(metric)} per trial", fontsize=11)
@@ -359,6 +360,8 @@ def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
         spec = distributions.get(param) or {}
         if isinstance(spec, dict) and "loguniform" in spec and (values > 0).all():
             ax.set_xscale("log")
+        elif values.notna().all() and (values % 1 == 0).all() and values.nunique() <= 10:
+            ax.set_xticks(sorted(values.unique()))  # a choice of integers (K, T, m, d)
         ax.set_xlabel(f"{param}" + (f" ({_short(param)})" if _short(param) != param else ""))
         ax.set_ylabel(_axis_label(metric))
         ax.grid(alpha=0.3)

@@ -25,26 +25,15 @@ class UsageError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """The error types a user can fix. Their modules are light (no torch, no ray), so the error
+    path stays fast."""
+    from dncml.analysis.store import StoreError
+    from dncml.experiments.loader import ExperimentError
+    from dncml.platform.errors import PlatformError
     from dncml.trainers.data.base import DatasetError
     from dncml.trainers.spec import SpecError
 
-    errors: list[type[BaseException]] = [UsageError, DatasetError, SpecError, FileNotFoundError]
-    try:
-        from dncml.experiments.loader import ExperimentError
-        errors.append(ExperimentError)
-    except ImportError:
-        pass
-    try:
-        from dncml.platform.train import PlatformError
-        errors.append(PlatformError)
-    except ImportError:
-        pass
-    try:
-        from dncml.analysis.store import StoreError
-        errors.append(StoreError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (UsageError, DatasetError, SpecError, FileNotFoundError, ExperimentError, PlatformError, StoreError)
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -331,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--experiment", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--kind", default=None, help="curves | clusters | metric_vs (default: the experiment's)")
+    p.add_argument("--kind", default=None, help="curves | clusters | metric_vs | bars | search (default: the experiment's)")
     p.set_defaults(func=cmd_plot)
     return parser
 

@@ -20,7 +20,8 @@ from dncml.experiments.loader import Experiment, ExperimentError, load_experimen
 from dncml.trainers.spec import SpecError
 
 from .store import ResultsStore, TrialRecorder
-from .train import PlatformError, Resources, connect, fit_run, prepare_data
+from .errors import PlatformError
+from .train import Resources, connect, fit_run, prepare_data
 
 TUNE_DIR = "tune"
 

@@ -25,11 +25,8 @@ from dncml.trainers import spec as runspec
 from dncml.trainers.seam import Seam, World, format_epoch
 
 from .clustering import ActorGroupingService, start_actor
+from .errors import PlatformError
 from .store import ResultsStore, TrialRecorder
-
-
-class PlatformError(ValueError):
-    """A problem with the cluster or the request, found before any training starts."""
 
 
 # -------------------------------------------------------------------------- on the workers

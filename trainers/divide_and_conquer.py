@@ -18,6 +18,7 @@ checkpoints), so the same code runs in one process and on Ray Train workers.
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import torch
@@ -135,6 +136,7 @@ def divide(spec: RunSpec, seam: Seam, net: DivideAndConquerNet, data: DatasetBun
         "kmeans_seconds": assignment.seconds, "cluster_cost": assignment.cost,
         "cluster_changed": assignment.changed, "cluster_repaired": assignment.repaired,
         "cluster_sizes": json.dumps(assignment.sizes()),
+        "assignment_digest": zlib.crc32(assignment.clusters.astype(np.int64).tobytes()),
     }
 
 

@@ -99,7 +99,7 @@ def bench_round(sizes=(5_000, 20_000, 50_000), k: int = 4, per_class: int = 24) 
         started = time.perf_counter()
         compute_assignment(PartitionRequest(round=1, previous=previous.clusters, **request), vectors)
         kmeans_seconds = time.perf_counter() - started
-        print(f"{n:>8}{embed_seconds:>10.2f}{kmeans_seconds:>16.2f}{embed_seconds + kmeans_seconds:>10.2f}"
+        print(f"{n:>8}{embed_seconds:>10.2f}{kmeans_seconds:>16.3f}{embed_seconds + kmeans_seconds:>10.2f}"
               f"{embed_seconds / n * 1e6:>14.0f}", flush=True)
 
 
@@ -151,7 +151,7 @@ def bench_overhead(size: str) -> None:
     print(f"{'source':<15}{'round@0 s':>10}{'embed s':>9}{'kmeans s':>10}{'round@2 s':>10}"
           f"{'epoch train s':>15}{'overhead':>10}")
     for source, first, embed, kmeans_s, total, train_s, overhead in rows:
-        print(f"{source:<15}{first:>10.2f}{embed:>9.2f}{kmeans_s:>10.2f}{total:>10.2f}{train_s:>15.2f}{overhead:>10.1%}")
+        print(f"{source:<15}{first:>10.2f}{embed:>9.2f}{kmeans_s:>10.3f}{total:>10.2f}{train_s:>15.2f}{overhead:>10.1%}")
     print("(round@2 = embed (training_pass: only samples no step saw since the last round) + k-means, "
           "repair, matching; round@0 is a full pass for both: the bank is empty)")
 
@@ -159,7 +159,7 @@ def bench_overhead(size: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--size", choices=("quick", "small"), default="small")
+    parser.add_argument("--size", choices=("quick", "small"), default="quick")
     parser.add_argument("--sizes", type=int, nargs="+", default=[5_000, 20_000, 50_000])
     parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args(argv)
