@@ -168,7 +168,10 @@ def _tune_config(experiment: Experiment, limit: int) -> tune.TuneConfig:
     if experiment.asha:
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(grace_period=int(experiment.asha.get("grace_period", 2)),
+        # Our own `epoch` as the time axis: Tune's training_iteration restarts at 1 when a
+        # sweep is restored, the epoch a resumed run reports does not.
+        scheduler = ASHAScheduler(metric=f"best_{experiment.metric}", mode=experiment.mode, time_attr="epoch",
+                                  grace_period=int(experiment.asha.get("grace_period", 2)),
                                   reduction_factor=float(experiment.asha.get("reduction_factor", 2)),
                                   max_t=experiment.run_spec().total_epochs)
     if experiment.search:
@@ -180,8 +183,8 @@ def _tune_config(experiment: Experiment, limit: int) -> tune.TuneConfig:
                               seed=int(experiment.run.get("seed", 0)))
         return tune.TuneConfig(search_alg=search, num_samples=experiment.num_samples, max_concurrent_trials=limit,
                                scheduler=scheduler)
-    return tune.TuneConfig(metric=f"best_{experiment.metric}", mode=experiment.mode, num_samples=experiment.num_samples,
-                           max_concurrent_trials=limit, scheduler=scheduler)
+    metric = {} if scheduler else {"metric": f"best_{experiment.metric}", "mode": experiment.mode}
+    return tune.TuneConfig(**metric, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler)
 
 
 def write_experiment_card(store: ResultsStore, sweep: str, experiment: Experiment) -> None:

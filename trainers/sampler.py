@@ -63,9 +63,21 @@ class ClusterBatchSampler:
         for _ in range(steps):
             cluster = int(rng.integers(self.num_clusters))
             members = self._members[cluster]
-            chosen = rng.choice(len(members), size=global_classes, replace=len(members) < global_classes)
-            # Draw for every worker's classes, so all workers consume the same random stream.
-            batches = [rng.choice(members[c], size=self.m, replace=len(members[c]) < self.m) for c in chosen]
+            if len(members) >= global_classes:
+                chosen = rng.choice(len(members), size=global_classes, replace=False)
+            else:
+                # A small cluster: every class once before any class twice, so repeats are as
+                # rare and as spread over the workers as the cluster allows.
+                chosen = np.resize(rng.permutation(len(members)), global_classes)
+            # Draw for every worker's classes, so all workers consume the same random stream;
+            # a class drawn r times gets r * m different images where it has them.
+            batches = [None] * global_classes
+            for c in np.unique(chosen):
+                slots = np.flatnonzero(chosen == c)
+                need = self.m * len(slots)
+                images = rng.choice(members[c], size=need, replace=len(members[c]) < need)
+                for slot, part in zip(slots, np.split(images, len(slots))):
+                    batches[slot] = part
             indices = np.concatenate(batches[self.rank * classes_per_worker:(self.rank + 1) * classes_per_worker])
             schedule.append(Step(cluster, indices, np.concatenate(batches)))
         return schedule

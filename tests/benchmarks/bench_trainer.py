@@ -143,7 +143,7 @@ def bench_overhead(size: str) -> None:
             except Stop:
                 pass
         round_metrics = history[2]
-        train_seconds = statistics.mean(m["train_seconds"] for m in history)
+        train_seconds = statistics.median(m["train_seconds"] for m in history)  # robust to load spikes
         rows.append((source, history[0]["cluster_seconds"], round_metrics["embed_seconds"],
                      round_metrics["kmeans_seconds"], round_metrics["cluster_seconds"], train_seconds,
                      round_metrics["cluster_seconds"] / T / train_seconds))
@@ -152,7 +152,8 @@ def bench_overhead(size: str) -> None:
           f"{'epoch train s':>15}{'overhead':>10}")
     for source, first, embed, kmeans_s, total, train_s, overhead in rows:
         print(f"{source:<15}{first:>10.2f}{embed:>9.2f}{kmeans_s:>10.3f}{total:>10.2f}{train_s:>15.2f}{overhead:>10.1%}")
-    print("(round@2 = embed (training_pass: only samples no step saw since the last round) + k-means, "
+    print("(epoch train s = median training seconds of epochs 0-2; "
+          "round@2 = embed (training_pass: only samples no step saw since the last round) + k-means, "
           "repair, matching; round@0 is a full pass for both: the bank is empty)")
 
 
