@@ -24,6 +24,7 @@ from .errors import PlatformError
 from .train import Resources, connect, fit_run, prepare_data
 
 TUNE_DIR = "tune"
+TRIAL_CPU = 0.01  # the Tune trial's own bundle: tiny, but Tune refuses a CPU: 0 bundle
 
 
 def _search_space(experiment: Experiment) -> dict:
@@ -104,13 +105,15 @@ def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool) -> str:
 
 
 def concurrency(experiment: Experiment, resources: Resources, requested: int | None) -> int:
-    """Trials x workers x CPUs per worker must fit the cluster: Tune does not count the
-    trainers' own placement groups, so an over-subscribed sweep waits forever."""
+    """Trials x (workers x CPUs per worker + the trial's own bundle) must fit the cluster: Tune
+    does not count the trainers' own placement groups, so an over-subscribed sweep waits
+    forever. (On 2 CPUs, two trials of one 1-CPU worker do not fit: 2 x 1.01 > 2; the glyph
+    presets ask for 0.99 CPU per worker so that two trials share the two cores.)"""
     cpus = ray.cluster_resources().get("CPU", 0)
-    per_trial = resources.num_workers * resources.cpus_per_worker
+    per_trial = resources.num_workers * resources.cpus_per_worker + TRIAL_CPU
     if per_trial > cpus:
         raise PlatformError(f"one trial needs {per_trial:g} CPUs ({resources.num_workers} workers x "
-                            f"{resources.cpus_per_worker:g}); the cluster has {cpus:g}")
+                            f"{resources.cpus_per_worker:g} + {TRIAL_CPU:g} for the trial); the cluster has {cpus:g}")
     if resources.use_gpu:
         gpus = ray.cluster_resources().get("GPU", 0)
         per_trial_gpu = resources.num_workers * (resources.gpus_per_worker or 1)
@@ -133,7 +136,7 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
     limit = concurrency(experiment, resources, max_concurrent)
     prepare_data(experiment.run_spec())  # render / check the base dataset once, on the driver
     tune_root = (store.root / "_ray" / sweep).resolve()
-    trainable = tune.with_resources(make_trial(experiment, str(store.root.resolve()), sweep, resources), {"CPU": 0.01})
+    trainable = tune.with_resources(make_trial(experiment, str(store.root.resolve()), sweep, resources), {"CPU": TRIAL_CPU})
     total = experiment.trial_count
     print(f"sweep {sweep}: {experiment.name}, preset {experiment.preset}, {total} trial(s), "
           f"{limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}", flush=True)
