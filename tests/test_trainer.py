@@ -638,3 +638,17 @@ def test_training_pass_needs_no_extra_pass_when_everything_was_seen(tiny_data, m
     embedded.clear()
     indices, _ = dnc.collect_vectors(spec, net, tiny_data, World(), EmbeddingBank(n))
     assert sum(len(e) for e in embedded) == n and np.array_equal(indices, np.arange(n))
+
+
+@pytest.mark.parametrize("stale_rounds", [0, 1, 2])
+def test_bank_vectors_expire_after_stale_rounds(stale_rounds):
+    n = 10
+    bank = EmbeddingBank(n, stale_rounds)
+    bank.record(np.arange(4), torch.ones(4, 3), global_indices=np.arange(6))
+    for round_index in range(stale_rounds + 1):
+        assert bank.seen[:4].all() and not bank.seen[4:].any(), round_index
+        assert bank.seen_globally[:6].all() and not bank.seen_globally[6:].any()
+        bank.reset()
+    assert not bank.seen.any() and not bank.seen_globally.any()  # expired after stale_rounds rounds
+    bank.record(np.array([7]), torch.zeros(1, 3), global_indices=np.array([7]))
+    assert bank.seen.tolist() == [i == 7 for i in range(n)]  # a fresh vector is usable again

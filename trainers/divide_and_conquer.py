@@ -47,7 +47,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
     optimizer, scheduler = make_optimizer(spec, net)
     sampler = ClusterBatchSampler(targets, spec.batch_size, spec.samples_per_class, spec.seed,
                                   world.rank, world.world_size)
-    bank = EmbeddingBank(num_samples) if spec.embedding_source == "training_pass" else None
+    bank = EmbeddingBank(num_samples, spec.stale_rounds) if spec.embedding_source == "training_pass" else None
     state = TrainState(assignment=whole_training_set(num_samples))
     if seam.resume_from:
         state = restore(seam.resume_from, net, optimizer, scheduler, bank, world.world_size)
@@ -174,5 +174,5 @@ def restore(directory: str, net: DivideAndConquerNet, optimizer, scheduler, bank
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     if bank is not None and payload.get("bank") is not None and world_size == 1:
-        bank.vectors, bank.seen, bank.seen_globally = payload["bank"]
+        bank.load(payload["bank"])
     return payload["state"]

@@ -103,15 +103,20 @@ def evaluate(net: DivideAndConquerNet, data: DatasetBundle, spec: RunSpec, devic
 
 class EmbeddingBank:
     """`embedding_source: training_pass`: the cluster-space vectors the training steps already
-    computed since the last round, so a round needs no extra pass over the data.
+    computed, so a round needs no extra pass over the data.
 
-    `seen` marks what this worker computed; `seen_globally` what any worker did (every worker
-    knows the global batch of each step), so only samples no one saw need a fallback pass."""
+    `seen` marks the vectors this worker holds that are recent enough to use; `seen_globally`
+    the samples any worker holds one for (every worker knows the global batch of each step), so
+    only samples no one saw need a fallback pass. A vector stays usable for `stale_rounds` rounds
+    after the one it was computed in (0: only vectors from since the last round)."""
 
-    def __init__(self, num_samples: int):
+    def __init__(self, num_samples: int, stale_rounds: int = 0):
         self.vectors: np.ndarray | None = None
+        self.stale_rounds = stale_rounds
         self.seen = np.zeros(num_samples, dtype=bool)
         self.seen_globally = np.zeros(num_samples, dtype=bool)
+        self.age = np.zeros(num_samples, dtype=np.int64)  # rounds since this worker computed it
+        self.age_globally = np.zeros(num_samples, dtype=np.int64)
 
     def record(self, indices: np.ndarray, vectors: torch.Tensor, global_indices: np.ndarray) -> None:
         vectors = vectors.float().cpu().numpy()
@@ -119,11 +124,24 @@ class EmbeddingBank:
             self.vectors = np.zeros((len(self.seen), vectors.shape[1]), dtype=np.float32)
         self.vectors[indices] = vectors
         self.seen[indices] = True
+        self.age[indices] = 0
         self.seen_globally[global_indices] = True
+        self.age_globally[global_indices] = 0
 
     def reset(self) -> None:
-        self.seen[:] = False
-        self.seen_globally[:] = False
+        """A round has used the bank: age every vector by one round."""
+        self.age += 1
+        self.age_globally += 1
+        self.seen &= self.age <= self.stale_rounds
+        self.seen_globally &= self.age_globally <= self.stale_rounds
+
+    def state(self) -> dict:
+        return {"vectors": self.vectors, "seen": self.seen, "seen_globally": self.seen_globally,
+                "age": self.age, "age_globally": self.age_globally}
+
+    def load(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
 
 @dataclass
@@ -143,7 +161,7 @@ def save_checkpoint(directory: str, spec: RunSpec, net: DivideAndConquerNet, opt
     path.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "state": state, "bank": (bank.vectors, bank.seen, bank.seen_globally) if bank is not None else None,
+        "state": state, "bank": bank.state() if bank is not None else None,
     }
     torch.save(payload, path / "state.pt.tmp")
     os.replace(path / "state.pt.tmp", path / "state.pt")

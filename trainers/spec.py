@@ -65,6 +65,7 @@ class RunSpec:
     recluster_every: int = 2  # T, in epochs
     cluster_space: str = "embedding"
     embedding_source: str = "full_pass"
+    stale_rounds: int = 1  # training_pass: a vector computed up to this many rounds ago is reused
     kmeans_iterations: int = 100
 
     # --- loss ---
@@ -264,7 +265,7 @@ def _validate(spec: RunSpec) -> None:
         ("batch_size", 2), ("samples_per_class", 2), ("warmup_epochs", 0), ("epochs", 0),
         ("finetune_epochs", 0), ("eval_every", 1), ("eval_batch_size", 1), ("loader_workers", 0),
         ("lr", 0), ("lr_embedding", 0), ("lr_loss", 0), ("weight_decay", 0), ("lr_decay_every", 0),
-        ("glyph_instances", 12), ("mask_regularization", 0),
+        ("glyph_instances", 12), ("mask_regularization", 0), ("stale_rounds", 0),
     ):
         _at_least(spec, name, minimum)
     if spec.total_epochs < 1:
