@@ -73,6 +73,14 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def state_address() -> str:
+    """This session's GCS, named explicitly: with address None the state API may pick another
+    Ray instance on the machine (or a stale one recorded by `ray start`)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 def epoch_files(store: Path, sweep: str = "train") -> list[Path]:
     directory = store / sweep / "epochs"
     return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
@@ -94,7 +102,7 @@ def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
     divided = epochs[epochs["reclustered"] == True]  # noqa: E712
     assert len(divided) == spec.epochs and divided["assignment_digest"].notna().all()
     assert list(divided["assignment_version"]) == list(range(spec.epochs))
-    actors = [a for a in list_actors(filters=[("class_name", "=", "ClusteringActor")]) if trial_id in (a.name or "")]
+    actors = [a for a in list_actors(address=state_address(), filters=[("class_name", "=", "ClusteringActor")]) if trial_id in (a.name or "")]
     assert len(actors) == 1  # one actor served both workers
 
 
@@ -107,7 +115,7 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path):
     store = tmp_path / "store"
     thread, outcome = in_background(train_on_ray, spec, num_workers=2, storage=str(store))
     wait_for(lambda: len(epoch_files(store)) >= 2, 300, "two epochs")
-    workers = wait_for(lambda: list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]),
+    workers = wait_for(lambda: list_actors(address=state_address(), filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]),
                        60, "train workers")
     os.kill(workers[-1].pid, signal.SIGKILL)
     thread.join(600)
