@@ -34,7 +34,7 @@ DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "quniform")
 TOP_KEYS = {"name", "description", "base", "run", "grid", "search", "rows", "metric", "mode", "num_samples",
             "resources", "max_concurrent", "asha", "table", "plot", "presets", "default_preset"}
 PRESET_KEYS = {"base", "run", "grid", "search", "num_samples", "resources", "max_concurrent", "asha", "description"}
-RESOURCE_KEYS = {"num_workers": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "use_gpu": False}
+RESOURCE_KEYS = {"num_workers": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "use_gpu": False, "actor_gpus": 0.0}
 
 
 class ExperimentError(ValueError):

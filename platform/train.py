@@ -112,11 +112,13 @@ class Resources:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     use_gpu: bool = False
+    actor_gpus: float = 0.0  # a GPU (share) for the clustering actor's Faiss k-means; 0: CPU Faiss
 
     @classmethod
     def from_dict(cls, values: dict) -> "Resources":
         return cls(num_workers=int(values.get("num_workers", 1)), cpus_per_worker=float(values.get("cpus_per_worker", 1.0)),
-                   gpus_per_worker=float(values.get("gpus_per_worker", 0.0)), use_gpu=bool(values.get("use_gpu", False)))
+                   gpus_per_worker=float(values.get("gpus_per_worker", 0.0)), use_gpu=bool(values.get("use_gpu", False)),
+                   actor_gpus=float(values.get("actor_gpus", 0.0)))
 
 
 def prepare_data(spec: runspec.RunSpec) -> None:
@@ -136,7 +138,8 @@ def fit_run(spec: runspec.RunSpec, run_id: str, resources: Resources, store: Res
     The same name and storage path resume the run from its newest checkpoint (Ray Train V2)."""
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    actor = start_actor(run_id, state_dir=str(store.root / "_ray" / sweep / run_id / "clustering"))
+    actor = start_actor(run_id, state_dir=str(store.root / "_ray" / sweep / run_id / "clustering"),
+                        num_gpus=resources.actor_gpus)
     scaling = ray.train.ScalingConfig(
         num_workers=resources.num_workers, use_gpu=resources.use_gpu,
         resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker or 1} if resources.use_gpu else {})})
