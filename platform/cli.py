@@ -141,6 +141,13 @@ def _load_spec(args):
 
 
 def cmd_train(args) -> int:
+    if args.help_spec:
+        from dncml.trainers.spec import ALIASES, field_help
+
+        aliases = {field: alias for alias, field in ALIASES.items()}
+        for name, text in field_help().items():
+            print(f"{name + (f' ({aliases[name]})' if name in aliases else ''):<28} {text}")
+        return 0
     spec = _load_spec(args)
     if args.local:
         return _train_local(spec, args)
@@ -291,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", default=None, help="results-store sub-directory for --local runs (default: train)")
     p.add_argument("--run-dir", default=None, help="--local: where checkpoints go (default: runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--help-spec", action="store_true", help="list every RunSpec field with its type and default")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("embed", help="export a checkpoint's embeddings and labels to Parquet")

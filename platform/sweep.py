@@ -42,11 +42,9 @@ def _search_space(experiment: Experiment) -> dict:
 def preflight(spec) -> None:
     """Fail a trial fast, before any Ray Train worker starts, on what a spec's data and model
     construction reject (a dataset that cannot be read, weights that cannot be loaded)."""
-    from dncml.trainers.data.loading import load_dataset
     from dncml.trainers.model import build_backbone
 
-    prepare_data(spec)
-    build_backbone(spec, load_dataset(spec, progress=False).channels)
+    build_backbone(spec, prepare_data(spec).channels)
 
 
 def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: Resources):
@@ -54,7 +52,7 @@ def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: R
         from ray.tune.integration.ray_train import TuneReportCallback
 
         trial_id = tune.get_context().get_trial_id()
-        overrides = {k: v for k, v in config.items()}
+        overrides = dict(config)
         reason = sample_is_valid(experiment, overrides)
         store = ResultsStore(store_root)
         spec = experiment.run_spec() if reason else experiment.run_spec(overrides)

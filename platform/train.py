@@ -121,15 +121,16 @@ class Resources:
                    actor_gpus=float(values.get("actor_gpus", 0.0)))
 
 
-def prepare_data(spec: runspec.RunSpec) -> None:
+def prepare_data(spec: runspec.RunSpec):
     """Render / check the dataset on the driver first: a bad dataset fails here, and the workers
-    never race to render the same cache."""
+    never race to render the same cache. Returns the loaded bundle."""
     from dncml.trainers.data.loading import load_dataset
     from dncml.trainers.spec import check_against_data
     import numpy as np
 
     bundle = load_dataset(spec, progress=True)
     check_against_data(spec, len(np.unique(bundle.train.labels)), bundle.train.has_groups)
+    return bundle
 
 
 def fit_run(spec: runspec.RunSpec, run_id: str, resources: Resources, store: ResultsStore, sweep: str,
