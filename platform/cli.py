@@ -13,7 +13,6 @@ Errors a user can fix are printed as one line on stderr with exit status 2, neve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -68,17 +67,16 @@ def cmd_datasets_prepare(args) -> int:
     if args.name != "glyphs":
         raise UsageError(f"only 'glyphs' is rendered locally; {args.name!r} is read from its archive "
                          f"(dncml datasets check {args.name} --root DIR)")
-    from dncml.trainers.data.glyphs import load_glyphs, prepare_glyphs
+    from dncml.trainers.data.glyphs import glyphs_cache_path, load_glyphs, prepare_glyphs
 
     config = _glyph_config(args)
     started = time.perf_counter()
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    cached = glyphs_cache_path(config, cache_dir).is_dir()
     path = prepare_glyphs(config, cache_dir, progress=True)
     bundle = load_glyphs(config, cache_dir, progress=False)
-    timing = path / "timing.json"
-    render = json.loads(timing.read_text()).get("render_seconds") if timing.is_file() else None
-    print(f"glyphs ready at {path} ({time.perf_counter() - started:.1f} s now"
-          + (f"; rendered in {render:.1f} s" if render else "") + ")")
+    how = "already cached" if cached else "rendered"
+    print(f"glyphs ready at {path} ({how}; {time.perf_counter() - started:.1f} s)")
     _print_summary(bundle.summary())
     groups = {bundle.group_names.get(int(g), str(g)) for g in set(bundle.train.groups.tolist())}
     print(f"groups ({len(groups)}): {', '.join(sorted(groups))}")

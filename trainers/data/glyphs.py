@@ -47,7 +47,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -519,7 +518,7 @@ def prepare_glyphs(config: GlyphConfig, cache_dir: Path | None = None, progress:
     """Render a config once into ``<cache>/glyphs/<config.key>`` and return that directory.
 
     Files: one ``<name>.npy`` per array (np.save: byte-deterministic), ``meta.json`` (sorted
-    keys, deterministic) and ``timing.json`` (render seconds; the one file that varies).
+    keys, deterministic): two renders of one config give byte-identical directories.
     Atomic: rendered into a temporary directory beside the target, then renamed; an existing
     target is reused as is.
     """
@@ -530,13 +529,10 @@ def prepare_glyphs(config: GlyphConfig, cache_dir: Path | None = None, progress:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        start = time.perf_counter()
         arrays = render_glyphs(config, progress=progress)
-        seconds = time.perf_counter() - start
         for name in ARRAY_NAMES:
             np.save(tmp / f"{name}.npy", arrays[name], allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(_meta(config, arrays), indent=2, sort_keys=True) + "\n")
-        (tmp / "timing.json").write_text(json.dumps({"render_seconds": round(seconds, 3)}) + "\n")
         umask = os.umask(0o022)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
