@@ -142,10 +142,6 @@ class ResultsStore:
         rows = [pq.read_table(f).to_pylist()[0] for f in files]
         return sorted(rows, key=lambda row: row["epoch"])
 
-    def trial_ids(self, sweep: str) -> set[str]:
-        directory = self.sweep_dir(sweep) / "trials"
-        return {p.stem for p in directory.glob("*.parquet")} if directory.is_dir() else set()
-
 
 class TrialRecorder:
     """Writes one trial's rows as it runs: a 'running' trial row at the start, an epoch row per

@@ -16,7 +16,7 @@ import time
 import ray
 from ray import tune
 
-from dncml.experiments.loader import Experiment, ExperimentError, load_experiment, sample_is_valid
+from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid
 from dncml.trainers.spec import SpecError
 
 from .store import ResultsStore, TrialRecorder
