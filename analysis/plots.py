@@ -1,53 +1,54 @@
-"""An experiment's figure from the results store, saved as PNG (matplotlib, Agg renderer).
+"""An experiment's figure from the results store (matplotlib), written in the format its file
+extension names: .png, .pdf, .svg, .jpg or .jpeg.
 
     curves     a metric per epoch, one line per row setting (mean over seeds, ± std band), dotted
                lines where the phase changes (warmup -> divide -> conquer): Figure 1
     clusters   cluster sizes at each re-clustering round, one panel per setting
     metric_vs  a final metric against a numeric row field (e.g. recluster_every), with error bars
     bars       grouped bars: x = one row field, hue = another (e.g. loss x grouping)
+    budget     a final metric against the training budget in epochs (warm-up + divide + conquer),
+               one line per setting of the row fields other than plot.x (default epochs), band =
+               95 % t-interval over seeds; below it the paired Δ vs the baseline setting at each
+               budget with its interval: does a gain survive a longer schedule?
     search     a hyper-parameter search: the metric per trial in completion order with the
-               running best, and the metric against each searched parameter
+               running best, and the metric against each searched parameter; when the sweep holds
+               an Optuna study (optuna.db), Optuna's own optimisation history and parameter
+               importances are saved beside the figure as `<stem>-optuna-history<ext>` and
+               `<stem>-optuna-importances<ext>` (see `optuna_paths`)
 
 Figures are built with `matplotlib.figure.Figure` (no pyplot, no global backend switch), so this
-works in scripts, threads and notebooks alike.
+works in scripts, threads and notebooks alike. The Optuna figures are the exception: Optuna draws
+with pyplot and sets its ggplot style globally, so they are drawn under `rc_context` (the style
+does not leak into later figures) and closed once saved.
 """
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .store import ExperimentData, StoreError, load_experiment
-from .tables import (ALIASES, is_percent, is_seconds, metric_column, metric_label, metric_mode, ordered_keys,
-                     row_fields, row_keys, row_values)
+from .store import ExperimentData, StoreError, load_experiment, load_study
+from .tables import paired_delta, partial_note, seed_cells, t_interval, with_running
+from .vocabulary import (baseline_key, baseline_text, field_column, field_name, is_percent, is_seconds, join_keys,
+                         metric_column, metric_label, metric_mode, metric_values, named_label, ordered_keys,
+                         row_fields, row_keys, row_label, row_values, short_name, value_label)
 
-KINDS = ("curves", "clusters", "metric_vs", "bars", "search")
+KINDS = ("curves", "clusters", "metric_vs", "bars", "budget", "search")
+FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 DPI = 120
-SHORT = {v: k for k, v in ALIASES.items()}  # num_learners -> K, ...
 PHASE_ORDER = ("warmup", "divide", "conquer", "baseline")
+BUDGET_FIELDS = ("warmup_epochs", "epochs", "finetune_epochs")
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _short(field: str) -> str:
-    return SHORT.get(field, field)
-
-
-def setting_label(data: ExperimentData, key: str) -> str:
-    """The legend entry of a row: the table's label, else `K=4` / `grouping=kmeans, loss=margin`."""
-    labels = {str(k): str(v) for k, v in (data.table.get("labels") or {}).items()}
-    if key in labels:
-        return labels[key]
-    fields = row_fields(data)
-    parts = key.split(",") if len(fields) > 1 else [key]
-    return ", ".join(f"{_short(f)}={labels.get(v, v)}" for f, v in zip(fields, parts))
-
-
 def _axis_label(name: str) -> str:
     base = name[5:] if name.startswith("best_") else name
     split, _, rest = base.partition("_")
@@ -65,10 +66,6 @@ def _scale(name: str) -> float:
     return 100.0 if is_percent(name) else 1.0
 
 
-def _completed(data: ExperimentData) -> pd.DataFrame:
-    return data.with_status(("completed",))
-
-
 def _pick_metric(data: ExperimentData, metric: str | None, trials: pd.DataFrame | None = None) -> str:
     """The metric to plot: asked for, else the card's plot.metric, else the table's first metric
     recorded, else the card's selection metric."""
@@ -83,16 +80,6 @@ def _pick_metric(data: ExperimentData, metric: str | None, trials: pd.DataFrame 
     return data.metric
 
 
-def _trial_values(data: ExperimentData, trials: pd.DataFrame, name: str) -> pd.Series:
-    column = metric_column(trials, name)
-    if column is None:
-        from .tables import available_metrics
-
-        raise StoreError(f"no trial of {data.name!r} recorded metric {name!r}; "
-                         f"available: {', '.join(available_metrics(trials)) or 'none'}")
-    return pd.to_numeric(trials[column], errors="coerce")
-
-
 def _trial_keys(data: ExperimentData, epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.Series:
     """Each epoch row's table row key (NaN for epochs of trials not in `trials`)."""
     keys = row_keys(data, trials)
@@ -101,6 +88,11 @@ def _trial_keys(data: ExperimentData, epochs: pd.DataFrame, trials: pd.DataFrame
         return pd.Series([lookup.get(k) for k in zip(epochs["sweep"], epochs["trial_id"])], index=epochs.index, dtype=object)
     lookup = dict(zip(trials["trial_id"], keys))
     return epochs["trial_id"].map(lookup)
+
+
+def _notes(trials: pd.DataFrame, groups: pd.Series) -> dict[str, str]:
+    """Group -> its partial note for a legend (" (partial: 1 running)"; "" when complete)."""
+    return trials["status"].groupby(groups).agg(partial_note).to_dict() if "status" in trials else {}
 
 
 def _colors(count: int) -> list:
@@ -122,13 +114,26 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 def _title(data: ExperimentData, text: str) -> str:
     sweeps = data.sweeps[0] if len(data.sweeps) == 1 else f"{len(data.sweeps)} sweeps"
-    return f"{data.name} ({data.preset or 'n/a'}): {text}\n{sweeps}"
+    partial = len(data.partial())
+    note = f"; includes {partial} running or interrupted trial{'s' if partial > 1 else ''} (partial)" if partial else ""
+    return f"{data.name} ({data.preset or 'n/a'}): {text}\n{sweeps}{note}"
+
+
+def figure_format(out: str | Path) -> str:
+    """The format the figure file's extension names (png, pdf, svg, jpg, jpeg); any other, or
+    none, is an error rather than a file whose name says something else than its bytes."""
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in FIGURE_FORMATS:
+        found = f"extension .{suffix}" if suffix else "no extension"
+        raise StoreError(f"figure {str(out)!r} has {found}; use one of {', '.join('.' + f for f in FIGURE_FORMATS)}")
+    return suffix
 
 
 def _save(fig: Figure, out: str | Path) -> Path:
     out = Path(out)
+    fmt = figure_format(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, format="png", bbox_inches="tight")
+    fig.savefig(out, dpi=DPI, format=fmt, bbox_inches="tight")
     return out
 
 
@@ -148,7 +153,7 @@ def _phase_changes(epochs: pd.DataFrame) -> dict[int, set[str]]:
 
 
 def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
-    trials = _completed(data)
+    trials = data.shown()
     metric = _pick_metric(data, metric)
     epochs = data.epochs
     if epochs.empty or metric not in epochs or epochs[metric].notna().sum() == 0:
@@ -157,6 +162,7 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
         raise StoreError(f"no epoch of {data.name!r} recorded {metric!r}; available per-epoch metrics: {', '.join(names) or 'none'}")
     epochs = epochs.assign(_key=_trial_keys(data, epochs, trials)).dropna(subset=["_key"])
     keys = ordered_keys(data, epochs["_key"].unique())
+    notes = _notes(trials, row_keys(data, trials))
     scale = _scale(metric)
     fig = Figure(figsize=(8.5, 5.6), layout="constrained")
     ax = fig.add_subplot()
@@ -170,7 +176,7 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
         # Distinct markers and shrinking widths keep coinciding curves visible.
         ax.plot(x, stats["mean"], marker=MARKERS[index % len(MARKERS)] if len(x) <= 40 else None,
                 markersize=7 - 4 * index / max(1, len(keys)), lw=2.6 - 1.4 * index / max(1, len(keys)), color=color,
-                alpha=0.9, label=f"{setting_label(data, key)} (n={n})")
+                alpha=0.9, label=f"{row_label(data, key, named=True)} (n={n}){notes.get(key, '')}")
         band = stats["std"].fillna(0.0)
         if (band > 0).any():
             ax.fill_between(x, stats["mean"] - band, stats["mean"] + band, color=color, alpha=0.18, lw=0)
@@ -183,7 +189,8 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
     ax.set_xlabel("epoch")
     ax.set_ylabel(_axis_label(metric))
     hue = data.plot.get("hue") or ", ".join(row_fields(data))
-    ax.set_title(_title(data, f"{metric_label(metric)} per epoch by {_short(str(hue))} (mean ± std over seeds)"))
+    ax.set_title(_title(data, f"{metric_label(metric)} per epoch by {short_name(data, field_name(data, str(hue)))} "
+                              "(mean ± std over seeds)"))
     if epochs["epoch"].nunique() <= 25:
         ax.set_xticks(sorted((epochs["epoch"] + 1).unique()))
     ax.grid(alpha=0.3)
@@ -192,7 +199,7 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
 
 
 def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
-    trials = _completed(data)
+    trials = data.shown()
     epochs = data.epochs
     if epochs.empty or "cluster_sizes" not in epochs or epochs["cluster_sizes"].notna().sum() == 0:
         raise StoreError(f"no trial of {data.name!r} re-clustered (no cluster_sizes in its epochs); "
@@ -219,7 +226,7 @@ def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
             ax.scatter(pos + rng.uniform(-0.18, 0.18, len(values)), values, s=12, color=color, alpha=0.75, zorder=3)
         counts = [len(json.loads(t)) for t in rows["cluster_sizes"]]
         ax.set_xticks(positions, [str(e + 1) for e in rounds])
-        ax.set_title(f"{setting_label(data, key)}\n(K up to {max(counts)}, {rows['trial_id'].nunique()} trial(s))", fontsize=10)
+        ax.set_title(f"{row_label(data, key, named=True)}\n(K up to {max(counts)}, {rows['trial_id'].nunique()} trial(s))", fontsize=10)
         ax.set_xlabel("re-clustering at epoch")
         ax.grid(alpha=0.3, axis="y")
     for ax in axes[:, 0]:
@@ -236,17 +243,14 @@ def _numeric(values: pd.Series) -> pd.Series | None:
 
 
 def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
-    trials = _completed(data)
+    trials = data.shown()
     fields = row_fields(data)
-    x_field = ALIASES.get(str(data.plot.get("x") or fields[0]), str(data.plot.get("x") or fields[0]))
+    x_field = field_name(data, str(data.plot.get("x") or fields[0]))
     metric = _pick_metric(data, metric, trials)
     panels = [metric] + [m for m in (data.table.get("metrics") or []) if is_seconds(m) and m != metric
                          and metric_column(trials, m) is not None][:2]
     values = row_values(data, trials) if x_field in fields else pd.DataFrame(index=trials.index)
-    column = f"spec_{x_field}" if f"spec_{x_field}" in trials else x_field
-    if column not in trials:
-        raise StoreError(f"the trials have no column for x = {x_field!r}")
-    x_raw = trials[column]
+    x_raw = trials[field_column(trials, x_field)]
     x_num = _numeric(x_raw)
     others = [f for f in fields if f != x_field]
     groups = values[others].astype(str).agg(",".join, axis=1) if others else pd.Series("", index=trials.index)
@@ -254,13 +258,13 @@ def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     categories = list(dict.fromkeys(x_raw.astype(str))) if x_num is None else None
     for ax, name in zip(axes, panels):
-        y = _trial_values(data, trials, name) * _scale(name)
+        y = metric_values(trials, name) * _scale(name)
         group_names = sorted(groups.unique())
         for index, (group, color) in enumerate(zip(group_names, _colors(len(group_names)))):
             mask = groups == group
             x = x_num[mask] if x_num is not None else x_raw[mask].astype(str).map({c: i for i, c in enumerate(categories)})
             stats = y[mask].groupby(x).agg(["mean", "std", "count"]).sort_index()
-            label = ", ".join(f"{_short(f)}={v}" for f, v in zip(others, group.split(","))) if others else None
+            label = named_label(data, others, group) if others else None
             ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", capsize=4, lw=1.8,
                         color=color, label=label)
             ax.scatter(x, y[mask], s=14, color=color, alpha=0.35, zorder=3)
@@ -268,9 +272,10 @@ def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
             ax.set_xticks(range(len(categories)), categories)
         elif x_num.nunique() <= 12:
             ax.set_xticks(sorted(x_num.unique()))
-        ax.set_xlabel(f"{_short(x_field)} ({x_field})" if _short(x_field) != x_field else x_field)
+        short = short_name(data, x_field)
+        ax.set_xlabel(f"{short} ({x_field})" if short != x_field else x_field)
         ax.set_ylabel(_axis_label(name))
-        ax.set_title(f"{metric_label(name)} vs {_short(x_field)}", fontsize=11)
+        ax.set_title(f"{metric_label(name)} vs {short}", fontsize=11)
         ax.grid(alpha=0.3)
         if others:
             ax.legend(fontsize=8)
@@ -279,17 +284,17 @@ def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
 
 
 def plot_bars(data: ExperimentData, metric: str | None = None) -> Figure:
-    trials = _completed(data)
+    trials = data.shown()
     fields = row_fields(data)
-    x_field = ALIASES.get(str(data.plot.get("x") or fields[0]), str(data.plot.get("x") or fields[0]))
+    x_field = field_name(data, str(data.plot.get("x") or fields[0]))
     hue = data.plot.get("hue")
-    hue_field = ALIASES.get(str(hue), str(hue)) if hue else next((f for f in fields if f != x_field), None)
+    hue_field = field_name(data, str(hue)) if hue else next((f for f in fields if f != x_field), None)
     if hue_field == x_field:
         hue_field = None
     if x_field not in fields or (hue_field is not None and hue_field not in fields):
         raise StoreError(f"bars: x {x_field!r} and hue {hue_field!r} must be row fields of {data.name!r} ({', '.join(fields)})")
     metric = _pick_metric(data, metric, trials)
-    y = _trial_values(data, trials, metric) * _scale(metric)
+    y = metric_values(trials, metric) * _scale(metric)
     values = row_values(data, trials)
     keys = ordered_keys(data, values.astype(str).agg(",".join, axis=1))
     index_of = {f: i for i, f in enumerate(fields)}
@@ -307,10 +312,10 @@ def plot_bars(data: ExperimentData, metric: str | None = None) -> Figure:
             stds.append(selected.std(ddof=1) if len(selected) > 1 else 0.0)
             ns.append(len(selected))
         positions = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
-        label = setting_label_for(data, hue_field, h) if hue_field else None
+        label = value_label(data, h) if hue_field else None
         bars = ax.bar(positions, means, width * 0.92, yerr=stds, capsize=3, color=color, label=label)
         ax.bar_label(bars, labels=["" if np.isnan(m) else f"{m:.1f}" for m in means], fontsize=8, padding=2)
-    ax.set_xticks(np.arange(len(xs)), [setting_label_for(data, x_field, v) for v in xs])
+    ax.set_xticks(np.arange(len(xs)), [value_label(data, v) for v in xs])
     ax.set_xlabel(x_field)
     ax.set_ylabel(_axis_label(metric))
     ax.grid(alpha=0.3, axis="y")
@@ -321,18 +326,13 @@ def plot_bars(data: ExperimentData, metric: str | None = None) -> Figure:
     return fig
 
 
-def setting_label_for(data: ExperimentData, field: str, value: str) -> str:
-    labels = {str(k): str(v) for k, v in (data.table.get("labels") or {}).items()}
-    return labels.get(value, value)
-
-
 def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
-    trials = data.with_status(("completed", "pruned"))
+    trials = data.shown(("completed", "pruned"))
     metric = metric[5:] if metric and metric.startswith("best_") else (metric or data.metric)
-    y = _trial_values(data, trials, metric) * _scale(metric)
+    y = metric_values(trials, metric) * _scale(metric)
     order_by = [c for c in ("ended_at", "started_at", "trial_id") if c in trials]
     ranked = trials.assign(_y=y).sort_values(order_by, na_position="last").reset_index(drop=True)
-    params = [ALIASES.get(p, p) for p in (data.card.get("search") or {})]
+    params = [field_name(data, p) for p in (data.card.get("search") or {})]
     params = [p for p in params if f"spec_{p}" in ranked]
     panels = 1 + len(params)
     ncols = min(4, panels)
@@ -353,7 +353,7 @@ def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
     ax.set_title(f"{metric_label(metric)} per trial", fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    distributions = {ALIASES.get(k, k): v for k, v in (data.card.get("search") or {}).items()}
+    distributions = {field_name(data, k): v for k, v in (data.card.get("search") or {}).items()}
     for ax, param in zip(axes[1:], params):
         values = pd.to_numeric(ranked[f"spec_{param}"], errors="coerce")
         ax.scatter(values, ranked["_y"], s=22, c=np.where(pruned, "tab:gray", "tab:blue"), zorder=3)
@@ -362,7 +362,7 @@ def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
             ax.set_xscale("log")
         elif values.notna().all() and (values % 1 == 0).all() and values.nunique() <= 10:
             ax.set_xticks(sorted(values.unique()))  # a choice of integers (K, T, m, d)
-        ax.set_xlabel(f"{param}" + (f" ({_short(param)})" if _short(param) != param else ""))
+        ax.set_xlabel(f"{param}" + (f" ({short_name(data, param)})" if short_name(data, param) != param else ""))
         ax.set_ylabel(_axis_label(metric))
         ax.grid(alpha=0.3)
     for ax in axes[panels:]:
@@ -371,8 +371,100 @@ def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
     return fig
 
 
+def trial_budget(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's training budget in epochs: warm-up + divide + conquer (a schedule column the
+    trials lack counts 0, as the RunSpec default does)."""
+    columns = [f"spec_{f}" for f in BUDGET_FIELDS if f"spec_{f}" in trials]
+    if not columns:
+        raise StoreError(f"the trials have no schedule columns ({', '.join('spec_' + f for f in BUDGET_FIELDS)})")
+    return sum(pd.to_numeric(trials[c], errors="coerce").fillna(0) for c in columns)
+
+
+def _line_of(fields: list[str], key: str, x_field: str) -> str:
+    """A row key without the x field's value: the key of its line in the budget plot."""
+    parts = key.split(",") if len(fields) > 1 else [key]
+    return ",".join(v for f, v in zip(fields, parts) if f != x_field)
+
+
+def budget_summary(data: ExperimentData, metric: str | None = None) -> pd.DataFrame:
+    """The numbers of the budget plot, one row per (line, budget): `line` (the key of the row
+    fields other than plot.x), `label`, `budget` (epochs), the metric's `mean` and 95 %
+    t-interval over seeds (`low`, `high`, `n`), and the paired difference from the baseline
+    setting's line at the same budget (`delta`, `delta low`, `delta high`, `delta n`, `delta
+    noise`; n = 0 for the baseline's own line and without a baseline). Values as stored.
+    attrs: metric, x (the field left out of the lines), fields (the line fields)."""
+    trials = data.shown()
+    metric = _pick_metric(data, metric, trials)
+    y = metric_values(trials, metric)
+    budget = trial_budget(trials)
+    fields = row_fields(data)
+    x_field = field_name(data, str(data.plot.get("x") or "epochs"))
+    others = [f for f in fields if f != x_field]
+    lines = join_keys(row_values(data, trials)[others])
+    bases = {key: baseline_key(data, key) for key in row_keys(data, trials).unique()}
+    base_of = {_line_of(fields, key, x_field): _line_of(fields, base, x_field) for key, base in bases.items() if base}
+    notes = _notes(trials, lines)
+    empty = pd.Series(dtype=float)
+    records = []
+    for b in sorted(budget.unique()):
+        at = budget == b
+        cells = seed_cells(trials[at], y[at], lines[at])
+        for line in ordered_keys(data, lines[at], others):
+            base = base_of.get(line)
+            spread = t_interval(y[at & (lines == line)])
+            delta = (paired_delta(cells.get(line, empty), cells.get(base, empty)) if base not in (None, line)
+                     else t_interval([]))
+            records.append({"line": line, "label": (named_label(data, others, line) if others else metric_label(metric))
+                            + notes.get(line, ""), "budget": float(b), "mean": spread.mean, "low": spread.low,
+                            "high": spread.high, "n": spread.n, "delta": delta.mean, "delta low": delta.low,
+                            "delta high": delta.high, "delta n": delta.n, "delta noise": delta.noise})
+    summary = pd.DataFrame(records)
+    summary.attrs.update({"metric": metric, "x": x_field, "fields": others})
+    return summary
+
+
+def plot_budget(data: ExperimentData, metric: str | None = None) -> Figure:
+    summary = budget_summary(data, metric)
+    metric, scale = summary.attrs["metric"], _scale(summary.attrs["metric"])
+    lines = ordered_keys(data, summary["line"], summary.attrs["fields"])
+    has_delta = bool((summary["delta n"] > 0).any())
+    fig = Figure(figsize=(8.5, 8.0 if has_delta else 5.6), layout="constrained")
+    axes = fig.subplots(2 if has_delta else 1, 1, sharex=True, squeeze=False,
+                        height_ratios=[2, 1] if has_delta else None)[:, 0]
+    budgets = sorted(summary["budget"].unique())
+    dodge = 0.04 * (min(np.diff(budgets)) if len(budgets) > 1 else 1.0)
+    for index, (line, color) in enumerate(zip(lines, _colors(len(lines)))):
+        rows = summary[summary["line"] == line]
+        fewest, most = int(rows["n"].min()), int(rows["n"].max())
+        axes[0].plot(rows["budget"], rows["mean"] * scale, marker=MARKERS[index % len(MARKERS)], lw=1.8, color=color,
+                     label=f"{rows['label'].iloc[0]} (n={fewest}{f'-{most}' if most > fewest else ''})")
+        axes[0].fill_between(rows["budget"], rows["low"] * scale, rows["high"] * scale, color=color, alpha=0.18, lw=0)
+        paired = rows[rows["delta n"] > 0]
+        if has_delta and len(paired):
+            x = paired["budget"] + dodge * (index - (len(lines) - 1) / 2)
+            mean = paired["delta"] * scale
+            error = [(mean - paired["delta low"] * scale).fillna(0.0), (paired["delta high"] * scale - mean).fillna(0.0)]
+            axes[1].errorbar(x, mean, yerr=error, marker="o", capsize=4, lw=1.5, color=color)
+            noise = paired["delta noise"].to_numpy(dtype=bool)
+            axes[1].plot(x[noise], mean[noise], "o", color=color, markerfacecolor="white", zorder=3)
+    axes[0].set_ylabel(_axis_label(metric))
+    axes[0].grid(alpha=0.3)
+    if has_delta:
+        axes[1].axhline(0.0, color="0.3", lw=1.0)
+        axes[1].set_ylabel(f"Δ {metric_label(metric)}" + (" (points)" if is_percent(metric) else ""))
+        axes[1].set_title(f"paired by seed vs the baseline ({baseline_text(data)}) at the same budget; "
+                          "hollow: the 95 % interval spans 0", fontsize=10)
+        axes[1].grid(alpha=0.3)
+    axes[-1].set_xlabel("training budget (epochs: warm-up + divide + conquer)")
+    if len(budgets) <= 12:
+        axes[-1].set_xticks(budgets)
+    axes[0].set_title(_title(data, f"{metric_label(metric)} vs training budget (mean, 95 % t-interval over seeds)"))
+    fig.legend(loc="outside lower center", ncols=2 if len(lines) > 3 else max(1, len(lines)), fontsize=9, frameon=False)
+    return fig
+
+
 PLOTTERS = {"curves": plot_curves, "clusters": plot_clusters, "metric_vs": plot_metric_vs, "bars": plot_bars,
-            "search": plot_search}
+            "budget": plot_budget, "search": plot_search}
 
 
 def experiment_figure(data: ExperimentData, kind: str | None = None, metric: str | None = None) -> Figure:
@@ -383,11 +475,56 @@ def experiment_figure(data: ExperimentData, kind: str | None = None, metric: str
     return PLOTTERS[kind](data, metric)
 
 
+# ----------------------------------------------------------------------------------- optuna
+def optuna_paths(out: str | Path) -> dict[str, Path]:
+    """Where a search figure's Optuna companions go: `<stem>-optuna-history<ext>` and
+    `<stem>-optuna-importances<ext>` beside `out` (Optuna draws each as its own pyplot figure)."""
+    out = Path(out)
+    return {name: out.with_name(f"{out.stem}-optuna-{name}{out.suffix}") for name in ("history", "importances")}
+
+
+def save_optuna_figures(data: ExperimentData, out: str | Path) -> list[Path]:
+    """Optuna's optimisation history (of every study among the sweeps read) and parameter
+    importances (of the newest) at `optuna_paths(out)`; the paths written, [] without a study.
+    Optuna logs a warning and draws an empty panel while no trial has finished."""
+    studies = [load_study(data.store, sweep) for sweep in data.sweeps] if data.store else []
+    studies = [s for s in studies if s is not None]
+    if not studies:
+        return []
+    import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+
+    history = studies if len(studies) > 1 else studies[0]  # one line per study when sweeps are pooled
+    draw = {"history": lambda: plot_optimization_history(history, target_name=data.metric),
+            "importances": lambda: plot_param_importances(studies[-1], target_name=data.metric)}
+    written = []
+    for name, path in optuna_paths(out).items():
+        with rc_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            ax = draw[name]()
+            try:
+                written.append(_save(ax.figure, path))
+            finally:
+                plt.close(ax.figure)
+    return written
+
+
 def plot_experiment(store: str | Path | ExperimentData, experiment: str | None, out: str | Path,
-                    kind: str | None = None, sweep: str | None = None, metric: str | None = None) -> Path:
-    """Draw the experiment's figure and save it as a PNG at `out`; returns the path.
-    kind: curves | clusters | metric_vs | bars | search (default: the card's plot.kind, else curves)."""
+                    kind: str | None = None, sweep: str | None = None, metric: str | None = None,
+                    include_running: bool = False) -> Path:
+    """Draw the experiment's figure and save it at `out`, in the format its extension names
+    (.png, .pdf, .svg, .jpg, .jpeg); returns the path. kind: curves | clusters | metric_vs | bars
+    | budget | search (default: the card's plot.kind, else curves); a search also writes Optuna's
+    figures at `optuna_paths(out)` when its sweep holds a study. include_running: also the
+    running and interrupted trials, at their best epoch so far (the title says how many)."""
     if kind is not None and kind not in PLOTTERS:
         raise StoreError(f"unknown plot kind {kind!r}; one of {', '.join(KINDS)}")
-    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep)
-    return _save(experiment_figure(data, kind, metric), out)
+    figure_format(out)
+    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep,
+                                                                               include_running=include_running)
+    data = with_running(data, include_running)
+    path = _save(experiment_figure(data, kind, metric), out)
+    if (kind or data.plot.get("kind")) == "search":
+        save_optuna_figures(data, out)
+    return path

@@ -3,27 +3,35 @@
     STORE/<sweep>/experiment.json        the experiment card (rows, metric, table, plot, ...)
     STORE/<sweep>/trials/*.parquet       one row per trial
     STORE/<sweep>/epochs/*.parquet       one row per (trial, epoch)
+    STORE/<sweep>/optuna.db              a search's Optuna study (SQLite; study name = sweep id)
     STORE/_ray/...                       Ray's own files (never read)
 
 Sweep ids end in a timestamp (`<experiment>-<preset>-YYYYmmdd-HHMMSS`); the newest sweep of an
 experiment is the default. Files are read with pyarrow and their schemas unified, so trials
-written by different versions (differing column sets, int vs float) still combine. Only pandas,
-pyarrow and the standard library are used here: the store is all analysis needs.
+written by different versions (differing column sets, int vs float) still combine; a file that
+cannot be read is skipped with a warning rather than hiding every other one. Only pandas, pyarrow
+and the standard library are used here (optuna only to open a study): the store is all analysis
+needs.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+import urllib.parse
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 CARD = "experiment.json"
+STUDY = "optuna.db"
+# Trials without a final row yet: still running, or stopped before their end (the platform marks
+# those it will not resume `interrupted`). Shown on request, at their best epoch so far.
+PARTIAL = ("running", "interrupted")
 _STAMP = re.compile(r"(\d{8}-\d{6})$")
 
 
@@ -33,13 +41,17 @@ class StoreError(ValueError):
 
 @dataclasses.dataclass
 class ExperimentData:
-    """One experiment as stored: its card, trials and epochs (all statuses), and the sweeps read."""
+    """One experiment as stored: its card, trials and epochs (all statuses), and the sweeps read.
+    include_running: tables and plots also show the partial trials (see `shown`); skipped: the
+    files that could not be read ("path: error")."""
 
     card: dict[str, Any]
     trials: pd.DataFrame
     epochs: pd.DataFrame
     sweeps: list[str]
     store: Path | None = None
+    include_running: bool = False
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -76,6 +88,41 @@ class ExperimentData:
             return self.trials
         status = (status,) if isinstance(status, str) else tuple(status)
         return self.trials[self.trials["status"].isin(status)]
+
+    def shown(self, status=("completed",)) -> pd.DataFrame:
+        """The trials tables and plots show: those whose status is one of `status` (all for None),
+        plus, with include_running, the partial ones at their best epoch so far."""
+        if not self.include_running:
+            return self.with_status(status)
+        if status is not None:
+            status = ((status,) if isinstance(status, str) else tuple(status)) + PARTIAL
+        return best_so_far(self.with_status(status), self.epochs, self.metric, self.mode)
+
+    def partial(self) -> pd.DataFrame:
+        """The partial trials shown with include_running (none without it)."""
+        return self.with_status(PARTIAL) if self.include_running else self.trials.iloc[:0]
+
+
+def best_so_far(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """The trials, partial ones given their best_<m> values (and best_epoch) from their epoch
+    rows: the epoch with the best `metric` by `mode`, the later one on ties. A value the trial
+    row already holds is kept; a running trial's row is written before its first epoch, so its
+    best_ columns stay null until it ends."""
+    partial = trials["status"].isin(PARTIAL) if "status" in trials else pd.Series(False, index=trials.index)
+    keys = [c for c in ("sweep", "trial_id") if c in trials and c in epochs]
+    if not partial.any() or "trial_id" not in keys or metric not in epochs:
+        return trials
+    names = [c for c in epochs.columns if c.startswith(("val_", "test_")) or (f"best_{c}" in trials and c != "epoch")]
+    rows = epochs.dropna(subset=[metric])
+    score = rows[metric] if mode == "max" else -rows[metric]
+    best = rows.assign(_score=score).sort_values(["_score", "epoch"]).groupby(keys).tail(1)
+    best = best[keys + names + ["epoch"]].rename(columns={**{n: f"best_{n}" for n in names}, "epoch": "best_epoch"})
+    picked = trials.loc[partial, keys].merge(best, on=keys, how="left").set_axis(trials.index[partial])
+    out = trials.copy()
+    for column in picked.columns.difference(keys):
+        held = out[column] if column in out else pd.Series(float("nan"), index=out.index)
+        out[column] = held.where(held.notna() | ~partial, picked[column].reindex(out.index))
+    return out
 
 
 def _visible(path: Path) -> bool:
@@ -130,30 +177,42 @@ def list_experiments(store: str | Path) -> dict[str, list[str]]:
     return _scan(_check_store(store))[0]
 
 
-def read_parquet_dir(directory: Path) -> pd.DataFrame:
+def read_parquet_dir(directory: Path, skipped: list[str] | None = None) -> pd.DataFrame:
     """Every visible Parquet file of a directory as one DataFrame, schemas unified (missing
-    columns -> null, int64 + double -> double); an empty DataFrame when there is none."""
+    columns -> null, int64 + double -> double); an empty DataFrame when there is none.
+    A file that cannot be read (corrupt, truncated by a full disk or a killed copy) is left out
+    with a warning naming it, and "path: error" appended to `skipped`: one bad file must not
+    hide the results of every other trial."""
     files = sorted(p for p in directory.glob("*.parquet") if _visible(p)) if directory.is_dir() else []
-    if not files:
+    tables = []
+    for path in files:
+        try:
+            tables.append(pq.read_table(path))
+        except (OSError, pa.ArrowException) as error:
+            note = f"{path}: {error}"
+            warnings.warn(f"skipped unreadable Parquet file {note}", stacklevel=2)
+            if skipped is not None:
+                skipped.append(note)
+    if not tables:
         return pd.DataFrame()
     try:
-        schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-        table = pads.dataset([str(f) for f in files], schema=schema, format="parquet").to_table()
-        return table.to_pandas()
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         # Columns whose types cannot be promoted (a string and a number): pandas holds them as objects.
-        return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True, sort=False)
+        return pd.concat([t.to_pandas() for t in tables], ignore_index=True, sort=False)
 
 
-def _require_completed(trials: pd.DataFrame, experiment: str, sweeps: list[str]) -> None:
+def _require_completed(trials: pd.DataFrame, experiment: str, sweeps: list[str], include_running: bool) -> None:
     where = sweeps[0] if len(sweeps) == 1 else f"{len(sweeps)} sweeps ({', '.join(sweeps)})"
     if trials.empty or "status" not in trials:
         raise StoreError(f"experiment {experiment!r}: no trials recorded yet in {where}")
-    if (trials["status"] == "completed").any():
+    accepted = ("completed",) + (PARTIAL if include_running else ())
+    if trials["status"].isin(accepted).any():
         return
     counts = trials["status"].value_counts()
     summary = ", ".join(f"{int(n)} {status}" for status, n in counts.items())
-    message = f"experiment {experiment!r}: no completed trials in {where} ({summary})"
+    message = (f"experiment {experiment!r}: no completed {'or running ' if include_running else ''}"
+               f"trials in {where} ({summary})")
     errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=object)
     errors = errors[errors.astype(str).str.strip() != ""]
     if len(errors):
@@ -163,12 +222,15 @@ def _require_completed(trials: pd.DataFrame, experiment: str, sweeps: list[str])
 
 
 def load_experiment(store: str | Path, experiment: str, sweep: str | None = None,
-                    require_completed: bool = True) -> ExperimentData:
+                    require_completed: bool = True, include_running: bool = False) -> ExperimentData:
     """One experiment's card, trials and epochs.
 
     sweep: None -> the newest sweep of the experiment; "all" -> every sweep of the experiment with
     the newest one's preset, concatenated (the newest sweep's card is used); otherwise a sweep id.
-    require_completed: raise StoreError unless at least one trial completed.
+    require_completed: raise StoreError unless at least one trial completed (or, with
+    include_running, is running or interrupted).
+    include_running: tables and plots of the data also show the running and interrupted trials,
+    at their best epoch so far (a sweep still going, or one stopped early).
     """
     root = _check_store(store)
     experiments, cards, uncarded = _scan(root)
@@ -196,15 +258,17 @@ def load_experiment(store: str | Path, experiment: str, sweep: str | None = None
             raise StoreError(f"sweep {sweep!r} belongs to experiment {cards[sweep].get('experiment')!r}, not {experiment!r}")
         chosen = [sweep]
 
-    trials = [read_parquet_dir(root / s / "trials") for s in chosen]
-    epochs = [read_parquet_dir(root / s / "epochs") for s in chosen]
+    skipped: list[str] = []
+    trials = [read_parquet_dir(root / s / "trials", skipped) for s in chosen]
+    epochs = [read_parquet_dir(root / s / "epochs", skipped) for s in chosen]
     trials_df = _concat(trials, chosen)
     epochs_df = _concat(epochs, chosen)
     if require_completed:
-        _require_completed(trials_df, experiment, chosen)
+        _require_completed(trials_df, experiment, chosen, include_running)
     card = dict(cards[chosen[-1]])
     card.setdefault("experiment", experiment)
-    return ExperimentData(card=card, trials=trials_df, epochs=epochs_df, sweeps=chosen, store=root)
+    return ExperimentData(card=card, trials=trials_df, epochs=epochs_df, sweeps=chosen, store=root,
+                          include_running=include_running, skipped=skipped)
 
 
 def _concat(frames: list[pd.DataFrame], sweeps: list[str]) -> pd.DataFrame:
@@ -217,3 +281,41 @@ def _concat(frames: list[pd.DataFrame], sweeps: list[str]) -> pd.DataFrame:
     if len(frames) == 1:
         return frames[0].reset_index(drop=True)
     return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def load_study(store: str | Path, sweep: str):
+    """The Optuna study of a search sweep (STORE/<sweep>/optuna.db, SQLite, study name = the
+    sweep id), opened read-only; None when the sweep has none. A database that cannot be read
+    or lacks the study also gives None, with a warning: the study only adds figures."""
+    path = _check_store(store) / sweep / STUDY
+    if not path.is_file():
+        return None
+    import optuna
+    import sqlalchemy.exc
+
+    url = f"sqlite:///file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&uri=true"
+    try:
+        return optuna.load_study(study_name=sweep, storage=url)
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as error:
+        warnings.warn(f"{path}: no readable Optuna study {sweep!r} ({type(error).__name__}: {error})", stacklevel=2)
+        return None
+
+
+def locate_store(store: str | Path, start: str | Path | None = None) -> Path:
+    """A results store named as a notebook names it: an absolute path, or one relative to
+    `start` (the current directory), else to the repository root (the nearest directory at or
+    above `start` holding pyproject.toml), so `results` is found whether the notebook runs from
+    the repository root or from analysis/notebooks."""
+    path = Path(store).expanduser()
+    start = Path.cwd() if start is None else Path(start)
+    if path.is_absolute():
+        return _check_store(path)
+    if (start / path).exists():
+        return _check_store(start / path)
+    root = next((d for d in [start.resolve(), *start.resolve().parents] if (d / "pyproject.toml").is_file()), None)
+    if root is not None and (root / path).exists():
+        return _check_store(root / path)
+    tried = ", ".join(str(d / path) for d in [start, root] if d is not None)
+    where = "" if root is not None else f" (no pyproject.toml at or above {start}: no repository root)"
+    raise StoreError(f"results store {str(store)!r} not found: tried {tried}{where}; set STORE to its path "
+                     f"(dncml sweep ... --storage {store} creates it)")

@@ -8,93 +8,38 @@ bold, a Δ column against the baseline row and the paper's numbers beside ours.
 A trial's value of a metric such as `test_recall@1` is its `best_test_recall@1` column: the value
 at the epoch the sweep's selection metric (validation) chose. Trial columns such as
 `cluster_seconds` or `wall_seconds` are used as they are.
+
+Δ is paired: seeds share their data order and initial weights across settings, so the
+difference within a seed is far less noisy than the difference of two means. Each trial pairs
+with the baseline row's trial of the same sweep and seed (else of the same seed, averaged over
+the baseline's sweeps); Δ is the mean difference with its 95 % t-interval, and a difference
+whose interval spans 0 is marked as within noise. The table holds Δ for every metric; Markdown,
+LaTeX and HTML show it for the first metric only (an interval per metric would double the
+width), CSV has them all.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import io
-import itertools
 import math
-import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from .store import ExperimentData, StoreError, load_experiment
+from .store import PARTIAL, ExperimentData, StoreError, load_experiment
+from .vocabulary import (available_metrics, baseline_key, baseline_text, is_percent, is_seconds, key_of,
+                         metric_column, metric_label, metric_mode, metric_values, ordered_keys, row_fields, row_label,
+                         row_values)
 
 FORMATS = ("md", "latex", "html", "csv")
-TRIAL_METRICS = ("wall_seconds", "train_seconds", "cluster_seconds", "eval_seconds", "epochs_done", "best_epoch")
-ALIASES = {"K": "num_learners", "T": "recluster_every", "m": "samples_per_class", "d": "embedding_dim"}
-_PERCENT = re.compile(r"(recall@|nmi|map@|precision@|accuracy)")
 
 
-# ------------------------------------------------------------------------------ metric names
-def base_metric(name: str) -> str:
-    """`best_test_recall@1` / `final_test_recall@1` -> `test_recall@1`."""
-    for prefix in ("best_", "final_"):
-        if name.startswith(prefix) and name != "best_epoch":
-            return name[len(prefix):]
-    return name
-
-
-def is_percent(name: str) -> bool:
-    """Recall, NMI, MAP@R: fractions in the store, shown in %."""
-    return bool(_PERCENT.search(base_metric(name)))
-
-
-def is_seconds(name: str) -> bool:
-    return "seconds" in name
-
-
-def metric_label(name: str) -> str:
-    """A short column header: test_recall@1 -> R@1, val_recall@1 -> val R@1, test_nmi -> NMI,
-    test_map@r -> MAP@R, cluster_seconds -> cluster s."""
-    base = base_metric(name)
-    split, _, rest = base.partition("_")
-    if split in ("test", "val") and rest:
-        pretty = re.sub(r"^recall@", "R@", rest)
-        pretty = {"nmi": "NMI", "map@r": "MAP@R"}.get(pretty, pretty.replace("map@", "MAP@"))
-        return pretty if split == "test" else f"val {pretty}"
-    if is_seconds(base):
-        return base.replace("_seconds", " s")
-    return base.replace("_", " ")
-
-
-def metric_mode(name: str, data: ExperimentData | None = None) -> str:
-    """max or min: the card's mode for its selection metric; min for timings and losses; max else."""
-    base = base_metric(name)
-    if data is not None and base == data.metric:
-        return data.mode
-    if is_seconds(base) or base == "loss" or base.endswith("_loss"):
-        return "min"
-    return "max"
-
-
-def available_metrics(trials: pd.DataFrame) -> list[str]:
-    """The metric names some trial recorded (best_<name> columns, then timing columns)."""
-    names = [c[5:] for c in trials.columns if c.startswith("best_") and c != "best_epoch" and trials[c].notna().any()]
-    names += [c for c in TRIAL_METRICS if c in trials and trials[c].notna().any()]
-    return names
-
-
-def metric_column(trials: pd.DataFrame, name: str) -> str | None:
-    """The trials' column holding metric `name` (None when no trial recorded it)."""
-    for column in (f"best_{name}", name):
-        if column in trials and not (column == "best_epoch" and name != "best_epoch") and trials[column].notna().any():
-            return column
-    return None
-
-
-def metric_values(trials: pd.DataFrame, name: str) -> pd.Series:
-    column = metric_column(trials, name)
-    if column is None:
-        raise StoreError(f"no trial recorded metric {name!r}; available: {', '.join(available_metrics(trials)) or 'none'}")
-    return pd.to_numeric(trials[column], errors="coerce")
-
-
+# ---------------------------------------------------------------------------------- metrics
 def resolve_metrics(data: ExperimentData, trials: pd.DataFrame, metrics: Iterable[str] | str | None) -> list[str]:
     """Metrics asked for (each must be recorded) or the card's (those recorded)."""
     if isinstance(metrics, str):
@@ -116,114 +61,82 @@ def resolve_metrics(data: ExperimentData, trials: pd.DataFrame, metrics: Iterabl
     return names
 
 
-# ----------------------------------------------------------------------------------- rows
-def fmt_value(value: Any) -> str:
-    """A row value as text: 4.0 -> "4", True -> "True", None/NaN -> "None"."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "None"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return str(int(value)) if float(value).is_integer() else repr(float(value))
-    return str(value)
+# ------------------------------------------------------------------------------- intervals
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A mean with its 95 % t-interval over n values (low and high NaN when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def noise(self) -> bool:
+        """Within noise: no interval (n < 2), or one that spans 0."""
+        return self.n < 2 or self.low <= 0 <= self.high
 
 
-def row_fields(data: ExperimentData) -> list[str]:
-    """The fields a table row stands for (the card's `rows`; one row per trial when it has none)."""
-    return [ALIASES.get(f, f) for f in data.rows] or ["trial_id"]
+def t_interval(values: Iterable[float]) -> Interval:
+    """Mean ± t(0.975, n-1) * sd / sqrt(n), sd with ddof 1: the seeds are few, so a normal
+    interval would be too narrow."""
+    values = np.asarray([v for v in values if pd.notna(v)], dtype=float)
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, n)
+    half = float(stats.t.ppf(0.975, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)
 
 
-def _field_column(trials: pd.DataFrame, field: str) -> str:
-    for column in (f"spec_{field}", field):
-        if column in trials:
-            return column
-    raise StoreError(f"the trials have no column for row field {field!r} (expected spec_{field})")
+def seed_cells(trials: pd.DataFrame, values: pd.Series, groups: pd.Series) -> dict[str, pd.Series]:
+    """`values` averaged per (sweep, seed) within each group (row key): group -> a Series indexed
+    by (sweep, seed), the units paired with the baseline's. Trials without a seed are left out."""
+    if "spec_seed" not in trials:
+        return {}
+    sweeps = trials["sweep"].astype(str) if "sweep" in trials else pd.Series("", index=trials.index)
+    frame = pd.DataFrame({"group": groups, "sweep": sweeps, "seed": trials["spec_seed"], "value": values})
+    means = frame.dropna(subset=["seed", "value"]).groupby(["group", "sweep", "seed"])["value"].mean()
+    return {group: cells.droplevel("group") for group, cells in means.groupby(level="group")}
 
 
-def row_values(data: ExperimentData, trials: pd.DataFrame) -> pd.DataFrame:
-    """One text column per row field, for every trial."""
-    return pd.DataFrame({f: [fmt_value(v) for v in trials[_field_column(trials, f)].tolist()] for f in row_fields(data)},
-                        index=trials.index)
+def paired_delta(cells: pd.Series, base: pd.Series) -> Interval:
+    """Row minus baseline, paired: each (sweep, seed) cell of the row with the baseline's cell of
+    the same sweep and seed, else with the baseline's mean for that seed over its sweeps (pooled
+    sweeps need not have run every setting); the t-interval of the differences."""
+    if base.empty:
+        return t_interval([])
+    by_seed = base.groupby(level="seed").mean()
+    differences = [value - base.get((sweep, seed), by_seed.get(seed, math.nan)) for (sweep, seed), value in cells.items()]
+    return t_interval(differences)
 
 
-def row_keys(data: ExperimentData, trials: pd.DataFrame) -> pd.Series:
-    """Each trial's row key: its row field values joined by commas ("kmeans", "triplet,kmeans")."""
-    values = row_values(data, trials)
-    return values.astype(str).agg(",".join, axis=1) if len(values) else pd.Series([], dtype=object, index=trials.index)
-
-
-def _natural(key: str) -> tuple:
-    parts = []
-    for part in key.split(","):
-        try:
-            parts.append((0, float(part), ""))
-        except ValueError:
-            parts.append((1, 0.0, part))
-    return tuple(parts)
-
-
-def _key_of(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(fmt_value(v) for v in value)
-    if isinstance(value, dict):
-        return ",".join(fmt_value(v) for v in value.values())
-    return fmt_value(value)
-
-
-def ordered_keys(data: ExperimentData, keys: Iterable[str]) -> list[str]:
-    """The table's `order` first, then the grid's order of the row fields, then natural order."""
-    keys = list(dict.fromkeys(keys))
-    ranked: list[str] = [_key_of(k) for k in data.table.get("order") or []]
-    grid = data.card.get("grid") or {}
-    fields = row_fields(data)
-    if all(f in grid for f in fields):
-        ranked += [",".join(fmt_value(v) for v in combo) for combo in itertools.product(*(grid[f] for f in fields))]
-    rank = {k: i for i, k in reversed(list(enumerate(ranked)))}
-    return sorted(keys, key=lambda k: (rank.get(k, len(rank)), _natural(k)))
-
-
-def row_label(data: ExperimentData, key: str) -> str:
-    """The table's label for a row key, else its values (joined by ", ")."""
-    labels = {_key_of(k): str(v) for k, v in (data.table.get("labels") or {}).items()}
-    if key in labels:
-        return labels[key]
-    if len(row_fields(data)) > 1:
-        return ", ".join(labels.get(part, part) for part in key.split(","))
-    return key
-
-
-def baseline_key(data: ExperimentData, key: str) -> str | None:
-    """The key of the row `key` is compared with: the card's baseline row; a mapping such as
-    {grouping: none} for multi-field rows keeps the other fields (triplet,kmeans -> triplet,none)."""
-    baseline = data.table.get("baseline")
-    if baseline is None:
-        return None
-    fields = row_fields(data)
-    if isinstance(baseline, dict):
-        mapping = {ALIASES.get(str(k), str(k)): fmt_value(v) for k, v in baseline.items()}
-    elif isinstance(baseline, (list, tuple)):
-        mapping = dict(zip(fields, map(fmt_value, baseline)))
-    else:
-        parts = fmt_value(baseline).split(",") if len(fields) > 1 else [fmt_value(baseline)]
-        mapping = dict(zip(fields, parts)) if len(parts) == len(fields) else {fields[0]: fmt_value(baseline)}
-    if not set(mapping) & set(fields):
-        return None
-    values = dict(zip(fields, key.split(",") if len(fields) > 1 else [key]))
-    values.update({f: v for f, v in mapping.items() if f in fields})
-    return ",".join(values[f] for f in fields)
+def partial_note(statuses: pd.Series) -> str:
+    """" (partial: 2 running)" for a row holding partial trials, "" for one that does not."""
+    counts = statuses.value_counts().reindex(PARTIAL).dropna()
+    return f" (partial: {', '.join(f'{int(n)} {s}' for s, n in counts.items())})" if len(counts) else ""
 
 
 # ---------------------------------------------------------------------------------- table
+def with_running(data: ExperimentData, include_running: bool) -> ExperimentData:
+    """The data, showing the partial trials when asked here or when it was loaded so."""
+    return dataclasses.replace(data, include_running=data.include_running or include_running)
+
+
 def experiment_table(data: ExperimentData, metrics: Iterable[str] | str | None = None,
-                     status=("completed",)) -> pd.DataFrame:
+                     status=("completed",), include_running: bool = False) -> pd.DataFrame:
     """One row per setting (index: the row key), in the table's order. Columns: `label`, the row
-    fields, `trials`, then per metric `<m> mean`, `<m> std` (over seeds, ddof 1), `<m> n`,
-    `<m> delta` (mean minus the baseline row's mean; NaN without a baseline) and `<m> best`
+    fields, `trials` (and `partial`, the running or interrupted ones among them, with
+    include_running), then per metric `<m> mean`, `<m> std` (over seeds, ddof 1), `<m> n`, the
+    paired difference from the baseline row `<m> delta` with its 95 % t-interval `<m> delta
+    low` / `<m> delta high`, its number of pairs `<m> delta n` and `<m> delta noise` (True when the
+    interval spans 0 or there is none: n < 2; NaN deltas without a baseline), and `<m> best`
     (True on the best row, by max or min), then `paper <label>` for the paper's numbers (in %).
-    Values are as stored (recall in 0..1, seconds). `table.attrs` holds metrics, fields, baseline."""
-    trials = data.with_status(status)
+    Values are as stored (recall in 0..1, seconds). `table.attrs` holds metrics, fields, baseline.
+    include_running (or data loaded with it): also the running and interrupted trials, at their
+    best epoch so far; their rows' labels say so ("kmeans (partial: 1 running)")."""
+    data = with_running(data, include_running)
+    trials = data.shown(status)
     if trials.empty:
         wanted = status if isinstance(status, str) else ", ".join(status or ())
         raise StoreError(f"experiment {data.name!r}: no {wanted} trials in {', '.join(data.sweeps)}")
@@ -239,6 +152,10 @@ def experiment_table(data: ExperimentData, metrics: Iterable[str] | str | None =
     for field in fields:
         table[field] = [first.loc[k, field] for k in order]
     table["trials"] = keys.value_counts().reindex(order).astype(int)
+    if data.include_running:
+        statuses = trials["status"].groupby(keys)
+        table["partial"] = statuses.agg(lambda s: int(s.isin(PARTIAL).sum())).reindex(order).astype(int)
+        table["label"] += statuses.agg(partial_note).reindex(order)
     bases = {k: baseline_key(data, k) for k in order}
     for name in names:
         numbers = metric_values(trials, name)
@@ -247,10 +164,18 @@ def experiment_table(data: ExperimentData, metrics: Iterable[str] | str | None =
         table[f"{name} mean"] = mean
         table[f"{name} std"] = grouped.std(ddof=1).reindex(order)
         table[f"{name} n"] = grouped.count().reindex(order).fillna(0).astype(int)
-        table[f"{name} delta"] = [mean[k] - mean[bases[k]] if bases[k] in mean.index else np.nan for k in order]
+        cells = seed_cells(trials, numbers, keys)
+        empty = pd.Series(dtype=float)
+        deltas = [paired_delta(cells.get(k, empty), cells.get(bases[k], empty)) if bases[k] in table.index
+                  else t_interval([]) for k in order]
+        table[f"{name} delta"] = [d.mean for d in deltas]
+        table[f"{name} delta low"] = [d.low for d in deltas]
+        table[f"{name} delta high"] = [d.high for d in deltas]
+        table[f"{name} delta n"] = [d.n for d in deltas]
+        table[f"{name} delta noise"] = [d.noise for d in deltas]
         target = mean.max() if metric_mode(name, data) == "max" else mean.min()
         table[f"{name} best"] = mean.notna() & ((mean - target).abs() <= 1e-12)
-    paper = {_key_of(k): v for k, v in (data.table.get("paper") or {}).items() if isinstance(v, dict)}
+    paper = {key_of(k): v for k, v in (data.table.get("paper") or {}).items() if isinstance(v, dict)}
     labels = list(dict.fromkeys(label for row in paper.values() for label in row))
     for label in labels:
         table[f"paper {label}"] = [pd.to_numeric((paper.get(k) or {}).get(label), errors="coerce") for k in order]
@@ -262,8 +187,9 @@ def experiment_table(data: ExperimentData, metrics: Iterable[str] | str | None =
 
 
 def paper_comparison(data: ExperimentData, metric: str = "test_recall@1", paper_column: str | None = None) -> pd.DataFrame:
-    """Ours beside the paper's, both in %: `ours`, `ours Δ` (vs the baseline row), `paper`,
-    `paper Δ`. paper_column: the paper's column (default: the metric's label, e.g. R@1)."""
+    """Ours beside the paper's, both in %: `ours`, `ours std`, `ours Δ` (paired by seed vs the
+    baseline row) with its 95 % t-interval `ours Δ low` / `ours Δ high` over `ours Δ n` seeds,
+    `paper`, `paper Δ`. paper_column: the paper's column (default: the metric's label, e.g. R@1)."""
     table = experiment_table(data, [metric])
     column = f"paper {paper_column or metric_label(metric)}"
     scale = 100.0 if is_percent(metric) else 1.0
@@ -271,7 +197,9 @@ def paper_comparison(data: ExperimentData, metric: str = "test_recall@1", paper_
     out["label"] = table["label"]
     out["ours"] = table[f"{metric} mean"] * scale
     out["ours std"] = table[f"{metric} std"] * scale
-    out["ours Δ"] = table[f"{metric} delta"] * scale
+    for suffix in ("", " low", " high"):
+        out[f"ours Δ{suffix}"] = table[f"{metric} delta{suffix}"] * scale
+    out["ours Δ n"] = table[f"{metric} delta n"]
     paper = table[column] if column in table else pd.Series(np.nan, index=table.index)
     out["paper"] = paper
     bases = table.attrs.get("baselines", {})
@@ -305,28 +233,46 @@ def _caption(data: ExperimentData, table: pd.DataFrame, trials: pd.DataFrame) ->
     names = table.attrs["metrics"]
     sweeps = data.sweeps[0] if len(data.sweeps) == 1 else f"{len(data.sweeps)} sweeps"
     datasets = sorted({str(v) for v in trials.get("spec_dataset", pd.Series(dtype=object)).dropna()})
-    completed = data.with_status(("completed",))
-    others = data.trials["status"].value_counts().drop("completed", errors="ignore") if "status" in data.trials else {}
-    per_row = sorted(set(int(n) for n in table["trials"]))
-    seeds = f"{per_row[0]}" if len(per_row) == 1 else f"{per_row[0]}-{per_row[-1]}"
+    statuses = data.trials["status"] if "status" in data.trials else pd.Series(dtype=object)
+    shown = statuses[statuses.index.isin(trials.index)].value_counts().sort_index(key=lambda s: s != "completed")
+    others = statuses[~statuses.index.isin(trials.index)].value_counts()
+    seeds = _range(table["trials"])
     parts = [f"{data.name} (preset {data.preset or 'n/a'}; {sweeps}; dataset {', '.join(datasets) or 'n/a'}): "
-             f"{len(completed)} completed trials, {seeds} seed{'' if seeds == '1' else 's'} per row"
+             + ", ".join(f"{int(n)} {s}" for s, n in shown.items())
+             + f" trials, {seeds} seed{'' if seeds == '1' else 's'} per row"
              + (f" ({', '.join(f'{int(n)} {s}' for s, n in others.items())} not shown)" if len(others) else "")
              + f"; each trial's values at its epoch with the best {data.metric} ({data.mode})."]
+    if "partial" in table and table["partial"].any():
+        parts.append(f"Rows marked partial hold {' or '.join(PARTIAL)} trials, at their best epoch so far.")
     if any(is_percent(n) for n in names):
         parts.append("Recall, NMI and MAP@R in % (mean ± std over seeds; n = trials).")
     if any(is_seconds(n) for n in names):
         parts.append("Times in seconds.")
     parts.append("Bold: best per column.")
     if table.attrs["baselines"]:
-        baseline = data.table.get("baseline")
-        shown = ", ".join(f"{k}={v}" for k, v in baseline.items()) if isinstance(baseline, dict) else fmt_value(baseline)
-        parts.append(f"Δ: {metric_label(names[0])} minus the baseline row's ({shown})"
-                     + (", in points." if is_percent(names[0]) else "."))
+        first = names[0]
+        pairs = table.loc[[k for k, b in table.attrs["baselines"].items() if k != b], f"{first} delta n"]
+        over = _range(pairs[pairs > 0]) or "no"
+        parts.append(f"Δ {metric_label(first)}: minus the baseline row ({baseline_text(data)}), paired by seed: "
+                     f"mean [95 % t-interval] over {over} seed{'' if over == '1' else 's'}"
+                     + (", in points" if is_percent(first) else "") + "; ≈: the interval spans 0 (within noise)"
+                     + ("; the CSV has Δ for every metric." if len(names) > 1 else "."))
     if table.attrs["paper"]:
         source = data.table.get("paper_dataset")
         parts.append("Paper columns: the paper's numbers" + (f" on {source}" if source else "") + " (%).")
-    return " ".join(parts)
+    caption = " ".join(parts)
+    if data.skipped:
+        files = f"{len(data.skipped)} unreadable file{'s' if len(data.skipped) > 1 else ''}"
+        caption += f"\nSkipped {files}: " + "; ".join(data.skipped)
+    return caption
+
+
+def _range(counts: pd.Series) -> str:
+    """Counts as a caption states them: "3", "2-3" ("" for none)."""
+    values = sorted(set(int(n) for n in counts))
+    if not values:
+        return ""
+    return f"{values[0]}" if len(values) == 1 else f"{values[0]}-{values[-1]}"
 
 
 def _grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bool]]]:
@@ -343,8 +289,7 @@ def _grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bo
         flags = [False] + [bool(row[f"{n} best"]) for n in names]
         if has_delta:
             base = table.attrs["baselines"].get(key)
-            delta = row[f"{names[0]} delta"]
-            cells.append("baseline" if base == key else ("" if pd.isna(delta) else _number(delta, names[0], signed=True)))
+            cells.append("" if base is None else "baseline" if base == key else _delta_cell(row, names[0]))
             flags.append(False)
         for column in table.attrs["paper"]:
             value = row[column]
@@ -353,6 +298,18 @@ def _grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bo
         rows.append(cells)
         bold.append(flags)
     return header, rows, bold
+
+
+def _delta_cell(row: pd.Series, name: str) -> str:
+    """`+0.3 [-0.5, +1.1] ≈`: the paired Δ, its interval, ≈ when that spans 0."""
+    n = int(row[f"{name} delta n"])
+    if n == 0:
+        return "no common seed"
+    text = _number(row[f"{name} delta"], name, signed=True)
+    if n == 1:
+        return f"{text} (n=1, no interval)"
+    low, high = (_number(row[f"{name} delta {end}"], name, signed=True) for end in ("low", "high"))
+    return f"{text} [{low}, {high}]" + (" ≈" if row[f"{name} delta noise"] else "")
 
 
 def _markdown(caption: str, header, rows, bold) -> str:
@@ -369,7 +326,7 @@ def _markdown(caption: str, header, rows, bold) -> str:
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$", "≈": r"$\approx$",
           "–": "--", "—": "---"}
 
 
@@ -408,14 +365,18 @@ def _csv(caption: str, table: pd.DataFrame) -> str:
 
 
 def render_table(store: str | Path | ExperimentData, experiment: str | None = None, fmt: str = "md",
-                 metrics: Iterable[str] | str | None = None, sweep: str | None = None) -> str:
-    """The experiment's table as text: a caption line, then the table (md | latex | html | csv).
-    `store` may also be an already loaded ExperimentData (experiment and sweep are then ignored)."""
+                 metrics: Iterable[str] | str | None = None, sweep: str | None = None,
+                 include_running: bool = False) -> str:
+    """The experiment's table as text: a caption, then the table (md | latex | html | csv).
+    `store` may also be an already loaded ExperimentData (experiment and sweep are then ignored).
+    include_running: also the running and interrupted trials, their rows marked partial."""
     if fmt not in FORMATS:
         raise StoreError(f"unknown table format {fmt!r}; one of {', '.join(FORMATS)}")
-    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep)
+    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep,
+                                                                               include_running=include_running)
+    data = with_running(data, include_running)
     table = experiment_table(data, metrics)
-    caption = _caption(data, table, data.with_status(("completed",)))
+    caption = _caption(data, table, data.shown())
     if fmt == "csv":
         return _csv(caption, table)
     header, rows, bold = _grid(table)

@@ -3,22 +3,29 @@ small synthetic store (Parquet files and experiment cards laid out as `dncml swe
 in tmp_path; nothing here trains, starts Ray or imports torch."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy import stats
 
-from dncml.analysis.plots import KINDS, plot_experiment
-from dncml.analysis.store import ExperimentData, StoreError, list_experiments, load_experiment
+from dncml.analysis.plots import KINDS, budget_summary, experiment_figure, optuna_paths, plot_experiment
+from dncml.analysis.store import (ExperimentData, StoreError, list_experiments, load_experiment, load_study,
+                                  locate_store)
 from dncml.analysis.tables import experiment_table, paper_comparison, render_table
+from dncml.analysis.vocabulary import row_fields, row_label, short_name
 
 PNG = b"\x89PNG\r\n\x1a\n"
+T975_1 = 12.706204736  # scipy.stats.t.ppf(0.975, 1): the 95 % interval's half-width factor with 2 pairs
 SWEEP_T6 = "table6_grouping-quick-20260101-120000"
 
 # grouping -> best_test_recall@1 per seed (None: that seed failed); hand-computed statistics below.
@@ -121,8 +128,18 @@ def test_table_order_labels_baseline_best_and_paper(t6_store):
     table = experiment_table(load_experiment(t6_store, "table6_grouping"))
     assert table.index.tolist() == ["none", "kmeans", "random"]  # the card's order
     assert table["label"].tolist() == ["baseline (no division)", "K-means (full method)", "random"]  # unlabelled: value
-    assert table.loc["kmeans", "test_recall@1 delta"] == pytest.approx(0.10)
-    assert table.loc["random", "test_recall@1 delta"] == pytest.approx(0.05)
+    # Paired by seed: kmeans' seed 2 failed, so it pairs seeds 0 and 1 (+0.10, +0.12) with the
+    # baseline: +0.11, not the +0.10 of the two means; its interval spans 0 (within noise).
+    assert table.loc["kmeans", "test_recall@1 delta"] == pytest.approx(0.11)
+    assert table.loc["kmeans", "test_recall@1 delta n"] == 2
+    half = T975_1 * math.sqrt(2 * 0.01 ** 2) / math.sqrt(2)
+    assert table.loc["kmeans", "test_recall@1 delta low"] == pytest.approx(0.11 - half)
+    assert table.loc["kmeans", "test_recall@1 delta high"] == pytest.approx(0.11 + half)
+    assert table.loc["kmeans", "test_recall@1 delta noise"]
+    assert table.loc["random", "test_recall@1 delta"] == pytest.approx(0.05)  # +0.05 on every seed: no spread
+    assert table.loc["random", "test_recall@1 delta n"] == 3
+    assert table.loc["random", "test_recall@1 delta low"] == pytest.approx(0.05)
+    assert not table.loc["random", "test_recall@1 delta noise"]
     assert table.loc["none", "test_recall@1 delta"] == 0.0
     assert table["test_recall@1 best"].tolist() == [False, True, False]  # max
     assert table["cluster_seconds best"].tolist() == [True, False, False]  # seconds: min
@@ -130,7 +147,10 @@ def test_table_order_labels_baseline_best_and_paper(t6_store):
     assert math.isnan(table.loc["random", "paper R@1"])
     comparison = paper_comparison(load_experiment(t6_store, "table6_grouping"))
     assert comparison.loc["kmeans", "ours"] == pytest.approx(62.0)
-    assert comparison.loc["kmeans", "ours Δ"] == pytest.approx(10.0)
+    assert comparison.loc["kmeans", "ours Δ"] == pytest.approx(11.0)
+    assert comparison.loc["kmeans", "ours Δ low"] == pytest.approx(100 * (0.11 - half))
+    assert comparison.loc["kmeans", "ours Δ high"] == pytest.approx(100 * (0.11 + half))
+    assert comparison.loc["kmeans", "ours Δ n"] == 2
     assert comparison.loc["kmeans", "paper Δ"] == pytest.approx(3.2)
 
 
@@ -143,7 +163,8 @@ def test_explicit_metrics_and_orders_without_card_order(t6_store):
     table = experiment_table(load_experiment(t6_store, "table6_grouping"), metrics=["test_recall@1"])
     assert table.index.tolist() == ["none", "kmeans"]  # the grid's order
     assert [c for c in table.columns if c.startswith("test_")] == [
-        "test_recall@1 mean", "test_recall@1 std", "test_recall@1 n", "test_recall@1 delta", "test_recall@1 best"]
+        "test_recall@1 mean", "test_recall@1 std", "test_recall@1 n", "test_recall@1 delta", "test_recall@1 delta low",
+        "test_recall@1 delta high", "test_recall@1 delta n", "test_recall@1 delta noise", "test_recall@1 best"]
 
 
 def test_multi_field_rows_compare_within_their_group(tmp_path):
@@ -161,6 +182,10 @@ def test_multi_field_rows_compare_within_their_group(tmp_path):
     assert table.index.tolist() == ["triplet,none", "triplet,kmeans", "margin,none", "margin,kmeans"]
     assert table.loc["triplet,kmeans", "test_recall@1 delta"] == pytest.approx(0.05)
     assert table.loc["margin,kmeans", "test_recall@1 delta"] == pytest.approx(0.08)
+    assert table.loc["margin,kmeans", "test_recall@1 delta n"] == 1  # one seed: no interval
+    assert math.isnan(table.loc["margin,kmeans", "test_recall@1 delta low"])
+    assert table.loc["margin,kmeans", "test_recall@1 delta noise"]
+    assert "+8.0 (n=1, no interval)" in render_table(tmp_path, "table3_losses")
     assert table.loc["triplet,kmeans", "paper R@1"] == 55.4
     assert table.loc["margin,kmeans", "label"] == "margin, kmeans"
     png = plot_experiment(tmp_path, "table3_losses", tmp_path / "bars.png")
@@ -179,20 +204,27 @@ def test_render_formats(t6_store):
     rows = {line.split("|")[1].strip(): line for line in lines[2:]}
     assert list(rows) == ["baseline (no division)", "K-means (full method)", "random"]
     kmeans = rows["K-means (full method)"]
-    assert "**62.0 ± 2.8 (n=2)**" in kmeans and " +10.0 |" in kmeans and "75.9" in kmeans  # best R@1, bold, in %
+    assert "**62.0 ± 2.8 (n=2)**" in kmeans and "75.9" in kmeans  # best R@1, bold, in %
+    assert " +11.0 [-1.7, +23.7] ≈ |" in kmeans  # paired over 2 seeds; the interval spans 0: within noise
     none_line = rows["baseline (no division)"]
     assert "52.0 ± 2.0 (n=3)" in none_line and " baseline |" in none_line and "72.7" in none_line
     assert "**0.00 ± 0.00 (n=3)**" in none_line  # cluster seconds: the minimum is best
-    assert " +5.0 |" in rows["random"] and "**" not in rows["random"]
+    assert " +5.0 [+5.0, +5.0] |" in rows["random"] and "**" not in rows["random"]  # no ≈: the interval excludes 0
+    assert "paired by seed: mean [95 % t-interval] over 2-3 seeds, in points; ≈: the interval spans 0" in caption
 
     latex = render_table(t6_store, "table6_grouping", fmt="latex")
     assert r"\begin{tabular}" in latex and r"\textbf{62.0 $\pm$ 2.8 (n=2)}" in latex and r"\caption{" in latex
+    assert r"+11.0 [-1.7, +23.7] $\approx$ &" in latex and "≈" not in latex
     html = render_table(t6_store, "table6_grouping", fmt="html")
     assert html.startswith("<table>") and "<b>62.0 ± 2.8 (n=2)</b>" in html and html.count("<tr>") == 4
+    assert "<td>+11.0 [-1.7, +23.7] ≈</td>" in html
     csv_text = render_table(t6_store, "table6_grouping", fmt="csv")
     assert csv_text.startswith("# table6_grouping")
     frame = pd.read_csv(__import__("io").StringIO(csv_text), comment="#", index_col=0)
     assert frame.loc["kmeans", "test_recall@1 mean"] == pytest.approx(0.62)
+    for name in ("test_recall@1", "test_nmi", "cluster_seconds"):  # every metric's Δ, unrounded
+        assert {f"{name} delta{s}" for s in ("", " low", " high", " n", " noise")} <= set(frame.columns)
+    assert frame.loc["kmeans", "test_recall@1 delta"] == pytest.approx(0.11)
     one = render_table(t6_store, "table6_grouping", metrics=["test_nmi"])
     header = [c.strip() for c in one.splitlines()[2].strip("|").split("|")]
     assert header == ["setting", "NMI", "Δ NMI", "paper R@1", "paper R@10"]
@@ -242,7 +274,7 @@ def test_default_kind_and_metric_from_card(t6_store, tmp_path):
         plot_experiment(t6_store, "table6_grouping", tmp_path / "x.png", metric="test_nmi")
     with pytest.raises(StoreError, match="unknown plot kind"):
         plot_experiment(t6_store, "table6_grouping", tmp_path / "x.png", kind="pie")
-    assert set(KINDS) == {"curves", "clusters", "metric_vs", "bars", "search"}
+    assert set(KINDS) == {"curves", "clusters", "metric_vs", "bars", "budget", "search"}
 
 
 def test_metric_vs_and_search_plots(tmp_path):
@@ -271,6 +303,223 @@ def test_metric_vs_and_search_plots(tmp_path):
     table = experiment_table(load_experiment(tmp_path, "hpo"))
     assert table.index.tolist() == ["h00", "h01", "h03"]  # one row per completed trial
     assert table["val_recall@1 best"].tolist() == [False, False, True]
+
+
+def test_paired_delta_within_sweep_and_seed_else_by_seed(tmp_path):
+    """Pooled sweeps: a trial pairs with the baseline's trial of its sweep and seed, else with the
+    baseline's mean for its seed; a seed the baseline never ran is left unpaired."""
+    values = {"20260101-000000": {"none": {0: 0.50, 1: 0.40}, "kmeans": {0: 0.52, 2: 0.90}},
+              "20260102-000000": {"none": {0: 0.60}, "kmeans": {0: 0.63, 1: 0.47}}}
+    for stamp, rows in values.items():
+        card = {**t6_card(), "sweep": f"table6_grouping-quick-{stamp}"}
+        write_sweep(tmp_path, card, [trial(f"{stamp[6:8]}{g}{seed}", spec_grouping=g, spec_seed=seed,
+                                           **{"best_test_recall@1": v})
+                                     for g, seeds in rows.items() for seed, v in seeds.items()])
+    table = experiment_table(load_experiment(tmp_path, "table6_grouping", sweep="all"), ["test_recall@1"])
+    differences = [0.52 - 0.50, 0.63 - 0.60, 0.47 - 0.40]  # (sweep 1, seed 0), (sweep 2, seed 0), seed 1 of sweep 1
+    half = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / math.sqrt(3)
+    row = table.loc["kmeans"]
+    assert row["test_recall@1 delta n"] == 3 and row["test_recall@1 n"] == 4
+    assert row["test_recall@1 delta"] == pytest.approx(np.mean(differences))
+    assert row["test_recall@1 delta low"] == pytest.approx(np.mean(differences) - half)
+    assert row["test_recall@1 delta high"] == pytest.approx(np.mean(differences) + half)
+
+
+def partial_store(root: Path) -> Path:
+    """none: 2 completed seeds; kmeans: seed 0 completed, seed 1 running (no best_ values yet; its
+    val R@1 ties at epochs 1 and 2), seed 2 interrupted (its row holds a best value), seed 3 failed."""
+    card = {**t6_card(), "sweep": "table6_grouping-quick-20260101-000000"}
+    trials = [trial("n0", spec_grouping="none", spec_seed=0, **{"best_test_recall@1": 0.50}),
+              trial("n1", spec_grouping="none", spec_seed=1, **{"best_test_recall@1": 0.52}),
+              trial("k0", spec_grouping="kmeans", spec_seed=0, **{"best_test_recall@1": 0.60}),
+              trial("k1", "running", spec_grouping="kmeans", spec_seed=1, **{"best_test_recall@1": None}),
+              trial("k2", "interrupted", spec_grouping="kmeans", spec_seed=2, **{"best_test_recall@1": 0.58}),
+              trial("k3", "failed", error="boom", spec_grouping="kmeans", spec_seed=3)]
+    epochs = [{"trial_id": "k1", "epoch": e, "phase": "divide", "val_recall@1": v, "test_recall@1": t}
+              for e, (v, t) in enumerate([(0.5, 0.40), (0.7, 0.45), (0.7, 0.48), (None, None)])]
+    write_sweep(root, card, trials, epochs)
+    return root
+
+
+def test_include_running_shows_partial_trials_at_their_best_so_far(tmp_path):
+    root = partial_store(tmp_path)
+    assert experiment_table(load_experiment(root, "table6_grouping")).loc["kmeans", "trials"] == 1
+    table = experiment_table(load_experiment(root, "table6_grouping"), include_running=True)
+    kmeans = table.loc["kmeans"]
+    assert kmeans["trials"] == 3 and kmeans["partial"] == 2 and table.loc["none", "partial"] == 0
+    assert kmeans["label"] == "K-means (full method) (partial: 1 running, 1 interrupted)"
+    assert table.loc["none", "label"] == "baseline (no division)"
+    # The running trial's best epoch so far: val R@1 0.7 at epochs 1 and 2, the later wins (test 0.48).
+    assert kmeans["test_recall@1 mean"] == pytest.approx((0.60 + 0.48 + 0.58) / 3)
+    assert kmeans["test_recall@1 delta n"] == 2  # seeds 0 and 1 pair with the baseline
+    assert kmeans["test_recall@1 delta"] == pytest.approx(((0.60 - 0.50) + (0.48 - 0.52)) / 2)
+    loaded = load_experiment(root, "table6_grouping", include_running=True)  # the flag carries to the table
+    assert experiment_table(loaded).loc["kmeans", "trials"] == 3
+
+    md = render_table(root, "table6_grouping", include_running=True)
+    caption = md.partition("\n\n")[0]
+    assert "3 completed, 1 running, 1 interrupted trials" in caption and "(1 failed not shown)" in caption
+    assert "Rows marked partial hold running or interrupted trials, at their best epoch so far." in caption
+    assert "K-means (full method) (partial: 1 running, 1 interrupted)" in md
+    assert "partial" not in render_table(root, "table6_grouping")
+
+    figure = experiment_figure(loaded, "bars", "test_recall@1")
+    assert "2 running or interrupted trials" in figure.axes[0].get_title()
+    assert plot_experiment(root, "table6_grouping", tmp_path / "bars.png", kind="bars",
+                           include_running=True).read_bytes()[:8] == PNG
+
+
+def test_include_running_accepts_a_sweep_with_no_completed_trial(tmp_path):
+    card = {**t6_card(), "sweep": "table6_grouping-quick-20260101-000000"}
+    write_sweep(tmp_path, card, [trial("r0", "running", spec_grouping="none", spec_seed=0)],
+                [{"trial_id": "r0", "epoch": 0, "phase": "warmup", "val_recall@1": 0.3, "test_recall@1": 0.25}])
+    with pytest.raises(StoreError, match="no completed trials"):
+        load_experiment(tmp_path, "table6_grouping")
+    table = experiment_table(load_experiment(tmp_path, "table6_grouping", include_running=True))
+    assert table.loc["none", "test_recall@1 mean"] == pytest.approx(0.25)
+    assert table.loc["none", "label"].endswith("(partial: 1 running)")
+
+
+def test_unreadable_parquet_files_are_skipped_and_named(t6_store):
+    directory = t6_store / SWEEP_T6
+    (directory / "trials" / "garbage.parquet").write_bytes(b"not a parquet file" * 10)
+    whole = (directory / "epochs" / "t6_00-e0000.parquet").read_bytes()
+    (directory / "epochs" / "t6_00-e0000.parquet").write_bytes(whole[: len(whole) // 2])  # truncated
+    with pytest.warns(UserWarning) as caught:
+        data = load_experiment(t6_store, "table6_grouping")
+    warned = [str(w.message) for w in caught]
+    assert any("garbage.parquet" in m for m in warned) and any("t6_00-e0000.parquet" in m for m in warned)
+    assert len(data.trials) == 9 and len(data.epochs) == 8 * 4 - 1  # every readable file still read
+    assert len(data.skipped) == 2
+    assert any(s.startswith(str(directory / "trials" / "garbage.parquet") + ": ") for s in data.skipped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        md = render_table(t6_store, "table6_grouping")
+    skipped_line = next(line for line in md.splitlines() if line.startswith("Skipped 2 unreadable files: "))
+    assert "garbage.parquet" in skipped_line and "t6_00-e0000.parquet" in skipped_line
+
+
+@pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<?xml"), (".jpg", b"\xff\xd8"),
+                                           (".JPEG", b"\xff\xd8"), (".png", PNG)])
+def test_figures_are_written_in_the_format_their_extension_names(t6_store, tmp_path, suffix, magic):
+    out = plot_experiment(t6_store, "table6_grouping", tmp_path / f"curves{suffix}")
+    assert out.read_bytes().startswith(magic)
+
+
+@pytest.mark.parametrize("name", ["curves.gif", "curves"])
+def test_unknown_figure_extensions_are_refused(t6_store, tmp_path, name):
+    with pytest.raises(StoreError, match=r"use one of \.png, \.pdf, \.svg, \.jpg, \.jpeg"):
+        plot_experiment(t6_store, "table6_grouping", tmp_path / name)
+    assert not (tmp_path / name).exists()
+
+
+# recall per (K, epochs) and seed: K = 4 gains +0.05 ± 0.01 at 2 divide epochs, +0.01 ± 0.01 at 4
+BUDGET_RECALL = {(1, 2): [0.50, 0.52, 0.54], (4, 2): [0.55, 0.56, 0.60],
+                 (1, 4): [0.60, 0.61, 0.62], (4, 4): [0.61, 0.63, 0.62]}
+
+
+def budget_store(root: Path, **card) -> Path:
+    card = {"experiment": "budget", "preset": "smoke", "sweep": "budget-smoke-20260101-000000",
+            "rows": ["K", "epochs"], "metric": "val_recall@1", "mode": "max",
+            "grid": {"num_learners": [1, 4], "epochs": [2, 4], "seed": [0, 1, 2]},
+            "table": {"baseline": {"K": 1}, "metrics": ["test_recall@1"]},
+            "plot": {"kind": "budget", "x": "epochs", "metric": "test_recall@1"}, **card}
+    write_sweep(root, card, [trial(f"b{k}{e}{s}", experiment="budget", spec_num_learners=k, spec_epochs=e, spec_seed=s,
+                                   spec_warmup_epochs=1, **{"best_test_recall@1": v})  # no finetune column: 0
+                             for (k, e), values in BUDGET_RECALL.items() for s, v in enumerate(values)])
+    return root
+
+
+def test_budget_plot_lines_intervals_and_paired_deltas(tmp_path):
+    data = load_experiment(budget_store(tmp_path), "budget")
+    summary = budget_summary(data).set_index(["line", "budget"])
+    assert summary.attrs["x"] == "epochs" and summary.attrs["fields"] == ["num_learners"]
+    assert sorted(summary.index) == [("1", 3.0), ("1", 5.0), ("4", 3.0), ("4", 5.0)]  # warm-up 1 + divide 2 or 4
+    t2 = stats.t.ppf(0.975, 2)
+    one = summary.loc[("1", 3.0)]
+    assert one["mean"] == pytest.approx(0.52) and one["n"] == 3
+    assert one["high"] - one["mean"] == pytest.approx(t2 * 0.02 / math.sqrt(3))
+    assert one["delta n"] == 0 and one["label"] == "K=1"
+    short, long = summary.loc[("4", 3.0)], summary.loc[("4", 5.0)]
+    assert short["delta"] == pytest.approx(0.05) and short["delta n"] == 3
+    assert short["delta high"] - short["delta"] == pytest.approx(t2 * 0.01 / math.sqrt(3))
+    assert not short["delta noise"]
+    assert long["delta"] == pytest.approx(0.01) and long["delta noise"]  # the gain is within noise at 5 epochs
+
+    figure = experiment_figure(data)
+    top, bottom = figure.axes[:2]
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["K=1 (n=3)", "K=4 (n=3)"]
+    assert any(list(line.get_ydata()) == [0.0, 0.0] for line in bottom.get_lines())  # the zero line
+    assert "budget" in bottom.get_xlabel() and "Δ R@1" in bottom.get_ylabel()
+    assert plot_experiment(data, "budget", tmp_path / "budget.png").read_bytes()[:8] == PNG
+    without = dataclasses.replace(data, card={**data.card, "table": {"metrics": ["test_recall@1"]}})
+    assert len(experiment_figure(without).axes) == 1  # no baseline: no Δ panel
+
+
+def test_aliases_come_from_the_card(tmp_path):
+    budget_store(tmp_path, rows=["L", "epochs"], aliases={"L": "num_learners", "E": "epochs"},
+                 table={"baseline": {"L": 1}, "metrics": ["test_recall@1"]})
+    data = load_experiment(tmp_path, "budget")
+    assert row_fields(data) == ["num_learners", "epochs"] and short_name(data, "num_learners") == "L"
+    assert row_label(data, "4,2", named=True) == "L=4, E=2"
+    assert experiment_table(data).loc["4,2", "test_recall@1 delta"] == pytest.approx(0.05)
+    old = dataclasses.replace(data, card={k: v for k, v in data.card.items() if k != "aliases"})
+    assert short_name(old, "num_learners") == "K"  # stores before the card named them: the fallback
+
+
+def test_search_plot_adds_optunas_figures(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    import matplotlib
+
+    sweep = "hpo-smoke-20260101-000000"
+    card = {"experiment": "hpo", "preset": "smoke", "sweep": sweep, "rows": [], "metric": "val_recall@1", "mode": "max",
+            "grid": {}, "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "K": {"choice": [2, 4]}},
+            "table": {"metrics": ["val_recall@1"]}, "plot": {"kind": "search"}}
+    directory = write_sweep(tmp_path, card, [trial(f"h{i:02d}", experiment="hpo", spec_lr=1e-4 * (i + 1),
+                                                   spec_num_learners=2 + 2 * (i % 2), spec_seed=0,
+                                                   **{"best_val_recall@1": 0.3 + 0.05 * i}) for i in range(5)])
+    assert load_study(tmp_path, sweep) is None  # no optuna.db yet
+    assert plot_experiment(tmp_path, "hpo", tmp_path / "plain.png").is_file()
+    assert not any(p.exists() for p in optuna_paths(tmp_path / "plain.png").values())
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=sweep, storage=f"sqlite:///{directory / 'optuna.db'}", direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=0))
+    study.optimize(lambda t: 1 - (t.suggest_float("lr", 1e-4, 1e-2, log=True) - 3e-3) ** 2 * 1e4
+                   - 0.01 * t.suggest_categorical("num_learners", [2, 4]), n_trials=8)
+    loaded = load_study(tmp_path, sweep)
+    assert loaded.study_name == sweep and len(loaded.trials) == 8
+    style = dict(matplotlib.rcParams)
+    out = plot_experiment(tmp_path, "hpo", tmp_path / "search.pdf")
+    assert out.read_bytes()[:4] == b"%PDF"
+    paths = optuna_paths(out)
+    assert [p.name for p in paths.values()] == ["search-optuna-history.pdf", "search-optuna-importances.pdf"]
+    assert all(p.read_bytes()[:4] == b"%PDF" for p in paths.values())
+    assert dict(matplotlib.rcParams) == style  # Optuna's ggplot style did not leak
+
+    other = tmp_path / "hpo-smoke-20260102-000000"
+    other.mkdir()
+    (other / "optuna.db").write_bytes(b"not a database" * 100)
+    with pytest.warns(UserWarning, match="no readable Optuna study"):
+        assert load_study(tmp_path, other.name) is None
+
+
+def test_locate_store_from_the_repository_root(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "analysis" / "notebooks").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("")
+    (repo / "results").mkdir()
+    notebooks = repo / "analysis" / "notebooks"
+    assert locate_store("results", notebooks) == repo / "results"  # found at the root
+    (notebooks / "results").mkdir()
+    assert locate_store("results", notebooks) == notebooks / "results"  # the current directory first
+    assert locate_store(repo / "results", tmp_path) == repo / "results"
+    monkeypatch.chdir(repo / "analysis")
+    assert locate_store("results").resolve() == (repo / "results").resolve()
+    with pytest.raises(StoreError, match=r"results store 'nowhere' not found: tried .*analysis/nowhere, .*repo/nowhere"):
+        locate_store("nowhere")
+    with pytest.raises(StoreError, match="no pyproject.toml at or above"):
+        locate_store("results", tmp_path)
 
 
 # ------------------------------------------------------------------------------ store errors
@@ -350,7 +599,7 @@ def test_sweep_selection_newest_and_all(tmp_path):
 
 
 def test_analysis_imports_no_ray_torch_or_platform():
-    code = ("import sys, dncml.analysis.store, dncml.analysis.tables, dncml.analysis.plots; "
+    code = ("import sys, dncml.analysis.store, dncml.analysis.vocabulary, dncml.analysis.tables, dncml.analysis.plots; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ray') or "
             "m.startswith(('dncml.platform', 'dncml.trainers', 'dncml.experiments'))]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -406,3 +655,25 @@ def test_notebooks_execute(t6_store, tmp_path, name, expected):
     assert any(p.suffix == ".png" and p.read_bytes()[:8] == PNG for p in (work / "figures").iterdir())
     errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_notebook_finds_a_relative_store_from_the_repository_root(t6_store, tmp_path):
+    """Run from analysis/notebooks of a checkout, `STORE = "results"` (left as shipped) is the
+    store at the repository root."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        pytest.skip("no Jupyter kernel named python3 (pip install ipykernel in this environment)")
+    repo = tmp_path / "checkout"
+    (repo / "analysis" / "notebooks").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("")
+    t6_store.rename(repo / "results")
+    nb = nbformat.read(NOTEBOOKS / "table6_grouping.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,
+                            resources={"metadata": {"path": str(repo / "analysis" / "notebooks")}}).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
+    assert printed.strip() == repr(["none", "kmeans", "random"])
