@@ -168,6 +168,17 @@ def _train_local(spec, args) -> int:
     resume_from = reporter.latest_checkpoint() if args.resume else None
     if args.resume and resume_from is None:
         print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from epoch 1")
+    if resume_from is not None:
+        from dncml.trainers.runtime import load_checkpoint_spec
+
+        saved = load_checkpoint_spec(resume_from)
+        differences = [f"{k}: {v!r} -> {spec.to_dict()[k]!r}" for k, v in saved.to_dict().items() if spec.to_dict()[k] != v]
+        if differences:
+            raise UsageError(f"--resume: {resume_from} was written by a run with a different spec ("
+                             + "; ".join(differences) + "); resume with the same spec, or use another --run-dir")
+        if Path(resume_from).name == f"epoch-{spec.total_epochs - 1:04d}":
+            print(f"run in {run_dir} is already completed ({spec.total_epochs} epochs): nothing to resume")
+            return 0
     # One trial id per run directory, so a resumed run replaces its own rows instead of adding some.
     id_file = run_dir / "trial_id"
     if not (args.resume and id_file.is_file()):

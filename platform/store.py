@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import glob
 import json
 import os
 import socket
@@ -138,9 +139,44 @@ class ResultsStore:
 
     def epoch_rows(self, sweep: str, trial_id: str) -> list[dict[str, Any]]:
         """One trial's epoch rows, in epoch order, as plain dicts (missing values as None)."""
-        files = sorted((self.sweep_dir(sweep) / "epochs").glob(f"{trial_id}-e[0-9]*.parquet"))
+        # Trial ids are user-chosen names: escape them, or `run[1]` would match nothing.
+        files = sorted((self.sweep_dir(sweep) / "epochs").glob(f"{glob.escape(trial_id)}-e[0-9]*.parquet"))
         rows = [pq.read_table(f).to_pylist()[0] for f in files]
         return sorted(rows, key=lambda row: row["epoch"])
+
+    def trial_row(self, sweep: str, trial_id: str) -> dict[str, Any] | None:
+        """A trial's row as recorded (None if the store has none)."""
+        path = self.sweep_dir(sweep) / "trials" / f"{trial_id}.parquet"
+        return pq.read_table(path).to_pylist()[0] if path.is_file() else None
+
+    def latest_run(self, sweep: str, name: str) -> dict[str, Any] | None:
+        """The newest trial row of the runs named `name` in a sweep (None if there is none)."""
+        directory = self.sweep_dir(sweep) / "trials"
+        rows = [pq.read_table(f).to_pylist()[0] for f in sorted(directory.glob("*.parquet"))] if directory.is_dir() else []
+        rows = [row for row in rows if row.get("spec_name") == name]
+        return max(rows, key=lambda row: (row.get("started_at") or "", row["trial_id"])) if rows else None
+
+    def finished_trial(self, sweep: str, trial_id: str, total_epochs: int) -> list[dict[str, Any]] | None:
+        """The epoch rows of a trial the store holds as `completed` with every one of its
+        `total_epochs` epochs, else None. The store, not Tune's experiment state, says whether a
+        trial is finished: Tune may record a trial's end after the store did (or never, when the
+        driver dies in between)."""
+        row = self.trial_row(sweep, trial_id)
+        if row is None or row.get("status") != "completed":
+            return None
+        epochs = self.epoch_rows(sweep, trial_id)
+        return epochs if [e["epoch"] for e in epochs] == list(range(total_epochs)) else None
+
+
+def spec_differences(row: dict[str, Any], spec: RunSpec) -> list[str]:
+    """The RunSpec fields on which a stored trial row and `spec` disagree, as `field: stored -> given`."""
+    differences = []
+    for name, value in spec.to_dict().items():
+        stored = row.get(f"spec_{name}")
+        if f"spec_{name}" in row and stored != value and not (isinstance(stored, float) and isinstance(value, float)
+                                                            and np.isclose(stored, value, rtol=1e-12, atol=0)):
+            differences.append(f"{name}: {stored!r} -> {value!r}")
+    return differences
 
 
 class TrialRecorder:
@@ -155,6 +191,9 @@ class TrialRecorder:
         self.experiment, self.setting = experiment, setting
         self.metric_names = metric_names or expected_metrics(spec)
         self.started = dt.datetime.now(dt.timezone.utc)
+        previous = store.trial_row(sweep, trial_id) if start else None
+        if previous and previous.get("started_at"):  # a resumed trial keeps the time it first started
+            self.started = dt.datetime.fromisoformat(previous["started_at"])
         self.history: list[dict] = []
         if start:
             self._write("running")

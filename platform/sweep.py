@@ -56,6 +56,12 @@ def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: R
         reason = sample_is_valid(experiment, overrides)
         store = ResultsStore(store_root)
         spec = experiment.run_spec() if reason else experiment.run_spec(overrides)
+        finished = None if reason else store.finished_trial(sweep, trial_id, spec.total_epochs)
+        if finished:
+            # A resumed sweep: the store already holds this trial, complete. Hand Tune the
+            # recorded result instead of training it again.
+            tune.report({k: v for k, v in finished[-1].items() if v is not None})
+            return
         recorder = TrialRecorder(store, sweep, trial_id, spec, experiment.name, experiment.setting_label(config))
         if reason:
             recorder.finish("failed", error=f"invalid sample: {reason}")

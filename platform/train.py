@@ -26,7 +26,8 @@ from dncml.trainers.seam import Seam, World, format_epoch
 
 from .clustering import ActorGroupingService, start_actor
 from .errors import PlatformError
-from .store import ResultsStore, TrialRecorder
+from .faults import pause_point
+from .store import ResultsStore, TrialRecorder, spec_differences
 
 
 # -------------------------------------------------------------------------- on the workers
@@ -167,6 +168,7 @@ def fit_run(spec: runspec.RunSpec, run_id: str, resources: Resources, store: Res
         except Exception:
             pass
     recorder.finish("completed")
+    pause_point("after_completed")  # tests interrupt here: the store is ahead of Tune's bookkeeping
     return result
 
 
@@ -200,9 +202,20 @@ def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = Fa
     if num_workers < 1:
         raise PlatformError(f"--num-workers {num_workers}: must be >= 1")
     store = ResultsStore(storage or "results")
-    trial_id = _resume_id(store, sweep, spec.name) if resume else None
-    if resume and trial_id is None:
-        print(f"no unfinished run named {spec.name!r} in {store.root / sweep}; starting a new one")
+    trial_id = None
+    if resume:
+        previous = store.latest_run(sweep, spec.name)
+        if previous is None:
+            print(f"no run named {spec.name!r} in {store.root / sweep}; starting a new one")
+        else:
+            trial_id = str(previous["trial_id"])
+            differences = spec_differences(previous, spec)
+            if differences:
+                raise PlatformError(f"--resume: run {trial_id} was started with a different spec ("
+                                    + "; ".join(differences) + "); resume it with the same spec, or give the new run another name")
+            if store.finished_trial(sweep, trial_id, spec.total_epochs):
+                print(f"run {trial_id} is already completed in {store.root / sweep}: nothing to resume")
+                return trial_id
     trial_id = trial_id or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     prepare_data(spec)
     connect(address)
@@ -217,14 +230,3 @@ def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = Fa
     fit_run(spec, trial_id, resources, store, sweep, recorder)
     print(f"done: epochs in {store.root / sweep / 'epochs'}, trial row in {store.root / sweep / 'trials'}")
     return trial_id
-
-
-def _resume_id(store: ResultsStore, sweep: str, name: str) -> str | None:
-    import pandas as pd
-
-    directory = store.sweep_dir(sweep) / "trials"
-    if not directory.is_dir():
-        return None
-    trials = pd.read_parquet(directory)
-    unfinished = trials[(trials["spec_name"] == name) & (trials["status"] != "completed")]
-    return None if unfinished.empty else str(unfinished.sort_values("started_at")["trial_id"].iloc[-1])

@@ -90,6 +90,7 @@ def epoch_files(store: Path, sweep: str = "train") -> list[Path]:
 def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
     from ray.util.state import list_actors
 
+    from dncml.platform.errors import PlatformError
     from dncml.platform.train import train_on_ray
 
     spec = smoke_spec(name="two_workers")
@@ -104,6 +105,14 @@ def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
     assert list(divided["assignment_version"]) == list(range(spec.epochs))
     actors = [a for a in list_actors(address=state_address(), filters=[("class_name", "=", "ClusteringActor")]) if trial_id in (a.name or "")]
     assert len(actors) == 1  # one actor served both workers
+
+    # --resume of a finished run trains nothing and rewrites nothing; another spec is refused.
+    row_file = tmp_path / "store" / "train" / "trials" / f"{trial_id}.parquet"
+    written = row_file.stat().st_mtime_ns
+    assert train_on_ray(spec, num_workers=2, storage=str(tmp_path / "store"), resume=True) == trial_id
+    assert row_file.stat().st_mtime_ns == written
+    with pytest.raises(PlatformError, match="different spec .*seed: 0 -> 1"):
+        train_on_ray(spec.replace(seed=1), num_workers=2, storage=str(tmp_path / "store"), resume=True)
 
 
 def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path):
@@ -187,18 +196,22 @@ def test_optuna_search_with_asha(ray_local, tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    """The race of issue 8, forced: the first trial's `completed` row and every epoch are in the
+    store, the trial function has not returned (so Tune still counts it running) and Ctrl-C
+    arrives. The resumed sweep must take the store's word and not train that trial again."""
     spec = write_experiment(tmp_path, "resumable", {"seed": [0, 1, 2]}, max_concurrent=1)
     store = tmp_path / "store"
+    marker = tmp_path / "paused-after-completed"
     process = subprocess.Popen([*CLI, "sweep", str(spec), "--storage", str(store), "--max-concurrent", "1"],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               env={**os.environ, "DNCML_PAUSE_AT": f"after_completed:{marker}"})
     try:
-        def first_completed():
-            files = list(store.glob("resumable-*/trials/*.parquet"))
-            return files and any(pd.read_parquet(f)["status"].iloc[0] == "completed" for f in files)
-
-        wait_for(first_completed, 400, "the first trial to complete")
+        wait_for(marker.exists, 400, "the first trial to record `completed` and pause")
     finally:
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+        # SIGINT to the driver alone: Tune saves its state (the paused trial still running in
+        # it) and stops. (Ctrl-C in a terminal would also reach the trial's worker process and
+        # end it with an error, which Tune records: not the race.)
+        os.kill(process.pid, signal.SIGINT)
         try:
             process.wait(90)
         except subprocess.TimeoutExpired:
@@ -207,15 +220,23 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     sweep = next(store.glob("resumable-*")).name
     before = pd.read_parquet(store / sweep / "trials")
     finished = before[before["status"] == "completed"].set_index("trial_id")["started_at"]
-    assert 1 <= len(finished) < 3
+    assert len(finished) == 1
+    (trial_id, started), = finished.items()
+    epoch_files_before = {f.name: f.stat().st_mtime_ns for f in (store / sweep / "epochs").glob(f"{trial_id}-*.parquet")}
+    assert len(epoch_files_before) == 2
+    row_file = store / sweep / "trials" / f"{trial_id}.parquet"
+    row_written = row_file.stat().st_mtime_ns
 
     result = run_cli("sweep", str(spec), "--storage", str(store), "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     trials, epochs = read_store(store, sweep)
     assert sorted(trials["status"]) == ["completed"] * 3
-    after = trials.set_index("trial_id")["started_at"]
-    for trial_id, started in finished.items():
-        assert after[trial_id] == started  # finished trials were not run again
+    assert trials.set_index("trial_id").loc[trial_id, "started_at"] == started  # not run again
+    epoch_files_after = {f.name: f.stat().st_mtime_ns for f in (store / sweep / "epochs").glob(f"{trial_id}-*.parquet")}
+    assert epoch_files_after == epoch_files_before  # its epochs were not rewritten either
+    # ... nor its row: no Ray Train run was started for it (which would resume from its last
+    # checkpoint, train nothing, and record the trial again).
+    assert row_file.stat().st_mtime_ns == row_written
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert len(epochs) == 3 * 2  # three trials x (epochs 1 + finetune 1), nothing lost
 
