@@ -230,12 +230,14 @@ def cmd_sweep(args) -> int:
     experiment = load_experiment(args.spec, args.preset)
     sweep, summary = run_sweep(args.spec, preset=args.preset, address=args.address, storage=args.storage,
                                resume=args.resume, max_concurrent=args.max_concurrent)
+    if summary.get("interrupted sweep"):
+        return 130  # as a shell reports a process ended by Ctrl-C
     if summary.get("completed"):
         from dncml.analysis.tables import render_table
 
         print()
         print(render_table(args.storage, experiment.name, fmt="md", sweep=sweep))
-    return 0 if not summary.get("failed") else 1
+    return 0 if not (summary.get("failed") or summary.get("stopped early")) else 1
 
 
 def cmd_table(args) -> int:

@@ -39,12 +39,12 @@ def _search_space(experiment: Experiment) -> dict:
     return space
 
 
-def preflight(spec) -> None:
+def preflight(spec, num_workers: int) -> None:
     """Fail a trial fast, before any Ray Train worker starts, on what a spec's data and model
     construction reject (a dataset that cannot be read, weights that cannot be loaded)."""
     from dncml.trainers.model import build_backbone
 
-    build_backbone(spec, prepare_data(spec).channels)
+    build_backbone(spec, prepare_data(spec, num_workers).channels)
 
 
 def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: Resources):
@@ -67,7 +67,7 @@ def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: R
             recorder.finish("failed", error=f"invalid sample: {reason}")
             raise SpecError(reason)
         try:
-            preflight(spec)
+            preflight(spec, resources.num_workers)
         except Exception as error:
             recorder.finish("failed", error=f"{type(error).__name__}: {error}"[:4000])
             raise
@@ -95,6 +95,65 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trial, "FAILED")
+
+
+class SweepMonitor(tune.Callback):
+    """Stops a sweep whose first trials all fail before any trial reports an epoch: a broken
+    environment (missing code or data on the workers, a bad runtime environment) fails every
+    trial the same way, and starting the rest only repeats the error. `threshold` failures with
+    no result anywhere trigger it; one bad grid point among good ones does not (the good ones
+    report first)."""
+
+    def __init__(self, threshold: int):
+        self.threshold, self.failed, self.reported, self.triggered = threshold, 0, False, False
+        self.first_error: str | None = None
+        self.trials: list = []
+        self.statuses: dict[str, str] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.reported = True
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed += 1
+        self.first_error = self.first_error or _error_line(trial.get_error())
+        self.triggered = self.triggered or (not self.reported and self.failed >= self.threshold)
+
+    def on_step_end(self, iteration, trials, **info):
+        # Tune's own trials and their status after every step: once fit() returns, the statuses
+        # have been overwritten by its cleanup (and on_experiment_end only runs when every
+        # trial finished), so the last snapshot is how the sweep really ended.
+        self.trials, self.statuses = trials, {trial.trial_id: trial.status for trial in trials}
+
+    def ended(self) -> dict[str, tuple[str, dict, str | None]]:
+        """Trial id -> (Tune status, config, error line) as the sweep ended: TERMINATED, ERROR,
+        or (interrupted) RUNNING / PENDING / PAUSED."""
+        out = {}
+        for trial in self.trials:
+            status = self.statuses.get(trial.trial_id, trial.status)
+            error = trial.get_error() if status == "ERROR" else None
+            out[trial.trial_id] = (status, dict(trial.config), None if error is None else _error_line(error))
+        return out
+
+    def interrupted(self, total: int) -> bool:
+        """Fewer than `total` trials ended, and not by the early stop: Ctrl-C (or SIGTERM)."""
+        finished = sum(status in ("TERMINATED", "ERROR") for status in self.statuses.values())
+        return not self.triggered and finished < total
+
+    def stopper(self) -> "StopWhen":
+        return StopWhen(self)
+
+
+class StopWhen(tune.stopper.Stopper):
+    """Tune's way to end a whole sweep: `stop_all` as soon as the monitor has triggered."""
+
+    def __init__(self, monitor: SweepMonitor):
+        self.monitor = monitor
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.monitor.triggered
 
 
 def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool) -> str:
@@ -138,30 +197,54 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
     resources = Resources.from_dict(experiment.resources)
     connect(address, num_cpus=num_cpus)
     limit = concurrency(experiment, resources, max_concurrent)
-    prepare_data(experiment.run_spec())  # render / check the base dataset once, on the driver
+    prepare_data(experiment.run_spec(), resources.num_workers)  # render / check the base dataset once, on the driver
     tune_root = (store.root / "_ray" / sweep).resolve()
     trainable = tune.with_resources(make_trial(experiment, str(store.root.resolve()), sweep, resources), {"CPU": TRIAL_CPU})
     total = experiment.trial_count
     print(f"sweep {sweep}: {experiment.name}, preset {experiment.preset}, {total} trial(s), "
           f"{limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}", flush=True)
-    callbacks = [ProgressPrinter(experiment, total)]
+    monitor = SweepMonitor(threshold=min(total, max(2, limit)))
+    callbacks = [ProgressPrinter(experiment, total), monitor]
     if resume:
         tuner = tune.Tuner.restore(str(tune_root / TUNE_DIR), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
+        # The restored run config carries the callbacks pickled with the interrupted sweep (their
+        # counters and clocks stale): this run's own replace them.
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.callbacks, run_config.stop = callbacks, monitor.stopper()
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(experiment),
             tune_config=_tune_config(experiment, limit),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(tune_root), callbacks=callbacks, verbose=0,
-                                      failure_config=tune.FailureConfig(fail_fast=False)),
+                                      stop=monitor.stopper(), failure_config=tune.FailureConfig(fail_fast=False)),
         )
     write_experiment_card(store, sweep, experiment)
-    results = tuner.fit()
-    summary = reconcile(store, sweep, experiment, results)
-    print(f"sweep {sweep} done: " + ", ".join(f"{n} {status}" for status, n in summary.items() if n))
+    tuner.fit()
+    summary = reconcile(store, sweep, experiment, monitor)
+    if monitor.triggered:
+        summary["stopped early"] = 1
+        print(f"sweep {sweep} stopped early: its first {monitor.failed} trial(s) failed before any trial reported "
+              f"an epoch, so the rest would fail the same way. First error: {monitor.first_error}", flush=True)
+    if monitor.interrupted(total):
+        summary["interrupted sweep"] = 1
+        print(f"sweep {sweep} interrupted. Resume it with:\n  dncml sweep {spec_path}"
+              + (f" --preset {experiment.preset}" if experiment.preset else "") + f" --storage {store.root} --resume",
+              flush=True)
+    else:
+        print(f"sweep {sweep} done: " + ", ".join(f"{n} {status}" for status, n in summary.items() if n))
     print(f"results: {store.root / sweep}  (dncml table {store.root} --experiment {experiment.name})")
     return sweep, summary
+
+
+def _error_line(error: BaseException | None) -> str:
+    """The telling part of a trial's error: Tune wraps it (RayTaskError, TuneError) around the
+    original exception, whose last line names what went wrong."""
+    if error is None:
+        return "unknown"
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1][:1000] if lines else type(error).__name__
 
 
 def _param_space(experiment: Experiment) -> dict:
@@ -212,25 +295,28 @@ def write_experiment_card(store: ResultsStore, sweep: str, experiment: Experimen
     os.replace(temporary, directory / "experiment.json")
 
 
-def reconcile(store: ResultsStore, sweep: str, experiment: Experiment, results) -> dict[str, int]:
-    """Make the store's trial rows agree with how Tune ended each trial: a trial Tune stopped
-    early (ASHA) is 'pruned'; one that died without writing its row is 'failed'."""
+def reconcile(store: ResultsStore, sweep: str, experiment: Experiment, monitor: SweepMonitor) -> dict[str, int]:
+    """Make the store's trial rows agree with how Tune left each trial. A row still `running`
+    (or missing) belongs to a trial that Tune ended in error ('failed': it died before recording
+    its failure), stopped early ('pruned' by ASHA; 'interrupted' when the whole sweep was stopped)
+    or never let finish (Ctrl-C: 'interrupted', and `--resume` runs it again)."""
     import pandas as pd
 
     trials_dir = store.sweep_dir(sweep) / "trials"
-    rows = pd.read_parquet(trials_dir) if trials_dir.is_dir() and any(trials_dir.glob("*.parquet")) else pd.DataFrame()
-    status_of = dict(zip(rows.get("trial_id", []), rows.get("status", [])))
-    for result in results:
-        trial_id = (result.metrics or {}).get("trial_id")  # Tune adds it to every result
-        if trial_id is None or status_of.get(trial_id) not in (None, "running"):
-            continue
-        spec = experiment.run_spec({k: v for k, v in (result.config or {}).items()})
-        recorder = TrialRecorder(store, sweep, trial_id, spec, experiment.name,
-                                 experiment.setting_label(result.config or {}), start=False)
-        if result.error is not None:
-            recorder.finish("failed", error=f"{type(result.error).__name__}: {result.error}"[:4000])
-        else:
+    for trial_id, (status, config, error) in monitor.ended().items():
+        row = store.trial_row(sweep, trial_id)
+        if row is not None and row.get("status") != "running":
+            continue  # the trial recorded its own end
+        if row is None and status != "ERROR":
+            continue  # never started: nothing to record
+        spec = experiment.run_spec() if sample_is_valid(experiment, config) else experiment.run_spec(config)
+        recorder = TrialRecorder(store, sweep, trial_id, spec, experiment.name, experiment.setting_label(config), start=False)
+        if status == "ERROR":
+            recorder.finish("failed", error=error)
+        elif status == "TERMINATED" and experiment.asha and not monitor.triggered:
             recorder.finish("pruned")
-    rows = pd.read_parquet(trials_dir) if trials_dir.is_dir() else pd.DataFrame(columns=["status"])
+        else:
+            reason = "the sweep stopped early" if monitor.triggered else "the sweep was interrupted"
+            recorder.finish("interrupted", error=f"{reason} before this trial finished")
+    rows = pd.read_parquet(trials_dir) if trials_dir.is_dir() and any(trials_dir.glob("*.parquet")) else pd.DataFrame()
     return rows["status"].value_counts().to_dict() if len(rows) else {}
-

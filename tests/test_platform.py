@@ -2,6 +2,7 @@
 a multi-node cluster made with `ray start`, and bad input. Every run is smoke-sized."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -176,6 +177,40 @@ def test_sweep_records_failed_trial_and_completes_the_rest(ray_local, tmp_path):
     assert card["experiment"] == "partly_broken" and card["rows"] == ["glyph_classes"]
 
 
+def test_sweep_whose_first_trials_all_fail_stops_early_with_the_reason(ray_local, tmp_path):
+    from dncml.platform.sweep import run_sweep
+
+    # Every grid point passes the RunSpec check and fails as soon as its trial reads its data.
+    spec = write_experiment(tmp_path, "all_broken", {"glyph_classes": [100000, 100001, 100002, 100003, 100004, 100005]})
+    sweep, summary = run_sweep(str(spec), storage=str(tmp_path / "store"), max_concurrent=2)
+    assert summary.get("stopped early") == 1 and summary.get("completed") is None
+    trials = pd.read_parquet(tmp_path / "store" / sweep / "trials")
+    assert 2 <= len(trials) < 6  # the rest never started
+    failed = trials[trials["status"] == "failed"]
+    assert len(failed) >= 2 and failed["error"].str.contains("num_classes").all()
+    assert set(trials["status"]) <= {"failed", "interrupted"}  # one started as the sweep stopped
+
+
+def test_same_seed_same_numbers_alone_or_beside_another_trial(ray_local, tmp_path):
+    """A trial's numbers are a function of its spec: seed 0 trained beside seed 1 (two trials
+    at once) and alone in another sweep report exactly the same metrics every epoch."""
+    from dncml.platform.sweep import run_sweep
+
+    together = write_experiment(tmp_path, "together", {"seed": [0, 1]}, run={"epochs": 2})
+    alone = write_experiment(tmp_path, "alone", {"seed": [0]}, run={"epochs": 2})
+    store = tmp_path / "store"
+    sweeps = [run_sweep(str(spec), storage=str(store), max_concurrent=2)[0] for spec in (together, alone)]
+    metrics = []
+    for sweep in sweeps:
+        trials, epochs = read_store(store, sweep)
+        seed0 = trials.loc[trials["spec_seed"] == 0, "trial_id"].item()
+        rows = epochs[epochs["trial_id"] == seed0].sort_values("epoch")
+        columns = [c for c in rows if c.startswith(("val_", "test_")) or c in ("loss", "cluster_sizes", "assignment_digest")]
+        metrics.append(rows[columns].reset_index(drop=True))
+    assert len(metrics[0]) == 3
+    pd.testing.assert_frame_equal(metrics[0], metrics[1], check_exact=True)
+
+
 def test_optuna_search_with_asha(ray_local, tmp_path):
     from dncml.platform.sweep import run_sweep
 
@@ -202,8 +237,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     spec = write_experiment(tmp_path, "resumable", {"seed": [0, 1, 2]}, max_concurrent=1)
     store = tmp_path / "store"
     marker = tmp_path / "paused-after-completed"
+    log = tmp_path / "sweep.log"
     process = subprocess.Popen([*CLI, "sweep", str(spec), "--storage", str(store), "--max-concurrent", "1"],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                                env={**os.environ, "DNCML_PAUSE_AT": f"after_completed:{marker}"})
     try:
         wait_for(marker.exists, 400, "the first trial to record `completed` and pause")
@@ -217,6 +253,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
+    assert process.returncode == 130  # an interrupted sweep is not a success
+    assert "interrupted. Resume it with:" in log.read_text() and "--resume" in log.read_text()
     sweep = next(store.glob("resumable-*")).name
     before = pd.read_parquet(store / sweep / "trials")
     finished = before[before["status"] == "completed"].set_index("trial_id")["started_at"]
@@ -308,7 +346,9 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
         ray_cli = str(Path(sys.executable).with_name("ray"))
         wait_for(lambda: subprocess.run([ray_cli, "status", f"--address={address}"], env=env,
                                         capture_output=True).returncode == 0, 120, "the head node")
-        nodes.append(_start_node([f"--address={address}", "--num-cpus=2"], env))
+        # Its own temporary directory, as a second machine has: nodes sharing one would share
+        # (and garbage-collect under each other) the job's unpacked working directory.
+        nodes.append(_start_node([f"--address={address}", "--num-cpus=2", f"--temp-dir={tmp_path / 'node2'}"], env))
 
         def two_nodes():
             out = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{address}', log_to_driver=False); "
@@ -329,14 +369,41 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
         assert all(len(ids.split(",")) == 2 for ids in epochs["node_ids"])  # workers on both nodes
         assert epochs["workers_agree"].all()
 
+        # What users do from their laptop: ship their own experiment folder as the job's working
+        # directory (its spec names its base run by a relative path) and submit the sweep with no
+        # --address. Two 1.5-CPU trials cannot share a 2-CPU node: they run on both nodes.
+        user_dir = tmp_path / "my_experiments"
+        (user_dir / "runs").mkdir(parents=True)
+        (user_dir / "runs" / "smoke.yaml").write_text(SMOKE.read_text())
+        card = yaml.safe_load(spec.read_text())
+        card.update(name="shipped", base="runs/smoke.yaml", grid={"seed": [0, 1]},
+                    resources={"num_workers": 1, "cpus_per_worker": 1.5})
+        (user_dir / "shipped.yaml").write_text(yaml.safe_dump(card))
+        submit = [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}"]
         job_store = tmp_path / "job_store"
-        job = subprocess.run([ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", "--",
-                              sys.executable, "-m", "dncml.platform.cli", "sweep", str(spec), "--address", "auto",
-                              "--storage", str(job_store)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        job = subprocess.run([*submit, "--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml",
+                              "--storage", str(job_store)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout.lower()
-        job_trials = pd.read_parquet(next(job_store.glob("cluster-*")) / "trials")
-        assert job_trials["status"].tolist() == ["completed"]
+        job_trials, job_epochs = read_store(job_store, next(job_store.glob("shipped-*")).name)
+        assert job_trials["status"].tolist() == ["completed"] * 2
+        assert job_epochs.groupby("trial_id")["node_ids"].first().nunique() == 2  # trials on both nodes
+
+        # The code shipped too: dncml as a package directory in py_modules (the workers import it
+        # from there), the experiment folder as the working directory, via --runtime-env-json. (A
+        # .whl in py_modules breaks in Ray 2.60: the trial's and the Train workers' runtime envs
+        # install the same wheel at once on a fresh node and one of them fails.)
+        shipped = tmp_path / "ship"
+        built = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                                "--target", str(shipped), str(ROOT)], capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stderr[-2000:]
+        runtime_env = {"working_dir": str(user_dir), "py_modules": [str(shipped / "dncml")]}
+        modules_store = tmp_path / "modules_store"
+        job = subprocess.run([*submit, "--runtime-env-json", json.dumps(runtime_env), "--", "dncml", "sweep", "shipped.yaml",
+                              "--storage", str(modules_store)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        modules_trials = pd.read_parquet(next(modules_store.glob("shipped-*")) / "trials")
+        assert modules_trials["status"].tolist() == ["completed"] * 2
     finally:
         for node in reversed(nodes):
             _stop(node)
