@@ -38,7 +38,8 @@ EPOCH_FIELDS: dict[str, pa.DataType] = {
     "epoch_seconds": pa.float64(), "best_epoch": pa.int64(), "reclustered": pa.bool_(),
     "cluster_seconds": pa.float64(), "embed_seconds": pa.float64(), "kmeans_seconds": pa.float64(),
     "cluster_cost": pa.float64(), "cluster_changed": pa.float64(), "cluster_repaired": pa.int64(),
-    "cluster_sizes": pa.string(), "assignment_digest": pa.int64(),
+    "cluster_sizes": pa.string(), "assignment_digest": pa.int64(), "backbone_rests": pa.bool_(),
+    "full_embedding": pa.bool_(),
     # Written by the Ray Train callback from all workers' reports of the epoch:
     "workers": pa.int64(), "workers_agree": pa.bool_(), "node_ids": pa.string(), "session": pa.string(),
 }
@@ -47,9 +48,9 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
     "status": pa.string(), "error": pa.string(), "epochs_done": pa.int64(), "best_epoch": pa.int64(),
     "wall_seconds": pa.float64(), "train_seconds": pa.float64(), "cluster_seconds": pa.float64(),
     "eval_seconds": pa.float64(), "started_at": pa.string(), "ended_at": pa.string(), "host": pa.string(),
-    "git_revision": pa.string(), "versions": pa.string(),
+    "git_revision": pa.string(), "versions": pa.string(), "embedding_form": pa.string(),
 }
-STATUSES = ("running", "completed", "failed", "pruned")
+STATUSES = ("running", "completed", "failed", "pruned", "interrupted")
 
 
 class StoreError(ValueError):
@@ -216,6 +217,7 @@ class TrialRecorder:
             "started_at": self.started.isoformat(timespec="seconds"), "ended_at": None if status == "running" else _now(),
             "wall_seconds": (dt.datetime.now(dt.timezone.utc) - self.started).total_seconds(),
             "host": socket.gethostname(), "git_revision": git_revision(), "versions": package_versions(),
+            "embedding_form": self.spec.embedding_form,
         }
         row.update({f"spec_{k}": v for k, v in self.spec.to_dict().items()})
         if self.history:

@@ -122,15 +122,16 @@ class Resources:
                    actor_gpus=float(values.get("actor_gpus", 0.0)))
 
 
-def prepare_data(spec: runspec.RunSpec):
+def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
     """Render / check the dataset on the driver first: a bad dataset fails here, and the workers
     never race to render the same cache. Returns the loaded bundle."""
-    from dncml.trainers.data.loading import load_dataset
-    from dncml.trainers.spec import check_against_data
     import numpy as np
 
+    from dncml.trainers.data.loading import load_dataset
+    from dncml.trainers.spec import check_against_data
+
     bundle = load_dataset(spec, progress=True)
-    check_against_data(spec, len(np.unique(bundle.train.labels)), bundle.train.has_groups)
+    check_against_data(spec, len(np.unique(bundle.train.labels)), bundle.train.has_groups, num_workers)
     return bundle
 
 
@@ -173,11 +174,17 @@ def fit_run(spec: runspec.RunSpec, run_id: str, resources: Resources, store: Res
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the Ray cluster at `address` (None: start a private local one). An unreachable
-    address is an error here, not a hang."""
+    """Join the Ray cluster at `address`. None: the cluster named by RAY_ADDRESS (which `ray job
+    submit` sets for its driver, so a submitted sweep runs on the cluster it was submitted to, with
+    the job's runtime environment), else a private local one. An unreachable address is an
+    error here, not a hang."""
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):
+        raise PlatformError(f"Ray address {address!r} is a dashboard URL (what `ray job submit` takes); "
+                            "give the cluster's HOST:PORT (the GCS, 6379 by default), auto, or ray://HOST:PORT")
     if address and address not in ("auto", "local") and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
@@ -217,7 +224,7 @@ def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = Fa
                 print(f"run {trial_id} is already completed in {store.root / sweep}: nothing to resume")
                 return trial_id
     trial_id = trial_id or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    prepare_data(spec)
+    prepare_data(spec, num_workers)
     connect(address)
     if use_gpu and not ray.cluster_resources().get("GPU"):
         raise PlatformError("--use-gpu: the Ray cluster has no GPUs")

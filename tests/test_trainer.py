@@ -147,17 +147,48 @@ def test_gradient_isolation_and_adam_leaves_other_learners_alone():
             assert torch.equal(before[name], after[name]), name
     assert not torch.equal(before["backbone.body.0.weight"], after["backbone.body.0.weight"])
 
-    # Test time: the full embedding is the normalised concatenation of the raw slices.
+    # Test time: the full embedding is the concatenation of the separately normalised slices.
     net.eval()
     with torch.no_grad():
         features = net.features(images)
         raw = [layer(features) for layer in net.learner_layers]
-        expected = F.normalize(torch.cat(raw, dim=1), dim=1)
+        expected = torch.cat([F.normalize(r, dim=1) for r in raw], dim=1)
         torch.testing.assert_close(net.embed(images), expected)
         torch.testing.assert_close(net.learner_embedding(features, (1, 2)), F.normalize(raw[1], dim=1))
         _, vectors = net(images, labels, (2, 3))  # the cluster-space vectors a training step returns
-        torch.testing.assert_close(vectors, expected)
+        torch.testing.assert_close(vectors, F.normalize(expected, dim=1))
     assert sum(p.numel() for p in net.learner_layers.parameters()) == (128 + 1) * 32  # independent of K
+
+
+def test_full_embedding_is_the_concatenation_of_normalised_slices():
+    """The authors' model: every learner's slice is L2-normalised on its own, in every use. A
+    slice with a large raw norm must not dominate the full embedding (it does when the raw
+    concatenation is normalised as a whole); the baseline and kmeans_nosplit stay one vector
+    normalised as a whole."""
+    images, labels = batch()
+    split = tiny(K=4, embedding_dim=32)
+    torch.manual_seed(0)
+    net = DivideAndConquerNet(split, in_channels=1, num_classes=8).eval()
+    with torch.no_grad():
+        net.learner_layers[0].weight.mul_(100.0)  # learner 0's raw slice is now ~100x the others'
+        net.learner_layers[0].bias.mul_(100.0)
+        full = net.embed(images)
+        slice_norms = full.reshape(len(full), 4, 8).norm(dim=2)
+        torch.testing.assert_close(slice_norms, torch.ones_like(slice_norms))  # every learner counts equally
+        conquer = net.learner_embedding(net.features(images), (0, 4))  # what the full-embedding loss sees
+        torch.testing.assert_close(conquer, full / 2.0)  # the same direction, unit norm (sqrt(K) = 2)
+    assert split.embedding_form == "slices"
+
+    for grouping in ("none", "kmeans_nosplit"):
+        whole = tiny(K=4, embedding_dim=32, grouping=grouping)
+        torch.manual_seed(0)
+        baseline = DivideAndConquerNet(whole, in_channels=1, num_classes=8).eval()
+        with torch.no_grad():
+            features = baseline.features(images)
+            raw = torch.cat([layer(features) for layer in baseline.learner_layers], dim=1)
+            torch.testing.assert_close(baseline.embed(images), F.normalize(raw, dim=1))
+            torch.testing.assert_close(baseline.learner_embedding(features, (0, 4)), F.normalize(raw, dim=1))
+        assert whole.embedding_form == "whole"
 
 
 # =================================================================== 2. Hungarian stability
@@ -214,9 +245,32 @@ def test_kmeans_rounds_keep_their_clusters():
     first = service(PartitionRequest(round=0, seed=first_seed, **request))
     assert same_partition(first.clusters, blob) and first.repaired == 0 and first.version == 0
     # compute_assignment seeds round r with seed + 1000 r.
-    second = service(PartitionRequest(round=1, seed=second_seed - 1000, previous=first.clusters, **request))
+    second = service(PartitionRequest(round=1, seed=second_seed - 1000, previous=first.clusters,
+                                      previous_num_clusters=4, **request))
     assert np.array_equal(second.clusters, first.clusters)
     assert second.changed == 0.0 and second.version == 1
+
+
+def test_matching_is_not_skipped_when_the_last_round_had_an_empty_cluster():
+    """The last round's cluster 3 was empty, so its labels only reach K - 2: the new round is
+    still matched to it (learners keep their data), not handed out in k-means' own numbering."""
+    vectors, labels, blob = blobs()
+    previous = np.where(blob == 3, 2, blob)  # blobs 2 and 3 shared learner 2; learner 3 had nothing
+    request = dict(strategy="kmeans", num_clusters=4, labels=labels, groups=np.full(len(labels), -1),
+                   indices=np.arange(len(labels)), vectors=vectors, kmeans_iterations=20)
+    with pytest.raises(ValueError, match="previous_num_clusters"):
+        PartitionRequest(round=1, seed=0, previous=previous, **request)
+    for seed in range(20):
+        assignment = LocalGroupingService()(PartitionRequest(round=1, seed=seed, previous=previous,
+                                                             previous_num_clusters=4, **request))
+        if same_partition(assignment.clusters, blob):
+            break
+    # Blobs 0 and 1 keep learners 0 and 1 whatever numbering k-means chose; one of blobs 2 / 3
+    # keeps learner 2 and the other gets the learner that had nothing.
+    for b in (0, 1):
+        assert (assignment.clusters[blob == b] == b).all()
+    assert {int(assignment.clusters[blob == 2][0]), int(assignment.clusters[blob == 3][0])} == {2, 3}
+    assert assignment.changed == pytest.approx((blob >= 2).mean() / 2)
 
 
 # ======================================================================= 3. K = 1 == baseline
@@ -282,18 +336,45 @@ def test_sampler_batches_come_from_one_cluster():
 
 
 def test_sampler_ranks_split_each_global_batch():
-    # Every cluster holds >= 8 classes, the global batch's (with fewer, classes must repeat).
+    """batch_size is the global batch: two workers take 8 images each of one 16-image batch."""
     labels, clusters = sampler_data((8, 9, 12, 20))
     ranks = [ClusterBatchSampler(labels, 16, 4, seed=9, rank=r, world_size=2) for r in range(2)]
     for sampler in ranks:
         sampler.set_assignment(clusters, 4)
     for a, b in zip(*(sampler.epoch(4, 40) for sampler in ranks)):
         assert a.cluster == b.cluster
-        assert len(a.indices) == len(b.indices) == 16
+        assert len(a.indices) == len(b.indices) == 8 and len(a.global_indices) == 16
         assert not set(labels[a.indices]) & set(labels[b.indices])  # class-disjoint
         assert (clusters[a.indices] == a.cluster).all() and (clusters[b.indices] == a.cluster).all()
         assert np.array_equal(a.global_indices, b.global_indices)
-        assert np.array_equal(np.concatenate([a.indices, b.indices]), a.global_indices)
+        assert sorted(np.concatenate([a.indices, b.indices]).tolist()) == sorted(a.global_indices.tolist())
+
+
+def test_sampler_never_repeats_an_image_in_a_batch():
+    """Random grouping of 24-image classes into 8 clusters (the quick Table 6): most class /
+    cluster pairs hold fewer than m = 4 images. No image twice in a batch (identical images are
+    zero-distance positives), every class in a batch with >= 2 images, small clusters give
+    smaller batches instead of repeats."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(60), 24)
+    clusters = rng.integers(0, 8, len(labels))
+    sampler = ClusterBatchSampler(labels, batch_size=128, samples_per_class=4, seed=1)
+    sampler.set_assignment(clusters, 8)
+    short = 0
+    for step in sampler.epoch(0, 200):
+        assert len(set(step.indices.tolist())) == len(step.indices) <= 128
+        classes, counts = np.unique(labels[step.indices], return_counts=True)
+        assert counts.min() >= 2 and counts.max() <= 4
+        cut = [n for c, n in zip(classes, counts) if n != min(4, int(((labels == c) & (clusters == step.cluster)).sum()))]
+        assert len(cut) <= 1 and (not cut or len(step.indices) == 128)  # all it has there, but for the batch's last class
+        short += int(counts.min() < 4)
+    assert short > 100  # the situation this guards against is the common one here
+
+    tiny_cluster = np.where(labels < 3, 0, 1)  # cluster 0: 3 classes x 24 images
+    sampler.set_assignment(tiny_cluster, 2)
+    for step in sampler.epoch(1, 50):
+        if step.cluster == 0:
+            assert len(step.indices) == 12 and len(set(step.indices.tolist())) == 12  # 3 classes x 4, no repeats
 
 
 # ================================================================================= 5. repair
@@ -402,7 +483,8 @@ def test_binary_split_children_stay_under_their_parent():
     # Through compute_assignment (strategy binary, previous K = 2 -> K = 4): the same rule.
     labels = sub * 5 + rng.integers(0, 5, len(sub))
     request = PartitionRequest(round=2, strategy="binary", num_clusters=4, seed=0, labels=labels,
-                               groups=np.full(len(sub), -1), previous=parent, kmeans_iterations=20)
+                               groups=np.full(len(sub), -1), previous=parent, previous_num_clusters=2, splits=True,
+                               kmeans_iterations=20)
     assignment = compute_assignment(request, vectors)
     assert ((assignment.clusters // 2) == parent).all()
 
@@ -443,8 +525,8 @@ def check_run(history, spec):
         assert EPOCH_KEYS <= metrics.keys(), EPOCH_KEYS - metrics.keys()
         assert math.isfinite(metrics["loss"]), metrics
         assert metrics["steps"] == spec.steps_per_epoch
-        assert metrics["phase"] == spec.phase(epoch)
-        if spec.reclusters_at(epoch):
+        assert metrics["phase"] == spec.plan.phase(epoch)
+        if spec.plan.reclusters_at(epoch):
             assert ROUND_KEYS <= metrics.keys()
     assert EVAL_KEYS <= history[-1].keys()
     assert all(math.isfinite(history[-1][key]) for key in EVAL_KEYS)
@@ -475,13 +557,92 @@ def test_every_loss_runs(loss, tmp_path, tiny_data):
     dict(cluster_space="backbone"),
     dict(cluster_space="backbone", embedding_source="training_pass"),
     dict(hierarchy="binary", K=2),
-    dict(freeze_bn=True, lr_decay_every=1),
+    dict(freeze_bn="all", lr_decay_every=1),
+    dict(freeze_bn="stats", full_embedding_from=1),
+    dict(masks="learned", hierarchy="binary", K=4),
+    dict(freeze_backbone_epochs=1, T=2),
 ], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_options_run(options, tmp_path, tiny_data):
     spec = tiny(epochs=2, finetune_epochs=1, steps_per_epoch=2, eval_every=10, **options)
     history, _, _ = run(spec, tmp_path, tiny_data)
     check_run(history, spec)
-    assert history[1]["reclustered"] and history[1]["assignment_version"] == 1
+    if spec.recluster_every == 1:
+        assert history[1]["reclustered"] and history[1]["assignment_version"] == 1
+
+
+def test_backbone_rests_after_each_reclustering_and_full_embedding_phase(tmp_path, tiny_data):
+    """TPAMI: the backbone does not move in the epoch of a re-clustering (freeze_backbone_epochs
+    = 1, T = 2); the CVPR code's full-embedding phase: from `full_embedding_from` on, the loss uses
+    the full embedding while batches still come from the clusters."""
+    spec = tiny(T=2, epochs=4, finetune_epochs=0, freeze_backbone_epochs=1, full_embedding_from=2,
+                steps_per_epoch=2, eval_every=10)
+    snapshots = []
+
+    def report(metrics, checkpoint):
+        snapshots.append(load_checkpoint(checkpoint)["model"])
+
+    history, _, _ = run(spec, tmp_path, tiny_data, report=report)
+    assert [m["backbone_rests"] for m in history] == [True, False, True, False]
+    assert [m["full_embedding"] for m in history] == [False, False, True, True]
+    assert [m["active_learners"] for m in history] == [4, 4, 1, 1]  # one block: the full embedding
+    assert all(m["assignment_version"] >= 0 for m in history)  # ... on the clusters' batches
+    backbone = "backbone.body.0.weight"
+    assert torch.equal(snapshots[1][backbone], run_initial_backbone(spec, tiny_data)[backbone]) is False
+    assert torch.equal(snapshots[2][backbone], snapshots[1][backbone])  # epoch 2 re-clustered: rested
+    assert not torch.equal(snapshots[3][backbone], snapshots[2][backbone])
+    assert not torch.equal(snapshots[2]["learner_layers.0.weight"], snapshots[1]["learner_layers.0.weight"])
+
+
+def run_initial_backbone(spec, data):
+    torch.manual_seed(spec.seed)
+    return DivideAndConquerNet(spec, data.channels, len(np.unique(data.train.labels))).state_dict()
+
+
+def test_pretrained_backbone_has_frozen_batchnorm(tmp_path, tiny_data):
+    """freeze_bn auto: a pretrained backbone keeps its BatchNorm statistics and affine
+    parameters for the whole run (a from-scratch one trains them)."""
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    spec = tiny(backbone="resnet18", pretrained=str(weights), image_size=32, epochs=1, finetune_epochs=0,
+                steps_per_epoch=2, eval_every=10)
+    assert spec.resolved_freeze_bn == "all" and tiny().resolved_freeze_bn == "none"
+    torch.manual_seed(spec.seed)
+    data = load_dataset(spec, progress=False)
+    before = run_initial_backbone(spec, data)
+    _, _, after = run(spec, tmp_path / "run", data)
+    bn = [k for k in before if ".bn1." in k or ".bn2." in k or k.startswith("backbone.net.bn1")]
+    assert bn and all(torch.equal(before[k], after[k]) for k in bn if not k.endswith("num_batches_tracked")), \
+        [k for k in bn if not torch.equal(before[k], after[k])]
+    assert not torch.equal(before["backbone.net.conv1.weight"], after["backbone.net.conv1.weight"])
+    stats_only = spec.replace(freeze_bn="stats")
+    _, _, after_stats = run(stats_only, tmp_path / "stats", data)
+    assert torch.equal(before["backbone.net.bn1.running_mean"], after_stats["backbone.net.bn1.running_mean"])
+    assert not torch.equal(before["backbone.net.bn1.weight"], after_stats["backbone.net.bn1.weight"])  # the authors' code
+
+
+def test_learned_masks_start_at_ones_learn_faster_and_split_with_the_hierarchy(tmp_path, tiny_data):
+    spec = tiny(masks="learned", hierarchy="binary", K=4, T=1, epochs=3, finetune_epochs=0, steps_per_epoch=2,
+                eval_every=10, mask_lr_multiplier=100.0)
+    torch.manual_seed(0)
+    net = DivideAndConquerNet(spec, 1, 8)
+    assert all(torch.equal(mask, torch.ones(32)) for mask in net.masks)  # the authors' init
+    optimizer, _ = make_optimizer(spec, net)
+    rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert rates["masks"] == pytest.approx(100 * spec.lr) and rates["embedding"] == spec.lr_embedding
+    # K = 2 -> 4: the second child (1, 2) of parent (0, 2) starts as a copy of its parent's mask.
+    with torch.no_grad():
+        net.masks[0].mul_(0.5)
+        net.masks[2].mul_(0.25)
+    copied = net.set_learner_blocks([(0, 1), (1, 2), (2, 3), (3, 4)], split=True)
+    assert torch.equal(net.masks[1], net.masks[0]) and torch.equal(net.masks[3], net.masks[2])
+    assert {id(p) for p in copied} == {id(net.masks[1]), id(net.masks[3])}
+    assert net.active_masks == [0, 1, 2, 3]
+    history, _, _ = run(spec, tmp_path, tiny_data)
+    assert [m["active_learners"] for m in history] == [1, 2, 4]
+    assert spec.embedding_form == "whole"  # masks are off at test time
 
 
 # ========================================================================= 9. resume
@@ -554,7 +715,7 @@ def test_spec_coercion():
     assert spec.lr == pytest.approx(1e-4) and isinstance(spec.lr, float)
     assert spec.amp is True and spec.glyph_classes is None and spec.grouping == "random"
     assert from_dict(dict(amp="off", freeze_bn=1, learn_beta="False")).amp is False
-    assert from_dict(dict(freeze_bn=1)).freeze_bn is True
+    assert from_dict(dict(freeze_bn=1)).freeze_bn == "all" and from_dict(dict(freeze_bn=False)).freeze_bn == "none"
     assert from_dict(dict(learn_beta="False")).learn_beta is False
     assert from_dict(dict(K="8")).num_learners == 8
     with pytest.raises(SpecError, match="amp"):
@@ -570,7 +731,7 @@ def test_too_many_learners_for_the_data_fails_before_training(tmp_path, monkeypa
     monkeypatch.setattr(dnc, "DivideAndConquerNet", no_model)
     spec = tiny(glyph_classes=16, K=4, batch_size=8, m=2)  # 6 training classes: K <= 3
     reports = []
-    with pytest.raises(SpecError, match="K must be <= training classes / 2"):
+    with pytest.raises(SpecError, match=r"K must be <= training classes / \(2 x 1 worker"):
         dnc.train(spec, Seam(report=lambda m, c: reports.append(m), checkpoint_root=str(tmp_path)))
     assert not reports
     # The baseline has no such limit: it gets as far as building the model.

@@ -26,43 +26,46 @@ import torch
 from .data.base import DatasetBundle
 from .data.loading import load_dataset
 from .grouping import Assignment, PartitionRequest
-from .model import Block, DivideAndConquerNet
-from .runtime import (EmbeddingBank, Timer, TrainState, autocast, embed_split, evaluate, load_checkpoint,
-                      loader, make_optimizer, save_checkpoint, seed_epoch)
+from .model import DivideAndConquerNet
+from .runtime import (EmbeddingBank, Timer, TrainState, autocast, backbone_resting, embed_split, evaluate,
+                      load_checkpoint, loader, make_optimizer, reset_optimizer_state, save_checkpoint, seed_epoch)
 from .sampler import ClusterBatchSampler
 from .seam import Seam
 from .spec import RunSpec, check_against_data
 
 
 def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> TrainState:
-    world, device = seam.world, seam.world.device
+    world, device, plan = seam.world, seam.world.device, spec.plan
     data = data or load_dataset(spec, progress=world.is_chief)
     class_ids, targets = np.unique(data.train.labels, return_inverse=True)  # labels 0..C-1 for losses
-    check_against_data(spec, len(class_ids), data.train.has_groups)
+    check_against_data(spec, len(class_ids), data.train.has_groups, world.world_size)
     num_samples = len(targets)
 
     torch.manual_seed(spec.seed)  # the initial weights are a function of the run's seed alone
     net = DivideAndConquerNet(spec, data.channels, len(class_ids)).to(device)
     model = world.wrap_model(net)
     optimizer, scheduler = make_optimizer(spec, net)
+    # `batch_size` is the global batch (the paper's): every worker takes its share of each step's
+    # batch, all drawn from the same learner's cluster.
     sampler = ClusterBatchSampler(targets, spec.batch_size, spec.samples_per_class, spec.seed,
                                   world.rank, world.world_size)
     bank = EmbeddingBank(num_samples, spec.stale_rounds) if spec.embedding_source == "training_pass" else None
     state = TrainState(assignment=whole_training_set(num_samples))
     if seam.resume_from:
         state = restore(seam.resume_from, net, optimizer, scheduler, bank, world.world_size)
-    steps = spec.steps_per_epoch or max(1, num_samples // (spec.batch_size * world.world_size))
+    steps = spec.steps_per_epoch or max(1, num_samples // spec.batch_size)
     labels_of = torch.from_numpy(targets)
 
     for epoch in range(state.epoch, spec.total_epochs):
-        timer, phase, metrics = Timer(), spec.phase(epoch), {}
+        timer, phase, metrics = Timer(), plan.phase(epoch), {}
         seed_epoch(spec.seed, epoch, world.rank)
 
         # Division: re-cluster the training data every T epochs.
-        if spec.reclusters_at(epoch):
+        if plan.reclusters_at(epoch):
             state.assignment, metrics = divide(spec, seam, net, data, targets, state.assignment, bank, epoch)
         assignment = state.assignment if phase == "divide" else whole_training_set(num_samples)
-        blocks = learner_blocks(spec, phase, assignment.num_clusters)
+        blocks = [plan.block_of(c, assignment.num_clusters, epoch) for c in range(assignment.num_clusters)]
+        reset_optimizer_state(optimizer, net.set_learner_blocks(blocks, split=bool(metrics.get("split"))))
         sampler.set_assignment(assignment.clusters, assignment.num_clusters)
 
         # Training: one learner per step, a batch from that learner's cluster.
@@ -70,33 +73,40 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
         schedule = sampler.epoch(epoch, steps)
         batches = loader(data.train, spec, train=True, batch_sampler=[step.indices.tolist() for step in schedule])
         train_timer, step_losses = Timer(), []
-        for step, (images, _, indices) in zip(schedule, batches):
-            with autocast(spec, device):
-                loss, vectors = model(images.to(device, non_blocking=True), labels_of[indices].to(device), blocks[step.cluster])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step_losses.append(loss.detach())
-            if bank is not None:
-                bank.record(indices.numpy(), vectors, step.global_indices)
+        with backbone_resting(optimizer, plan.backbone_rests(epoch)):
+            for step, (images, _, indices) in zip(schedule, batches):
+                with autocast(spec, device):
+                    loss, vectors = model(images.to(device, non_blocking=True), labels_of[indices].to(device), blocks[step.cluster])
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, step {len(step_losses) + 1}, "
+                                        f"learner block {blocks[step.cluster]} (cluster {step.cluster}); lower the "
+                                        f"learning rates (lr {spec.lr:g}, lr_embedding {spec.lr_embedding:g}) or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step_losses.append(loss.detach())
+                if bank is not None:
+                    bank.record(indices.numpy(), vectors, step.global_indices)
         scheduler.step()
         train_seconds = train_timer()
 
+        images_seen = sum(len(step.global_indices) for step in schedule)
         metrics.update({
             "epoch": epoch, "total_epochs": spec.total_epochs, "phase": phase,
             "active_learners": len(set(blocks)), "assignment_version": assignment.version,
             "loss": float(torch.stack(step_losses).mean()), "steps": len(schedule),
-            "train_seconds": train_seconds,
-            "images_per_second": len(schedule) * spec.batch_size * world.world_size / max(train_seconds, 1e-9),
-            "lr": optimizer.param_groups[0]["lr"],
+            "train_seconds": train_seconds, "images_per_second": images_seen / max(train_seconds, 1e-9),
+            "lr": optimizer.param_groups[0]["lr"], "backbone_rests": plan.backbone_rests(epoch),
+            "full_embedding": plan.full_embedding_at(epoch),
         })
+        metrics.pop("split", None)
         if world.is_chief and ((epoch + 1) % spec.eval_every == 0 or epoch + 1 == spec.total_epochs):
             eval_timer = Timer()
             metrics.update(evaluate(net, data, spec, device))
             metrics["eval_seconds"] = eval_timer()
-            value = metrics.get(spec.selection_metric)
-            if value is not None and value > state.best_value:
-                state.best_value, state.best_epoch = value, epoch
+            if selection_key(metrics, spec) >= selection_key(state.best_metrics, spec):
+                state.best_value, state.best_epoch = metrics[spec.selection_metric], epoch
+                state.best_metrics = {k: metrics[k] for k in (spec.selection_metric, TIE_BREAKER) if k in metrics}
         metrics.update({"best_epoch": state.best_epoch, f"best_{spec.selection_metric}": state.best_value,
                         "epoch_seconds": timer()})
         state.epoch = epoch + 1
@@ -109,20 +119,33 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
     return state
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite: the run stops at once (the message names where)."""
+
+
+# Model selection: the selection metric; an exact tie goes to the finer MAP@R, then to the later
+# epoch (a validation Recall@1 tied at two epochs must not pick the earlier by accident).
+TIE_BREAKER = "val_map@r"
+
+
+def selection_key(metrics: dict, spec: RunSpec) -> tuple[float, float]:
+    value = metrics.get(spec.selection_metric)
+    if value is None or value != value:
+        return (float("-inf"), float("-inf"))
+    finer = metrics.get(TIE_BREAKER)
+    return (value, finer if finer is not None and finer == finer else float("-inf"))
+
+
 def divide(spec: RunSpec, seam: Seam, net: DivideAndConquerNet, data: DatasetBundle, targets: np.ndarray,
            previous: Assignment, bank: EmbeddingBank | None, epoch: int) -> tuple[Assignment, dict]:
     """One division round: this worker's vectors -> grouping service -> the shared assignment."""
-    timer = Timer()
-    round_index = (epoch - spec.warmup_epochs) // spec.recluster_every
-    num_clusters = spec.num_learners
-    if spec.hierarchy == "binary":
-        num_clusters = min(2 ** round_index, spec.num_learners)  # K = 1, 2, 4, ... until the target
-    strategy = {"kmeans": "binary" if spec.hierarchy == "binary" else "kmeans", "kmeans_nosplit": "kmeans"}.get(
-        spec.grouping, spec.grouping)
+    timer, plan = Timer(), spec.plan
+    round_index = plan.round_of(epoch)
     request = PartitionRequest(
-        round=round_index, strategy=strategy, num_clusters=num_clusters, seed=spec.seed,
-        labels=targets, groups=data.train.groups,
+        round=round_index, strategy=plan.strategy, num_clusters=plan.clusters_in_round(round_index),
+        splits=plan.splits_at_round(round_index), seed=spec.seed, labels=targets, groups=data.train.groups,
         previous=previous.clusters if previous.version >= 0 else None,
+        previous_num_clusters=previous.num_clusters if previous.version >= 0 else 0,
         rank=seam.world.rank, world_size=seam.world.world_size, kmeans_iterations=spec.kmeans_iterations,
     )
     if request.needs_vectors:
@@ -132,7 +155,7 @@ def divide(spec: RunSpec, seam: Seam, net: DivideAndConquerNet, data: DatasetBun
     if bank is not None:
         bank.reset()
     return assignment, {
-        "reclustered": True, "cluster_seconds": timer(), "embed_seconds": embed_seconds,
+        "reclustered": True, "split": request.splits, "cluster_seconds": timer(), "embed_seconds": embed_seconds,
         "kmeans_seconds": assignment.seconds, "cluster_cost": assignment.cost,
         "cluster_changed": assignment.changed, "cluster_repaired": assignment.repaired,
         "cluster_sizes": json.dumps(assignment.sizes()),
@@ -151,15 +174,6 @@ def collect_vectors(spec: RunSpec, net: DivideAndConquerNet, data: DatasetBundle
     mine = np.flatnonzero(bank.seen)
     fresh = embed_split(net, data.train, spec, world.device, spec.cluster_space, unseen)
     return np.concatenate([mine, unseen]), np.concatenate([bank.vectors[mine], fresh])
-
-
-def learner_blocks(spec: RunSpec, phase: str, num_clusters: int) -> list[Block]:
-    """The part of the embedding each cluster's learner trains (see `model.Block`)."""
-    k = spec.num_learners
-    if phase != "divide" or spec.grouping == "kmeans_nosplit":
-        return [(0, k)] * num_clusters
-    width = k // num_clusters
-    return [(c * width, (c + 1) * width) for c in range(num_clusters)]
 
 
 def whole_training_set(num_samples: int) -> Assignment:

@@ -34,11 +34,19 @@ class PartitionRequest:
     labels: np.ndarray  # (n,) class of every training sample
     groups: np.ndarray  # (n,) ground-truth group of every training sample
     previous: np.ndarray | None = None  # (n,) last round's clusters
+    previous_num_clusters: int = 0  # how many clusters the last round had (some may be empty)
+    splits: bool = False  # binary hierarchy: split each of the last round's clusters in two
     indices: np.ndarray | None = None
     vectors: np.ndarray | None = None
     rank: int = 0
     world_size: int = 1
     kmeans_iterations: int = 100
+
+    def __post_init__(self) -> None:
+        if self.previous is not None and self.previous_num_clusters < 1:
+            # Inferring it from previous.max() + 1 would be wrong whenever the last cluster was
+            # empty, and the Hungarian matching would then be skipped without a word.
+            raise ValueError("PartitionRequest: give previous_num_clusters with previous")
 
     @property
     def needs_vectors(self) -> bool:
@@ -184,24 +192,28 @@ def compute_assignment(request: PartitionRequest, vectors: np.ndarray | None) ->
     """Run one round of the grouping strategy on the whole training set."""
     started = time.perf_counter()
     labels, k, previous = request.labels, request.num_clusters, request.previous
-    num_previous = int(previous.max()) + 1 if previous is not None else 0
+    num_previous = request.previous_num_clusters if previous is not None else 0
     cost = float("nan")
     if request.strategy not in STRATEGIES:
         raise ValueError(f"unknown grouping strategy {request.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    if request.splits and (previous is None or k != 2 * num_previous):
+        raise ValueError(f"round {request.round}: a binary split needs the last round's clusters and K = 2 x "
+                         f"{num_previous}, got K = {k}")
     if k == 1:
         clusters = np.zeros(len(labels), dtype=np.int64)
     elif request.strategy == "random":
         clusters = random_partition(len(labels), k, request.seed)
     elif request.strategy == "gt_labels":
         clusters = ground_truth_partition(labels, request.groups, k)
-    elif request.strategy == "binary" and previous is not None and k == 2 * num_previous:
+    elif request.splits:
         clusters = binary_split(vectors, previous, num_previous, request.seed + 1000 * request.round, request.kmeans_iterations)
     else:  # flat k-means (also the binary hierarchy once it has reached K)
         result = kmeans(vectors, k, seed=request.seed + 1000 * request.round, niter=request.kmeans_iterations)
         clusters, cost = result.assignment, result.objective
-    clusters, repaired = repair(clusters, labels, k)
+    # Every worker takes whole classes of each step's batch: a cluster needs 2 classes per worker.
+    clusters, repaired = repair(clusters, labels, k, min_classes=2 * request.world_size)
     changed = float("nan")
-    if previous is not None and num_previous == k:
+    if previous is not None and num_previous == k:  # always matched, even when a cluster was empty
         clusters = match_to_previous(clusters, previous, k)
         changed = float((clusters != previous).mean())
     assignment = Assignment(

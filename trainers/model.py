@@ -17,12 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import build_loss
+from .plan import Block, block_key
 from .spec import RunSpec
-
-# A learner's part of the embedding: slices [first, last) of the K slices. (k, k+1) is learner
-# k of the flat split; (0, K) is the full embedding (baseline, conquer, kmeans_nosplit); the
-# binary hierarchy uses the dyadic blocks in between.
-Block = tuple[int, int]
 
 
 class GlyphNet(nn.Module):
@@ -86,24 +82,18 @@ def build_backbone(spec: RunSpec, in_channels: int) -> nn.Module:
     return ResNetBackbone(18 if spec.backbone == "resnet18" else 50, in_channels, spec.pretrained)
 
 
-def block_key(block: Block) -> str:
-    return f"{block[0]}-{block[1]}"
-
-
-def learner_blocks(num_learners: int, hierarchy: str) -> list[Block]:
-    """Every block some learner may use: the K slices and the full embedding (flat), plus the
-    dyadic blocks of every level (binary)."""
-    blocks = {(0, num_learners)} | {(k, k + 1) for k in range(num_learners)}
-    if hierarchy == "binary":
-        width = num_learners
-        while width >= 1:
-            blocks |= {(start, start + width) for start in range(0, num_learners, width)}
-            width //= 2
-    return sorted(blocks)
-
-
 class DivideAndConquerNet(nn.Module):
-    """Backbone + split embedding + one loss per learner, as one module.
+    """Backbone + split embedding + one loss per learner block, as one module.
+
+    The embedding layer is K unit slices (`learner_layers`). With fixed slices (CVPR), each
+    slice is L2-normalised on its own, always, as in the authors' `forward`: a learner trains its
+    normalised slice; a block of several slices (the full embedding in warm-up and conquer, a
+    parent block of the binary hierarchy) is the concatenation of its normalised slices,
+    re-normalised for the loss; and the test-time embedding is the concatenation of all K
+    normalised slices (`embedding_form` "slices"). A run whose embedding is not split (the
+    baseline, kmeans_nosplit) is one learner over the whole d-dim vector, normalised as a whole
+    ("whole"). Learned masks (TPAMI) weight the whole raw embedding per learner, ReLU(mask_k) *
+    e, normalised as a whole; they are off at test time.
 
     Keeping the losses inside the module lets DDP average their parameters' gradients (proxies,
     beta, masks) exactly like the backbone's, so they stay identical on every worker.
@@ -113,76 +103,120 @@ class DivideAndConquerNet(nn.Module):
         super().__init__()
         d, k = spec.embedding_dim, spec.num_learners
         self.num_learners = k
+        self.form = spec.embedding_form
         self.backbone = build_backbone(spec, in_channels)
         self.learner_layers = nn.ModuleList(nn.Linear(self.backbone.feature_dim, d // k) for _ in range(k))
-        self.learned_masks = spec.masks == "learned" and spec.divides
+        self.learned_masks = spec.masks == "learned" and spec.plan.splits_embedding
         self.mask_regularization = spec.mask_regularization
         if self.learned_masks:
-            # TPAMI soft masks over the full embedding, starting from the CVPR hard slices.
-            init = torch.full((k, d), 0.1)
-            for learner in range(k):
-                init[learner, learner * (d // k):(learner + 1) * (d // k)] = 1.0
-            self.masks = nn.Parameter(init)
+            # TPAMI: one mask over the whole embedding per learner, started at ones (the authors'
+            # `masking_init`); a block (first, last) uses the mask of its first slice.
+            self.masks = nn.ParameterList(nn.Parameter(torch.ones(d)) for _ in range(k))
+            self.active_masks: list[int] = list(range(k))
         self.cluster_space = spec.cluster_space
-        self.freeze_bn = spec.freeze_bn
-        if self.freeze_bn:
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    for parameter in module.parameters():
-                        parameter.requires_grad_(False)
+        self.freeze_bn = spec.resolved_freeze_bn
+        if self.freeze_bn == "all":
+            for module in self._batch_norms():
+                for parameter in module.parameters():
+                    parameter.requires_grad_(False)
+        plan = spec.plan
         self.losses = nn.ModuleDict()
-        for block in learner_blocks(k, spec.hierarchy):
-            masked = self.learned_masks and block[1] - block[0] == 1
-            width = d if masked else d * (block[1] - block[0]) // k
+        for block in plan.blocks():
+            width = d if self._masked(block) else d * (block[1] - block[0]) // k
             self.losses[block_key(block)] = build_loss(
                 spec.loss, width, num_classes, margin=spec.margin, margin_beta=spec.margin_beta,
                 learn_beta=spec.learn_beta, beta_per_class=spec.beta_per_class)
 
+    def _batch_norms(self):
+        return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def _masked(self, block: Block) -> bool:
+        """A learner's own block under learned masks (never the full embedding)."""
+        return self.learned_masks and block != (0, self.num_learners)
+
     # -- parameters, for the optimiser's groups --------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        embedding = list(self.learner_layers.parameters()) + ([self.masks] if self.learned_masks else [])
         return {
             "backbone": [p for p in self.backbone.parameters() if p.requires_grad],
-            "embedding": embedding,
+            "embedding": list(self.learner_layers.parameters()),
+            "masks": list(self.masks) if self.learned_masks else [],
             "loss": list(self.losses.parameters()),
         }
 
     def train(self, mode: bool = True) -> "DivideAndConquerNet":
         super().train(mode)
-        if self.freeze_bn:  # the authors keep the backbone's BatchNorm statistics frozen
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+        if self.freeze_bn in ("stats", "all"):  # the authors keep the running statistics frozen
+            for module in self._batch_norms():
+                module.eval()
         return self
+
+    # -- the TPAMI hierarchy with learned masks ----------------------------------------------------
+    @torch.no_grad()
+    def set_learner_blocks(self, blocks: list[Block], split: bool) -> list[nn.Parameter]:
+        """The blocks this round's learners train. When the binary hierarchy has just split,
+        each child block (first, middle) / (middle, last) inherits its parent's mask: the second
+        child's mask becomes a copy of the first's. Returns the masks that were overwritten (their
+        optimiser state must be reset, as the authors re-create the masks' optimiser group)."""
+        if not self.learned_masks:
+            return []
+        starts = sorted({first for first, last in blocks if (first, last) != (0, self.num_learners)})
+        copied = []
+        if split:
+            for first, last in blocks:
+                width = last - first
+                if (first // width) % 2:  # the second child of the parent block (first - width, last)
+                    self.masks[first].copy_(self.masks[first - width])
+                    copied.append(self.masks[first])
+        self.active_masks = starts or list(range(self.num_learners))
+        return copied
 
     # -- embeddings ------------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
-    def raw_embedding(self, features: torch.Tensor, block: Block) -> torch.Tensor:
-        return torch.cat([self.learner_layers[k](features) for k in range(*block)], dim=1)
+    def raw_embedding(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([layer(features) for layer in self.learner_layers], dim=1)
+
+    def _slices(self, features: torch.Tensor, block: Block) -> torch.Tensor:
+        """The block's slices, each L2-normalised on its own, concatenated (norm sqrt(width))."""
+        return torch.cat([F.normalize(self.learner_layers[k](features), dim=1) for k in range(*block)], dim=1)
 
     def learner_embedding(self, features: torch.Tensor, block: Block) -> torch.Tensor:
-        """The L2-normalised embedding a learner trains: its slices, or its soft mask."""
-        if self.learned_masks and block[1] - block[0] == 1:
-            full = self.raw_embedding(features, (0, self.num_learners))
-            return F.normalize(F.relu(self.masks[block[0]]) * full, dim=1)
-        return F.normalize(self.raw_embedding(features, block), dim=1)
+        """The unit-norm embedding the learner owning `block` trains."""
+        if self._masked(block):
+            return F.normalize(F.relu(self.masks[block[0]]) * self.raw_embedding(features), dim=1)
+        if self.form == "slices":
+            return F.normalize(self._slices(features, block), dim=1)
+        return F.normalize(self.raw_embedding(features), dim=1)
+
+    def full_embedding(self, features: torch.Tensor) -> torch.Tensor:
+        """The test-time embedding (see the class docstring for its form)."""
+        if self.form == "slices":
+            return self._slices(features, (0, self.num_learners))
+        return F.normalize(self.raw_embedding(features), dim=1)
+
+    def cluster_vectors(self, features: torch.Tensor) -> torch.Tensor:
+        """What a division round clusters: normalised backbone features (the authors' code) or
+        the test-time embedding, normalised."""
+        if self.cluster_space == "backbone":
+            return F.normalize(features, dim=1)
+        return F.normalize(self.full_embedding(features), dim=1)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor, space: str = "embedding") -> torch.Tensor:
-        """Test-time embedding (full, normalised) or normalised backbone features."""
+        """Test-time embedding, or the normalised backbone features (`space="backbone"`)."""
         features = self.features(images)
-        if space == "backbone":
-            return F.normalize(features, dim=1)
-        return self.learner_embedding(features, (0, self.num_learners))
+        return F.normalize(features, dim=1) if space == "backbone" else self.full_embedding(features)
 
     def mask_overlap(self) -> torch.Tensor:
-        """TPAMI regulariser: mean pairwise cosine similarity of the (ReLU'd) masks."""
-        masks = F.normalize(F.relu(self.masks), dim=1)
+        """TPAMI regulariser: mean pairwise cosine similarity of the active learners' ReLU'd masks."""
+        active = self.active_masks
+        if len(active) < 2:
+            return torch.zeros((), device=self.masks[0].device)
+        masks = F.normalize(F.relu(torch.stack([self.masks[i] for i in active])), dim=1)
         similarity = masks @ masks.t()
-        k = self.num_learners
-        return (similarity.sum() - similarity.diagonal().sum()) / max(1, k * (k - 1))
+        k = len(active)
+        return (similarity.sum() - similarity.diagonal().sum()) / (k * (k - 1))
 
     # -- one training step's forward -----------------------------------------------------------
     def forward(self, images: torch.Tensor, labels: torch.Tensor, block: Block) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,12 +224,8 @@ class DivideAndConquerNet(nn.Module):
         vectors (detached), which `embedding_source: training_pass` collects for free."""
         features = self.features(images)
         loss = self.losses[block_key(block)](self.learner_embedding(features, block), labels)
-        if self.learned_masks and block[1] - block[0] == 1:
+        if self._masked(block):
             loss = loss + self.mask_regularization * self.mask_overlap()
         with torch.no_grad():
-            detached = features.detach()
-            if self.cluster_space == "backbone":
-                vectors = F.normalize(detached, dim=1)
-            else:
-                vectors = F.normalize(self.raw_embedding(detached, (0, self.num_learners)), dim=1)
+            vectors = self.cluster_vectors(features.detach())
         return loss, vectors

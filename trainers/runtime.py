@@ -49,16 +49,40 @@ def make_optimizer(spec: RunSpec, net: DivideAndConquerNet) -> tuple[torch.optim
     """Adam with separate learning rates for backbone, embedding and loss parameters; optional
     step decay per epoch."""
     groups = net.parameter_groups()
-    optimizer = torch.optim.Adam([
+    optimizer = torch.optim.Adam([group for group in (
         {"params": groups["backbone"], "lr": spec.lr, "weight_decay": spec.weight_decay, "name": "backbone"},
         {"params": groups["embedding"], "lr": spec.lr_embedding, "weight_decay": spec.weight_decay, "name": "embedding"},
+        # TPAMI: the masks learn at their own, larger rate (the authors' SOP run: 100 x the base rate)
+        {"params": groups["masks"], "lr": spec.lr * spec.mask_lr_multiplier, "weight_decay": spec.weight_decay,
+         "name": "masks"},
         {"params": groups["loss"], "lr": spec.lr_loss, "weight_decay": 0.0, "name": "loss"},
-    ])
+    ) if group["params"]])
     if spec.lr_decay_every:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, spec.lr_decay_every, spec.lr_decay_gamma)
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
     return optimizer, scheduler
+
+
+@contextlib.contextmanager
+def backbone_resting(optimizer: torch.optim.Optimizer, rests: bool):
+    """TPAMI's backbone freeze after a re-clustering: the backbone's learning rate is 0 for the
+    epoch (as the authors do it: gradients still flow to the embedding and the losses)."""
+    groups = [g for g in optimizer.param_groups if g.get("name") == "backbone"] if rests else []
+    saved = [g["lr"] for g in groups]
+    for group in groups:
+        group["lr"] = 0.0
+    try:
+        yield
+    finally:
+        for group, lr in zip(groups, saved):
+            group["lr"] = lr
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, parameters) -> None:
+    """Forget Adam's moments of `parameters` (a mask copied from its parent starts afresh)."""
+    for parameter in parameters:
+        optimizer.state.pop(parameter, None)
 
 
 def loader(split: ImageSplit, spec: RunSpec, train: bool, batch_sampler=None, indices=None) -> DataLoader:
@@ -152,6 +176,7 @@ class TrainState:
     assignment: Assignment | None = None
     best_value: float = float("-inf")
     best_epoch: int = -1
+    best_metrics: dict = field(default_factory=dict)  # the selected epoch's selection metric and tie-breaker
     history: list[dict] = field(default_factory=list)
 
 

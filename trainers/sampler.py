@@ -1,9 +1,16 @@
 """Cluster-aware, class-balanced batches: m images per class, all from one learner's cluster.
 
 pytorch-metric-learning's `MPerClassSampler` draws from the whole dataset and has no
-distributed form; here the global batch of every step is drawn from one cluster with a seed
-shared by all workers, and each worker takes its own whole classes of it. So every worker trains
-the same learner at the same step and no two workers see the same class in a step.
+distributed form; here the global batch of every step (`batch_size`, the paper's batch) is drawn
+from one cluster with a seed shared by all workers, and each worker takes its own whole classes of
+it. So every worker trains the same learner at the same step and no two workers see the same
+class in a step.
+
+A batch never holds the same image twice (an identical pair would be a zero-distance positive):
+a class gives at most m of its images in the cluster, drawn without replacement; a class with
+fewer than m there gives all it has (at least 2: a class with one image in a cluster cannot form a
+positive pair and is left out, as in the authors' code); a cluster smaller than a batch gives a
+smaller batch rather than repeats.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ class ClusterBatchSampler:
         if batch_size % samples_per_class:
             raise ValueError(f"batch_size {batch_size} must be a multiple of samples_per_class {samples_per_class}")
         self.labels = np.asarray(labels)
-        self.batch_size = batch_size  # per worker
+        self.batch_size = batch_size  # global: all workers together
         self.m = samples_per_class
         self.seed = seed
         self.rank = rank
@@ -57,27 +64,23 @@ class ClusterBatchSampler:
         if not self._members:
             raise RuntimeError("set_assignment() before sampling")
         rng = np.random.default_rng([self.seed, epoch])
-        classes_per_worker = self.batch_size // self.m
-        global_classes = classes_per_worker * self.world_size
         schedule = []
         for _ in range(steps):
             cluster = int(rng.integers(self.num_clusters))
-            members = self._members[cluster]
-            if len(members) >= global_classes:
-                chosen = rng.choice(len(members), size=global_classes, replace=False)
-            else:
-                # A small cluster: every class once before any class twice, so repeats are as
-                # rare and as spread over the workers as the cluster allows.
-                chosen = np.resize(rng.permutation(len(members)), global_classes)
-            # Draw for every worker's classes, so all workers consume the same random stream;
-            # a class drawn r times gets r * m different images where it has them.
-            batches = [None] * global_classes
-            for c in np.unique(chosen):
-                slots = np.flatnonzero(chosen == c)
-                need = self.m * len(slots)
-                images = rng.choice(members[c], size=need, replace=len(members[c]) < need)
-                for slot, part in zip(slots, np.split(images, len(slots))):
-                    batches[slot] = part
-            indices = np.concatenate(batches[self.rank * classes_per_worker:(self.rank + 1) * classes_per_worker])
-            schedule.append(Step(cluster, indices, np.concatenate(batches)))
+            chunks = self._global_batch(rng, self._members[cluster])
+            # whole classes, dealt to the workers in turn (all workers draw the same global batch)
+            indices = np.concatenate(chunks[self.rank::self.world_size] or [np.zeros(0, np.int64)])
+            schedule.append(Step(cluster, indices, np.concatenate(chunks)))
         return schedule
+
+    def _global_batch(self, rng: np.random.Generator, members: list[np.ndarray]) -> list[np.ndarray]:
+        """Classes in random order, each giving min(m, its images here) distinct images, until
+        the batch is full or the cluster has no class left."""
+        chunks, room = [], self.batch_size
+        for c in rng.permutation(len(members)):
+            take = min(self.m, len(members[c]), room)
+            if take < 2:
+                break
+            chunks.append(rng.choice(members[c], size=take, replace=False))
+            room -= take
+        return chunks

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .plan import DivisionPlan
+
 DATASETS = ("glyphs", "cub", "cars", "sop", "inshop", "vehicleid")
 DATASETS_WITH_GROUPS = ("glyphs", "sop")
 BACKBONES = ("glyphnet", "resnet18", "resnet50")
@@ -28,6 +30,7 @@ EMBEDDING_SOURCES = ("full_pass", "training_pass")
 MASKS = ("fixed", "learned")
 LOSSES = ("margin", "triplet", "proxynca", "multisimilarity", "normsoftmax", "arcface", "contrastive")
 DEVICES = ("auto", "cpu", "cuda")
+FREEZE_BN = ("auto", "none", "stats", "all")  # auto: all when the backbone is pretrained, else none
 
 # Short names used in the paper and on the command line (`--set K=8`).
 ALIASES = {"K": "num_learners", "T": "recluster_every", "m": "samples_per_class", "d": "embedding_dim"}
@@ -53,11 +56,12 @@ class RunSpec:
     # --- model ---
     backbone: str = "glyphnet"
     pretrained: str | None = None  # a local weights file, or "cache" for $TORCH_HOME's hub cache
-    freeze_bn: bool = False
+    freeze_bn: str = "auto"  # backbone BatchNorm: none, stats (running statistics), all (statistics and affine)
     embedding_dim: int = 128  # d
     num_learners: int = 4  # K
     masks: str = "fixed"  # fixed: CVPR slices; learned: TPAMI soft masks
-    mask_regularization: float = 0.01
+    mask_regularization: float = 0.01  # TPAMI: weight of the masks' mean pairwise cosine similarity
+    mask_lr_multiplier: float = 100.0  # TPAMI: the masks' learning rate is this times `lr`
 
     # --- division ---
     grouping: str = "kmeans"
@@ -67,6 +71,8 @@ class RunSpec:
     embedding_source: str = "full_pass"
     stale_rounds: int = 1  # training_pass: a vector computed up to this many rounds ago is reused
     kmeans_iterations: int = 100
+    full_embedding_from: int | None = None  # epoch from which the loss uses the full embedding (CVPR code: 80)
+    freeze_backbone_epochs: int = 0  # TPAMI: epochs the backbone rests from each re-clustering on
 
     # --- loss ---
     loss: str = "margin"
@@ -114,19 +120,29 @@ class RunSpec:
         return self.image_size or (32 if self.dataset == "glyphs" else 224)
 
     @property
-    def divides(self) -> bool:
-        """False for the baseline: one learner, all data, the whole embedding."""
-        return self.grouping != "none"
+    def plan(self) -> DivisionPlan:
+        """How this run divides the embedding and the data over time (see `plan.py`)."""
+        return DivisionPlan(
+            num_learners=self.num_learners, grouping=self.grouping, hierarchy=self.hierarchy,
+            recluster_every=self.recluster_every, warmup_epochs=self.warmup_epochs, epochs=self.epochs,
+            finetune_epochs=self.finetune_epochs, full_embedding_from=self.full_embedding_from,
+            freeze_backbone_epochs=self.freeze_backbone_epochs)
 
-    def phase(self, epoch: int) -> str:
-        if epoch < self.warmup_epochs or not self.divides:
-            return "warmup" if epoch < self.warmup_epochs else "baseline"
-        if epoch < self.warmup_epochs + self.epochs:
-            return "divide"
-        return "conquer"
+    @property
+    def embedding_form(self) -> str:
+        """How the test-time embedding is formed: `slices`, the concatenation of the K
+        separately L2-normalised learner slices (the authors' model, when the embedding is split
+        into fixed slices), or `whole`, one d-dim vector normalised as a whole (the baseline,
+        kmeans_nosplit, and the TPAMI learned masks, which are off at test time)."""
+        split = self.plan.splits_embedding and self.masks == "fixed" and self.num_learners > 1
+        return "slices" if split else "whole"  # one slice normalised is the whole normalised
 
-    def reclusters_at(self, epoch: int) -> bool:
-        return self.phase(epoch) == "divide" and (epoch - self.warmup_epochs) % self.recluster_every == 0
+    @property
+    def resolved_freeze_bn(self) -> str:
+        """none | stats | all: `auto` freezes statistics and affine of a pretrained backbone."""
+        if self.freeze_bn != "auto":
+            return self.freeze_bn
+        return "all" if self.pretrained is not None else "none"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,6 +225,8 @@ def from_dict(values: dict[str, Any] | None, overrides: dict[str, Any] | None = 
             raise SpecError(f"a RunSpec must be a mapping of field: value, got {type(source).__name__}")
         for key, value in source.items():
             merged[canonical_field(str(key))] = value
+    if merged.get("freeze_bn") in (True, False) and not isinstance(merged.get("freeze_bn"), str):  # older specs: true / false
+        merged["freeze_bn"] = "all" if merged["freeze_bn"] else "none"
     coerced = {key: coerce(key, value) for key, value in merged.items()}
     return RunSpec(**coerced).validate()
 
@@ -249,15 +267,24 @@ def _choice(spec: RunSpec, name: str, allowed: tuple[str, ...]) -> None:
 
 def _at_least(spec: RunSpec, name: str, minimum: float) -> None:
     value = getattr(spec, name)
-    if value < minimum:
+    if not value >= minimum:  # also False for NaN
         raise SpecError(f"RunSpec field {name!r} = {value}: must be >= {minimum}")
 
 
+def _finite(spec: RunSpec) -> None:
+    """NaN and infinity pass every comparison-based check (`nan < 0` is False): refuse them first."""
+    for name, value in spec.to_dict().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"RunSpec field {name!r} = {value}: must be a finite number")
+
+
 def _validate(spec: RunSpec) -> None:
+    _finite(spec)
     for name, allowed in (
         ("dataset", DATASETS), ("backbone", BACKBONES), ("grouping", GROUPINGS),
         ("hierarchy", HIERARCHIES), ("cluster_space", CLUSTER_SPACES),
         ("embedding_source", EMBEDDING_SOURCES), ("masks", MASKS), ("loss", LOSSES), ("device", DEVICES),
+        ("freeze_bn", FREEZE_BN),
     ):
         _choice(spec, name, allowed)
     for name, minimum in (
@@ -266,6 +293,7 @@ def _validate(spec: RunSpec) -> None:
         ("finetune_epochs", 0), ("eval_every", 1), ("eval_batch_size", 1), ("loader_workers", 0),
         ("lr", 0), ("lr_embedding", 0), ("lr_loss", 0), ("weight_decay", 0), ("lr_decay_every", 0),
         ("glyph_instances", 12), ("mask_regularization", 0), ("stale_rounds", 0),
+        ("mask_lr_multiplier", 0), ("freeze_backbone_epochs", 0), ("seed", 0), ("dataset_seed", 0),
     ):
         _at_least(spec, name, minimum)
     if spec.total_epochs < 1:
@@ -281,8 +309,15 @@ def _validate(spec: RunSpec) -> None:
         raise SpecError(f"RunSpec field 'num_learners' (K) = {k}: hierarchy 'binary' doubles K, so K must be a power of 2")
     if spec.hierarchy == "binary" and spec.grouping != "kmeans":
         raise SpecError("RunSpec field 'hierarchy' = 'binary' splits k-means clusters: it needs grouping 'kmeans'")
-    if spec.masks == "learned" and spec.hierarchy != "flat":
-        raise SpecError("RunSpec field 'masks' = 'learned' works with hierarchy 'flat' only")
+    if spec.masks == "learned" and spec.grouping == "kmeans_nosplit":
+        raise SpecError("RunSpec field 'masks' = 'learned' gives each cluster its own mask: it needs a grouping "
+                        "that divides the embedding (kmeans, random, gt_labels), not kmeans_nosplit")
+    if spec.freeze_backbone_epochs >= spec.recluster_every:
+        raise SpecError(f"RunSpec field 'freeze_backbone_epochs' = {spec.freeze_backbone_epochs}: must be < "
+                        f"recluster_every (T) = {spec.recluster_every}, or the backbone never trains in the divide phase")
+    if spec.full_embedding_from is not None and not 0 <= spec.full_embedding_from <= spec.total_epochs:
+        raise SpecError(f"RunSpec field 'full_embedding_from' = {spec.full_embedding_from}: must be an epoch in "
+                        f"[0, {spec.total_epochs}] or null")
     m = spec.samples_per_class
     if spec.batch_size % m:
         raise SpecError(f"RunSpec field 'batch_size' = {spec.batch_size}: must be a multiple of samples_per_class (m) = {m}")
@@ -313,23 +348,43 @@ def _validate(spec: RunSpec) -> None:
         raise SpecError(f"RunSpec field 'pretrained' = {spec.pretrained!r}: no such file (give a local weights file, 'cache', or null)")
     if not spec.selection_metric.startswith("val_"):
         raise SpecError(f"RunSpec field 'selection_metric' = {spec.selection_metric!r}: must be a validation metric (val_...)")
-    if not math.isfinite(spec.margin_beta):
-        raise SpecError("RunSpec field 'margin_beta' must be finite")
+    if spec.val_fraction == 0:
+        raise SpecError(f"RunSpec field 'val_fraction' = 0: model selection ({spec.selection_metric}) needs validation "
+                        "classes; give a fraction in (0, 0.9)")
+    from .data.loading import metric_names  # the dataset's metrics; imported here, loading imports this module
+
+    produced = metric_names(spec)
+    if spec.selection_metric not in produced:
+        raise SpecError(f"RunSpec field 'selection_metric' = {spec.selection_metric!r}: dataset {spec.dataset!r} "
+                        f"reports {', '.join(m for m in produced if m.startswith('val_'))}")
+    for name in ("margin", "margin_beta"):
+        _at_least(spec, name, 0)
 
 
-def check_against_data(spec: RunSpec, num_train_classes: int, has_groups: bool) -> None:
-    """Checks that need the dataset's size; run right after loading it, before any training."""
-    if spec.divides and spec.num_learners > num_train_classes // 2:
+def check_against_data(spec: RunSpec, num_train_classes: int, has_groups: bool, world_size: int = 1) -> None:
+    """Checks that need the dataset's size and the number of workers; run right after loading
+    the data, before any training. Every worker takes whole classes of each step's batch, and
+    needs at least 2 of them (positives and negatives)."""
+    per_cluster = 2 * world_size
+    if spec.plan.divides and spec.num_learners > num_train_classes // per_cluster:
         raise SpecError(
-            f"RunSpec field 'num_learners' (K) = {spec.num_learners}: K must be <= training classes / 2 "
-            f"= {num_train_classes // 2} (each learner needs >= 2 classes)"
+            f"RunSpec field 'num_learners' (K) = {spec.num_learners}: K must be <= training classes / "
+            f"(2 x {world_size} worker(s)) = {num_train_classes // per_cluster} (each learner's cluster needs "
+            f"2 classes per worker)"
         )
     if spec.grouping == "gt_labels" and not has_groups:
         raise SpecError(f"RunSpec field 'grouping' = 'gt_labels': dataset {spec.dataset!r} carries no group labels")
-    if spec.batch_size // spec.samples_per_class > num_train_classes:
+    classes_per_batch = spec.batch_size // spec.samples_per_class
+    if classes_per_batch > num_train_classes:
         raise SpecError(
-            f"RunSpec field 'batch_size' = {spec.batch_size}: {spec.batch_size // spec.samples_per_class} classes per batch "
+            f"RunSpec field 'batch_size' = {spec.batch_size}: {classes_per_batch} classes per batch "
             f"but the training split has {num_train_classes}"
+        )
+    if classes_per_batch < per_cluster:
+        raise SpecError(
+            f"RunSpec field 'batch_size' = {spec.batch_size} is the global batch: {classes_per_batch} classes of "
+            f"m = {spec.samples_per_class} cannot give {world_size} worker(s) 2 classes each; use batch_size >= "
+            f"{per_cluster * spec.samples_per_class}"
         )
 
 
