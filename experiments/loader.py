@@ -61,17 +61,28 @@ class Experiment:
     plot: dict = field(default_factory=dict)
 
     def grid_points(self) -> list[dict[str, Any]]:
-        """Every combination of the grid axes (one dict of RunSpec overrides each)."""
+        """Every combination of the grid axes (one dict of RunSpec overrides each; a linked
+        axis contributes all of its fields)."""
         if not self.grid:
             return [{}]
         axes = list(self.grid)
-        return [dict(zip(axes, values)) for values in itertools.product(*(self.grid[a] for a in axes))]
+        return [self.overrides(dict(zip(axes, values))) for values in itertools.product(*(self.grid[a] for a in axes))]
+
+    @staticmethod
+    def overrides(config: dict[str, Any]) -> dict[str, Any]:
+        """A trial's configuration as RunSpec overrides: linked axes (a mapping of fields that
+        vary together, e.g. `method: {grouping: none, num_learners: 1}`) are flattened."""
+        flat: dict[str, Any] = {}
+        for key, value in config.items():
+            flat.update(value if isinstance(value, dict) else {key: value})
+        return flat
 
     def run_spec(self, overrides: dict[str, Any] | None = None) -> runspec.RunSpec:
-        return runspec.from_dict(self.run, overrides)
+        return runspec.from_dict(self.run, self.overrides(overrides or {}))
 
     def setting_label(self, config: dict[str, Any]) -> str:
         """The table row a trial belongs to, e.g. 'grouping=kmeans' (seed is not a row)."""
+        config = self.overrides(config)
         return ",".join(f"{r}={config.get(r, self.run.get(r))}" for r in self.rows)
 
     @property
@@ -133,13 +144,19 @@ def _resolve(raw: dict, path: Path, preset: str | None) -> Experiment:
     run.update(_canonical(layer.get("run") or {}, f"presets.{preset}.run"))
     run.setdefault("name", raw.get("name", path.stem))
 
-    grid = {runspec.canonical_field(k): list(v) if isinstance(v, (list, tuple)) else [v]
-            for k, v in ({**(raw.get("grid") or {}), **(layer.get("grid") or {})}).items()}
+    grid = {}
+    for key, values in {**(raw.get("grid") or {}), **(layer.get("grid") or {})}.items():
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if values and all(isinstance(v, dict) for v in values):  # a linked axis: fields that vary together
+            grid[str(key)] = [_canonical(v, f"grid.{key}") for v in values]
+        else:
+            grid[runspec.canonical_field(key)] = values
     search = {runspec.canonical_field(k): v for k, v in ({**(raw.get("search") or {}), **(layer.get("search") or {})}).items()}
     for axis, values in grid.items():
         if not values:
             raise ExperimentError(f"{path}: grid axis {axis!r} has no values")
-    rows = raw.get("rows") or [a for a in grid if a != "seed"]
+    linked = {a: list(dict.fromkeys(f for point in v for f in point)) for a, v in grid.items() if isinstance(v[0], dict)}
+    rows = raw.get("rows") or [f for a in grid if a != "seed" for f in linked.get(a, [a])]
     rows = [runspec.canonical_field(r) for r in ([rows] if isinstance(rows, str) else rows)]
     mode = raw.get("mode", "max")
     if mode not in ("max", "min"):

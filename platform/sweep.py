@@ -39,14 +39,6 @@ def _search_space(experiment: Experiment) -> dict:
     return space
 
 
-def preflight(spec, num_workers: int) -> None:
-    """Fail a trial fast, before any Ray Train worker starts, on what a spec's data and model
-    construction reject (a dataset that cannot be read, weights that cannot be loaded)."""
-    from dncml.trainers.model import build_backbone
-
-    build_backbone(spec, prepare_data(spec, num_workers).channels)
-
-
 def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: Resources):
     def trial(config: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -67,7 +59,7 @@ def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: R
             recorder.finish("failed", error=f"invalid sample: {reason}")
             raise SpecError(reason)
         try:
-            preflight(spec, resources.num_workers)
+            prepare_data(spec, resources.num_workers)  # a bad dataset or weights fail here, before any worker starts
         except Exception as error:
             recorder.finish("failed", error=f"{type(error).__name__}: {error}"[:4000])
             raise

@@ -130,8 +130,11 @@ def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
     from dncml.trainers.data.loading import load_dataset
     from dncml.trainers.spec import check_against_data
 
+    from dncml.trainers.model import build_backbone
+
     bundle = load_dataset(spec, progress=True)
     check_against_data(spec, len(np.unique(bundle.train.labels)), bundle.train.has_groups, num_workers)
+    build_backbone(spec, bundle.channels)  # weights that cannot load fail here; `pretrained: glyphs` is trained once, here
     return bundle
 
 

@@ -381,3 +381,21 @@ def test_photo_transforms_shapes():
         out = photo_transforms(train, image_size=32, resize=36)(img)
         assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     assert photo_transforms(False)(img).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("shape", [(50, 7, 6), (50, 7, 6, 3)], ids=["grayscale", "colour"])
+def test_array_batches_equal_the_per_image_path(shape):
+    """The batched gather of in-memory images gives exactly the tensors that the per-image
+    dataset and the default collate give (so metrics cannot change with the faster path)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from dncml.trainers.data.torch_dataset import ArrayBatches, ImageDataset
+
+    rng = np.random.default_rng(0)
+    split = ImageSplit("arrays", labels=rng.integers(0, 9, shape[0]), images=rng.integers(0, 256, shape, dtype=np.uint8))
+    batches = [rng.permutation(shape[0])[:16], np.arange(5), np.array([49, 0, 49])]
+    reference = DataLoader(ImageDataset(split), batch_sampler=[b.tolist() for b in batches])
+    for (x, y, i), (rx, ry, ri) in zip(ArrayBatches(split, batches), reference):
+        assert torch.equal(x, rx) and torch.equal(y, ry) and torch.equal(i, ri)
+    assert len(list(ArrayBatches(split, batches))) == 3

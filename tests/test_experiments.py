@@ -8,7 +8,7 @@ import yaml
 
 from dncml.experiments.loader import ExperimentError, list_experiments, load_experiment
 
-SHIPPED = ["fig1_learners", "hierarchy", "hpo", "t_sensitivity", "table3_losses", "table6_grouping"]
+SHIPPED = ["budget", "fig1_learners", "hierarchy", "hpo", "t_sensitivity", "table3_losses", "table6_grouping"]
 
 
 def test_all_experiments_are_shipped():
@@ -92,3 +92,18 @@ def test_setting_labels_name_the_row_not_the_seed():
     experiment = load_experiment("table3_losses", "quick")
     assert experiment.rows == ["loss", "grouping"]
     assert experiment.setting_label({"loss": "triplet", "grouping": "kmeans", "seed": 0}) == "loss=triplet,grouping=kmeans"
+
+
+def test_linked_axis_varies_fields_together():
+    """A grid axis whose values are mappings varies several RunSpec fields together (the budget
+    experiment's baseline is K = 1, its divide-and-conquer rows K = 4 and 8): no product of
+    grouping x K, each point flattened into RunSpec overrides, rows named by the fields."""
+    experiment = load_experiment("budget", "quick")
+    points = experiment.grid_points()
+    assert len(points) == 3 * 4 * 3 == experiment.trial_count
+    assert {(p["grouping"], p["num_learners"]) for p in points} == {("none", 1), ("kmeans", 4), ("kmeans", 8)}
+    spec = experiment.run_spec({"method": {"grouping": "kmeans", "num_learners": 8}, "epochs": 3, "seed": 1})
+    assert (spec.grouping, spec.num_learners, spec.epochs, spec.seed) == ("kmeans", 8, 3, 1)
+    assert experiment.setting_label({"method": {"grouping": "none", "num_learners": 1}, "epochs": 7}) == \
+        "grouping=none,num_learners=1,epochs=7"
+    assert spec.pretrained == "glyphs" and spec.resolved_freeze_bn == "all"

@@ -74,12 +74,21 @@ def _weights_file(depth: int, pretrained: str) -> str:
     return found[-1]
 
 
-def build_backbone(spec: RunSpec, in_channels: int) -> nn.Module:
-    if spec.backbone == "glyphnet":
-        if spec.pretrained is not None:
-            raise ValueError("pretrained weights exist for the ResNet backbones only")
-        return GlyphNet(in_channels)
-    return ResNetBackbone(18 if spec.backbone == "resnet18" else 50, in_channels, spec.pretrained)
+def build_backbone(spec: RunSpec, in_channels: int, progress: bool = True) -> nn.Module:
+    if spec.backbone != "glyphnet":
+        return ResNetBackbone(18 if spec.backbone == "resnet18" else 50, in_channels, spec.pretrained)
+    net = GlyphNet(in_channels)
+    if spec.pretrained is not None:
+        from .pretrain import PretrainConfig, pretrained_glyphnet
+
+        path = (pretrained_glyphnet(PretrainConfig(image_size=spec.resolved_image_size), progress=progress)
+                if spec.pretrained == "glyphs" else Path(os.path.expanduser(spec.pretrained)))
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: loading runs no code
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"{path}: not a GlyphNet state dict for {in_channels} input channel(s) ({error})") from None
+    return net
 
 
 class DivideAndConquerNet(nn.Module):

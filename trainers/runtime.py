@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from .data.base import DatasetBundle, ImageSplit
 from .data.loading import torch_dataset
+from .data.torch_dataset import ArrayBatches
 from .evaluation import evaluate_embeddings
 from .grouping import Assignment
 from .model import DivideAndConquerNet
@@ -85,18 +86,21 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, parameters) -> None:
         optimizer.state.pop(parameter, None)
 
 
-def loader(split: ImageSplit, spec: RunSpec, train: bool, batch_sampler=None, indices=None) -> DataLoader:
-    dataset = torch_dataset(split, spec, train=train)
-    if indices is not None:
-        dataset = torch.utils.data.Subset(dataset, indices)
-    kwargs = dict(num_workers=spec.loader_workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=False)
-    if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
-    return DataLoader(dataset, batch_size=spec.eval_batch_size, shuffle=False, **kwargs)
+def loader(split: ImageSplit, spec: RunSpec, train: bool, batch_sampler=None, indices=None):
+    """Batches of (images, labels, indices). An in-memory split (glyphs) is gathered and scaled a
+    whole batch at a time (`ArrayBatches`); image files go through a DataLoader with the photo
+    transforms and `loader_workers` processes."""
+    if batch_sampler is None:
+        order = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
+        batch_sampler = [order[i:i + spec.eval_batch_size] for i in range(0, len(order), spec.eval_batch_size)]
+    if split.images is not None:
+        return ArrayBatches(split, batch_sampler)
+    kwargs = dict(num_workers=spec.loader_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    return DataLoader(torch_dataset(split, spec, train=train), batch_sampler=[list(map(int, b)) for b in batch_sampler],
+                      **kwargs)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed_split(net: DivideAndConquerNet, split: ImageSplit, spec: RunSpec, device: torch.device,
                 space: str = "embedding", indices: np.ndarray | None = None) -> np.ndarray:
     """Embeddings (eval transforms, eval mode) of a split or of some of its samples."""
@@ -104,7 +108,7 @@ def embed_split(net: DivideAndConquerNet, split: ImageSplit, spec: RunSpec, devi
     net.eval()
     chunks = []
     with autocast(spec, device):
-        for images, _, _ in loader(split, spec, train=False, indices=None if indices is None else indices.tolist()):
+        for images, _, _ in loader(split, spec, train=False, indices=indices):
             chunks.append(net.embed(images.to(device, non_blocking=True), space).float().cpu())
     net.train(was_training)
     width = spec.embedding_dim if space == "embedding" else net.backbone.feature_dim

@@ -55,7 +55,7 @@ class RunSpec:
 
     # --- model ---
     backbone: str = "glyphnet"
-    pretrained: str | None = None  # a local weights file, or "cache" for $TORCH_HOME's hub cache
+    pretrained: str | None = None  # a local weights file; "cache": ImageNet ResNet in $TORCH_HOME; "glyphs": GlyphNet pre-trained on other glyphs
     freeze_bn: str = "auto"  # backbone BatchNorm: none, stats (running statistics), all (statistics and affine)
     embedding_dim: int = 128  # d
     num_learners: int = 4  # K
@@ -344,8 +344,13 @@ def _validate(spec: RunSpec) -> None:
         raise SpecError(f"RunSpec field 'data_root' is required for dataset {spec.dataset!r} (the unpacked archive)")
     if spec.dataset == "glyphs" and spec.backbone != "glyphnet" and spec.resolved_image_size < 32:
         raise SpecError("RunSpec: ResNet backbones need image_size >= 32")
-    if spec.pretrained not in (None, "cache") and not Path(os.path.expanduser(spec.pretrained)).is_file():
-        raise SpecError(f"RunSpec field 'pretrained' = {spec.pretrained!r}: no such file (give a local weights file, 'cache', or null)")
+    named = {"cache": "resnet18, resnet50", "glyphs": "glyphnet"}  # named weights and the backbones they fit
+    if spec.pretrained in named and spec.backbone not in named[spec.pretrained]:
+        raise SpecError(f"RunSpec field 'pretrained' = {spec.pretrained!r} is for backbone {named[spec.pretrained]}, "
+                        f"not {spec.backbone!r}")
+    if spec.pretrained not in (None, *named) and not Path(os.path.expanduser(spec.pretrained)).is_file():
+        raise SpecError(f"RunSpec field 'pretrained' = {spec.pretrained!r}: no such file (give a local weights file, "
+                        "'cache' (ImageNet ResNet), 'glyphs' (pre-trained GlyphNet), or null)")
     if not spec.selection_metric.startswith("val_"):
         raise SpecError(f"RunSpec field 'selection_metric' = {spec.selection_metric!r}: must be a validation metric (val_...)")
     if spec.val_fraction == 0:

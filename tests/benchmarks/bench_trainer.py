@@ -1,6 +1,6 @@
 """Trainer benchmarks on CPU (not collected by pytest: the file is not named test_*.py).
 
-    .venv/bin/python tests/benchmarks/bench_trainer.py [--threads 1] [--size quick|small] [--skip-overhead]
+    .venv/bin/python tests/benchmarks/bench_trainer.py [--threads 1] [--size quick|small] [--skip-overhead] [--only step|round|data|overhead]
 
 1. Step time: a divide-and-conquer step (learner k's slice (k, k+1) of a K = 4 net) vs a plain
    single-embedding step (block (0, 1) of a K = 1 net) with the same GlyphNet backbone and d,
@@ -8,7 +8,9 @@
 2. One clustering round vs n: an embedding pass over n images (random uint8 32x32 through an
    untrained GlyphNet) and k-means + repair + Hungarian matching (`compute_assignment`, K = 4,
    the spec's default 100 iterations, against a previous round).
-3. Clustering overhead per epoch at T = 2, `embedding_source` full_pass vs training_pass with
+4. The data path and the evaluation's share of an epoch: the per-image DataLoader (before) vs
+   the batched gather of in-memory images, side by side, with the metrics compared.
+5. Clustering overhead per epoch at T = 2, `embedding_source` full_pass vs training_pass with
    stale_rounds 0 and 1: (round seconds / T) / training seconds of one epoch, from real
    `train()` runs on glyphs (the round at epoch 4, after four epochs filled the bank).
 
@@ -160,21 +162,111 @@ def bench_overhead(size: str) -> None:
           "repair, matching; round@0 is a full pass for all: the bank is empty)")
 
 
+# --------------------------------------------------------------- 4. data path and evaluation
+def per_image_batches(split, batches):
+    """The path before issue 14: a DataLoader calling the dataset once per image, then collate."""
+    from torch.utils.data import DataLoader
+
+    from dncml.trainers.data.torch_dataset import ImageDataset
+
+    return DataLoader(ImageDataset(split), batch_sampler=[list(map(int, b)) for b in batches])
+
+
+def bench_data_and_eval(size: str) -> None:
+    """Side by side in one run: (a) training images per second fed by the per-image DataLoader vs
+    the batched gather (`ArrayBatches`), data path alone and with the training step; (b) the
+    evaluation's share of an epoch (train + evaluate), with the old per-image, no_grad,
+    batch-256 embedding pass vs today's batched inference-mode pass."""
+    from dncml.trainers import runtime
+    from dncml.trainers.data.loading import load_dataset
+    from dncml.trainers.data.torch_dataset import ArrayBatches
+    from dncml.trainers.sampler import ClusterBatchSampler
+
+    overrides = {"quick": dict(glyph_classes=800), "small": dict(glyph_classes=200)}[size]
+    spec = from_dict(dict(overrides, d=128, K=4, batch_size=128, m=4, lr=1e-3, lr_embedding=1e-3))
+    data = load_dataset(spec, progress=False)
+    header(f"4. data path and evaluation share ({size}: {len(data.train)} training images, "
+           f"{len(data.val.query) + len(data.tests[0].query)} evaluation images)")
+    targets = np.unique(data.train.labels, return_inverse=True)[1]
+    sampler = ClusterBatchSampler(targets, spec.batch_size, spec.samples_per_class, seed=0)
+    sampler.set_assignment(np.zeros(len(targets), np.int64), 1)
+    batches = [step.indices for step in sampler.epoch(0, len(targets) // spec.batch_size)]
+    torch.manual_seed(0)
+    net = DivideAndConquerNet(spec, 1, len(np.unique(targets))).train()
+    optimizer, _ = make_optimizer(spec, net)
+    labels = torch.from_numpy(targets)
+
+    def feed(source, train: bool) -> float:
+        started = time.perf_counter()
+        for images, _, index in source:
+            if train:
+                loss, _ = net(images, labels[index], (0, 1))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return len(targets) // spec.batch_size * spec.batch_size / (time.perf_counter() - started)
+
+    print(f"{'path':<24}{'data only img/s':>17}{'with training img/s':>21}")
+    rates = {}
+    for name, make in (("per image (before)", lambda: per_image_batches(data.train, batches)),
+                       ("batched (ArrayBatches)", lambda: ArrayBatches(data.train, batches))):
+        rates[name] = (feed(make(), False), feed(make(), True))
+        print(f"{name:<24}{rates[name][0]:>17.0f}{rates[name][1]:>21.0f}")
+    (old_data, old_train), (new_data, new_train) = rates.values()
+    print(f"ratio batched / per image: data {new_data / old_data:.1f}x, with training {new_train / old_train:.2f}x "
+          f"(target >= 1.3x, per core: {torch.get_num_threads()} thread(s))")
+
+    @torch.no_grad()
+    def old_evaluate():
+        from dncml.trainers.evaluation import evaluate_embeddings
+
+        net.eval()
+        metrics = {}
+        for eval_set in [data.val, *data.tests]:
+            order = np.arange(len(eval_set.query))
+            chunks = [net.embed(x) for x, _, _ in per_image_batches(eval_set.query, [order[i:i + 256] for i in range(0, len(order), 256)])]
+            metrics.update(evaluate_embeddings(torch.cat(chunks).numpy(), eval_set.query.labels, eval_set.recall_ks,
+                                               seed=spec.seed, prefix=f"{eval_set.name}_"))
+        net.train()
+        return metrics
+
+    train_seconds = len(targets) // spec.batch_size * spec.batch_size / new_train
+    print(f"{'evaluation':<24}{'seconds':>9}{'share of epoch':>16}")
+    results = {}
+    for name, evaluate in (("per image (before)", old_evaluate),
+                           ("batched, inference", lambda: runtime.evaluate(net, data, spec, CPU))):
+        started = time.perf_counter()
+        results[name] = evaluate()
+        seconds = time.perf_counter() - started
+        print(f"{name:<24}{seconds:>9.1f}{seconds / (seconds + train_seconds):>15.0%}")
+    before, after = results.values()
+    worst = max(abs(before[k] - after[k]) for k in before)
+    print(f"largest metric difference between the two: {worst:.2e} (target: <= 1e-6); "
+          f"evaluation target: <= 15 % of an epoch")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", choices=("quick", "small"), default="quick")
     parser.add_argument("--sizes", type=int, nargs="+", default=[5_000, 20_000, 50_000])
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--only", choices=("step", "round", "overhead", "data"), default=None,
+                        help="run one benchmark")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s) of {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}, faiss GPUs {num_gpus()}")
     total = time.perf_counter()
-    bench_step()
-    bench_round(tuple(args.sizes))
-    if not args.skip_overhead:
+    chosen = [args.only] if args.only else ["step", "round", "data"] + ([] if args.skip_overhead else ["overhead"])
+    if "step" in chosen:
+        bench_step()
+    if "round" in chosen:
+        bench_round(tuple(args.sizes))
+    if "data" in chosen:
+        bench_data_and_eval(args.size)
+    if "overhead" in chosen:
         bench_overhead(args.size)
     print(f"\ntotal {time.perf_counter() - total:.0f} s")
     return 0

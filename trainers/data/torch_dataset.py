@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 from dncml.trainers.data.base import DatasetError, ImageSplit
 from dncml.trainers.data.benchmarks import IMAGENET_MEAN, IMAGENET_STD, photo_transforms
 
-__all__ = ["ImageDataset", "photo_transforms", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["ArrayBatches", "ImageDataset", "photo_transforms", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 
 class ImageDataset(Dataset):
@@ -74,3 +74,25 @@ class ImageDataset(Dataset):
         index = int(index)
         image = self._array_item(index) if self.images is not None else self._path_item(index)
         return image, int(self.labels[index]), index
+
+
+class ArrayBatches:
+    """Batches of an in-memory uint8 split, each gathered and scaled in one tensor operation:
+    the same tensors `ImageDataset` + the default collate give (grayscale -> (B, 1, H, W),
+    colour -> (B, C, H, W), scaled to [-1, 1] by the same operations), without a Python call per
+    image. Iterable once per batch list, like a DataLoader over a batch sampler."""
+
+    def __init__(self, split: ImageSplit, batches):
+        if split.images is None:
+            raise ValueError(f"split {split.name!r} holds image files, not an in-memory array")
+        self.images, self.labels, self.batches = split.images, np.asarray(split.labels, dtype=np.int64), batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            index = np.asarray(batch, dtype=np.int64)
+            x = torch.from_numpy(self.images[index])
+            x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+            yield x.float().div_(255.0).sub_(0.5).div_(0.5), torch.from_numpy(self.labels[index]), torch.from_numpy(index)

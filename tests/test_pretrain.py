@@ -1,0 +1,68 @@
+"""The pre-trained GlyphNet (`pretrained: glyphs`): its classes are disjoint from every glyphs
+train and test class, it is deterministic and cached with its provenance, and a run starts from it
+with frozen BatchNorm."""
+from __future__ import annotations
+
+import json
+import unicodedata
+
+import numpy as np
+import pytest
+import torch
+
+from dncml.trainers.data.base import DatasetError
+from dncml.trainers.data.glyphs import GlyphConfig, glyph_code_points, select_classes
+from dncml.trainers.data.pretraining_glyphs import PretrainingSet, check_disjoint, pretraining_classes
+from dncml.trainers.model import build_backbone
+from dncml.trainers.pretrain import PretrainConfig, pretrained_glyphnet
+from dncml.trainers.spec import SpecError, from_dict
+
+
+def test_pretraining_classes_are_disjoint_from_train_and_test():
+    pretraining = {cp for cp, _ in pretraining_classes()}
+    assert len(pretraining) > 3000
+    for config in (GlyphConfig(), GlyphConfig(num_classes=800), GlyphConfig(num_classes=96, seed=3)):
+        code_points, _, split = select_classes(config)
+        train, test = set(code_points[split == 0].tolist()), set(code_points[split == 1].tolist())
+        assert train and test and not (pretraining & train) and not (pretraining & test)
+    # ... nor a compatibility twin (superscript, full-width, ...) of any glyphs class.
+    glyph_forms = {unicodedata.normalize("NFKC", chr(cp)) for cp in glyph_code_points()}
+    assert not {unicodedata.normalize("NFKC", chr(cp)) for cp in pretraining} & glyph_forms
+    assert all(len(faces) >= 4 for _, faces in pretraining_classes())  # style variation within a class
+
+
+def test_an_overlap_is_refused():
+    letter_a = ord("A")
+    assert letter_a in glyph_code_points()
+    with pytest.raises(DatasetError, match="U\\+0041.*would have seen evaluation classes"):
+        check_disjoint([0x2190 + 1000, letter_a])
+    superscript_two = 0x00B2  # NFKC: "2", a glyphs class
+    with pytest.raises(DatasetError, match="overlap"):
+        check_disjoint([superscript_two])
+
+
+def test_pretraining_is_deterministic_cached_and_used_by_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNCML_CACHE", str(tmp_path / "cache"))
+    config = PretrainConfig(epochs=1, max_classes=40, batch_size=64)
+    first = pretrained_glyphnet(config, progress=False)
+    provenance = json.loads((first.parent / "provenance.json").read_text())
+    assert provenance["classes"] == 40 and provenance["config"]["epochs"] == 1
+    assert 0.0 <= provenance["held_out_accuracy"] <= 1.0
+    weights = torch.load(first, weights_only=True)
+    assert pretrained_glyphnet(config, progress=False) == first  # cached: not trained again
+    other = PretrainConfig(epochs=1, max_classes=40, batch_size=64, seed=0, lr=config.lr)
+    (tmp_path / "again").mkdir()
+    again = torch.load(pretrained_glyphnet(other, cache_dir=tmp_path / "again", progress=False), weights_only=True)
+    assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
+
+    # A run with `pretrained: <that file>` loads exactly those weights, with frozen BatchNorm.
+    spec = from_dict({"pretrained": str(first), "glyph_classes": 48})
+    backbone = build_backbone(spec, 1)
+    assert all(torch.equal(backbone.state_dict()[k], weights[k]) for k in weights)
+    assert spec.resolved_freeze_bn == "all"
+    with pytest.raises(SpecError, match="'cache' is for backbone resnet18, resnet50"):
+        from_dict({"pretrained": "cache"})
+    with pytest.raises(SpecError, match="'glyphs' is for backbone glyphnet"):
+        from_dict({"pretrained": "glyphs", "backbone": "resnet18"})
+    assert PretrainingSet(max_classes=40).classes()[0] == pretraining_classes()[0]
+    assert len(np.unique([cp for cp, _ in PretrainingSet(max_classes=40).classes()])) == 40

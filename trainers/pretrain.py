@@ -1,0 +1,146 @@
+"""Pre-training GlyphNet by classification on the glyph pre-training classes (`pretrained: glyphs`).
+
+The embedded dataset's analogue of the ImageNet backbone the paper starts from: a supervised
+classifier trained on classes that are in neither the train nor the test split of `glyphs`
+(`data/pretraining_glyphs.py`), whose classification head is then thrown away. Deterministic for
+its seed (on one machine: float reductions depend on the thread count, recorded with the
+weights), cached under `$DNCML_CACHE/pretrained/` with its provenance, like the glyph render.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.base import default_cache_dir
+from .data.pretraining_glyphs import PretrainingSet, load_pretraining_set  # noqa: F401 (PretrainingSet: the config's type)
+
+log = logging.getLogger(__name__)
+WEIGHTS = "weights.pt"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    epochs: int = 6
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    images_per_face: int = 2
+    image_size: int = 32
+    seed: int = 0
+    max_classes: int | None = None  # None: all 3,120 pre-training classes
+
+    @property
+    def data(self) -> PretrainingSet:
+        return PretrainingSet(self.images_per_face, self.image_size, self.seed, self.max_classes)
+
+    @property
+    def key(self) -> str:
+        return (f"glyphnet-e{self.epochs}-b{self.batch_size}-lr{self.lr:g}-wd{self.weight_decay:g}"
+                f"-ls{self.label_smoothing:g}-{self.data.key}")
+
+
+def pretrained_dir(config: PretrainConfig, cache_dir: Path | None = None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / "pretrained" / config.key
+
+
+def pretrained_glyphnet(config: PretrainConfig = PretrainConfig(), cache_dir: Path | None = None,
+                        progress: bool = True) -> Path:
+    """The weights file of a GlyphNet pre-trained with `config`: from the cache, else trained now
+    (a few minutes on a laptop CPU) and cached."""
+    target = pretrained_dir(config, cache_dir)
+    if (target / WEIGHTS).is_file():
+        return target / WEIGHTS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        state, provenance = train_classifier(config, cache_dir, progress)
+        torch.save(state, tmp / WEIGHTS)
+        provenance["sha256"] = hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / WEIGHTS).is_file():  # not a concurrent writer that got there first
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target / WEIGHTS
+
+
+def train_classifier(config: PretrainConfig, cache_dir: Path | None = None,
+                     progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """Train GlyphNet + a linear head on the pre-training classes; return the backbone's state
+    dict (tensors only) and the provenance (classes, epochs, accuracies, time, versions)."""
+    from tqdm import tqdm
+
+    from .model import GlyphNet
+
+    started = time.perf_counter()
+    data = load_pretraining_set(config.data, cache_dir, progress)
+    images = torch.from_numpy(data["images"]).unsqueeze(1)  # uint8 (n, 1, H, W), scaled per batch
+    labels = torch.from_numpy(data["labels"])
+    num_classes = len(data["code_points"])
+    # One image per class held out (its last rendering: an augmented view) to report accuracy.
+    last = np.r_[np.flatnonzero(np.diff(data["labels"])), len(labels) - 1]
+    held_out = torch.from_numpy(last)
+    train_index = torch.from_numpy(np.setdiff1d(np.arange(len(labels)), last))
+
+    torch.manual_seed(config.seed)
+    backbone = GlyphNet(1)
+    head = nn.Linear(backbone.feature_dim, num_classes)
+    model = nn.Sequential(backbone, head)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = (len(train_index) + config.batch_size - 1) // config.batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_accuracy = 0.0
+    for epoch in range(config.epochs):
+        model.train()
+        order = train_index[torch.randperm(len(train_index), generator=generator)]
+        correct = 0
+        bar = tqdm(order.split(config.batch_size), desc=f"pre-training GlyphNet, epoch {epoch + 1}/{config.epochs}",
+                   unit="batch", disable=not progress)
+        for batch in bar:
+            logits = model(_scaled(images[batch]))
+            loss = F.cross_entropy(logits, labels[batch], label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            correct += int((logits.argmax(1) == labels[batch]).sum())
+        train_accuracy = correct / len(order)
+        log.info("pre-training epoch %d/%d: train accuracy %.3f", epoch + 1, config.epochs, train_accuracy)
+    model.eval()
+    with torch.inference_mode():
+        predicted = torch.cat([model(_scaled(images[b])).argmax(1) for b in held_out.split(1024)])
+    held_out_accuracy = float((predicted == labels[held_out]).float().mean())
+    provenance = {
+        "config": asdict(config), "classes": num_classes, "images": int(len(labels)),
+        "code_points_sha256": hashlib.sha256(data["code_points"].tobytes()).hexdigest(),
+        "train_accuracy": train_accuracy, "held_out_accuracy": held_out_accuracy,
+        "held_out": "one augmented image per class", "seconds": time.perf_counter() - started,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    }
+    log.info("pre-trained GlyphNet on %d classes: held-out accuracy %.3f", num_classes, held_out_accuracy)
+    return {k: v.detach().clone() for k, v in backbone.state_dict().items()}, provenance
+
+
+def _scaled(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> [-1, 1], the same input scaling as the `glyphs` training images."""
+    return images.float().div_(127.5).sub_(1.0)
