@@ -191,7 +191,7 @@ def _train_local(spec, args) -> int:
     if args.resume and resume_from is None:
         print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from epoch 1")
     if resume_from is not None:
-        from dncml.trainers.runtime import load_checkpoint_spec
+        from dncml.trainers.checkpoints import load_checkpoint_spec
 
         saved = load_checkpoint_spec(resume_from)
         differences = [f"{k}: {v!r} -> {spec.to_dict()[k]!r}" for k, v in saved.to_dict().items() if spec.to_dict()[k] != v]
@@ -235,7 +235,7 @@ def _train_local(spec, args) -> int:
 
 def cmd_embed(args) -> int:
     from dncml.platform.store import write_embeddings
-    from dncml.trainers.runtime import embed_checkpoint
+    from dncml.trainers.embedding import embed_checkpoint
 
     split, vectors = embed_checkpoint(args.checkpoint, args.split)
     out = write_embeddings(args.out, split, vectors)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dncml.trainers import divide_and_conquer as dnc
-from dncml.trainers import runtime
+from dncml.trainers import embedding
 from dncml.trainers.data.loading import load_dataset
 from dncml.trainers.faiss_ops import kmeans
 from dncml.trainers.grouping import (
@@ -29,7 +29,9 @@ from dncml.trainers.grouping import (
     repair,
 )
 from dncml.trainers.model import DivideAndConquerNet
-from dncml.trainers.runtime import EmbeddingBank, load_checkpoint, make_optimizer
+from dncml.trainers.checkpoints import load_checkpoint
+from dncml.trainers.embedding import EmbeddingBank
+from dncml.trainers.runtime import make_optimizer
 from dncml.trainers.sampler import ClusterBatchSampler
 from dncml.trainers.seam import LocalRun, Seam, World
 from dncml.trainers.spec import GROUPINGS, LOSSES, SpecError, from_dict, parse_overrides
@@ -750,7 +752,7 @@ def test_a_short_run_learns(tmp_path):
     data = load_dataset(spec, progress=False)
     torch.manual_seed(spec.seed)  # the same initial weights as the run's
     untrained = DivideAndConquerNet(spec, data.channels, len(np.unique(data.train.labels)))
-    before = runtime.evaluate(untrained, data, spec, torch.device("cpu"))["test_recall@1"]
+    before = embedding.evaluate(untrained, data, spec, torch.device("cpu"))["test_recall@1"]
     history, _, _ = run(spec, tmp_path, data)
     after = history[-1]["test_recall@1"]
     assert [m["phase"] for m in history] == ["warmup", "divide", "divide", "conquer"]
@@ -767,7 +769,7 @@ def test_training_pass_needs_no_extra_pass_when_everything_was_seen(tiny_data, m
     n = len(tiny_data.train)
     net = DivideAndConquerNet(spec, tiny_data.channels, len(np.unique(tiny_data.train.labels)))
     embedded = []
-    real_embed_split = runtime.embed_split
+    real_embed_split = embedding.embed_split
 
     def counting(net, split, spec, device, space="embedding", indices=None):
         embedded.append(np.arange(len(split)) if indices is None else np.asarray(indices))
@@ -791,7 +793,7 @@ def test_training_pass_needs_no_extra_pass_when_everything_was_seen(tiny_data, m
     assert np.array_equal(np.concatenate(embedded), np.arange(1, n, 2))
     assert np.array_equal(np.sort(indices), np.arange(n))
     order = np.argsort(indices)
-    full = runtime.embed_split(net, tiny_data.train, spec, torch.device("cpu"))
+    full = embedding.embed_split(net, tiny_data.train, spec, torch.device("cpu"))
     np.testing.assert_allclose(vectors[order][1::2], full[1::2], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(vectors[order][0::2], bank.vectors[0::2])
 
@@ -813,3 +815,25 @@ def test_bank_vectors_expire_after_stale_rounds(stale_rounds):
     assert not bank.seen.any() and not bank.seen_globally.any()  # expired after stale_rounds rounds
     bank.record(np.array([7]), torch.zeros(1, 3), global_indices=np.array([7]))
     assert bank.seen.tolist() == [i == 7 for i in range(n)]  # a fresh vector is usable again
+
+
+class _Payload:
+    """A pickled object that would run code when unpickled (writes a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_cannot_run_code_when_loaded(tmp_path, tiny_data):
+    spec = tiny(epochs=1, finetune_epochs=0, steps_per_epoch=1, eval_every=10)
+    _, _, model = run(spec, tmp_path / "run", tiny_data)
+    checkpoint = next((tmp_path / "run").glob("epoch-*"))
+    assert load_checkpoint(checkpoint)["state"].epoch == 1  # ours: tensors and plain data, read safely
+    marker = tmp_path / "pwned"
+    torch.save({"model": model, "state": _Payload(marker)}, checkpoint / "state.pt")
+    with pytest.raises(ValueError, match="refused"):
+        load_checkpoint(checkpoint)
+    assert not marker.exists()

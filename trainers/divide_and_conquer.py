@@ -27,8 +27,9 @@ from .data.base import DatasetBundle
 from .data.loading import load_dataset
 from .grouping import Assignment, PartitionRequest
 from .model import DivideAndConquerNet
-from .runtime import (EmbeddingBank, Timer, TrainState, autocast, backbone_resting, embed_split, evaluate,
-                      load_checkpoint, loader, make_optimizer, reset_optimizer_state, save_checkpoint, seed_epoch)
+from .checkpoints import TrainState, load_checkpoint, save_checkpoint
+from .embedding import EmbeddingBank, embed_split, evaluate, loader
+from .runtime import Timer, autocast, backbone_resting, make_optimizer, reset_optimizer_state, seed_epoch
 from .sampler import ClusterBatchSampler
 from .seam import Seam
 from .spec import RunSpec, check_against_data

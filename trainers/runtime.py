@@ -1,26 +1,17 @@
-"""The plumbing around Algorithm 1: devices, seeds, optimiser, embedding passes, evaluation and
-checkpoints. Kept out of `divide_and_conquer.py` so that the algorithm reads on its own."""
+"""The plumbing around Algorithm 1: devices, seeds, the optimiser and its learning rates, timers.
+Embedding passes and evaluation live in `embedding.py`, checkpoints in `checkpoints.py`; all of it
+is kept out of `divide_and_conquer.py` so that the algorithm reads on its own."""
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from torch.utils.data import DataLoader
 
-from .data.base import DatasetBundle, ImageSplit
-from .data.loading import torch_dataset
-from .data.torch_dataset import ArrayBatches
-from .evaluation import evaluate_embeddings
-from .grouping import Assignment
 from .model import DivideAndConquerNet
-from .spec import RunSpec, from_dict
+from .spec import RunSpec
 
 
 def resolve_device(spec: RunSpec) -> torch.device:
@@ -86,153 +77,9 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, parameters) -> None:
         optimizer.state.pop(parameter, None)
 
 
-def loader(split: ImageSplit, spec: RunSpec, train: bool, batch_sampler=None, indices=None):
-    """Batches of (images, labels, indices). An in-memory split (glyphs) is gathered and scaled a
-    whole batch at a time (`ArrayBatches`); image files go through a DataLoader with the photo
-    transforms and `loader_workers` processes."""
-    if batch_sampler is None:
-        order = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
-        batch_sampler = [order[i:i + spec.eval_batch_size] for i in range(0, len(order), spec.eval_batch_size)]
-    if split.images is not None:
-        return ArrayBatches(split, batch_sampler)
-    kwargs = dict(num_workers=spec.loader_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    return DataLoader(torch_dataset(split, spec, train=train), batch_sampler=[list(map(int, b)) for b in batch_sampler],
-                      **kwargs)
-
-
-@torch.inference_mode()
-def embed_split(net: DivideAndConquerNet, split: ImageSplit, spec: RunSpec, device: torch.device,
-                space: str = "embedding", indices: np.ndarray | None = None) -> np.ndarray:
-    """Embeddings (eval transforms, eval mode) of a split or of some of its samples."""
-    was_training = net.training
-    net.eval()
-    chunks = []
-    with autocast(spec, device):
-        for images, _, _ in loader(split, spec, train=False, indices=indices):
-            chunks.append(net.embed(images.to(device, non_blocking=True), space).float().cpu())
-    net.train(was_training)
-    width = spec.embedding_dim if space == "embedding" else net.backbone.feature_dim
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, width), np.float32)
-
-
-def evaluate(net: DivideAndConquerNet, data: DatasetBundle, spec: RunSpec, device: torch.device) -> dict[str, float]:
-    """Recall@K, NMI and MAP@R on the validation split (model selection) and every test set."""
-    metrics: dict[str, float] = {}
-    sets = ([data.val] if data.val is not None else []) + list(data.tests)
-    for eval_set in sets:
-        query = embed_split(net, eval_set.query, spec, device)
-        gallery = embed_split(net, eval_set.gallery, spec, device) if eval_set.gallery is not None else None
-        metrics.update(evaluate_embeddings(
-            query, eval_set.query.labels, eval_set.recall_ks, gallery,
-            eval_set.gallery.labels if eval_set.gallery is not None else None,
-            seed=spec.seed, prefix=f"{eval_set.name}_"))
-    return metrics
-
-
-class EmbeddingBank:
-    """`embedding_source: training_pass`: the cluster-space vectors the training steps already
-    computed, so a round needs no extra pass over the data.
-
-    `seen` marks the vectors this worker holds that are recent enough to use; `seen_globally`
-    the samples any worker holds one for (every worker knows the global batch of each step), so
-    only samples no one saw need a fallback pass. A vector stays usable for `stale_rounds` rounds
-    after the one it was computed in (0: only vectors from since the last round)."""
-
-    def __init__(self, num_samples: int, stale_rounds: int = 0):
-        self.vectors: np.ndarray | None = None
-        self.stale_rounds = stale_rounds
-        self.seen = np.zeros(num_samples, dtype=bool)
-        self.seen_globally = np.zeros(num_samples, dtype=bool)
-        self.age = np.zeros(num_samples, dtype=np.int64)  # rounds since this worker computed it
-        self.age_globally = np.zeros(num_samples, dtype=np.int64)
-
-    def record(self, indices: np.ndarray, vectors: torch.Tensor, global_indices: np.ndarray) -> None:
-        vectors = vectors.float().cpu().numpy()
-        if self.vectors is None:
-            self.vectors = np.zeros((len(self.seen), vectors.shape[1]), dtype=np.float32)
-        self.vectors[indices] = vectors
-        self.seen[indices] = True
-        self.age[indices] = 0
-        self.seen_globally[global_indices] = True
-        self.age_globally[global_indices] = 0
-
-    def reset(self) -> None:
-        """A round has used the bank: age every vector by one round."""
-        self.age += 1
-        self.age_globally += 1
-        self.seen &= self.age <= self.stale_rounds
-        self.seen_globally &= self.age_globally <= self.stale_rounds
-
-    def state(self) -> dict:
-        return {"vectors": self.vectors, "seen": self.seen, "seen_globally": self.seen_globally,
-                "age": self.age, "age_globally": self.age_globally}
-
-    def load(self, state: dict) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
-
-
-@dataclass
-class TrainState:
-    """Everything besides the weights that a resumed run needs to continue identically."""
-
-    epoch: int = 0  # the next epoch to run
-    assignment: Assignment | None = None
-    best_value: float = float("-inf")
-    best_epoch: int = -1
-    best_metrics: dict = field(default_factory=dict)  # the selected epoch's selection metric and tie-breaker
-    history: list[dict] = field(default_factory=list)
-
-
-def save_checkpoint(directory: str, spec: RunSpec, net: DivideAndConquerNet, optimizer, scheduler,
-                    state: TrainState, bank: EmbeddingBank | None) -> str:
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "state": state, "bank": bank.state() if bank is not None else None,
-    }
-    torch.save(payload, path / "state.pt.tmp")
-    os.replace(path / "state.pt.tmp", path / "state.pt")
-    (path / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    return str(path)
-
-
-def load_checkpoint(directory: str, map_location: str | torch.device = "cpu") -> dict:
-    path = Path(directory) / "state.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"not a dncml checkpoint: {path} is missing")
-    return torch.load(path, map_location=map_location, weights_only=False)
-
-
-def load_checkpoint_spec(directory: str) -> RunSpec:
-    path = Path(directory) / "spec.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"not a dncml checkpoint: {path} is missing")
-    return from_dict(yaml.safe_load(path.read_text()))
-
-
 class Timer:
     def __init__(self):
         self.started = time.perf_counter()
 
     def __call__(self) -> float:
         return time.perf_counter() - self.started
-
-
-def embed_checkpoint(directory: str, split_name: str = "test") -> tuple[ImageSplit, np.ndarray]:
-    """The full test-time embeddings of one split, from a saved checkpoint (for users' own
-    analysis: `dncml embed`)."""
-    from .data.loading import load_dataset
-
-    spec = load_checkpoint_spec(directory)
-    device = resolve_device(spec)
-    data = load_dataset(spec, progress=False)
-    splits = {"train": data.train, "val": data.val.query if data.val else None, "test": data.tests[0].query}
-    split = splits.get(split_name)
-    if split is None:
-        raise ValueError(f"split {split_name!r} is empty or unknown; choose from train, val, test")
-    num_classes = len(np.unique(data.train.labels))
-    net = DivideAndConquerNet(spec, data.channels, num_classes).to(device)
-    net.load_state_dict(load_checkpoint(directory, device)["model"])
-    return split, embed_split(net, split, spec, device)

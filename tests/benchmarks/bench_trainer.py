@@ -35,7 +35,8 @@ from dncml.trainers.data.base import ImageSplit
 from dncml.trainers.faiss_ops import num_gpus
 from dncml.trainers.grouping import PartitionRequest, compute_assignment
 from dncml.trainers.model import DivideAndConquerNet
-from dncml.trainers.runtime import embed_split, make_optimizer
+from dncml.trainers.embedding import embed_split
+from dncml.trainers.runtime import make_optimizer
 from dncml.trainers.seam import Seam
 from dncml.trainers.spec import from_dict
 
@@ -177,7 +178,7 @@ def bench_data_and_eval(size: str) -> None:
     the batched gather (`ArrayBatches`), data path alone and with the training step; (b) the
     evaluation's share of an epoch (train + evaluate), with the old per-image, no_grad,
     batch-256 embedding pass vs today's batched inference-mode pass."""
-    from dncml.trainers import runtime
+    from dncml.trainers import embedding
     from dncml.trainers.data.loading import load_dataset
     from dncml.trainers.data.torch_dataset import ArrayBatches
     from dncml.trainers.sampler import ClusterBatchSampler
@@ -234,7 +235,7 @@ def bench_data_and_eval(size: str) -> None:
     print(f"{'evaluation':<24}{'seconds':>9}{'share of epoch':>16}")
     results = {}
     for name, evaluate in (("per image (before)", old_evaluate),
-                           ("batched, inference", lambda: runtime.evaluate(net, data, spec, CPU))):
+                           ("batched, inference", lambda: embedding.evaluate(net, data, spec, CPU))):
         started = time.perf_counter()
         results[name] = evaluate()
         seconds = time.perf_counter() - started

@@ -6,8 +6,10 @@ ever sees these types, so every dataset trains and evaluates through the same co
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -146,3 +148,40 @@ def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DatasetError(f"missing {what}: expected a directory at {path}")
     return path
+
+
+def check_files_exist(paths: Iterable[str | os.PathLike], what: str = "image files", shown: int = 5) -> int:
+    """Stat every distinct path (no file is opened): DatasetError unless each is a non-empty file.
+
+    The cheap check to run before any worker starts: it catches a missing, misplaced or
+    zero-byte image (an interrupted copy or download) in seconds, where training would only
+    fail on it mid-epoch. It does not read pixels; a truncated but non-empty file passes (decode
+    with `benchmarks.verify_image_files` for that). The message gives how many files are missing
+    (and how many are empty) out of how many, and names the first `shown` of each.
+
+    Returns the number of distinct files checked.
+    """
+    distinct = list(dict.fromkeys(os.fspath(p) for p in paths))
+    missing: list[str] = []
+    empty: list[str] = []
+    for p in distinct:
+        try:
+            st = os.stat(p)
+        except OSError:
+            missing.append(p)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            missing.append(p)
+        elif st.st_size == 0:
+            empty.append(p)
+    problems = []
+    for files, state in ((missing, "missing"), (empty, "empty (0 bytes)")):
+        if files:
+            more = f"\n  ... and {len(files) - shown} more" if len(files) > shown else ""
+            problems.append(
+                f"{len(files)} of {len(distinct)} {what} are {state}, e.g.\n  "
+                + "\n  ".join(files[:shown]) + more
+            )
+    if problems:
+        raise DatasetError("\n".join(problems))
+    return len(distinct)

@@ -3,9 +3,10 @@ In-shop Clothes and PKU VehicleID.
 
 Every reader takes the directory the public archive unpacks to and returns a `DatasetBundle` whose
 splits hold absolute image paths (pixels are only read by `ImageDataset`, or here when
-`verify_images=True`). Labels are the dataset's own class ids (int64, not remapped); `val` is left
-None (the trainer carves it from train with `carve_validation`). Splits follow the DML protocol of
-the paper (see PAPER_NOTES.md, "Evaluation protocol"):
+`verify_images=True`, which decodes every file completely). Labels are the dataset's own class ids
+(int64, not remapped); `val` is left None (the trainer carves it from train with
+`carve_validation`). Splits follow the DML protocol of the paper (see PAPER_NOTES.md,
+"Evaluation protocol"):
 
 =========  ==============================================  ==========================
 name       train / test                                    recall@K
@@ -18,13 +19,17 @@ vehicleid  train_list / test_list_{800,1600,2400}          1, 5
 =========  ==============================================  ==========================
 
 Anything wrong on disk (missing directory or file, a malformed line, an undecodable image) raises
-`DatasetError` naming the path and, for text files, the line and the expected format.
+`DatasetError` naming the path and, for text files, the line and the expected format. Two checks
+find bad image files before training: `check_files_exist` (stat only: missing or empty files, in
+seconds; the preflight before any worker starts) and `verify_image_files` (decodes every pixel:
+truncated or corrupt files too; slow, `dncml datasets check NAME --root DIR --verify-images`).
 
 This module does not import torch; `photo_transforms` imports torchvision when called.
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,6 +41,7 @@ from dncml.trainers.data.base import (
     DatasetError,
     EvalSet,
     ImageSplit,
+    check_files_exist,
     require_dir,
     require_file,
 )
@@ -45,7 +51,9 @@ __all__ = [
     "BenchmarkInfo",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "bundle_image_paths",
     "check_dataset",
+    "check_files_exist",
     "photo_transforms",
     "read_benchmark",
     "read_cars",
@@ -141,26 +149,63 @@ def _make_split(name: str, paths: list[str], labels, groups=None, source: object
     )
 
 
-def verify_image_files(paths: Sequence[str]) -> int:
-    """Open every image with PIL (`Image.verify`); DatasetError naming the first bad file.
+def _decode_error(path: str) -> str | None:
+    """None if PIL decodes every pixel of path as `ImageDataset` does (open, convert to RGB),
+    else "<ErrorType>: <message>". Never tolerates truncation (ImageFile.LOAD_TRUNCATED_IMAGES
+    is left as it is, False unless a caller sets it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.convert("RGB")
+    except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def verify_image_files(
+    paths: Sequence[str], progress: bool = False, workers: int | None = None, shown: int = 5
+) -> int:
+    """Decode every distinct image completely; DatasetError naming the files PIL cannot decode.
+
+    First `check_files_exist` (missing or empty files fail at once, before any decoding); then
+    each file is opened and converted to RGB like `ImageDataset` does, so a truncated or corrupt
+    file fails here rather than mid-epoch (`Image.verify` alone would pass a truncated JPEG: it
+    does not decode the pixel data). No transforms are applied. Files are decoded by `workers`
+    threads (PIL releases the GIL while decoding; default min(8, CPU count)); `progress` shows a
+    tqdm bar on stderr. Every file is decoded before failing, so the error gives how many are
+    bad and names the first `shown` (in list order) with PIL's error for each.
 
     Returns the number of distinct files checked.
     """
-    from PIL import Image
+    from concurrent.futures import ThreadPoolExecutor
 
-    seen: set[str] = set()
-    for p in paths:
-        if p in seen:
-            continue
-        seen.add(p)
-        if not os.path.isfile(p):
-            raise DatasetError(f"missing image file: {p}")
-        try:
-            with Image.open(p) as im:
-                im.verify()
-        except Exception as exc:  # PIL raises many types (UnidentifiedImageError, SyntaxError, ...)
-            raise DatasetError(f"cannot decode image {p}: {type(exc).__name__}: {exc}") from None
-    return len(seen)
+    from tqdm import tqdm
+
+    distinct = list(dict.fromkeys(paths))
+    check_files_exist(distinct)
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    bad: list[str] = []
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        results = tqdm(pool.map(_decode_error, distinct, chunksize=64), total=len(distinct),
+                       desc="decoding images", unit="img", file=sys.stderr, disable=not progress)
+        for path, error in zip(distinct, results):
+            if error is not None:
+                bad.append(f"{path}: {error}")
+    if bad:
+        more = f"\n  ... and {len(bad) - shown} more" if len(bad) > shown else ""
+        raise DatasetError(
+            f"{len(bad)} of {len(distinct)} image files cannot be decoded, e.g.\n  "
+            + "\n  ".join(bad[:shown]) + more
+        )
+    return len(distinct)
+
+
+def bundle_image_paths(bundle: DatasetBundle) -> list[str]:
+    """The distinct image files a bundle's train and test splits list (first-seen order; [] for
+    in-memory datasets such as glyphs)."""
+    return list(dict.fromkeys(_bundle_paths(bundle)))
 
 
 def _bundle_paths(bundle: DatasetBundle) -> list[str]:
@@ -632,14 +677,16 @@ def read_benchmark(name: str, root: str | os.PathLike, verify_images: bool = Fal
 def check_dataset(
     name: str,
     root: str | os.PathLike,
-    check_files: bool = True,
     verify_images: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Read a benchmark and report what it holds (for `dncml datasets check`).
 
     Raises DatasetError for an unknown name (listing the known ones), a missing root, missing
-    list/label files, malformed lines, missing image files (check_files: stat every image path;
-    the message names the first few) and, with verify_images, images PIL cannot decode.
+    list/label files, malformed lines, missing or empty image files (always: every listed path
+    is stat'ed by `check_files_exist`; the message gives how many and names the first few) and,
+    with verify_images, images PIL cannot decode completely (`verify_image_files`: slow, every
+    file is decoded; progress shows a tqdm bar).
 
     Returns {"name", "title", "root", "recall_ks", "has_groups", "num_groups", "group_names",
     "images" (distinct image files), "splits": {row: {"images", "classes"}}, "warnings": [...]};
@@ -648,18 +695,14 @@ def check_dataset(
     info = _info(name)
     root_path = _root_dir(root, info.title)
     bundle = info.reader(root_path, verify_images=False)
-    paths = _bundle_paths(bundle)
-    distinct = list(dict.fromkeys(paths))
-    if check_files:
-        missing = [p for p in distinct if not os.path.isfile(p)]
-        if missing:
-            shown = "\n  ".join(missing[:5])
-            raise DatasetError(
-                f"{info.name}: {len(missing)} of {len(distinct)} image files are missing under "
-                f"{root_path}, e.g.\n  {shown}"
-            )
-    if verify_images:
-        verify_image_files(distinct)
+    distinct = bundle_image_paths(bundle)
+    try:
+        if verify_images:
+            verify_image_files(distinct, progress=progress)
+        else:
+            check_files_exist(distinct)
+    except DatasetError as exc:
+        raise DatasetError(f"{info.name} at {root_path}: {exc}") from None
     splits = bundle.summary()
     warnings = [
         f"{row}: {splits[row]['classes']} classes, the full release has {n}"
