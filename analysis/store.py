@@ -6,7 +6,7 @@
     STORE/<sweep>/optuna.db              a search's Optuna study (SQLite; study name = sweep id)
     STORE/_ray/...                       Ray's own files (never read)
 
-Sweep ids end in a timestamp (`<experiment>-<preset>-YYYYmmdd-HHMMSS`); the newest sweep of an
+Sweep ids end in a timestamp and a random suffix (`<experiment>-<preset>-YYYYmmdd-HHMMSS-xxxxxx`); the newest sweep of an
 experiment is the default. Files are read with pyarrow and their schemas unified, so trials
 written by different versions (differing column sets, int vs float) still combine; a file that
 cannot be read is skipped with a warning rather than hiding every other one. Only pandas, pyarrow
@@ -32,7 +32,7 @@ STUDY = "optuna.db"
 # Trials without a final row yet: still running, or stopped before their end (the platform marks
 # those it will not resume `interrupted`). Shown on request, at their best epoch so far.
 PARTIAL = ("running", "interrupted")
-_STAMP = re.compile(r"(\d{8}-\d{6})$")
+_STAMP = re.compile(r"(\d{8}-\d{6})(?:-[0-9a-f]{6})?$")  # name-YYYYmmdd-HHMMSS[-random suffix]
 
 
 class StoreError(ValueError):

@@ -29,10 +29,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dncml.analysis.store import StoreError
     from dncml.experiments.loader import ExperimentError
     from dncml.platform.errors import PlatformError
+    from dncml.platform.store import StoreError as StoreWriteError
     from dncml.trainers.data.base import DatasetError
     from dncml.trainers.spec import SpecError
 
-    return (UsageError, DatasetError, SpecError, FileNotFoundError, ExperimentError, PlatformError, StoreError)
+    return (UsageError, DatasetError, SpecError, FileNotFoundError, ExperimentError, PlatformError, StoreError,
+            StoreWriteError)
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -100,7 +102,7 @@ def cmd_datasets_check(args) -> int:
         raise UsageError(f"dncml datasets check {args.name} needs --root DIR (the unpacked archive)")
     from dncml.trainers.data.benchmarks import check_dataset
 
-    report = check_dataset(args.name, args.root, verify_images=args.verify_images)
+    report = check_dataset(args.name, args.root, verify_images=args.verify_images, progress=args.verify_images)
     print(f"{report['title']} at {report['root']}: {report['images']} image files")
     _print_summary(report["splits"])
     if report["has_groups"]:
@@ -170,66 +172,14 @@ def cmd_train(args) -> int:
         return 0
     spec = _load_spec(args)
     if args.local:
-        return _train_local(spec, args)
+        from dncml.platform.local import train_local
+
+        train_local(spec, run_dir=args.run_dir, storage=args.storage, sweep=args.sweep or "train", resume=args.resume)
+        return 0
     from dncml.platform.train import train_on_ray
 
     train_on_ray(spec, num_workers=args.num_workers, use_gpu=args.use_gpu, address=args.address,
                  storage=args.storage, resume=args.resume)
-    return 0
-
-
-def _train_local(spec, args) -> int:
-    """In-process run, no Ray: the trainer with the local seam."""
-    from dncml.platform.store import ResultsStore, TrialRecorder
-    from dncml.trainers.divide_and_conquer import train
-    from dncml.trainers.runtime import resolve_device
-    from dncml.trainers.seam import LocalRun, Seam, World
-
-    run_dir = Path(args.run_dir or Path("runs") / spec.name)
-    reporter = LocalRun(run_dir, spec.selection_metric)
-    resume_from = reporter.latest_checkpoint() if args.resume else None
-    if args.resume and resume_from is None:
-        print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from epoch 1")
-    if resume_from is not None:
-        from dncml.trainers.checkpoints import load_checkpoint_spec
-
-        saved = load_checkpoint_spec(resume_from)
-        differences = [f"{k}: {v!r} -> {spec.to_dict()[k]!r}" for k, v in saved.to_dict().items() if spec.to_dict()[k] != v]
-        if differences:
-            raise UsageError(f"--resume: {resume_from} was written by a run with a different spec ("
-                             + "; ".join(differences) + "); resume with the same spec, or use another --run-dir")
-        if Path(resume_from).name == f"epoch-{spec.total_epochs - 1:04d}":
-            print(f"run in {run_dir} is already completed ({spec.total_epochs} epochs): nothing to resume")
-            return 0
-    # One trial id per run directory, so a resumed run replaces its own rows instead of adding some.
-    id_file = run_dir / "trial_id"
-    if not (args.resume and id_file.is_file()):
-        id_file.write_text(f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    recorder = TrialRecorder(ResultsStore(args.storage), sweep=args.sweep or "train", trial_id=id_file.read_text().strip(),
-                             spec=spec) if args.storage else None
-
-    def report(metrics, checkpoint):
-        reporter(metrics, checkpoint)
-        if recorder:
-            recorder.epoch(metrics)
-
-    print(f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
-          f"T={spec.recluster_every}, loss {spec.loss}, {spec.total_epochs} epochs; run dir {run_dir}")
-    seam = Seam(report=report, world=World(resolve_device(spec)), resume_from=resume_from,
-                checkpoint_root=str(run_dir / "tmp"))
-    try:
-        state = train(spec, seam)
-    except BaseException as error:
-        if recorder:
-            recorder.finish("failed", error=f"{type(error).__name__}: {error}")
-        raise
-    if recorder:
-        recorder.finish("completed")
-        print(f"results appended to {recorder.store.root / recorder.sweep}")
-    best = state.history[state.best_epoch] if state.best_epoch >= 0 else state.history[-1]
-    print(f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
-          + "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("test_") and isinstance(v, float)))
-    print(f"checkpoints: {reporter.checkpoints}")
     return 0
 
 

@@ -7,18 +7,20 @@ to the actor, never through the driver). When every shard of a round is in, the 
 repair) and every waiting worker receives the same versioned assignment.
 
 Faults:
-- the actor dies: it is restarted (max_restarts) and the workers' pending calls are retried
-  (max_task_retries), so their shards arrive again. A finished round is also written to the
-  run's state directory before it is handed out, so a worker whose answer was lost in the crash
-  gets the very same assignment from the restarted actor.
+- the actor dies: it is restarted and the workers' pending calls are retried, so their shards
+  arrive again. A finished round is also written to the run's state directory (in the results
+  store) before it is handed out, as JSON + npz (data, never pickle), so a worker whose answer
+  was lost in the crash gets the very same assignment from the restarted actor. Restarts and
+  retries are bounded (`MAX_RESTARTS`) and every wait has a timeout (`ROUND_TIMEOUT`): an actor
+  that crashes every time fails the run with a clear error instead of hanging it.
 - a worker dies: Ray Train restarts the whole worker group from the last checkpoint; the new
   group has a new session id, so its rounds never mix with the dead group's half-finished ones.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import pickle
 import time
 from pathlib import Path
 
@@ -27,7 +29,11 @@ import ray
 
 from dncml.trainers.grouping import Assignment, PartitionRequest, compute_assignment, gather_vectors
 
+from .faults import fault_point
+
 ACTOR_PREFIX = "dncml-clustering-"
+MAX_RESTARTS = 3  # restarts of a crashed actor (and retries of a call) before the run fails
+ROUND_TIMEOUT = 3600.0  # seconds a worker waits for one round's answer (the slowest worker's shard included)
 
 
 def actor_name(run_id: str) -> str:
@@ -51,23 +57,21 @@ class ClusteringActor:
         return list(self.log)
 
     def _saved(self, key: tuple[str, int]) -> Path | None:
-        return self.state_dir / f"{key[0]}-round{key[1]:04d}.pkl" if self.state_dir else None
+        return self.state_dir / f"{key[0]}-round{key[1]:04d}.npz" if self.state_dir else None
 
     async def partition(self, session: str, request: PartitionRequest, shard_refs: list) -> Assignment:
+        fault_point("actor_partition")  # tests crash the actor here
         key = (session, request.round)
         saved = self._saved(key)
         if saved is not None and saved.is_file():  # answered before a crash of this actor
-            return pickle.loads(saved.read_bytes())
+            return load_round(saved)
         entry = self.rounds.setdefault(key, {"shards": {}, "event": asyncio.Event(), "result": None, "error": None})
         entry["shards"][request.rank] = (request, shard_refs)
         if len(entry["shards"]) == request.world_size and entry["result"] is None and entry["error"] is None:
             try:
                 entry["result"] = await self._compute(entry["shards"], session)
                 if saved is not None:
-                    saved.parent.mkdir(parents=True, exist_ok=True)
-                    temporary = saved.with_suffix(".tmp")
-                    temporary.write_bytes(pickle.dumps(entry["result"]))
-                    os.replace(temporary, saved)
+                    save_round(saved, entry["result"])
             except Exception as error:  # every waiting worker sees the failure, none hangs
                 entry["error"] = error
             entry["event"].set()
@@ -93,12 +97,33 @@ class ClusteringActor:
         return assignment
 
 
+def save_round(path: Path, assignment: Assignment) -> None:
+    """A finished round as data only: the cluster of every sample (npz) and the rest (JSON)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scalars = {name: getattr(assignment, name) for name in ("version", "num_clusters", "strategy", "cost", "seconds",
+                                                           "repaired", "changed")}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez(temporary, clusters=assignment.clusters, meta=np.array(json.dumps({**scalars, "stats": assignment.stats})))
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def load_round(path: Path) -> Assignment:
+    with np.load(path, allow_pickle=False) as saved:
+        meta = json.loads(str(saved["meta"]))
+        return Assignment(clusters=saved["clusters"].astype(np.int64), **meta)
+
+
 def start_actor(run_id: str, state_dir: str | None = None, num_gpus: float = 0):
-    """Create the run's actor. num_cpus=0 and the default scheduling strategy keep it outside the
-    Tune trial's placement group (else Tune refuses it: no trial resources are available)."""
+    """Create the run's actor (or find the one a resumed run left). num_cpus=0 and the default
+    scheduling strategy keep it outside the Tune trial's placement group (else Tune refuses it:
+    no trial resources are available). The run id is unique, so an actor serves one run only."""
     return ClusteringActor.options(
-        name=actor_name(run_id), num_cpus=0, num_gpus=num_gpus, max_restarts=-1, max_task_retries=-1,
-        scheduling_strategy="DEFAULT", get_if_exists=True,
+        name=actor_name(run_id), num_cpus=0, num_gpus=num_gpus, max_restarts=MAX_RESTARTS,
+        max_task_retries=MAX_RESTARTS, scheduling_strategy="DEFAULT", get_if_exists=True,
     ).remote(run_id, state_dir)
 
 
@@ -113,6 +138,16 @@ class ActorGroupingService:
         shard = [ray.put(np.ascontiguousarray(request.vectors))] if request.vectors is not None else [None]
         vectors, request.vectors = request.vectors, None  # the vectors travel as the object ref only
         try:
-            return ray.get(self.actor.partition.remote(self.session, request, shard))
+            return ray.get(self.actor.partition.remote(self.session, request, shard), timeout=ROUND_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            raise ClusteringFailed(f"round {request.round}: the clustering actor gave no assignment within "
+                                   f"{ROUND_TIMEOUT:.0f} s") from None
+        except ray.exceptions.RayActorError as error:
+            raise ClusteringFailed(f"round {request.round}: the clustering actor died and did not recover after "
+                                   f"{MAX_RESTARTS} restarts ({error})") from None
         finally:
             request.vectors = vectors
+
+
+class ClusteringFailed(RuntimeError):
+    """The run's clustering actor cannot hand out an assignment (it keeps crashing, or hangs)."""

@@ -1,9 +1,10 @@
 """Named pause points, so that fault tests can interrupt a run at an exact moment instead of
 relying on timing luck.
 
-`DNCML_PAUSE_AT="<point>:<marker file>"` makes the process that reaches `pause_point(<point>)`
-create the marker file and then sleep, until the test interrupts or kills it. Unset (always,
-outside tests), a pause point costs one environment lookup.
+`DNCML_PAUSE_AT="<point>:<marker file>"` makes the process that reaches `fault_point(<point>)`
+create the marker file and then sleep, until the test interrupts or kills it;
+`DNCML_CRASH_AT="<point>"` makes it die there at once (as a segfault or an OOM kill would), every
+time. Unset (always, outside tests), a fault point costs two environment lookups.
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import os
 import time
 from pathlib import Path
 
-PAUSE_ENV = "DNCML_PAUSE_AT"
+PAUSE_ENV, CRASH_ENV = "DNCML_PAUSE_AT", "DNCML_CRASH_AT"
 
 
-def pause_point(name: str, seconds: float = 3600.0) -> None:
+def fault_point(name: str, seconds: float = 3600.0) -> None:
+    if os.environ.get(CRASH_ENV) == name:
+        os._exit(70)
     point, _, marker = os.environ.get(PAUSE_ENV, "").partition(":")
     if point != name or not marker:
         return

@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dncml.trainers.spec import RunSpec, _field_type
+from dncml.trainers.spec import RunSpec, _field_type, valid_name
 
 # Per-epoch fields the trainer reports besides the evaluation metrics, and their types.
 EPOCH_FIELDS: dict[str, pa.DataType] = {
@@ -62,11 +63,42 @@ def _spec_type(name: str) -> pa.DataType:
     return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}[base]
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
+def safe_name(value: str, what: str) -> str:
+    """A name that becomes a file or directory name in the store: letters, digits, '.', '_' and
+    '-', not starting with '.' (no '/', no '..'), so it cannot leave its folder."""
+    if not valid_name(value):
+        raise StoreError(f"{what} {value!r}: use letters, digits, '.', '_' and '-' (at most 128, not starting "
+                         "with '.' or '-', no '..'): it names files in the results store")
+    return value
+
+
+def new_id(name: str) -> str:
+    """`name-YYYYmmdd-HHMMSS-xxxxxx`: unique even for two runs of one spec started in the same second."""
+    return f"{safe_name(name, 'name')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def atomic_write(path: Path, write) -> None:
+    """`write(temporary)` then rename over `path`: a reader sees the old file or the whole new one.
+    The temporary name is unique (concurrent writers never share it), removed if writing fails,
+    and flushed to disk before the rename, so a crash cannot leave a finished result half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, temporary)
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    atomic_write(path, lambda temporary: pq.write_table(table, temporary))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
 def _now() -> str:
@@ -157,6 +189,10 @@ class ResultsStore:
         rows = [row for row in rows if row.get("spec_name") == name]
         return max(rows, key=lambda row: (row.get("started_at") or "", row["trial_id"])) if rows else None
 
+    def lease(self, sweep: str, name: str) -> "Lease":
+        """The lease that says a sweep (name `sweep`) or one run of it is being run."""
+        return Lease(self.sweep_dir(sweep) / ".leases" / f"{name}.json", f"{sweep}/{name}")
+
     def finished_trial(self, sweep: str, trial_id: str, total_epochs: int) -> list[dict[str, Any]] | None:
         """The epoch rows of a trial the store holds as `completed` with every one of its
         `total_epochs` epochs, else None. The store, not Tune's experiment state, says whether a
@@ -178,6 +214,72 @@ def spec_differences(row: dict[str, Any], spec: RunSpec) -> list[str]:
                                                             and np.isclose(stored, value, rtol=1e-12, atol=0)):
             differences.append(f"{name}: {stored!r} -> {value!r}")
     return differences
+
+
+class Lease:
+    """Who is running a sweep or a run right now: a small JSON file (host, pid, start) whose
+    modification time a background thread refreshes. `--resume` refuses to take over while the
+    holder is alive: on this host, its process exists and its heartbeat is fresh; on another
+    host, its heartbeat is fresher than `STALE` seconds. A holder killed with -9 leaves a stale
+    file, which the next run takes over."""
+
+    HEARTBEAT, STALE = 15.0, 60.0
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = Path(path), what
+        self._stop = None
+
+    def holder(self) -> dict | None:
+        """The live holder's record, or None when the lease is free (absent or stale)."""
+        try:
+            record = json.loads(self.path.read_text())
+            age = time.time() - self.path.stat().st_mtime
+        except (OSError, ValueError):
+            return None
+        if age > self.STALE:
+            return None
+        if record.get("host") == socket.gethostname():
+            try:
+                os.kill(int(record.get("pid", -1)), 0)
+            except (ProcessLookupError, ValueError):
+                return None
+            except PermissionError:
+                pass  # alive, another user's
+        return {**record, "heartbeat_age": age}
+
+    def acquire(self) -> "Lease":
+        holder = self.holder()
+        if holder is not None and not (holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()):
+            raise StoreError(f"{self.what} is still running (pid {holder.get('pid')} on {holder.get('host')}, "
+                             f"started {holder.get('started')}, heartbeat {holder['heartbeat_age']:.0f} s ago): "
+                             "stop it first, or wait for it to end")
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
+        write_text_atomic(self.path, json.dumps(record))
+        import threading
+
+        self._stop = threading.Event()
+
+        def beat():
+            while not self._stop.wait(self.HEARTBEAT):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    return
+
+        threading.Thread(target=beat, name=f"lease {self.what}", daemon=True).start()
+        return self
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self.path.unlink(missing_ok=True)
+            self._stop = None
+
+    def __enter__(self) -> "Lease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class TrialRecorder:
@@ -202,13 +304,20 @@ class TrialRecorder:
     def epoch(self, metrics: dict[str, Any]) -> None:
         self.store.write_epoch(self.sweep, self.trial_id, metrics, self.metric_names)
 
-    def finish(self, status: str, error: str | None = None) -> None:
+    def finish(self, status: str, error: str | None = None) -> str:
         """The final trial row, from the epoch rows in the store (whoever wrote them: this
         process, or a Ray Train controller)."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}")
         self.history = self.store.epoch_rows(self.sweep, self.trial_id)
+        recorded = [h["epoch"] for h in self.history]
+        if status == "completed" and recorded != list(range(self.spec.total_epochs)):
+            # `completed` means every epoch is in the store: anything else is a failure to say so.
+            missing = sorted(set(range(self.spec.total_epochs)) - set(recorded))
+            status, error = "failed", (f"the run ended but the store holds epochs {recorded} of {self.spec.total_epochs} "
+                                       f"(missing {missing[:10]})")
         self._write(status, error)
+        return status
 
     def _write(self, status: str, error: str | None = None) -> None:
         row: dict[str, Any] = {

@@ -10,6 +10,8 @@ re-running finished trials.
 """
 from __future__ import annotations
 
+import glob
+import json
 import math
 import time
 
@@ -17,9 +19,9 @@ import ray
 from ray import tune
 
 from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid
-from dncml.trainers.spec import SpecError
+from dncml.trainers.spec import ALIASES, SpecError
 
-from .store import ResultsStore, TrialRecorder
+from .store import ResultsStore, TrialRecorder, new_id, safe_name, write_text_atomic
 from .errors import PlatformError
 from .train import Resources, connect, fit_run, prepare_data
 
@@ -149,14 +151,44 @@ class StopWhen(tune.stopper.Stopper):
 
 
 def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool) -> str:
-    prefix = f"{experiment.name}-{experiment.preset or 'default'}-"
+    prefix = f"{safe_name(experiment.name, 'experiment name')}-{experiment.preset or 'default'}-"
     if resume:
-        candidates = sorted(p.name for p in store.root.glob(prefix + "*")
+        candidates = sorted(p.name for p in store.root.glob(glob.escape(prefix) + "*")
                             if (store.root / "_ray" / p.name / TUNE_DIR).is_dir())
         if not candidates:
             raise PlatformError(f"--resume: no sweep of {experiment.name} (preset {experiment.preset}) in {store.root} to resume")
-        return candidates[-1]
-    return prefix + time.strftime("%Y%m%d-%H%M%S")
+        sweep = candidates[-1]
+        check_same_experiment(store, sweep, experiment)
+        return sweep
+    return new_id(prefix.rstrip("-"))
+
+
+CARD_KEYS = ("base_run", "grid", "search", "num_samples", "metric", "mode")
+
+
+def experiment_card(experiment: Experiment, sweep: str) -> dict:
+    """What `analysis/` needs to know about the sweep (rows, metric, the table's labels and the
+    paper's numbers), stored beside its Parquet tables so analysis reads the store alone."""
+    return {"experiment": experiment.name, "preset": experiment.preset, "sweep": sweep,
+            "description": experiment.description, "rows": experiment.rows, "metric": experiment.metric,
+            "mode": experiment.mode, "grid": experiment.grid, "search": experiment.search,
+            "num_samples": experiment.num_samples, "table": experiment.table, "plot": experiment.plot,
+            "base_run": experiment.run, "aliases": dict(ALIASES)}
+
+
+def check_same_experiment(store: ResultsStore, sweep: str, experiment: Experiment) -> None:
+    """`--resume` continues the sweep it started, not a changed one: the runs, axes and search
+    must be those of the stored experiment card."""
+    path = store.sweep_dir(sweep) / "experiment.json"
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    current = json.loads(json.dumps(experiment_card(experiment, sweep), default=str))
+    changed = [key for key in CARD_KEYS if stored.get(key) != current.get(key)]
+    if changed:
+        details = "; ".join(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}" for key in changed)
+        raise PlatformError(f"--resume: sweep {sweep} was started from a different experiment spec ({details[:1500]}); "
+                            "resume it with the same spec, or start a new sweep without --resume")
 
 
 def concurrency(experiment: Experiment, resources: Resources, requested: int | None) -> int:
@@ -212,8 +244,9 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(tune_root), callbacks=callbacks, verbose=0,
                                       stop=monitor.stopper(), failure_config=tune.FailureConfig(fail_fast=False)),
         )
-    write_experiment_card(store, sweep, experiment)
-    tuner.fit()
+    with store.lease(sweep, "sweep"):  # a second `--resume` of this sweep is refused while it runs
+        write_experiment_card(store, sweep, experiment)
+        tuner.fit()
     summary = reconcile(store, sweep, experiment, monitor)
     if monitor.triggered:
         summary["stopped early"] = 1
@@ -270,21 +303,8 @@ def _tune_config(experiment: Experiment, limit: int) -> tune.TuneConfig:
 
 
 def write_experiment_card(store: ResultsStore, sweep: str, experiment: Experiment) -> None:
-    """What `analysis/` needs to know about the sweep (rows, metric, the table's labels and the
-    paper's numbers), stored beside its Parquet tables so analysis reads the store alone."""
-    import json
-    import os
-
-    card = {"experiment": experiment.name, "preset": experiment.preset, "sweep": sweep,
-            "description": experiment.description, "rows": experiment.rows, "metric": experiment.metric,
-            "mode": experiment.mode, "grid": experiment.grid, "search": experiment.search,
-            "num_samples": experiment.num_samples, "table": experiment.table, "plot": experiment.plot,
-            "base_run": experiment.run}
-    directory = store.sweep_dir(sweep)
-    directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / ".experiment.json.tmp"
-    temporary.write_text(json.dumps(card, indent=2, default=str))
-    os.replace(temporary, directory / "experiment.json")
+    write_text_atomic(store.sweep_dir(sweep) / "experiment.json",
+                      json.dumps(experiment_card(experiment, sweep), indent=2, default=str))
 
 
 def reconcile(store: ResultsStore, sweep: str, experiment: Experiment, monitor: SweepMonitor) -> dict[str, int]:

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,18 @@ import ray.train.torch
 import torch
 
 from dncml.trainers import spec as runspec
+from dncml.trainers.data.base import DatasetError
+from dncml.trainers.divide_and_conquer import NonFiniteLoss
 from dncml.trainers.seam import Seam, World, format_epoch
 
 from .clustering import ActorGroupingService, start_actor
 from .errors import PlatformError
-from .faults import pause_point
-from .store import ResultsStore, TrialRecorder, spec_differences
+from .faults import fault_point
+from .store import ResultsStore, TrialRecorder, new_id, spec_differences, write_text_atomic
+
+
+# Errors that a retry cannot fix: the run fails at once instead of being restarted.
+DETERMINISTIC = (NonFiniteLoss, runspec.SpecError, DatasetError)
 
 
 # -------------------------------------------------------------------------- on the workers
@@ -47,6 +52,13 @@ class RayWorld(World):
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
+
+    def all_true(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return bool(value.item())
 
 
 def _session_id(world: RayWorld) -> str:
@@ -77,7 +89,10 @@ def worker_loop(config: dict) -> None:
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         if world.is_chief:
             print(f"[{config['run_id']}] {format_epoch(metrics)}", flush=True)
-        metrics = {**metrics, "node_id": node_id, "session": session}
+        # Ray keeps the newest checkpoint and the one with the highest `selected_epoch`: the
+        # epoch model selection chose (-1 on every other epoch).
+        selected = metrics["epoch"] if metrics.get("best_epoch") == metrics["epoch"] else -1
+        metrics = {**metrics, "node_id": node_id, "session": session, "selected_epoch": selected}
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # Ray has persisted its copy
@@ -86,6 +101,12 @@ def worker_loop(config: dict) -> None:
                 resume_from=resume_from, checkpoint_root=str(scratch / "checkpoints"))
     try:
         train(spec, seam)
+    except DETERMINISTIC as error:
+        # It would fail the same way on every retry: record it, and end the workers normally so
+        # that Ray Train does not restart the group (its retries are for lost nodes and workers).
+        if world.is_chief:
+            Path(config["fatal_file"]).parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(Path(config["fatal_file"]), f"{type(error).__name__}: {error}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -102,9 +123,19 @@ class StoreCallback(ray.train.UserCallback):
         # Every worker must train on the same assignment: the one the run's actor handed out.
         versions = {(m.get("assignment_version"), m.get("assignment_digest")) for m in reports}
         row = {**reports[0], "workers": len(reports), "workers_agree": len(versions) == 1,
-               "node_ids": ",".join(sorted({str(m.get("node_id")) for m in reports}))}
+               "node_ids": ",".join(sorted({str(m.get("node_id")) for m in reports})),
+               "checkpoint": checkpoint.path if checkpoint is not None else None}
         row.pop("node_id", None)
+        row.pop("selected_epoch", None)
         ResultsStore(self.store_root).write_epoch(self.sweep, self.trial_id, row, self.metric_names)
+        if len(versions) != 1:
+            raise WorkersDisagree(f"epoch {row['epoch'] + 1}: the workers trained on different assignments "
+                                  f"(version, digest): {sorted(versions, key=str)}; the epoch is recorded with "
+                                  "workers_agree = False and the run stops")
+
+
+class WorkersDisagree(RuntimeError):
+    """The workers of a run did not train on one assignment: its numbers would mean nothing."""
 
 
 @dataclass
@@ -133,6 +164,10 @@ def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
     from dncml.trainers.model import build_backbone
 
     bundle = load_dataset(spec, progress=True)
+    if spec.dataset != "glyphs":  # every listed image exists (decoding them all: `dncml datasets check --verify-images`)
+        from dncml.trainers.data.benchmarks import bundle_image_paths, check_files_exist
+
+        check_files_exist(bundle_image_paths(bundle))
     check_against_data(spec, len(np.unique(bundle.train.labels)), bundle.train.has_groups, num_workers)
     build_backbone(spec, bundle.channels)  # weights that cannot load fail here; `pretrained: glyphs` is trained once, here
     return bundle
@@ -144,20 +179,24 @@ def fit_run(spec: runspec.RunSpec, run_id: str, resources: Resources, store: Res
     The same name and storage path resume the run from its newest checkpoint (Ray Train V2)."""
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    actor = start_actor(run_id, state_dir=str(store.root / "_ray" / sweep / run_id / "clustering"),
-                        num_gpus=resources.actor_gpus)
+    run_dir = store.root.resolve() / "_ray" / sweep / run_id
+    fatal_file = run_dir / "fatal.txt"
+    fatal_file.unlink(missing_ok=True)  # a resumed run starts without its last attempt's verdict
+    actor = start_actor(run_id, state_dir=str(run_dir / "clustering"), num_gpus=resources.actor_gpus)
     scaling = ray.train.ScalingConfig(
         num_workers=resources.num_workers, use_gpu=resources.use_gpu,
         resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker or 1} if resources.use_gpu else {})})
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"spec": spec.to_dict(), "run_id": run_id},
+        train_loop_config={"spec": spec.to_dict(), "run_id": run_id, "fatal_file": str(fatal_file)},
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         scaling_config=scaling,
         run_config=ray.train.RunConfig(
-            name=run_id, storage_path=str((store.root / "_ray" / sweep).resolve()),
+            name=run_id, storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # the newest checkpoint (to resume) and the validation-selected one (to use)
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="selected_epoch",
+                                                         checkpoint_score_order="max"),
             callbacks=[StoreCallback(str(store.root.resolve()), sweep, recorder.trial_id, recorder.metric_names), *extra_callbacks],
         ),
     )
@@ -171,9 +210,18 @@ def fit_run(spec: runspec.RunSpec, run_id: str, resources: Resources, store: Res
             ray.kill(actor)
         except Exception:
             pass
-    recorder.finish("completed")
-    pause_point("after_completed")  # tests interrupt here: the store is ahead of Tune's bookkeeping
+    if fatal_file.is_file():
+        message = fatal_file.read_text()
+        recorder.finish("failed", error=message[:4000])
+        raise RunFailed(f"run {run_id}: {message}")
+    if recorder.finish("completed") != "completed":
+        raise RunFailed(f"run {run_id}: {recorder.store.trial_row(sweep, recorder.trial_id)['error']}")
+    fault_point("after_completed")  # tests interrupt here: the store is ahead of Tune's bookkeeping
     return result
+
+
+class RunFailed(RuntimeError):
+    """A run ended without every epoch in the store, or with an error no retry can fix."""
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -226,7 +274,7 @@ def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = Fa
             if store.finished_trial(sweep, trial_id, spec.total_epochs):
                 print(f"run {trial_id} is already completed in {store.root / sweep}: nothing to resume")
                 return trial_id
-    trial_id = trial_id or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trial_id = trial_id or new_id(spec.name)
     prepare_data(spec, num_workers)
     connect(address)
     if use_gpu and not ray.cluster_resources().get("GPU"):

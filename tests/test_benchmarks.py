@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from dncml.trainers.data.base import DatasetBundle, DatasetError, ImageSplit
 from dncml.trainers.data.benchmarks import (
     BENCHMARKS,
+    bundle_image_paths,
     check_dataset,
+    check_files_exist,
     photo_transforms,
     read_benchmark,
     read_cars,
@@ -19,6 +21,7 @@ from dncml.trainers.data.benchmarks import (
     read_inshop,
     read_sop,
     read_vehicleid,
+    verify_image_files,
 )
 
 
@@ -343,6 +346,78 @@ def test_registry_and_check_dataset(tmp_path):
     os.remove(tmp_path / "sop" / "sofa_final" / "5_1.JPG")
     with pytest.raises(DatasetError, match=r"(?s)1 of 10 image files are missing.*5_1\.JPG"):
         check_dataset("sop", tmp_path / "sop")
+
+
+def _truncate_jpeg(path: Path) -> None:
+    """Rewrite path as a JPEG large enough that its first half holds the whole header and part of
+    the scan data, then cut it to half its bytes: it still opens, but its pixels cannot decode."""
+    _jpeg(path, 7, size=(96, 80))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES  # else PIL would pad the missing pixels silently
+    with Image.open(path) as im:
+        assert im.size == (96, 80)
+        im.verify()  # the header-only check passes: the old verify_image_files let this through
+    with Image.open(path) as im, pytest.raises(OSError, match="truncated"):
+        im.load()
+
+
+def test_truncated_jpeg_fails_only_the_full_decode(tmp_path):
+    base = make_cub(tmp_path)
+    bad = base / "images" / "102.Bird_102" / "Bird_102_1.jpg"  # a test-split image
+    _truncate_jpeg(bad)
+    paths = bundle_image_paths(read_cub(base))
+    assert len(paths) == 12 and str(bad) in paths
+    assert check_files_exist(paths) == 12  # it exists and is not empty
+    assert check_dataset("cub", base)["images"] == 12
+    message = r"(?s)1 of 12 image files cannot be decoded.*Bird_102_1\.jpg: OSError: image file is truncated"
+    for workers in (1, 3):
+        with pytest.raises(DatasetError, match=message):
+            verify_image_files(paths + paths[:3], workers=workers)
+    with pytest.raises(DatasetError, match=r"(?s)cub at .*CUB_200_2011: 1 of 12 image files cannot be decoded.*Bird_102_1\.jpg"):
+        check_dataset("cub", base, verify_images=True)
+    with pytest.raises(DatasetError, match="Bird_102_1.jpg"):
+        read_cub(base, verify_images=True)
+
+
+def test_missing_or_empty_image_fails_the_stat_check(tmp_path):
+    base = make_cub(tmp_path)
+    paths = bundle_image_paths(read_cub(base))
+    gone = base / "images" / "003.Bird_3" / "Bird_3_0.jpg"
+    gone.unlink()
+    missing = r"(?s)1 of 12 image files are missing, e\.g\..*Bird_3_0\.jpg"
+    with pytest.raises(DatasetError, match=missing):
+        check_files_exist(paths)
+    with pytest.raises(DatasetError, match=missing):
+        check_dataset("cub", base)
+    with pytest.raises(DatasetError, match=missing):  # found before any file is decoded
+        verify_image_files(paths)
+    with pytest.raises(DatasetError, match=missing):
+        check_dataset("cub", base, verify_images=True)
+
+    (base / "images" / "101.Bird_101" / "Bird_101_0.jpg").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"(?s)are missing.*Bird_3_0\.jpg.*1 of 12 image files are empty \(0 bytes\).*Bird_101_0\.jpg"):
+        check_files_exist(paths)
+
+    for p in paths[:8]:  # the empty one among them
+        Path(p).unlink(missing_ok=True)
+    with pytest.raises(DatasetError) as info:
+        check_files_exist(paths)
+    text = str(info.value)
+    assert "8 of 12 image files are missing" in text and "... and 3 more" in text
+    assert "are empty" not in text and text.count(".jpg") == 5  # the first five only
+
+
+def test_intact_tree_passes_both_checks(tmp_path, capsys):
+    base = make_cub(tmp_path)
+    paths = bundle_image_paths(read_cub(base))
+    assert check_files_exist(paths) == 12
+    assert verify_image_files(paths, progress=True) == 12
+    assert "decoding images" in capsys.readouterr().err
+    assert verify_image_files(paths) == 12 and capsys.readouterr().err == ""
+    for verify in (False, True):
+        assert check_dataset("cub", base, verify_images=verify)["images"] == 12
+    assert check_files_exist([]) == 0 and verify_image_files([]) == 0
 
 
 # ---------------------------------------------------------------------------- torch side

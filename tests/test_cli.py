@@ -32,6 +32,10 @@ def test_local_resume_of_a_finished_run_trains_nothing_and_another_spec_is_refus
     assert "already completed" in again.stdout and "epoch   1/" not in again.stdout
     assert row_file.stat().st_mtime_ns == written
 
+    fresh = dncml("train", str(SMOKE), "--local", *TINY, "--set", "epochs=1", "--run-dir", str(run_dir))
+    assert fresh.returncode == 2 and "holds the checkpoints of an earlier run" in fresh.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best", "epoch-0002", "epoch-0003"]
+
     other = dncml("train", str(SMOKE), "--local", *TINY, "--set", "seed=1", "--run-dir", str(run_dir),
                   "--storage", str(store), "--resume")
     assert other.returncode == 2 and "different spec" in other.stderr and "seed: 0 -> 1" in other.stderr

@@ -661,7 +661,7 @@ def test_resume_continues_identically(source, tmp_path, tiny_data):
     spec = tiny(embedding_source=source, T=2, epochs=3, finetune_epochs=0, steps_per_epoch=4, eval_every=10)
     straight, _, straight_model = run(spec, tmp_path / "straight", tiny_data)
 
-    local = LocalRun(tmp_path / "run", spec.selection_metric, printer=None)
+    local = LocalRun(tmp_path / "run", printer=None)
 
     def interrupting(metrics, checkpoint):
         local(metrics, checkpoint)
@@ -837,3 +837,23 @@ def test_a_checkpoint_cannot_run_code_when_loaded(tmp_path, tiny_data):
     with pytest.raises(ValueError, match="refused"):
         load_checkpoint(checkpoint)
     assert not marker.exists()
+
+
+def test_local_run_keeps_the_selected_epoch_across_a_resume(tmp_path):
+    """The `best` checkpoint is the epoch model selection chose (the trainer's best_epoch, which a
+    resume restores), not the first epoch a fresh reporter sees after a resume."""
+    def checkpoint(epoch):
+        directory = tmp_path / f"staging-{epoch}"
+        directory.mkdir()
+        (directory / "state.pt").write_text(str(epoch))
+        return str(directory)
+
+    first = LocalRun(tmp_path / "run", printer=None)
+    first({"epoch": 0, "best_epoch": 0, "val_recall@1": 0.9}, checkpoint(0))
+    first({"epoch": 1, "best_epoch": 0, "val_recall@1": 0.8}, checkpoint(1))
+    resumed = LocalRun(tmp_path / "run", printer=None)  # a new process after an interruption
+    resumed({"epoch": 2, "best_epoch": 0, "val_recall@1": 0.7}, checkpoint(2))
+    assert (tmp_path / "run" / "checkpoints" / "best" / "state.pt").read_text() == "0"
+    resumed({"epoch": 3, "best_epoch": 3, "val_recall@1": 0.95}, checkpoint(3))
+    assert (tmp_path / "run" / "checkpoints" / "best" / "state.pt").read_text() == "3"
+    assert resumed.latest_checkpoint().endswith("epoch-0003")

@@ -78,10 +78,11 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
             for step, (images, _, indices) in zip(schedule, batches):
                 with autocast(spec, device):
                     loss, vectors = model(images.to(device, non_blocking=True), labels_of[indices].to(device), blocks[step.cluster])
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, step {len(step_losses) + 1}, "
-                                        f"learner block {blocks[step.cluster]} (cluster {step.cluster}); lower the "
-                                        f"learning rates (lr {spec.lr:g}, lr_embedding {spec.lr_embedding:g}) or check the data")
+                if not world.all_true(bool(torch.isfinite(loss))):  # every worker stops at the same step
+                    raise NonFiniteLoss(f"loss is not finite at epoch {epoch + 1}, step {len(step_losses) + 1}, "
+                                        f"learner block {blocks[step.cluster]} (cluster {step.cluster}) on some worker; "
+                                        f"lower the learning rates (lr {spec.lr:g}, lr_embedding {spec.lr_embedding:g}) "
+                                        "or check the data")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -113,7 +114,8 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
         state.epoch = epoch + 1
         state.history.append(metrics)
         checkpoint = None
-        if world.is_chief:
+        keep = state.best_epoch == epoch or (epoch + 1) % spec.checkpoint_every == 0 or epoch + 1 == spec.total_epochs
+        if world.is_chief and keep:
             checkpoint = save_checkpoint(seam.new_checkpoint_dir(epoch), spec, net, optimizer, scheduler,
                                          state, bank if world.world_size == 1 else None)
         seam.report(metrics, checkpoint)

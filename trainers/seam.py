@@ -33,6 +33,10 @@ class World:
     def barrier(self) -> None:
         pass
 
+    def all_true(self, flag: bool) -> bool:
+        """True when `flag` is true on every worker (all workers then take the same branch)."""
+        return flag
+
     @property
     def is_chief(self) -> bool:
         return self.rank == 0
@@ -57,18 +61,16 @@ class Seam:
 
 class LocalRun:
     """Reporter of a single-process run: keeps the history, prints one line per epoch and keeps
-    the newest `keep` checkpoints (plus the best by the selection metric) in `run_dir`."""
+    the newest `keep` checkpoints, plus the one of the epoch model selection chose (the trainer's
+    `best_epoch`, which survives a resume), in `run_dir`."""
 
-    def __init__(self, run_dir: str | Path, selection_metric: str = "val_recall@1", keep: int = 2,
-                 printer: Callable[[str], None] | None = print):
+    def __init__(self, run_dir: str | Path, keep: int = 2, printer: Callable[[str], None] | None = print):
         self.run_dir = Path(run_dir)
         self.checkpoints = self.run_dir / "checkpoints"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.selection_metric = selection_metric
         self.keep = keep
         self.printer = printer
         self.history: list[dict] = []
-        self.best_value = float("-inf")
 
     def __call__(self, metrics: dict, checkpoint_dir: str | None) -> None:
         self.history.append(dict(metrics))
@@ -80,9 +82,7 @@ class LocalRun:
         if target.exists():
             shutil.rmtree(target)
         shutil.move(checkpoint_dir, target)
-        value = metrics.get(self.selection_metric)
-        if value is not None and value > self.best_value:
-            self.best_value = value
+        if metrics.get("best_epoch") == metrics["epoch"]:
             best = self.checkpoints / "best"
             staging = self.checkpoints / ".best-staging"
             shutil.rmtree(staging, ignore_errors=True)

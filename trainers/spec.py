@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -34,6 +35,15 @@ FREEZE_BN = ("auto", "none", "stats", "all")  # auto: all when the backbone is p
 
 # Short names used in the paper and on the command line (`--set K=8`).
 ALIASES = {"K": "num_learners", "T": "recluster_every", "m": "samples_per_class", "d": "embedding_dim"}
+
+
+# Names that become file and directory names (run names, experiment and sweep names): they must
+# not be able to leave their folder.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def valid_name(value: object) -> bool:
+    return isinstance(value, str) and bool(NAME.match(value)) and ".." not in value
 
 
 class SpecError(ValueError):
@@ -109,6 +119,7 @@ class RunSpec:
     device: str = "auto"
     amp: bool = False
     loader_workers: int = 0
+    checkpoint_every: int = 1  # epochs between checkpoints (the validation-selected epoch and the last always get one)
 
     # ------------------------------------------------------------------
     @property
@@ -280,6 +291,9 @@ def _finite(spec: RunSpec) -> None:
 
 def _validate(spec: RunSpec) -> None:
     _finite(spec)
+    if not valid_name(spec.name):
+        raise SpecError(f"RunSpec field 'name' = {spec.name!r}: use letters, digits, '.', '_' and '-' (at most 128, "
+                        "not starting with '.' or '-', no '..'): it names files of the run")
     for name, allowed in (
         ("dataset", DATASETS), ("backbone", BACKBONES), ("grouping", GROUPINGS),
         ("hierarchy", HIERARCHIES), ("cluster_space", CLUSTER_SPACES),
@@ -294,6 +308,7 @@ def _validate(spec: RunSpec) -> None:
         ("lr", 0), ("lr_embedding", 0), ("lr_loss", 0), ("weight_decay", 0), ("lr_decay_every", 0),
         ("glyph_instances", 12), ("mask_regularization", 0), ("stale_rounds", 0),
         ("mask_lr_multiplier", 0), ("freeze_backbone_epochs", 0), ("seed", 0), ("dataset_seed", 0),
+        ("checkpoint_every", 1),
     ):
         _at_least(spec, name, minimum)
     if spec.total_epochs < 1:

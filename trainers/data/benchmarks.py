@@ -187,12 +187,15 @@ def verify_image_files(
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     bad: list[str] = []
-    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-        results = tqdm(pool.map(_decode_error, distinct, chunksize=64), total=len(distinct),
-                       desc="decoding images", unit="img", file=sys.stderr, disable=not progress)
+    pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
+    try:
+        results = tqdm(pool.map(_decode_error, distinct), total=len(distinct), desc="decoding images",
+                       unit="img", file=sys.stderr, disable=not progress)
         for path, error in zip(distinct, results):
             if error is not None:
                 bad.append(f"{path}: {error}")
+    finally:  # on Ctrl-C, drop the files not started yet instead of decoding them all first
+        pool.shutdown(wait=True, cancel_futures=True)
     if bad:
         more = f"\n  ... and {len(bad) - shown} more" if len(bad) > shown else ""
         raise DatasetError(
@@ -203,14 +206,14 @@ def verify_image_files(
 
 
 def bundle_image_paths(bundle: DatasetBundle) -> list[str]:
-    """The distinct image files a bundle's train and test splits list (first-seen order; [] for
+    """The distinct image files a bundle's train, test and validation splits list (first-seen order; [] for
     in-memory datasets such as glyphs)."""
     return list(dict.fromkeys(_bundle_paths(bundle)))
 
 
 def _bundle_paths(bundle: DatasetBundle) -> list[str]:
     paths = list(bundle.train.paths or [])
-    for test in bundle.tests:
+    for test in [*bundle.tests, *([bundle.val] if bundle.val is not None else [])]:
         paths.extend(test.query.paths or [])
         if test.gallery is not None:
             paths.extend(test.gallery.paths or [])
