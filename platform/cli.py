@@ -187,7 +187,15 @@ def cmd_embed(args) -> int:
     from dncml.platform.store import write_embeddings
     from dncml.trainers.embedding import embed_checkpoint
 
-    split, vectors = embed_checkpoint(args.checkpoint, args.split)
+    checkpoint = args.checkpoint
+    if args.trial:
+        from dncml.platform.store import ResultsStore
+
+        checkpoint = ResultsStore(args.storage).selected_checkpoint(args.sweep, args.trial)
+        print(f"trial {args.trial}: the validation-selected checkpoint {checkpoint}")
+    elif not checkpoint:
+        raise UsageError("dncml embed needs a CHECKPOINT directory, or --trial ID (with --storage and --sweep)")
+    split, vectors = embed_checkpoint(checkpoint, args.split)
     out = write_embeddings(args.out, split, vectors)
     print(f"wrote {len(vectors)} embeddings of dimension {vectors.shape[1]} ({args.split}) to {out}")
     return 0
@@ -293,9 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("embed", help="export a checkpoint's embeddings and labels to Parquet")
-    p.add_argument("checkpoint", help="a checkpoint directory (holds state.pt and spec.yaml)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test")
-    p.add_argument("--out", required=True)
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint directory (holds state.pt and spec.yaml), e.g. runs/NAME/checkpoints/best")
+    p.add_argument("--trial", default=None, help="instead: a trial id of the results store; its validation-selected checkpoint")
+    p.add_argument("--storage", default="results", help="with --trial: the results store (default: results)")
+    p.add_argument("--sweep", default="train", help="with --trial: its sweep id (default: train, where `dncml train` records)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which split to embed (default: test)")
+    p.add_argument("--out", required=True, help="the Parquet file to write")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("sweep", help="run an experiment spec as a Ray Tune sweep")

@@ -43,6 +43,7 @@ EPOCH_FIELDS: dict[str, pa.DataType] = {
     "full_embedding": pa.bool_(),
     # Written by the Ray Train callback from all workers' reports of the epoch:
     "workers": pa.int64(), "workers_agree": pa.bool_(), "node_ids": pa.string(), "session": pa.string(),
+    "checkpoint": pa.string(),
 }
 TRIAL_FIELDS: dict[str, pa.DataType] = {
     "sweep": pa.string(), "trial_id": pa.string(), "experiment": pa.string(), "setting": pa.string(),
@@ -188,6 +189,19 @@ class ResultsStore:
         rows = [pq.read_table(f).to_pylist()[0] for f in sorted(directory.glob("*.parquet"))] if directory.is_dir() else []
         rows = [row for row in rows if row.get("spec_name") == name]
         return max(rows, key=lambda row: (row.get("started_at") or "", row["trial_id"])) if rows else None
+
+    def selected_checkpoint(self, sweep: str, trial_id: str) -> str:
+        """The checkpoint Ray kept for a trial's validation-selected epoch (its `best_epoch`)."""
+        row = self.trial_row(safe_name(sweep, "sweep"), safe_name(trial_id, "trial"))
+        if row is None:
+            raise StoreError(f"no trial {trial_id!r} in {self.sweep_dir(sweep)}")
+        epochs = {e["epoch"]: e for e in self.epoch_rows(sweep, trial_id)}
+        chosen = epochs.get(row.get("best_epoch"), {})
+        path = chosen.get("checkpoint")
+        if not path or not Path(path, "state.pt").is_file():
+            raise StoreError(f"trial {trial_id}: no checkpoint of its selected epoch {row.get('best_epoch')} "
+                             f"(recorded: {path or 'none'}); runs record one when trained on Ray")
+        return path
 
     def lease(self, sweep: str, name: str) -> "Lease":
         """The lease that says a sweep (name `sweep`) or one run of it is being run."""

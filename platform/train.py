@@ -284,7 +284,8 @@ def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = Fa
     if num_workers * resources.cpus_per_worker > free:
         raise PlatformError(f"--num-workers {num_workers} needs {num_workers} CPUs; the cluster has {free:g}")
     print(f"run {trial_id}: {num_workers} Ray Train worker(s), store {store.root / sweep}", flush=True)
-    recorder = TrialRecorder(store, sweep, trial_id, spec)
-    fit_run(spec, trial_id, resources, store, sweep, recorder)
+    with store.lease(sweep, trial_id):  # a second `--resume` of this run is refused while it runs
+        recorder = TrialRecorder(store, sweep, trial_id, spec)
+        fit_run(spec, trial_id, resources, store, sweep, recorder)
     print(f"done: epochs in {store.root / sweep / 'epochs'}, trial row in {store.root / sweep / 'trials'}")
     return trial_id

@@ -107,6 +107,18 @@ def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
     actors = [a for a in list_actors(address=state_address(), filters=[("class_name", "=", "ClusteringActor")]) if trial_id in (a.name or "")]
     assert len(actors) == 1  # one actor served both workers
 
+    # Ray kept the validation-selected checkpoint beside the newest; `dncml embed --trial` uses it.
+    from dncml.platform.store import ResultsStore
+    from dncml.trainers.checkpoints import load_checkpoint
+
+    best_epoch = int(trials.set_index("trial_id").loc[trial_id, "best_epoch"])
+    selected = ResultsStore(tmp_path / "store").selected_checkpoint("train", trial_id)
+    assert load_checkpoint(selected)["state"].epoch == best_epoch + 1
+    out = tmp_path / "emb.parquet"
+    embedded = run_cli("embed", "--trial", trial_id, "--storage", str(tmp_path / "store"), "--out", str(out), timeout=300)
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
+    assert len(pd.read_parquet(out)) > 0
+
     # --resume of a finished run trains nothing and rewrites nothing; another spec is refused.
     row_file = tmp_path / "store" / "train" / "trials" / f"{trial_id}.parquet"
     written = row_file.stat().st_mtime_ns
@@ -277,6 +289,78 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert row_file.stat().st_mtime_ns == row_written
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert len(epochs) == 3 * 2  # three trials x (epochs 1 + finetune 1), nothing lost
+
+
+def _orphaned_trainers(names=("RayTrainWorker", "TrainController", "ImplicitFunc", "ClusteringActor")) -> list[int]:
+    """Ray processes that could still train or write but whose raylet is gone (re-parented to
+    init): what a killed driver would leave behind. (The test session's own Ray workers are
+    children of its raylet.)"""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        if process.info["ppid"] == 1 and any(n in " ".join(process.info["cmdline"] or []) for n in names):
+            found.append(process.info["pid"])
+    return found
+
+
+def _quiet(directory: Path, seconds: float) -> bool:
+    """No file in `directory` changed for `seconds`."""
+    newest = max((f.stat().st_mtime for f in directory.glob("*.parquet")), default=0.0)
+    return time.time() - newest > seconds
+
+
+def test_killed_sweep_driver_resumes_every_trial_exactly_once(tmp_path):
+    """kill -9 of the sweep's driver mid-trial: nothing of it trains on (its trial processes die
+    with their driver, so no writer is left behind), and `--resume` completes every trial once:
+    no duplicate epochs, no row left `running`."""
+    spec = write_experiment(tmp_path, "killed", {"seed": [0, 1]}, run={"epochs": 3}, max_concurrent=1)
+    store = tmp_path / "store"
+    process = subprocess.Popen([*CLI, "sweep", str(spec), "--storage", str(store)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: len(list(store.glob("killed-*/epochs/*.parquet"))) >= 2, 400, "two epochs of the first trial")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+        sweep = next(store.glob("killed-*")).name
+        # Its trial may finish the epoch in flight (the raylet takes a few seconds to notice), then
+        # nothing writes any more and no training process survives it.
+        wait_for(lambda: _quiet(store / sweep / "epochs", 20), 180, "the killed sweep's store to stay quiet")
+        assert not _orphaned_trainers()
+        assert "running" in set(pd.read_parquet(store / sweep / "trials")["status"])  # the killed trial's row
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # what is left of its Ray (agents), by our group only
+        except ProcessLookupError:
+            pass
+    result = run_cli("sweep", str(spec), "--storage", str(store), "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials, epochs = read_store(store, sweep)
+    assert sorted(trials["status"]) == ["completed"] * 2
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert sorted(epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[0, 1, 2, 3]] * 2
+
+
+def test_crash_looping_clustering_actor_fails_the_run_instead_of_hanging(tmp_path):
+    store = tmp_path / "store"
+    started = time.time()
+    result = run_cli("train", str(SMOKE), "--set", "glyph_classes=64", "--set", "steps_per_epoch=2", "--storage", str(store),
+                     timeout=600, env={"DNCML_CRASH_AT": "actor_partition"})
+    assert result.returncode != 0
+    assert "clustering actor" in (result.stdout + result.stderr)
+    trials = pd.read_parquet(store / "train" / "trials")
+    assert trials["status"].tolist() == ["failed"] and "clustering actor" in trials["error"].iloc[0]
+    print(f"failed after {time.time() - started:.0f} s")
+
+
+def test_a_diverged_run_fails_at_once_and_is_not_retried(ray_local, tmp_path):
+    from dncml.platform.train import RunFailed, train_on_ray
+
+    spec = smoke_spec(name="diverged", lr=1e30, lr_embedding=1e30, warmup_epochs=1)
+    with pytest.raises(RunFailed, match="not finite at epoch 1, step"):  # not Ray Train's error after retries
+        train_on_ray(spec, storage=str(tmp_path / "store"))
+    trials = pd.read_parquet(tmp_path / "store" / "train" / "trials")
+    assert trials["status"].tolist() == ["failed"] and "NonFiniteLoss" in trials["error"].iloc[0]
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -21,6 +21,10 @@ class LearnerLoss(torch.nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Miners and losses compute pairwise distances: do it in float32 even under autocast.
         embeddings = embeddings.float()
+        if not torch.isfinite(embeddings).all():
+            # A diverged model: the miners cannot rank NaN distances (they fail with unrelated
+            # errors). Hand the trainer a non-finite loss, which it reports with where it happened.
+            return embeddings.sum() * float("nan")
         indices = self.miner(embeddings, labels) if self.miner is not None else None
         return self.loss(embeddings, labels, indices)
 

@@ -1,0 +1,103 @@
+"""The results store as the platform writes it: trial rows that tell the truth, names that cannot
+leave the store, atomic writes, leases, and the Ray Train callback's check that all workers
+trained on one assignment. No Ray runtime is started here."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from dncml.platform.store import Lease, ResultsStore, StoreError, TrialRecorder, atomic_write, new_id, safe_name
+from dncml.trainers.spec import from_dict
+
+SPEC = from_dict(dict(glyph_classes=48, warmup_epochs=0, epochs=2, finetune_epochs=1))
+
+
+def epoch_row(epoch: int) -> dict:
+    return {"epoch": epoch, "total_epochs": 3, "phase": "divide", "loss": 1.0, "val_recall@1": 0.5 + epoch / 10,
+            "best_epoch": epoch}
+
+
+@pytest.mark.parametrize("trial_id", ["run[1]-x", "plain-2"])
+def test_completed_means_every_epoch_is_stored(tmp_path, trial_id):
+    """A trial id with glob characters finds its epochs; a trial missing an epoch is not `completed`."""
+    store = ResultsStore(tmp_path)
+    full = TrialRecorder(store, "s", trial_id, SPEC)
+    for epoch in range(3):
+        full.epoch(epoch_row(epoch))
+    assert full.finish("completed") == "completed"
+    assert store.trial_row("s", trial_id)["epochs_done"] == 3
+    assert store.finished_trial("s", trial_id, 3)
+
+    short = TrialRecorder(store, "s", "short-1", SPEC)
+    short.epoch(epoch_row(0))
+    short.epoch(epoch_row(2))
+    assert short.finish("completed") == "failed"
+    row = store.trial_row("s", "short-1")
+    assert row["status"] == "failed" and "missing [1]" in row["error"]
+    assert store.finished_trial("s", "short-1", 3) is None
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", ".hidden", "x..y", "", "-flag", "a" * 200])
+def test_names_cannot_leave_the_store(name):
+    with pytest.raises(StoreError, match="names files in the results store"):
+        safe_name(name, "sweep")
+
+
+def test_ids_are_unique_within_one_second():
+    ids = {new_id("same-spec") for _ in range(200)}
+    assert len(ids) == 200
+
+
+def test_atomic_write_leaves_no_temporary_file_on_error(tmp_path):
+    target = tmp_path / "row.parquet"
+    target.write_text("old")
+
+    def failing(temporary):
+        temporary.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, failing)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["row.parquet"]
+
+
+def test_a_live_lease_is_refused_and_a_dead_one_taken_over(tmp_path):
+    path = tmp_path / ".leases" / "sweep.json"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "started": "then"}))
+        with pytest.raises(StoreError, match=f"still running \\(pid {holder.pid}"):
+            Lease(path, "sweep x").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with Lease(path, "sweep x"):  # the holder is gone: its lease is stale
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists()
+    # another host's lease counts while its heartbeat is fresh, and not once it is stale
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
+    with pytest.raises(StoreError, match="on elsewhere"):
+        Lease(path, "sweep x").acquire()
+    os.utime(path, (0, 0))
+    with Lease(path, "sweep x"):
+        pass
+
+
+def test_store_callback_stops_a_run_whose_workers_disagree(tmp_path):
+    from dncml.platform.train import StoreCallback, WorkersDisagree
+
+    callback = StoreCallback(str(tmp_path), "train", "t-1", ["val_recall@1"])
+    agree = [{**epoch_row(0), "assignment_version": 0, "assignment_digest": 7, "node_id": n} for n in ("a", "b")]
+    callback.after_report(None, agree, None)
+    disagree = [{**epoch_row(1), "assignment_version": 1, "assignment_digest": d, "node_id": "a"} for d in (7, 8)]
+    with pytest.raises(WorkersDisagree, match="different assignments"):
+        callback.after_report(None, disagree, None)
+    rows = pd.read_parquet(tmp_path / "train" / "epochs").sort_values("epoch")
+    assert rows["workers_agree"].tolist() == [True, False]  # recorded, then stopped
