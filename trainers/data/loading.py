@@ -6,7 +6,6 @@ from pathlib import Path
 
 from ..spec import RunSpec
 from .base import DatasetBundle, EvalSet, ImageSplit, carve_validation
-from .torch_dataset import ImageDataset
 
 
 def load_dataset(spec: RunSpec, cache_dir: str | Path | None = None, progress: bool = True) -> DatasetBundle:
@@ -27,8 +26,10 @@ def load_dataset(spec: RunSpec, cache_dir: str | Path | None = None, progress: b
     return bundle
 
 
-def torch_dataset(split: ImageSplit, spec: RunSpec, train: bool) -> ImageDataset:
+def torch_dataset(split: ImageSplit, spec: RunSpec, train: bool):
     """Glyphs are pre-augmented at render time; photos get the paper's crops and flips."""
+    from .torch_dataset import ImageDataset  # torch: imported only where a dataset is built
+
     if split.images is not None:
         return ImageDataset(split)
     from .benchmarks import photo_transforms
