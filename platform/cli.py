@@ -170,6 +170,9 @@ def cmd_train(args) -> int:
         for name, text in field_help().items():
             print(f"{name + (f' ({aliases[name]})' if name in aliases else ''):<28} {text}")
         return 0
+    if not args.runspec and not args.set:
+        raise UsageError("dncml train needs a RunSpec YAML (e.g. experiments/runs/glyphs_smoke.yaml) or --set "
+                         "field=value to train the defaults; `dncml train --help-spec` lists the fields")
     spec = _load_spec(args)
     if args.local:
         from dncml.platform.local import train_local
@@ -203,13 +206,13 @@ def cmd_embed(args) -> int:
 
 # ----------------------------------------------------------------------------- sweep, table
 def cmd_sweep(args) -> int:
-    from dncml.platform.sweep import run_sweep
-
     from dncml.experiments.loader import load_experiment
 
-    experiment = load_experiment(args.spec, args.preset)
+    experiment = load_experiment(args.spec, args.preset)  # a bad spec fails here, before Ray is imported
+    from dncml.platform.sweep import run_sweep
+
     sweep, summary = run_sweep(args.spec, preset=args.preset, address=args.address, storage=args.storage,
-                               resume=args.resume, max_concurrent=args.max_concurrent)
+                               resume=args.resume, max_concurrent=args.max_concurrent, mlflow_uri=args.mlflow)
     if summary.get("interrupted sweep"):
         return 130  # as a shell reports a process ended by Ctrl-C
     if summary.get("completed"):
@@ -220,10 +223,18 @@ def cmd_sweep(args) -> int:
     return 0 if not (summary.get("failed") or summary.get("stopped early")) else 1
 
 
+def cmd_status(args) -> int:
+    from dncml.analysis.status import render_status
+
+    print(render_status(args.store))
+    return 0
+
+
 def cmd_table(args) -> int:
     from dncml.analysis.tables import render_table
 
-    text = render_table(args.store, args.experiment, fmt=args.format, metrics=args.metric)
+    text = render_table(args.store, args.experiment, fmt=args.format, metrics=args.metric,
+                        include_running=args.include_running)
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
@@ -233,104 +244,133 @@ def cmd_table(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from dncml.analysis.plots import plot_experiment
+    from dncml.analysis.plots import optuna_paths, plot_experiment
 
-    out = plot_experiment(args.store, args.experiment, args.out, kind=args.kind)
+    out = plot_experiment(args.store, args.experiment, args.out, kind=args.kind, include_running=args.include_running)
     print(f"wrote {out}")
+    for path in optuna_paths(args.out).values():
+        if path.exists():
+            print(f"wrote {path} (Optuna's own figure)")
     return 0
 
 
 # ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dncml", description="Divide-and-conquer deep metric learning on Ray.")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        dncml_version = version("dncml")
+    except PackageNotFoundError:
+        dncml_version = "unknown"
+    formatter = argparse.ArgumentDefaultsHelpFormatter  # every option's help shows its default
+    parser = argparse.ArgumentParser(prog="dncml", description="Divide-and-conquer deep metric learning on Ray.",
+                                     formatter_class=formatter)
+    parser.add_argument("--version", action="version", version=f"dncml {dncml_version}")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="also show Ray's own logs (workers, Train, Tune)")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="show the outcome only")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    datasets = sub.add_parser("datasets", help="list, prepare, check and look at datasets")
+    def command(name: str, help: str):
+        return sub.add_parser(name, help=help, description=help, formatter_class=formatter)
+
+    datasets = command("datasets", "list, prepare, check and look at datasets")
     dsub = datasets.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help: str):
+        return dsub.add_parser(name, help=help, description=help, formatter_class=formatter)
 
     def glyph_options(p):
         p.add_argument("--cache-dir", help="default: $DNCML_CACHE or $XDG_CACHE_HOME/dncml or ~/.cache/dncml")
-        p.add_argument("--classes", type=int, default=None, help="glyphs: number of classes (default: all)")
+        p.add_argument("--classes", type=int, default=None, help="glyphs: number of classes (None: all)")
         p.add_argument("--instances", type=int, default=24, help="glyphs: images per class (multiple of 12)")
         p.add_argument("--image-size", type=int, default=32, help="glyphs: pixels")
         p.add_argument("--seed", type=int, default=0, help="glyphs: augmentation and split seed")
 
-    p = dsub.add_parser("list", help="known datasets and where they are expected")
-    p.add_argument("--cache-dir")
+    p = action("list", "known datasets and where they are expected")
+    p.add_argument("--cache-dir", help="default: $DNCML_CACHE or $XDG_CACHE_HOME/dncml or ~/.cache/dncml")
     p.set_defaults(func=cmd_datasets_list)
-    p = dsub.add_parser("prepare", help="render and cache the embedded glyphs dataset")
-    p.add_argument("name", help="glyphs")
+    p = action("prepare", "render and cache the embedded glyphs dataset")
+    p.add_argument("name", choices=["glyphs"], help="the embedded dataset")
     glyph_options(p)
     p.set_defaults(func=cmd_datasets_prepare)
-    p = dsub.add_parser("check", help="validate a dataset directory; print counts per split")
-    p.add_argument("name")
-    p.add_argument("--root", help="the unpacked archive")
-    p.add_argument("--verify-images", action="store_true", help="decode every image (slow)")
+    p = action("check", "validate a dataset directory; print counts per split")
+    p.add_argument("name", help="glyphs, folder, cub, cars, sop, inshop or vehicleid")
+    p.add_argument("--root", help="the unpacked archive (or, for folder, ROOT/<class>/<images>)")
+    p.add_argument("--verify-images", action="store_true", help="decode every image fully (slow)")
     glyph_options(p)
     p.set_defaults(func=cmd_datasets_check)
-    p = dsub.add_parser("show", help="write a PNG grid of sample images per class")
-    p.add_argument("name")
-    p.add_argument("--root")
-    p.add_argument("--out", required=True)
-    p.add_argument("--split", choices=("train", "test"), default="train")
+    p = action("show", "write a grid of sample images per class (PNG, PDF or SVG by the extension)")
+    p.add_argument("name", help="glyphs, folder, cub, cars, sop, inshop or vehicleid")
+    p.add_argument("--root", help="the unpacked archive (not for glyphs)")
+    p.add_argument("--out", required=True, help="the image file to write")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="which split")
     p.add_argument("--rows", type=int, default=16, help="classes to show (one row each)")
-    p.add_argument("--per-class", type=int, default=12)
+    p.add_argument("--per-class", type=int, default=12, help="images per class")
     glyph_options(p)
     p.set_defaults(func=cmd_datasets_show)
 
-    p = sub.add_parser("pretrain", help="pre-train GlyphNet on glyph classes outside train and test (`pretrained: glyphs`)")
+    p = command("pretrain", "pre-train GlyphNet on glyph classes outside train and test (`pretrained: glyphs`)")
     p.add_argument("backbone", choices=["glyphnet"], help="the backbone to pre-train")
-    p.add_argument("--epochs", type=int, default=6, help="classification epochs (default: 6)")
-    p.add_argument("--image-size", type=int, default=32, help="pixels (default: 32, the glyphs default)")
-    p.add_argument("--seed", type=int, default=0, help="render and training seed (default: 0)")
+    p.add_argument("--epochs", type=int, default=6, help="classification epochs")
+    p.add_argument("--image-size", type=int, default=32, help="pixels (the glyphs default)")
+    p.add_argument("--seed", type=int, default=0, help="render and training seed")
     p.add_argument("--out", default=None, help="also copy the weights file here")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("train", help="one divide-and-conquer run (Ray Train, or --local in this process)")
-    p.add_argument("runspec", nargs="?", help="RunSpec YAML (e.g. experiments/runs/glyphs_smoke.yaml)")
+    p = command("train", "one divide-and-conquer run (Ray Train, or --local in this process)")
+    p.add_argument("runspec", nargs="?", help="RunSpec YAML (e.g. experiments/runs/glyphs_smoke.yaml); "
+                                             "`--set` alone trains the defaults")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a RunSpec field (K, T, m, d aliases)")
     p.add_argument("--local", action="store_true", help="run in this process without Ray")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker")
-    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a local Ray)")
-    p.add_argument("--storage", default=None, help="results store directory (default for Ray runs: ./results)")
-    p.add_argument("--sweep", default=None, help="results-store sub-directory for --local runs (default: train)")
-    p.add_argument("--run-dir", default=None, help="--local: where checkpoints go (default: runs/NAME)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    p.add_argument("--help-spec", action="store_true", help="list every RunSpec field with its type and default")
+    p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (None: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--storage", default=None, help="results store directory (None: ./results for Ray runs, none for --local)")
+    p.add_argument("--sweep", default=None, help="results-store sub-directory for the run (None: train)")
+    p.add_argument("--run-dir", default=None, help="--local: where checkpoints go (None: runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the newest run of this name (same spec) from its newest checkpoint")
+    p.add_argument("--help-spec", action="store_true", help="list every RunSpec field with its type, default and allowed values")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("embed", help="export a checkpoint's embeddings and labels to Parquet")
+    p = command("embed", "export a checkpoint's embeddings and labels to Parquet")
     p.add_argument("checkpoint", nargs="?", help="a checkpoint directory (holds state.pt and spec.yaml), e.g. runs/NAME/checkpoints/best")
     p.add_argument("--trial", default=None, help="instead: a trial id of the results store; its validation-selected checkpoint")
-    p.add_argument("--storage", default="results", help="with --trial: the results store (default: results)")
-    p.add_argument("--sweep", default="train", help="with --trial: its sweep id (default: train, where `dncml train` records)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which split to embed (default: test)")
+    p.add_argument("--storage", default="results", help="with --trial: the results store")
+    p.add_argument("--sweep", default="train", help="with --trial: its sweep id (train: where `dncml train` records)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which split to embed")
     p.add_argument("--out", required=True, help="the Parquet file to write")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("sweep", help="run an experiment spec as a Ray Tune sweep")
-    p.add_argument("spec", help="experiment YAML (experiments/*.yaml) or a name")
-    p.add_argument("--preset", default=None, help="smoke, quick or paper (default: the spec's default)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    p = command("sweep", "run an experiment spec as a Ray Tune sweep")
+    p.add_argument("spec", help="experiment YAML (experiments/*.yaml) or a shipped experiment's name")
+    p.add_argument("--preset", default=None, help="smoke, quick or paper (None: the spec's default)")
+    p.add_argument("--address", default=None, help="Ray cluster (None: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", default="results", help="results store directory")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
-    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: fits the cluster's CPUs)")
+    p.add_argument("--resume", action="store_true", help="continue the newest interrupted sweep of this experiment")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (None: as many as the cluster fits)")
+    p.add_argument("--mlflow", default=None, metavar="URI", help="also log every trial to MLflow (e.g. sqlite:///mlflow.db)")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("table", help="an experiment's table from the results store")
-    p.add_argument("store")
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--format", choices=("md", "latex", "html", "csv"), default="md")
-    p.add_argument("--metric", action="append", help="metric column(s) (default: the experiment's)")
-    p.add_argument("--out")
+    p = command("status", "sweeps and runs in a results store: state, epochs, best metric so far, ETA")
+    p.add_argument("store", nargs="?", default="results", help="the results store")
+    p.set_defaults(func=cmd_status)
+
+    p = command("table", "an experiment's table from the results store")
+    p.add_argument("store", help="the results store")
+    p.add_argument("--experiment", required=True, help="the experiment's name")
+    p.add_argument("--format", choices=("md", "latex", "html", "csv"), default="md", help="output format")
+    p.add_argument("--metric", action="append", help="metric column(s) (None: the experiment's)")
+    p.add_argument("--include-running", action="store_true", help="also running / interrupted trials (rows marked partial)")
+    p.add_argument("--out", help="write to this file instead of printing")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("plot", help="an experiment's figure from the results store")
-    p.add_argument("store")
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--kind", default=None, help="curves | clusters | metric_vs | bars | search (default: the experiment's)")
+    p = command("plot", "an experiment's figure from the results store")
+    p.add_argument("store", help="the results store")
+    p.add_argument("--experiment", required=True, help="the experiment's name")
+    p.add_argument("--out", required=True, help="the figure file; its extension names the format (.png, .pdf, .svg)")
+    p.add_argument("--kind", default=None, help="curves | clusters | metric_vs | bars | search | budget (None: the experiment's)")
+    p.add_argument("--include-running", action="store_true", help="also running / interrupted trials")
     p.set_defaults(func=cmd_plot)
     return parser
 
@@ -338,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     args = build_parser().parse_args(argv)
+    from dncml.platform import console
+
+    console.setup(console.VERBOSE if args.verbose else console.QUIET if args.quiet else console.NORMAL)
     try:
         return args.func(args)
     except ValueError as error:

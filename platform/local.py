@@ -16,6 +16,7 @@ from dncml.trainers.runtime import resolve_device
 from dncml.trainers.seam import LocalRun, Seam, World
 from dncml.trainers.spec import RunSpec
 
+from .console import log, summary
 from .errors import PlatformError
 from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name
 
@@ -25,14 +26,14 @@ def train_local(spec: RunSpec, run_dir: str | Path | None = None, storage: str |
     """Train `spec` here; returns the trial id (None when `--resume` found the run finished)."""
     safe_name(sweep, "--sweep")
     run_dir = Path(run_dir or Path("runs") / spec.name)
-    reporter = LocalRun(run_dir)
+    reporter = LocalRun(run_dir, printer=log.info)
     with Lease(run_dir / ".lease.json", f"run directory {run_dir}"):
         resume_from = reporter.latest_checkpoint()
         if resume_from is not None and not resume:
             raise PlatformError(f"{run_dir} holds the checkpoints of an earlier run (up to {Path(resume_from).name}): "
                                 "continue it with --resume, or give this run another --run-dir")
         if resume and resume_from is None:
-            print(f"no checkpoint in {reporter.checkpoints}; starting from epoch 1")
+            log.info(f"no checkpoint in {reporter.checkpoints}; starting from epoch 1")
         if resume_from is not None:
             saved = load_checkpoint_spec(resume_from).to_dict()
             differences = [f"{k}: {v!r} -> {spec.to_dict()[k]!r}" for k, v in saved.items() if spec.to_dict()[k] != v]
@@ -40,7 +41,7 @@ def train_local(spec: RunSpec, run_dir: str | Path | None = None, storage: str |
                 raise PlatformError(f"--resume: {resume_from} was written by a run with a different spec ("
                                     + "; ".join(differences) + "); resume with the same spec, or use another --run-dir")
             if Path(resume_from).name == f"epoch-{spec.total_epochs - 1:04d}":
-                print(f"run in {run_dir} is already completed ({spec.total_epochs} epochs): nothing to resume")
+                summary.info(f"run in {run_dir} is already completed ({spec.total_epochs} epochs): nothing to resume")
                 return None
         # One trial id per run directory, so a resumed run replaces its own rows instead of adding some.
         id_file = run_dir / "trial_id"
@@ -54,7 +55,7 @@ def train_local(spec: RunSpec, run_dir: str | Path | None = None, storage: str |
             if recorder:
                 recorder.epoch(metrics)
 
-        print(f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
+        log.info(f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
               f"T={spec.recluster_every}, loss {spec.loss}, {spec.total_epochs} epochs; run dir {run_dir}")
         seam = Seam(report=report, world=World(resolve_device(spec)), resume_from=resume_from,
                     checkpoint_root=str(run_dir / "tmp"))
@@ -65,9 +66,9 @@ def train_local(spec: RunSpec, run_dir: str | Path | None = None, storage: str |
                 recorder.finish("failed", error=f"{type(error).__name__}: {error}"[:4000])
             raise
         if recorder and recorder.finish("completed") == "completed":
-            print(f"results appended to {recorder.store.root / recorder.sweep}")
+            summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
         best = state.history[state.best_epoch] if state.best_epoch >= 0 else state.history[-1]
-        print(f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
+        summary.info(f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
               + "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("test_") and isinstance(v, float)))
-        print(f"checkpoints: {reporter.checkpoints} (the selected epoch's: {reporter.checkpoints / 'best'})")
+        summary.info(f"checkpoints: {reporter.checkpoints} (the selected epoch's: {reporter.checkpoints / 'best'})")
     return trial_id

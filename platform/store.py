@@ -121,12 +121,30 @@ def package_versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in ("dncml", "torch", "torchvision", "ray", "faiss-gpu", "pytorch-metric-learning", "optuna", "numpy"):
+    for package in ("dncml", "torch", "torchvision", "ray", "faiss-gpu", "faiss-cpu", "pytorch-metric-learning", "optuna",
+                    "numpy", "pandas", "pyarrow", "scipy"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
             pass
     return json.dumps(found, sort_keys=True)
+
+
+_writers: dict[Path, Any] = {}
+
+
+def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
+    """Every numeric metric of an epoch as a TensorBoard scalar at step = epoch, in one event
+    directory per trial (`tensorboard --logdir STORE`). A writer per directory and process."""
+    from tensorboardX import SummaryWriter
+
+    writer = _writers.get(logdir)
+    if writer is None:
+        writer = _writers[logdir] = SummaryWriter(str(logdir))
+    for name, value in metrics.items():
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value):
+            writer.add_scalar(name, float(value), int(metrics["epoch"]))
+    writer.flush()
 
 
 def _row_table(row: dict[str, Any], types: dict[str, pa.DataType]) -> pa.Table:
@@ -170,6 +188,7 @@ class ResultsStore:
         types.update({name: pa.float64() for name in metric_names})
         row = {**metrics, "sweep": sweep, "trial_id": trial_id}
         _atomic_write(_row_table(row, types), self.sweep_dir(sweep) / "epochs" / f"{trial_id}-e{int(metrics['epoch']):04d}.parquet")
+        tensorboard_scalars(self.sweep_dir(sweep) / "tensorboard" / trial_id, metrics)
 
     def epoch_rows(self, sweep: str, trial_id: str) -> list[dict[str, Any]]:
         """One trial's epoch rows, in epoch order, as plain dicts (missing values as None)."""

@@ -14,6 +14,7 @@ import glob
 import json
 import math
 import time
+from pathlib import Path
 
 import ray
 from ray import tune
@@ -22,6 +23,8 @@ from dncml.experiments.loader import Experiment, load_experiment, sample_is_vali
 from dncml.trainers.spec import ALIASES, SpecError
 
 from .store import ResultsStore, TrialRecorder, new_id, safe_name, write_text_atomic
+from .console import Progress, duration, epoch_line, log
+from .console import summary as outcome
 from .errors import PlatformError
 from .train import Resources, connect, fit_run, prepare_data
 
@@ -71,24 +74,41 @@ def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: R
 
 
 class ProgressPrinter(tune.Callback):
-    """One concise line per finished trial (Tune's own table is kept quiet)."""
+    """One line per epoch per trial, labelled with the trial's setting, one per finished trial,
+    and a progress line (done / running / pending, elapsed, ETA) every minute."""
 
-    def __init__(self, experiment: Experiment, total: int):
-        self.experiment, self.total, self.done, self.started = experiment, total, 0, time.time()
+    def __init__(self, experiment: Experiment, total: int, concurrency: int):
+        self.experiment = experiment
+        self.progress = Progress(total, experiment.run_spec().total_epochs, concurrency)
 
-    def _line(self, trial, status: str) -> None:
-        self.done += 1
+    def label(self, trial) -> str:
+        config = Experiment.overrides(trial.config)
+        shown = {**{r: config.get(r) for r in self.experiment.rows if r in config},
+                 **({"seed": config["seed"]} if "seed" in config else {})}
+        return " ".join(f"{k}={v}" for k, v in shown.items()) or trial.trial_id
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" in result and "total_epochs" in result:
+            self.progress.epochs[trial.trial_id] = int(result["epoch"]) + 1
+            log.info(epoch_line(self.label(trial), result, self.experiment.metric))
+
+    def _end(self, trial, status: str) -> None:
+        self.progress.finished[trial.trial_id] = status
         result = trial.last_result or {}
-        value = result.get(f"best_{self.experiment.metric}", result.get(self.experiment.metric))
-        shown = f"{self.experiment.metric} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
-        label = ", ".join(f"{k}={v}" for k, v in trial.config.items())
-        print(f"[{self.done}/{self.total}, {time.time() - self.started:.0f}s] {trial.trial_id} ({label}): {status} {shown}", flush=True)
+        value = result.get(f"best_{self.experiment.metric}")
+        shown = f" {self.experiment.metric} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
+        log.info(f"[{self.label(trial)}] {status}{shown}")
+        log.info(self.progress.line())
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, "completed")
+        self._end(trial, "completed")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "FAILED")
+        self._end(trial, "FAILED")
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.progress.due():
+            log.info(self.progress.line())
 
 
 class SweepMonitor(tune.Callback):
@@ -214,7 +234,9 @@ def concurrency(experiment: Experiment, resources: Resources, requested: int | N
 
 
 def run_sweep(spec_path: str, preset: str | None = None, address: str | None = None, storage: str = "results",
-              resume: bool = False, max_concurrent: int | None = None, num_cpus: int | None = None):
+              resume: bool = False, max_concurrent: int | None = None, num_cpus: int | None = None,
+              mlflow_uri: str | None = None):
+    started = time.time()
     experiment = load_experiment(spec_path, preset)  # every grid point validated here
     store = ResultsStore(storage)
     sweep = _sweep_id(experiment, store, resume)
@@ -225,10 +247,14 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
     tune_root = (store.root / "_ray" / sweep).resolve()
     trainable = tune.with_resources(make_trial(experiment, str(store.root.resolve()), sweep, resources), {"CPU": TRIAL_CPU})
     total = experiment.trial_count
-    print(f"sweep {sweep}: {experiment.name}, preset {experiment.preset}, {total} trial(s), "
-          f"{limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}", flush=True)
+    log.info(f"sweep {sweep}: {experiment.name}, preset {experiment.preset}, {total} trial(s), "
+             f"{limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}")
     monitor = SweepMonitor(threshold=min(total, max(2, limit)))
-    callbacks = [ProgressPrinter(experiment, total), monitor]
+    callbacks = [ProgressPrinter(experiment, total, limit), monitor]
+    if mlflow_uri:
+        from .tracking import MLflowCallback
+
+        callbacks.append(MLflowCallback(mlflow_uri, experiment, sweep))
     if resume:
         tuner = tune.Tuner.restore(str(tune_root / TUNE_DIR), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
@@ -240,7 +266,7 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(experiment),
-            tune_config=_tune_config(experiment, limit),
+            tune_config=_tune_config(experiment, limit, store.sweep_dir(sweep)),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(tune_root), callbacks=callbacks, verbose=0,
                                       stop=monitor.stopper(), failure_config=tune.FailureConfig(fail_fast=False)),
         )
@@ -250,16 +276,16 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
     summary = reconcile(store, sweep, experiment, monitor)
     if monitor.triggered:
         summary["stopped early"] = 1
-        print(f"sweep {sweep} stopped early: its first {monitor.failed} trial(s) failed before any trial reported "
-              f"an epoch, so the rest would fail the same way. First error: {monitor.first_error}", flush=True)
+        outcome.warning(f"sweep {sweep} stopped early: its first {monitor.failed} trial(s) failed before any trial reported "
+                    f"an epoch, so the rest would fail the same way. First error: {monitor.first_error}")
     if monitor.interrupted(total):
         summary["interrupted sweep"] = 1
-        print(f"sweep {sweep} interrupted. Resume it with:\n  dncml sweep {spec_path}"
-              + (f" --preset {experiment.preset}" if experiment.preset else "") + f" --storage {store.root} --resume",
-              flush=True)
+        outcome.warning(f"sweep {sweep} interrupted. Resume it with:\n  dncml sweep {spec_path}"
+                    + (f" --preset {experiment.preset}" if experiment.preset else "") + f" --storage {store.root} --resume")
     else:
-        print(f"sweep {sweep} done: " + ", ".join(f"{n} {status}" for status, n in summary.items() if n))
-    print(f"results: {store.root / sweep}  (dncml table {store.root} --experiment {experiment.name})")
+        outcome.info(f"sweep {sweep} done in {duration(time.time() - started)}: "
+                     + ", ".join(f"{n} {status}" for status, n in summary.items() if n))
+    outcome.info(f"results: {store.root / sweep}  (dncml table {store.root} --experiment {experiment.name})")
     return sweep, summary
 
 
@@ -278,7 +304,7 @@ def _param_space(experiment: Experiment) -> dict:
     return {axis: tune.grid_search(values) for axis, values in experiment.grid.items()}
 
 
-def _tune_config(experiment: Experiment, limit: int) -> tune.TuneConfig:
+def _tune_config(experiment: Experiment, limit: int, sweep_dir: Path) -> tune.TuneConfig:
     scheduler = None
     if experiment.asha:
         from ray.tune.schedulers import ASHAScheduler
@@ -294,8 +320,13 @@ def _tune_config(experiment: Experiment, limit: int) -> tune.TuneConfig:
 
         # OptunaSearch needs metric and mode itself: TuneConfig's are not passed through when
         # the search space is given to Tune.
+        from .tracking import optuna_storage
+
+        # The study lives in the store (SQLite), under the sweep's id: `optuna.load_study` and
+        # optuna-dashboard open it, and `dncml plot` draws Optuna's own figures from it.
         search = OptunaSearch(metric=f"best_{experiment.metric}", mode=experiment.mode,
-                              seed=int(experiment.run.get("seed", 0)))
+                              seed=int(experiment.run.get("seed", 0)), study_name=sweep_dir.name,
+                              storage=optuna_storage(sweep_dir))
         return tune.TuneConfig(search_alg=search, num_samples=experiment.num_samples, max_concurrent_trials=limit,
                                scheduler=scheduler)
     metric = {} if scheduler else {"metric": f"best_{experiment.metric}", "mode": experiment.mode}

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,11 @@ import torch
 from dncml.trainers import spec as runspec
 from dncml.trainers.data.base import DatasetError
 from dncml.trainers.divide_and_conquer import NonFiniteLoss
-from dncml.trainers.seam import Seam, World, format_epoch
+from dncml.trainers.seam import Seam, World
 
 from .clustering import ActorGroupingService, start_actor
+from . import console
+from .console import log, summary
 from .errors import PlatformError
 from .faults import fault_point
 from .store import ResultsStore, TrialRecorder, new_id, spec_differences, write_text_atomic
@@ -87,8 +90,6 @@ def worker_loop(config: dict) -> None:
     session = _session_id(world)
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        if world.is_chief:
-            print(f"[{config['run_id']}] {format_epoch(metrics)}", flush=True)
         # Ray keeps the newest checkpoint and the one with the highest `selected_epoch`: the
         # epoch model selection chose (-1 on every other epoch).
         selected = metrics["epoch"] if metrics.get("best_epoch") == metrics["epoch"] else -1
@@ -247,9 +248,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
                                 f"start one with `ray start --head --port={port}`") from None
     try:
         if address in (None, "local"):
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                     log_to_driver=console.verbosity() >= console.VERBOSE)
         else:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=console.verbosity() >= console.VERBOSE)
     except ConnectionError as error:
         raise PlatformError(f"--address {address}: cannot connect to Ray: {error}") from None
 
@@ -264,7 +266,7 @@ def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = Fa
     if resume:
         previous = store.latest_run(sweep, spec.name)
         if previous is None:
-            print(f"no run named {spec.name!r} in {store.root / sweep}; starting a new one")
+            log.info(f"no run named {spec.name!r} in {store.root / sweep}; starting a new one")
         else:
             trial_id = str(previous["trial_id"])
             differences = spec_differences(previous, spec)
@@ -272,7 +274,7 @@ def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = Fa
                 raise PlatformError(f"--resume: run {trial_id} was started with a different spec ("
                                     + "; ".join(differences) + "); resume it with the same spec, or give the new run another name")
             if store.finished_trial(sweep, trial_id, spec.total_epochs):
-                print(f"run {trial_id} is already completed in {store.root / sweep}: nothing to resume")
+                summary.info(f"run {trial_id} is already completed in {store.root / sweep}: nothing to resume")
                 return trial_id
     trial_id = trial_id or new_id(spec.name)
     prepare_data(spec, num_workers)
@@ -283,9 +285,15 @@ def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = Fa
     free = ray.cluster_resources().get("CPU", 0)
     if num_workers * resources.cpus_per_worker > free:
         raise PlatformError(f"--num-workers {num_workers} needs {num_workers} CPUs; the cluster has {free:g}")
-    print(f"run {trial_id}: {num_workers} Ray Train worker(s), store {store.root / sweep}", flush=True)
+    log.info(f"run {trial_id}: {num_workers} Ray Train worker(s), store {store.root / sweep}")
     with store.lease(sweep, trial_id):  # a second `--resume` of this run is refused while it runs
         recorder = TrialRecorder(store, sweep, trial_id, spec)
-        fit_run(spec, trial_id, resources, store, sweep, recorder)
-    print(f"done: epochs in {store.root / sweep / 'epochs'}, trial row in {store.root / sweep / 'trials'}")
+        stop = threading.Event()
+        follower = console.tail_epochs(store, sweep, trial_id, spec.name, spec.selection_metric, stop)
+        try:
+            fit_run(spec, trial_id, resources, store, sweep, recorder)
+        finally:
+            stop.set()
+            follower.join(10)
+    summary.info(f"done: epochs in {store.root / sweep / 'epochs'}, trial row in {store.root / sweep / 'trials'}")
     return trial_id

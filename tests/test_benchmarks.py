@@ -9,12 +9,12 @@ import pytest
 from PIL import Image, ImageFile
 
 from dncml.trainers.data.base import DatasetBundle, DatasetError, ImageSplit
+from dncml.trainers.data.torch_dataset import photo_transforms
 from dncml.trainers.data.benchmarks import (
     BENCHMARKS,
     bundle_image_paths,
     check_dataset,
     check_files_exist,
-    photo_transforms,
     read_benchmark,
     read_cars,
     read_cub,
@@ -325,7 +325,7 @@ def test_vehicleid_errors(tmp_path):
 
 
 def test_registry_and_check_dataset(tmp_path):
-    assert set(BENCHMARKS) == {"cub", "cars", "sop", "inshop", "vehicleid"}
+    assert set(BENCHMARKS) == {"cub", "cars", "sop", "inshop", "vehicleid", "folder"}
     assert [n for n, i in BENCHMARKS.items() if i.has_groups] == ["sop"]
     assert BENCHMARKS["inshop"].recall_ks == (1, 10, 20, 30, 50)
     make_sop(tmp_path / "sop")
@@ -339,7 +339,7 @@ def test_registry_and_check_dataset(tmp_path):
     assert report["warnings"]  # a tiny copy differs from the full release's class counts
     assert read_benchmark("SOP", tmp_path / "sop").name == "sop"
 
-    with pytest.raises(DatasetError, match="unknown dataset 'mnist'; known: cars, cub, inshop, sop, vehicleid"):
+    with pytest.raises(DatasetError, match="unknown dataset 'mnist'; known: cars, cub, folder, inshop, sop, vehicleid"):
         check_dataset("mnist", tmp_path)
     with pytest.raises(DatasetError, match="does not exist"):
         check_dataset("cub", tmp_path / "missing")

@@ -18,6 +18,7 @@ from torch import nn
 
 from .losses import build_loss
 from .plan import Block, block_key
+from .registry import BACKBONES
 from .spec import RunSpec
 
 
@@ -75,8 +76,11 @@ def _weights_file(depth: int, pretrained: str) -> str:
 
 
 def build_backbone(spec: RunSpec, in_channels: int, progress: bool = True) -> nn.Module:
-    if spec.backbone != "glyphnet":
-        return ResNetBackbone(18 if spec.backbone == "resnet18" else 50, in_channels, spec.pretrained)
+    return BACKBONES.create(spec.backbone, spec, in_channels, progress=progress)
+
+
+@BACKBONES.register("glyphnet")
+def glyphnet(spec: RunSpec, in_channels: int, progress: bool = True) -> GlyphNet:
     net = GlyphNet(in_channels)
     if spec.pretrained is not None:
         from .pretrain import PretrainConfig, pretrained_glyphnet
@@ -89,6 +93,16 @@ def build_backbone(spec: RunSpec, in_channels: int, progress: bool = True) -> nn
         except RuntimeError as error:
             raise ValueError(f"{path}: not a GlyphNet state dict for {in_channels} input channel(s) ({error})") from None
     return net
+
+
+@BACKBONES.register("resnet18")
+def resnet18(spec: RunSpec, in_channels: int, progress: bool = True) -> ResNetBackbone:
+    return ResNetBackbone(18, in_channels, spec.pretrained)
+
+
+@BACKBONES.register("resnet50")
+def resnet50(spec: RunSpec, in_channels: int, progress: bool = True) -> ResNetBackbone:
+    return ResNetBackbone(50, in_channels, spec.pretrained)
 
 
 class DivideAndConquerNet(nn.Module):

@@ -19,19 +19,27 @@ from typing import Any
 
 import yaml
 
+from . import registry
 from .plan import DivisionPlan
 
-DATASETS = ("glyphs", "cub", "cars", "sop", "inshop", "vehicleid")
-DATASETS_WITH_GROUPS = ("glyphs", "sop")
-BACKBONES = ("glyphnet", "resnet18", "resnet50")
+DATASETS = registry.DATASETS.names()
+DATASETS_WITH_GROUPS = tuple(name for name in DATASETS if registry.DATASETS.info(name)["groups"])
+BACKBONES = registry.BACKBONES.names()
 GROUPINGS = ("none", "kmeans", "kmeans_nosplit", "random", "gt_labels")
 HIERARCHIES = ("flat", "binary")
 CLUSTER_SPACES = ("embedding", "backbone")
 EMBEDDING_SOURCES = ("full_pass", "training_pass")
 MASKS = ("fixed", "learned")
-LOSSES = ("margin", "triplet", "proxynca", "multisimilarity", "normsoftmax", "arcface", "contrastive")
+LOSSES = registry.LOSSES.names()
 DEVICES = ("auto", "cpu", "cuda")
 FREEZE_BN = ("auto", "none", "stats", "all")  # auto: all when the backbone is pretrained, else none
+
+# The fields that take one of a fixed set of values, and the values.
+CHOICES = {
+    "dataset": DATASETS, "backbone": BACKBONES, "grouping": GROUPINGS, "hierarchy": HIERARCHIES,
+    "cluster_space": CLUSTER_SPACES, "embedding_source": EMBEDDING_SOURCES, "masks": MASKS, "loss": LOSSES,
+    "device": DEVICES, "freeze_bn": FREEZE_BN,
+}
 
 # Short names used in the paper and on the command line (`--set K=8`).
 ALIASES = {"K": "num_learners", "T": "recluster_every", "m": "samples_per_class", "d": "embedding_dim"}
@@ -128,7 +136,7 @@ class RunSpec:
 
     @property
     def resolved_image_size(self) -> int:
-        return self.image_size or (32 if self.dataset == "glyphs" else 224)
+        return self.image_size or registry.DATASETS.info(self.dataset)["image_size"]
 
     @property
     def plan(self) -> DivisionPlan:
@@ -294,12 +302,7 @@ def _validate(spec: RunSpec) -> None:
     if not valid_name(spec.name):
         raise SpecError(f"RunSpec field 'name' = {spec.name!r}: use letters, digits, '.', '_' and '-' (at most 128, "
                         "not starting with '.' or '-', no '..'): it names files of the run")
-    for name, allowed in (
-        ("dataset", DATASETS), ("backbone", BACKBONES), ("grouping", GROUPINGS),
-        ("hierarchy", HIERARCHIES), ("cluster_space", CLUSTER_SPACES),
-        ("embedding_source", EMBEDDING_SOURCES), ("masks", MASKS), ("loss", LOSSES), ("device", DEVICES),
-        ("freeze_bn", FREEZE_BN),
-    ):
+    for name, allowed in CHOICES.items():
         _choice(spec, name, allowed)
     for name, minimum in (
         ("embedding_dim", 1), ("num_learners", 1), ("recluster_every", 1), ("kmeans_iterations", 1),
@@ -355,13 +358,16 @@ def _validate(spec: RunSpec) -> None:
             f"RunSpec field 'grouping' = 'gt_labels' needs a dataset with group labels "
             f"({', '.join(DATASETS_WITH_GROUPS)}); {spec.dataset!r} has none"
         )
-    if spec.dataset != "glyphs" and spec.data_root is None:
-        raise SpecError(f"RunSpec field 'data_root' is required for dataset {spec.dataset!r} (the unpacked archive)")
-    if spec.dataset == "glyphs" and spec.backbone != "glyphnet" and spec.resolved_image_size < 32:
-        raise SpecError("RunSpec: ResNet backbones need image_size >= 32")
-    named = {"cache": "resnet18, resnet50", "glyphs": "glyphnet"}  # named weights and the backbones they fit
+    if registry.DATASETS.info(spec.dataset)["needs_root"] and spec.data_root is None:
+        raise SpecError(f"RunSpec field 'data_root' is required for dataset {spec.dataset!r} (where its images are)")
+    smallest = registry.BACKBONES.info(spec.backbone)["min_image_size"]
+    if spec.resolved_image_size < smallest:
+        raise SpecError(f"RunSpec field 'image_size' = {spec.resolved_image_size}: backbone {spec.backbone!r} needs >= {smallest}")
+    # named weights and the backbones that take them
+    named = {w: [b for b in BACKBONES if w in registry.BACKBONES.info(b)["pretrained"]]
+             for b in BACKBONES for w in registry.BACKBONES.info(b)["pretrained"]}
     if spec.pretrained in named and spec.backbone not in named[spec.pretrained]:
-        raise SpecError(f"RunSpec field 'pretrained' = {spec.pretrained!r} is for backbone {named[spec.pretrained]}, "
+        raise SpecError(f"RunSpec field 'pretrained' = {spec.pretrained!r} is for backbone {', '.join(named[spec.pretrained])}, "
                         f"not {spec.backbone!r}")
     if spec.pretrained not in (None, *named) and not Path(os.path.expanduser(spec.pretrained)).is_file():
         raise SpecError(f"RunSpec field 'pretrained' = {spec.pretrained!r}: no such file (give a local weights file, "
@@ -414,5 +420,6 @@ def field_help() -> dict[str, str]:
     for name, f in _fields().items():
         base, optional = _field_type(name)
         default = f.default if f.default is not dataclasses.MISSING else None
-        out[name] = f"{base.__name__}{' | null' if optional else ''} = {default!r}"
+        out[name] = f"{base.__name__}{' | null' if optional else ''} = {default!r}" + (
+            f"  (one of: {', '.join(CHOICES[name])})" if name in CHOICES else "")
     return out

@@ -24,7 +24,7 @@ find bad image files before training: `check_files_exist` (stat only: missing or
 seconds; the preflight before any worker starts) and `verify_image_files` (decodes every pixel:
 truncated or corrupt files too; slow, `dncml datasets check NAME --root DIR --verify-images`).
 
-This module does not import torch; `photo_transforms` imports torchvision when called.
+This module does not import torch (the photo transforms live beside the torch dataset).
 """
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from dncml.trainers.data.folder import RECALL_KS as FOLDER_KS
+from dncml.trainers.data.folder import read_folder
+from dncml.trainers.registry import DATASETS
 from dncml.trainers.data.base import (
     DatasetBundle,
     DatasetError,
@@ -49,12 +52,9 @@ from dncml.trainers.data.base import (
 __all__ = [
     "BENCHMARKS",
     "BenchmarkInfo",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "bundle_image_paths",
     "check_dataset",
     "check_files_exist",
-    "photo_transforms",
     "read_benchmark",
     "read_cars",
     "read_cub",
@@ -64,14 +64,13 @@ __all__ = [
     "verify_image_files",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-CUB_KS = (1, 2, 4, 8)
-CARS_KS = (1, 2, 4, 8)
-SOP_KS = (1, 10, 100, 1000)
-INSHOP_KS = (1, 10, 20, 30, 50)
-VEHICLEID_KS = (1, 5)
+# Each dataset's Recall@K and group labels are declared once, in the registry.
+CUB_KS = DATASETS.info("cub")["recall_ks"]
+CARS_KS = DATASETS.info("cars")["recall_ks"]
+SOP_KS = DATASETS.info("sop")["recall_ks"]
+INSHOP_KS = DATASETS.info("inshop")["recall_ks"]
+VEHICLEID_KS = DATASETS.info("vehicleid")["recall_ks"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,9 +565,12 @@ class BenchmarkInfo:
     homepage: str
     required_files: tuple[str, ...]
     recall_ks: tuple[int, ...]
-    has_groups: bool
     alt_layouts: tuple[tuple[str, ...], ...] = ()
     expected_classes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def has_groups(self) -> bool:
+        return DATASETS.info(self.name)["groups"]
 
     def layouts(self) -> tuple[tuple[str, ...], ...]:
         return (self.required_files,) + self.alt_layouts
@@ -603,7 +605,6 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
         alt_layouts=(("CUB_200_2011/images.txt", "CUB_200_2011/image_class_labels.txt",
                       "CUB_200_2011/images/"),),
         recall_ks=CUB_KS,
-        has_groups=False,
         expected_classes={"train": 100, "test/query": 100},
     ),
     "cars": BenchmarkInfo(
@@ -619,7 +620,6 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
                      ("devkit/cars_train_annos.mat", "cars_train/",
                       "devkit/cars_test_annos_withlabels.mat", "cars_test/")),
         recall_ks=CARS_KS,
-        has_groups=False,
         expected_classes={"train": 98, "test/query": 98},
     ),
     "sop": BenchmarkInfo(
@@ -630,7 +630,6 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
         homepage="https://cvgl.stanford.edu/projects/lifted_struct/",
         required_files=("Ebay_train.txt", "Ebay_test.txt"),
         recall_ks=SOP_KS,
-        has_groups=True,
         expected_classes={"train": 11318, "test/query": 11316},
     ),
     "inshop": BenchmarkInfo(
@@ -645,7 +644,6 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
                      ("Eval/list_eval_partition.txt", "Img/img/"),
                      ("list_eval_partition.txt", "Img/img/")),
         recall_ks=INSHOP_KS,
-        has_groups=False,
         expected_classes={"train": 3997, "test/query": 3985, "test/gallery": 3985},
     ),
     "vehicleid": BenchmarkInfo(
@@ -658,11 +656,31 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
                         "train_test_split/test_list_800.txt", "train_test_split/test_list_1600.txt",
                         "train_test_split/test_list_2400.txt"),
         recall_ks=VEHICLEID_KS,
-        has_groups=False,
         expected_classes={"test_small/query": 800, "test_medium/query": 1600,
                           "test_large/query": 2400},
     ),
 }
+
+
+BENCHMARKS["folder"] = BenchmarkInfo(
+    name="folder",
+    reader=read_folder,
+    title="Your own images: ROOT/<class name>/<images> (class-disjoint train / test)",
+    archive="any folder with one sub-folder of .jpg / .png images per class (optional ROOT/split.txt)",
+    homepage="",
+    required_files=(),
+    recall_ks=FOLDER_KS,
+)
+
+
+def _register(name: str) -> None:
+    @DATASETS.register(name)
+    def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
+        return read_benchmark(name, os.path.expanduser(os.path.expandvars(spec.data_root)))
+
+
+for _name in ("cub", "cars", "sop", "inshop", "vehicleid"):
+    _register(_name)
 
 
 def _info(name: str) -> BenchmarkInfo:
@@ -729,32 +747,3 @@ def check_dataset(
 
 # --------------------------------------------------------------------------------------------
 # transforms
-
-
-def photo_transforms(
-    train: bool,
-    image_size: int = 224,
-    resize: int = 256,
-    crop_scale: tuple[float, float] = (0.16, 1.0),
-):
-    """torchvision transforms for the photo benchmarks (input: a PIL RGB image).
-
-    train: Resize(resize) -> RandomResizedCrop(image_size, scale=crop_scale) -> RandomHorizontalFlip.
-      The paper says "224x224 crops from 256 resize, random crop + flip"; like common DML code
-      (e.g. Roth et al.'s and Musgrave et al.'s benchmarks) the crop is a RandomResizedCrop with
-      scale (0.16, 1) taken after the resize of the shorter side to `resize`.
-    eval:  Resize(resize) -> CenterCrop(image_size).
-    Both end with ToTensor and ImageNet Normalize, giving a float tensor (3, image_size, image_size).
-    """
-    from torchvision import transforms as T
-
-    if train:
-        steps = [
-            T.Resize(resize),
-            T.RandomResizedCrop(image_size, scale=tuple(crop_scale)),
-            T.RandomHorizontalFlip(),
-        ]
-    else:
-        steps = [T.Resize(resize), T.CenterCrop(image_size)]
-    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return T.Compose(steps)

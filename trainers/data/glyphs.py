@@ -53,9 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..registry import DATASETS
 from .base import DatasetBundle, DatasetError, EvalSet, ImageSplit, default_cache_dir
 
-GLYPH_RECALL_KS = (1, 2, 4, 8)
+GLYPH_RECALL_KS = DATASETS.info("glyphs")["recall_ks"]
 
 # The 12 faces, in instance order (the face index of an image is its position here).
 GLYPH_FACES = (
@@ -610,3 +611,10 @@ def load_glyphs(config: GlyphConfig, cache_dir: Path | None = None, progress: bo
         channels=1,
         group_names=group_names,
     )
+
+
+@DATASETS.register("glyphs")
+def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
+    config = GlyphConfig(num_classes=spec.glyph_classes, instances_per_class=spec.glyph_instances,
+                         image_size=spec.resolved_image_size, seed=spec.dataset_seed)
+    return load_glyphs(config, cache_dir, progress=progress)

@@ -6,7 +6,9 @@ import torch
 from torch.utils.data import Dataset
 
 from dncml.trainers.data.base import DatasetError, ImageSplit
-from dncml.trainers.data.benchmarks import IMAGENET_MEAN, IMAGENET_STD, photo_transforms
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = ["ArrayBatches", "ImageDataset", "photo_transforms", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -96,3 +98,32 @@ class ArrayBatches:
             x = torch.from_numpy(self.images[index])
             x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
             yield x.float().div_(255.0).sub_(0.5).div_(0.5), torch.from_numpy(self.labels[index]), torch.from_numpy(index)
+
+
+def photo_transforms(
+    train: bool,
+    image_size: int = 224,
+    resize: int = 256,
+    crop_scale: tuple[float, float] = (0.16, 1.0),
+):
+    """torchvision transforms for the photo benchmarks (input: a PIL RGB image).
+
+    train: Resize(resize) -> RandomResizedCrop(image_size, scale=crop_scale) -> RandomHorizontalFlip.
+      The paper says "224x224 crops from 256 resize, random crop + flip"; like common DML code
+      (e.g. Roth et al.'s and Musgrave et al.'s benchmarks) the crop is a RandomResizedCrop with
+      scale (0.16, 1) taken after the resize of the shorter side to `resize`.
+    eval:  Resize(resize) -> CenterCrop(image_size).
+    Both end with ToTensor and ImageNet Normalize, giving a float tensor (3, image_size, image_size).
+    """
+    from torchvision import transforms as T
+
+    if train:
+        steps = [
+            T.Resize(resize),
+            T.RandomResizedCrop(image_size, scale=tuple(crop_scale)),
+            T.RandomHorizontalFlip(),
+        ]
+    else:
+        steps = [T.Resize(resize), T.CenterCrop(image_size)]
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(steps)

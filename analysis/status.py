@@ -1,0 +1,113 @@
+"""`dncml status STORE`: what a results store holds and what is running in it, from the store alone.
+
+Per sweep (and `dncml train` run group): every trial's state, epochs done of its total, the best
+value so far of the sweep's selection metric, and for the running ones an ETA from their epoch
+times; trials a sweep has not started yet are counted from its card. A trial whose row says
+`running` while no process holds the sweep's lease (`STORE/<sweep>/.leases/`) was cut off: it is
+shown as `interrupted?`, and `--resume` continues it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .store import StoreError, _read_card, _sweep_order, _visible, read_parquet_dir
+
+STALE_LEASE = 60.0  # seconds without a heartbeat after which a lease no longer counts
+
+
+def _live_leases(sweep_dir: Path) -> list[dict]:
+    live = []
+    for path in sorted((sweep_dir / ".leases").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            age = time.time() - path.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        if age > STALE_LEASE:
+            continue
+        if record.get("host") == socket.gethostname():
+            try:
+                os.kill(int(record.get("pid", -1)), 0)
+            except (ProcessLookupError, ValueError):
+                continue
+            except PermissionError:
+                pass
+        live.append({**record, "name": path.stem})
+    return live
+
+
+def _planned_trials(card: dict) -> int | None:
+    grid = card.get("grid") or {}
+    count = 1
+    for values in grid.values():
+        count *= len(values) if isinstance(values, list) else 1
+    return count * int(card.get("num_samples") or 1) if card else None
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return ""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
+    """(summary, one row per trial) of one sweep directory."""
+    card = _read_card(sweep_dir) if (sweep_dir / "experiment.json").is_file() else {}
+    metric = str(card.get("metric") or "val_recall@1")
+    mode = str(card.get("mode") or "max")
+    trials, epochs = read_parquet_dir(sweep_dir / "trials"), read_parquet_dir(sweep_dir / "epochs")
+    live = _live_leases(sweep_dir)
+    rows = []
+    for _, trial in trials.iterrows():
+        own = epochs[epochs["trial_id"] == trial["trial_id"]] if len(epochs) else pd.DataFrame()
+        total = int(trial.get("spec_warmup_epochs", 0) or 0) + int(trial.get("spec_epochs", 0) or 0) + \
+            int(trial.get("spec_finetune_epochs", 0) or 0)
+        done = int(own["epoch"].nunique()) if len(own) else 0
+        values = pd.to_numeric(own.get(metric, pd.Series(dtype=float)), errors="coerce").dropna()
+        best = (values.max() if mode == "max" else values.min()) if len(values) else math.nan
+        status = str(trial.get("status"))
+        eta = math.nan
+        if status == "running":
+            if not live:
+                status = "interrupted?"
+            elif len(own) and "epoch_seconds" in own:
+                eta = float(pd.to_numeric(own["epoch_seconds"], errors="coerce").mean()) * (total - done)
+        rows.append({"trial": trial["trial_id"], "setting": trial.get("setting") or "", "status": status,
+                     "epochs": f"{done}/{total}", f"best {metric}": best, "ETA": _duration(eta)})
+    table = pd.DataFrame(rows)
+    planned = _planned_trials(card)
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    if planned and planned > len(table):
+        counts["not started"] = planned - len(table)
+    state = "running" if live else ("interrupted" if counts.get("interrupted?") or counts.get("interrupted")
+                                    or counts.get("not started") else "finished")
+    return {"sweep": sweep_dir.name, "experiment": card.get("experiment", ""), "preset": card.get("preset", ""),
+            "state": state, "counts": counts, "holders": live}, table
+
+
+def render_status(store: str | Path) -> str:
+    root = Path(store)
+    if not root.is_dir():
+        raise StoreError(f"results store {root} does not exist")
+    sweeps = sorted((p for p in root.iterdir() if p.is_dir() and _visible(p) and (p / "trials").is_dir()),
+                    key=lambda p: _sweep_order(p.name))
+    if not sweeps:
+        return f"{root}: no sweeps or runs yet"
+    blocks = []
+    for sweep_dir in sweeps:
+        summary, table = sweep_status(sweep_dir)
+        what = f"{summary['experiment']}, preset {summary['preset']}" if summary["experiment"] else "runs of dncml train"
+        holders = "; ".join(f"pid {h.get('pid')} on {h.get('host')}" for h in summary["holders"])
+        counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
+        head = f"{summary['sweep']} ({what}): {summary['state']}{f' ({holders})' if holders else ''}: {counts}"
+        body = table.to_string(index=False, float_format=lambda v: f"{v:.4f}") if len(table) else "  (no trial yet)"
+        blocks.append(head + "\n" + "\n".join("  " + line for line in body.splitlines()))
+    return "\n\n".join(blocks)

@@ -1,0 +1,47 @@
+"""Experiment tracking beside the results store: MLflow (through Ray Tune's own MLflow logger),
+TensorBoard event files, and the Optuna study of a search kept where `optuna.load_study` and
+optuna-dashboard find it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+from dncml.experiments.loader import Experiment, sample_is_valid
+
+STUDY_FILE = "optuna.db"  # STORE/<sweep>/optuna.db, study name = the sweep id
+TENSORBOARD_DIR = "tensorboard"  # STORE/<sweep>/tensorboard/<trial id>/events.*
+
+
+class MLflowCallback(MLflowLoggerCallback):
+    """Ray Tune's MLflow logger, with a run per trial named after its setting, the trial's whole
+    RunSpec as its parameters (Tune alone would log only the swept fields), and every epoch's
+    metrics at step = epoch."""
+
+    def __init__(self, tracking_uri: str, experiment: Experiment, sweep: str):
+        super().__init__(tracking_uri=tracking_uri, experiment_name=experiment.name,
+                         tags={"dncml.sweep": sweep, "dncml.preset": experiment.preset})
+        self.experiment = experiment
+
+    def log_trial_start(self, trial) -> None:
+        if trial not in self._trial_runs:
+            tags = {**self.tags, "trial_name": str(trial), "dncml.trial_id": trial.trial_id,
+                    "dncml.setting": self.experiment.setting_label(trial.config)}
+            run = self.mlflow_util.start_run(tags=tags, run_name=f"{tags['dncml.setting']} {trial.trial_id}")
+            self._trial_runs[trial] = run.info.run_id
+        config = trial.config if sample_is_valid(self.experiment, trial.config) else None
+        spec = self.experiment.run_spec(config) if config is not None else self.experiment.run_spec()
+        self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log=spec.to_dict())
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=numbers,
+                                     step=int(result.get("epoch", iteration)))
+
+
+def optuna_storage(sweep_dir: Path):
+    """Optuna's own RDB storage on SQLite in the sweep's directory."""
+    import optuna
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}")
