@@ -21,6 +21,7 @@ works in scripts, threads and notebooks alike. The Optuna figures are the except
 with pyplot and sets its ggplot style globally, so they are drawn under `rc_context` (the style
 does not leak into later figures) and closed once saved.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,27 @@ from matplotlib.ticker import MaxNLocator
 
 from .store import ExperimentData, StoreError, load_experiment, load_study
 from .tables import paired_delta, partial_note, seed_cells, t_interval, with_running
-from .vocabulary import (baseline_key, baseline_text, field_column, field_name, is_percent, is_seconds, join_keys,
-                         metric_column, metric_label, metric_mode, metric_values, named_label, ordered_keys,
-                         row_fields, row_keys, row_label, row_values, short_name, value_label)
+from .vocabulary import (
+    baseline_key,
+    baseline_text,
+    field_column,
+    field_name,
+    is_percent,
+    is_seconds,
+    join_keys,
+    metric_column,
+    metric_label,
+    metric_mode,
+    metric_values,
+    named_label,
+    ordered_keys,
+    row_fields,
+    row_keys,
+    row_label,
+    row_values,
+    short_name,
+    value_label,
+)
 
 KINDS = ("curves", "clusters", "metric_vs", "bars", "budget", "search")
 FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -174,9 +193,16 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
         n = int(rows.groupby([c for c in ("sweep", "trial_id") if c in rows]).ngroups)
         x = stats.index.to_numpy(dtype=float)
         # Distinct markers and shrinking widths keep coinciding curves visible.
-        ax.plot(x, stats["mean"], marker=MARKERS[index % len(MARKERS)] if len(x) <= 40 else None,
-                markersize=7 - 4 * index / max(1, len(keys)), lw=2.6 - 1.4 * index / max(1, len(keys)), color=color,
-                alpha=0.9, label=f"{row_label(data, key, named=True)} (n={n}){notes.get(key, '')}")
+        ax.plot(
+            x,
+            stats["mean"],
+            marker=MARKERS[index % len(MARKERS)] if len(x) <= 40 else None,
+            markersize=7 - 4 * index / max(1, len(keys)),
+            lw=2.6 - 1.4 * index / max(1, len(keys)),
+            color=color,
+            alpha=0.9,
+            label=f"{row_label(data, key, named=True)} (n={n}){notes.get(key, '')}",
+        )
         band = stats["std"].fillna(0.0)
         if (band > 0).any():
             ax.fill_between(x, stats["mean"] - band, stats["mean"] + band, color=color, alpha=0.18, lw=0)
@@ -184,13 +210,23 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
     for epoch, phases in sorted(changes.items()):
         shown = sorted(phases - {"baseline"} or phases, key=lambda p: PHASE_ORDER.index(p) if p in PHASE_ORDER else 9)
         ax.axvline(epoch + 0.5, color="0.35", ls=":", lw=1.2)
-        ax.text(epoch + 0.55, 0.02, " / ".join(shown), transform=ax.get_xaxis_transform(), rotation=90,
-                va="bottom", ha="left", fontsize=9, color="0.3")
+        ax.text(
+            epoch + 0.55,
+            0.02,
+            " / ".join(shown),
+            transform=ax.get_xaxis_transform(),
+            rotation=90,
+            va="bottom",
+            ha="left",
+            fontsize=9,
+            color="0.3",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel(_axis_label(metric))
     hue = data.plot.get("hue") or ", ".join(row_fields(data))
-    ax.set_title(_title(data, f"{metric_label(metric)} per epoch by {short_name(data, field_name(data, str(hue)))} "
-                              "(mean ± std over seeds)"))
+    ax.set_title(
+        _title(data, f"{metric_label(metric)} per epoch by {short_name(data, field_name(data, str(hue)))} (mean ± std over seeds)")
+    )
     if epochs["epoch"].nunique() <= 25:
         ax.set_xticks(sorted((epochs["epoch"] + 1).unique()))
     ax.grid(alpha=0.3)
@@ -202,8 +238,10 @@ def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
     trials = data.shown()
     epochs = data.epochs
     if epochs.empty or "cluster_sizes" not in epochs or epochs["cluster_sizes"].notna().sum() == 0:
-        raise StoreError(f"no trial of {data.name!r} re-clustered (no cluster_sizes in its epochs); "
-                         "a clusters plot needs a dividing grouping (random, gt_labels, kmeans ...)")
+        raise StoreError(
+            f"no trial of {data.name!r} re-clustered (no cluster_sizes in its epochs); "
+            "a clusters plot needs a dividing grouping (random, gt_labels, kmeans ...)"
+        )
     epochs = epochs.assign(_key=_trial_keys(data, epochs, trials)).dropna(subset=["_key", "cluster_sizes"])
     if epochs.empty:
         raise StoreError(f"no completed trial of {data.name!r} re-clustered (no cluster_sizes)")
@@ -220,8 +258,15 @@ def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
         rounds = sorted(int(e) for e in rows["epoch"].unique())
         sizes = [[s for text in rows.loc[rows["epoch"] == e, "cluster_sizes"] for s in json.loads(text)] for e in rounds]
         positions = list(range(1, len(rounds) + 1))
-        ax.boxplot(sizes, positions=positions, widths=0.6, showfliers=False,
-                   medianprops={"color": "black"}, boxprops={"color": "0.4"}, whiskerprops={"color": "0.4"})
+        ax.boxplot(
+            sizes,
+            positions=positions,
+            widths=0.6,
+            showfliers=False,
+            medianprops={"color": "black"},
+            boxprops={"color": "0.4"},
+            whiskerprops={"color": "0.4"},
+        )
         for pos, values in zip(positions, sizes):
             ax.scatter(pos + rng.uniform(-0.18, 0.18, len(values)), values, s=12, color=color, alpha=0.75, zorder=3)
         counts = [len(json.loads(t)) for t in rows["cluster_sizes"]]
@@ -231,7 +276,7 @@ def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
         ax.grid(alpha=0.3, axis="y")
     for ax in axes[:, 0]:
         ax.set_ylabel("cluster size (training samples)")
-    for ax in axes.ravel()[len(keys):]:
+    for ax in axes.ravel()[len(keys) :]:
         ax.set_visible(False)
     fig.suptitle(_title(data, "cluster sizes at each re-clustering (dots: clusters, pooled over seeds)"))
     return fig
@@ -247,8 +292,9 @@ def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
     fields = row_fields(data)
     x_field = field_name(data, str(data.plot.get("x") or fields[0]))
     metric = _pick_metric(data, metric, trials)
-    panels = [metric] + [m for m in (data.table.get("metrics") or []) if is_seconds(m) and m != metric
-                         and metric_column(trials, m) is not None][:2]
+    panels = [metric] + [
+        m for m in (data.table.get("metrics") or []) if is_seconds(m) and m != metric and metric_column(trials, m) is not None
+    ][:2]
     values = row_values(data, trials) if x_field in fields else pd.DataFrame(index=trials.index)
     x_raw = trials[field_column(trials, x_field)]
     x_num = _numeric(x_raw)
@@ -260,13 +306,12 @@ def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
     for ax, name in zip(axes, panels):
         y = metric_values(trials, name) * _scale(name)
         group_names = sorted(groups.unique())
-        for index, (group, color) in enumerate(zip(group_names, _colors(len(group_names)))):
+        for group, color in zip(group_names, _colors(len(group_names))):
             mask = groups == group
             x = x_num[mask] if x_num is not None else x_raw[mask].astype(str).map({c: i for i, c in enumerate(categories)})
             stats = y[mask].groupby(x).agg(["mean", "std", "count"]).sort_index()
             label = named_label(data, others, group) if others else None
-            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", capsize=4, lw=1.8,
-                        color=color, label=label)
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", capsize=4, lw=1.8, color=color, label=label)
             ax.scatter(x, y[mask], s=14, color=color, alpha=0.35, zorder=3)
         if x_num is None:
             ax.set_xticks(range(len(categories)), categories)
@@ -321,8 +366,9 @@ def plot_bars(data: ExperimentData, metric: str | None = None) -> Figure:
     ax.grid(alpha=0.3, axis="y")
     if hue_field:
         ax.legend(title=hue_field, fontsize=9)
-    ax.set_title(_title(data, f"{metric_label(metric)} by {x_field}" + (f" and {hue_field}" if hue_field else "")
-                        + " (mean ± std over seeds)"))
+    ax.set_title(
+        _title(data, f"{metric_label(metric)} by {x_field}" + (f" and {hue_field}" if hue_field else "") + " (mean ± std over seeds)")
+    )
     return fig
 
 
@@ -412,12 +458,23 @@ def budget_summary(data: ExperimentData, metric: str | None = None) -> pd.DataFr
         for line in ordered_keys(data, lines[at], others):
             base = base_of.get(line)
             spread = t_interval(y[at & (lines == line)])
-            delta = (paired_delta(cells.get(line, empty), cells.get(base, empty)) if base not in (None, line)
-                     else t_interval([]))
-            records.append({"line": line, "label": (named_label(data, others, line) if others else metric_label(metric))
-                            + notes.get(line, ""), "budget": float(b), "mean": spread.mean, "low": spread.low,
-                            "high": spread.high, "n": spread.n, "delta": delta.mean, "delta low": delta.low,
-                            "delta high": delta.high, "delta n": delta.n, "delta noise": delta.noise})
+            delta = paired_delta(cells.get(line, empty), cells.get(base, empty)) if base not in (None, line) else t_interval([])
+            records.append(
+                {
+                    "line": line,
+                    "label": (named_label(data, others, line) if others else metric_label(metric)) + notes.get(line, ""),
+                    "budget": float(b),
+                    "mean": spread.mean,
+                    "low": spread.low,
+                    "high": spread.high,
+                    "n": spread.n,
+                    "delta": delta.mean,
+                    "delta low": delta.low,
+                    "delta high": delta.high,
+                    "delta n": delta.n,
+                    "delta noise": delta.noise,
+                }
+            )
     summary = pd.DataFrame(records)
     summary.attrs.update({"metric": metric, "x": x_field, "fields": others})
     return summary
@@ -429,15 +486,20 @@ def plot_budget(data: ExperimentData, metric: str | None = None) -> Figure:
     lines = ordered_keys(data, summary["line"], summary.attrs["fields"])
     has_delta = bool((summary["delta n"] > 0).any())
     fig = Figure(figsize=(8.5, 8.0 if has_delta else 5.6), layout="constrained")
-    axes = fig.subplots(2 if has_delta else 1, 1, sharex=True, squeeze=False,
-                        height_ratios=[2, 1] if has_delta else None)[:, 0]
+    axes = fig.subplots(2 if has_delta else 1, 1, sharex=True, squeeze=False, height_ratios=[2, 1] if has_delta else None)[:, 0]
     budgets = sorted(summary["budget"].unique())
     dodge = 0.04 * (min(np.diff(budgets)) if len(budgets) > 1 else 1.0)
     for index, (line, color) in enumerate(zip(lines, _colors(len(lines)))):
         rows = summary[summary["line"] == line]
         fewest, most = int(rows["n"].min()), int(rows["n"].max())
-        axes[0].plot(rows["budget"], rows["mean"] * scale, marker=MARKERS[index % len(MARKERS)], lw=1.8, color=color,
-                     label=f"{rows['label'].iloc[0]} (n={fewest}{f'-{most}' if most > fewest else ''})")
+        axes[0].plot(
+            rows["budget"],
+            rows["mean"] * scale,
+            marker=MARKERS[index % len(MARKERS)],
+            lw=1.8,
+            color=color,
+            label=f"{rows['label'].iloc[0]} (n={fewest}{f'-{most}' if most > fewest else ''})",
+        )
         axes[0].fill_between(rows["budget"], rows["low"] * scale, rows["high"] * scale, color=color, alpha=0.18, lw=0)
         paired = rows[rows["delta n"] > 0]
         if has_delta and len(paired):
@@ -452,8 +514,9 @@ def plot_budget(data: ExperimentData, metric: str | None = None) -> Figure:
     if has_delta:
         axes[1].axhline(0.0, color="0.3", lw=1.0)
         axes[1].set_ylabel(f"Δ {metric_label(metric)}" + (" (points)" if is_percent(metric) else ""))
-        axes[1].set_title(f"paired by seed vs the baseline ({baseline_text(data)}) at the same budget; "
-                          "hollow: the 95 % interval spans 0", fontsize=10)
+        axes[1].set_title(
+            f"paired by seed vs the baseline ({baseline_text(data)}) at the same budget; hollow: the 95 % interval spans 0", fontsize=10
+        )
         axes[1].grid(alpha=0.3)
     axes[-1].set_xlabel("training budget (epochs: warm-up + divide + conquer)")
     if len(budgets) <= 12:
@@ -463,8 +526,14 @@ def plot_budget(data: ExperimentData, metric: str | None = None) -> Figure:
     return fig
 
 
-PLOTTERS = {"curves": plot_curves, "clusters": plot_clusters, "metric_vs": plot_metric_vs, "bars": plot_bars,
-            "budget": plot_budget, "search": plot_search}
+PLOTTERS = {
+    "curves": plot_curves,
+    "clusters": plot_clusters,
+    "metric_vs": plot_metric_vs,
+    "bars": plot_bars,
+    "budget": plot_budget,
+    "search": plot_search,
+}
 
 
 def experiment_figure(data: ExperimentData, kind: str | None = None, metric: str | None = None) -> Figure:
@@ -496,8 +565,10 @@ def save_optuna_figures(data: ExperimentData, out: str | Path) -> list[Path]:
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
     history = studies if len(studies) > 1 else studies[0]  # one line per study when sweeps are pooled
-    draw = {"history": lambda: plot_optimization_history(history, target_name=data.metric),
-            "importances": lambda: plot_param_importances(studies[-1], target_name=data.metric)}
+    draw = {
+        "history": lambda: plot_optimization_history(history, target_name=data.metric),
+        "importances": lambda: plot_param_importances(studies[-1], target_name=data.metric),
+    }
     written = []
     for name, path in optuna_paths(out).items():
         with rc_context(), warnings.catch_warnings():
@@ -510,9 +581,15 @@ def save_optuna_figures(data: ExperimentData, out: str | Path) -> list[Path]:
     return written
 
 
-def plot_experiment(store: str | Path | ExperimentData, experiment: str | None, out: str | Path,
-                    kind: str | None = None, sweep: str | None = None, metric: str | None = None,
-                    include_running: bool = False) -> Path:
+def plot_experiment(
+    store: str | Path | ExperimentData,
+    experiment: str | None,
+    out: str | Path,
+    kind: str | None = None,
+    sweep: str | None = None,
+    metric: str | None = None,
+    include_running: bool = False,
+) -> Path:
     """Draw the experiment's figure and save it at `out`, in the format its extension names
     (.png, .pdf, .svg, .jpg, .jpeg); returns the path. kind: curves | clusters | metric_vs | bars
     | budget | search (default: the card's plot.kind, else curves); a search also writes Optuna's
@@ -521,8 +598,7 @@ def plot_experiment(store: str | Path | ExperimentData, experiment: str | None, 
     if kind is not None and kind not in PLOTTERS:
         raise StoreError(f"unknown plot kind {kind!r}; one of {', '.join(KINDS)}")
     figure_format(out)
-    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep,
-                                                                               include_running=include_running)
+    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep, include_running=include_running)
     data = with_running(data, include_running)
     path = _save(experiment_figure(data, kind, metric), out)
     if (kind or data.plot.get("kind")) == "search":

@@ -6,6 +6,7 @@ times; trials a sweep has not started yet are counted from its card. A trial who
 `running` while no process holds the sweep's lease (`STORE/<sweep>/.leases/`) was cut off: it is
 shown as `interrupted?`, and `--resume` continues it.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,11 @@ def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
     rows = []
     for _, trial in trials.iterrows():
         own = epochs[epochs["trial_id"] == trial["trial_id"]] if len(epochs) else pd.DataFrame()
-        total = int(trial.get("spec_warmup_epochs", 0) or 0) + int(trial.get("spec_epochs", 0) or 0) + \
-            int(trial.get("spec_finetune_epochs", 0) or 0)
+        total = (
+            int(trial.get("spec_warmup_epochs", 0) or 0)
+            + int(trial.get("spec_epochs", 0) or 0)
+            + int(trial.get("spec_finetune_epochs", 0) or 0)
+        )
         done = int(own["epoch"].nunique()) if len(own) else 0
         values = pd.to_numeric(own.get(metric, pd.Series(dtype=float)), errors="coerce").dropna()
         best = (values.max() if mode == "max" else values.min()) if len(values) else math.nan
@@ -80,25 +84,43 @@ def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
                 status = "interrupted?"
             elif len(own) and "epoch_seconds" in own:
                 eta = float(pd.to_numeric(own["epoch_seconds"], errors="coerce").mean()) * (total - done)
-        rows.append({"trial": trial["trial_id"], "setting": trial.get("setting") or "", "status": status,
-                     "epochs": f"{done}/{total}", f"best {metric}": best, "ETA": _duration(eta)})
+        rows.append(
+            {
+                "trial": trial["trial_id"],
+                "setting": trial.get("setting") or "",
+                "status": status,
+                "epochs": f"{done}/{total}",
+                f"best {metric}": best,
+                "ETA": _duration(eta),
+            }
+        )
     table = pd.DataFrame(rows)
     planned = _planned_trials(card)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     if planned and planned > len(table):
         counts["not started"] = planned - len(table)
-    state = "running" if live else ("interrupted" if counts.get("interrupted?") or counts.get("interrupted")
-                                    or counts.get("not started") else "finished")
-    return {"sweep": sweep_dir.name, "experiment": card.get("experiment", ""), "preset": card.get("preset", ""),
-            "state": state, "counts": counts, "holders": live}, table
+    state = (
+        "running"
+        if live
+        else ("interrupted" if counts.get("interrupted?") or counts.get("interrupted") or counts.get("not started") else "finished")
+    )
+    return {
+        "sweep": sweep_dir.name,
+        "experiment": card.get("experiment", ""),
+        "preset": card.get("preset", ""),
+        "state": state,
+        "counts": counts,
+        "holders": live,
+    }, table
 
 
 def render_status(store: str | Path) -> str:
     root = Path(store)
     if not root.is_dir():
         raise StoreError(f"results store {root} does not exist")
-    sweeps = sorted((p for p in root.iterdir() if p.is_dir() and _visible(p) and (p / "trials").is_dir()),
-                    key=lambda p: _sweep_order(p.name))
+    sweeps = sorted(
+        (p for p in root.iterdir() if p.is_dir() and _visible(p) and (p / "trials").is_dir()), key=lambda p: _sweep_order(p.name)
+    )
     if not sweeps:
         return f"{root}: no sweeps or runs yet"
     blocks = []

@@ -13,6 +13,7 @@ cannot be read is skipped with a warning rather than hiding every other one. Onl
 and the standard library are used here (optuna only to open a study): the store is all analysis
 needs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -211,8 +212,7 @@ def _require_completed(trials: pd.DataFrame, experiment: str, sweeps: list[str],
         return
     counts = trials["status"].value_counts()
     summary = ", ".join(f"{int(n)} {status}" for status, n in counts.items())
-    message = (f"experiment {experiment!r}: no completed {'or running ' if include_running else ''}"
-               f"trials in {where} ({summary})")
+    message = f"experiment {experiment!r}: no completed {'or running ' if include_running else ''}trials in {where} ({summary})"
     errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=object)
     errors = errors[errors.astype(str).str.strip() != ""]
     if len(errors):
@@ -221,8 +221,9 @@ def _require_completed(trials: pd.DataFrame, experiment: str, sweeps: list[str],
     raise StoreError(message)
 
 
-def load_experiment(store: str | Path, experiment: str, sweep: str | None = None,
-                    require_completed: bool = True, include_running: bool = False) -> ExperimentData:
+def load_experiment(
+    store: str | Path, experiment: str, sweep: str | None = None, require_completed: bool = True, include_running: bool = False
+) -> ExperimentData:
     """One experiment's card, trials and epochs.
 
     sweep: None -> the newest sweep of the experiment; "all" -> every sweep of the experiment with
@@ -267,8 +268,9 @@ def load_experiment(store: str | Path, experiment: str, sweep: str | None = None
         _require_completed(trials_df, experiment, chosen, include_running)
     card = dict(cards[chosen[-1]])
     card.setdefault("experiment", experiment)
-    return ExperimentData(card=card, trials=trials_df, epochs=epochs_df, sweeps=chosen, store=root,
-                          include_running=include_running, skipped=skipped)
+    return ExperimentData(
+        card=card, trials=trials_df, epochs=epochs_df, sweeps=chosen, store=root, include_running=include_running, skipped=skipped
+    )
 
 
 def _concat(frames: list[pd.DataFrame], sweeps: list[str]) -> pd.DataFrame:
@@ -317,5 +319,7 @@ def locate_store(store: str | Path, start: str | Path | None = None) -> Path:
         return _check_store(root / path)
     tried = ", ".join(str(d / path) for d in [start, root] if d is not None)
     where = "" if root is not None else f" (no pyproject.toml at or above {start}: no repository root)"
-    raise StoreError(f"results store {str(store)!r} not found: tried {tried}{where}; set STORE to its path "
-                     f"(dncml sweep ... --storage {store} creates it)")
+    raise StoreError(
+        f"results store {str(store)!r} not found: tried {tried}{where}; set STORE to its path "
+        f"(dncml sweep ... --storage {store} creates it)"
+    )

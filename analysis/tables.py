@@ -17,6 +17,7 @@ whose interval spans 0 is marked as within noise. The table holds Δ for every m
 LaTeX and HTML show it for the first metric only (an interval per metric would double the
 width), CSV has them all.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,17 +25,30 @@ import dataclasses
 import html
 import io
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from .store import PARTIAL, ExperimentData, StoreError, load_experiment
-from .vocabulary import (available_metrics, baseline_key, baseline_text, is_percent, is_seconds, key_of,
-                         metric_column, metric_label, metric_mode, metric_values, ordered_keys, row_fields, row_label,
-                         row_values)
+from .vocabulary import (
+    available_metrics,
+    baseline_key,
+    baseline_text,
+    is_percent,
+    is_seconds,
+    key_of,
+    metric_column,
+    metric_label,
+    metric_mode,
+    metric_values,
+    ordered_keys,
+    row_fields,
+    row_label,
+    row_values,
+)
 
 FORMATS = ("md", "latex", "html", "csv")
 
@@ -45,19 +59,22 @@ def resolve_metrics(data: ExperimentData, trials: pd.DataFrame, metrics: Iterabl
     if isinstance(metrics, str):
         metrics = [metrics]
     if metrics:
-        names = [m[len("best_"):] if m.startswith("best_") and m != "best_epoch" else m for m in metrics]
+        names = [m[len("best_") :] if m.startswith("best_") and m != "best_epoch" else m for m in metrics]
         missing = [m for m in names if metric_column(trials, m) is None]
         if missing:
-            raise StoreError(f"no trial of {data.name!r} recorded metric{'s' if len(missing) > 1 else ''} "
-                             f"{', '.join(map(repr, missing))}; available: {', '.join(available_metrics(trials)) or 'none'}")
+            raise StoreError(
+                f"no trial of {data.name!r} recorded metric{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, missing))}; available: {', '.join(available_metrics(trials)) or 'none'}"
+            )
         return names
     wanted = list(data.table.get("metrics") or []) or [data.metric]
     names = [m for m in wanted if metric_column(trials, m) is not None]
     if not names and metric_column(trials, data.metric) is not None:
         names = [data.metric]
     if not names:
-        raise StoreError(f"no trial of {data.name!r} recorded any of {', '.join(wanted)}; "
-                         f"available: {', '.join(available_metrics(trials)) or 'none'}")
+        raise StoreError(
+            f"no trial of {data.name!r} recorded any of {', '.join(wanted)}; available: {', '.join(available_metrics(trials)) or 'none'}"
+        )
     return names
 
 
@@ -112,7 +129,7 @@ def paired_delta(cells: pd.Series, base: pd.Series) -> Interval:
 
 
 def partial_note(statuses: pd.Series) -> str:
-    """" (partial: 2 running)" for a row holding partial trials, "" for one that does not."""
+    """ " (partial: 2 running)" for a row holding partial trials, "" for one that does not."""
     counts = statuses.value_counts().reindex(PARTIAL).dropna()
     return f" (partial: {', '.join(f'{int(n)} {s}' for s, n in counts.items())})" if len(counts) else ""
 
@@ -123,8 +140,9 @@ def with_running(data: ExperimentData, include_running: bool) -> ExperimentData:
     return dataclasses.replace(data, include_running=data.include_running or include_running)
 
 
-def experiment_table(data: ExperimentData, metrics: Iterable[str] | str | None = None,
-                     status=("completed",), include_running: bool = False) -> pd.DataFrame:
+def experiment_table(
+    data: ExperimentData, metrics: Iterable[str] | str | None = None, status=("completed",), include_running: bool = False
+) -> pd.DataFrame:
     """One row per setting (index: the row key), in the table's order. Columns: `label`, the row
     fields, `trials` (and `partial`, the running or interrupted ones among them, with
     include_running), then per metric `<m> mean`, `<m> std` (over seeds, ddof 1), `<m> n`, the
@@ -166,8 +184,9 @@ def experiment_table(data: ExperimentData, metrics: Iterable[str] | str | None =
         table[f"{name} n"] = grouped.count().reindex(order).fillna(0).astype(int)
         cells = seed_cells(trials, numbers, keys)
         empty = pd.Series(dtype=float)
-        deltas = [paired_delta(cells.get(k, empty), cells.get(bases[k], empty)) if bases[k] in table.index
-                  else t_interval([]) for k in order]
+        deltas = [
+            paired_delta(cells.get(k, empty), cells.get(bases[k], empty)) if bases[k] in table.index else t_interval([]) for k in order
+        ]
         table[f"{name} delta"] = [d.mean for d in deltas]
         table[f"{name} delta low"] = [d.low for d in deltas]
         table[f"{name} delta high"] = [d.high for d in deltas]
@@ -179,10 +198,16 @@ def experiment_table(data: ExperimentData, metrics: Iterable[str] | str | None =
     labels = list(dict.fromkeys(label for row in paper.values() for label in row))
     for label in labels:
         table[f"paper {label}"] = [pd.to_numeric((paper.get(k) or {}).get(label), errors="coerce") for k in order]
-    table.attrs.update({"experiment": data.name, "metrics": names, "fields": fields,
-                        "labelled": bool(data.table.get("labels")),
-                        "baselines": {k: b for k, b in bases.items() if b in table.index},
-                        "paper": [f"paper {label}" for label in labels]})
+    table.attrs.update(
+        {
+            "experiment": data.name,
+            "metrics": names,
+            "fields": fields,
+            "labelled": bool(data.table.get("labels")),
+            "baselines": {k: b for k, b in bases.items() if b in table.index},
+            "paper": [f"paper {label}" for label in labels],
+        }
+    )
     return table
 
 
@@ -237,11 +262,13 @@ def _caption(data: ExperimentData, table: pd.DataFrame, trials: pd.DataFrame) ->
     shown = statuses[statuses.index.isin(trials.index)].value_counts().sort_index(key=lambda s: s != "completed")
     others = statuses[~statuses.index.isin(trials.index)].value_counts()
     seeds = _range(table["trials"])
-    parts = [f"{data.name} (preset {data.preset or 'n/a'}; {sweeps}; dataset {', '.join(datasets) or 'n/a'}): "
-             + ", ".join(f"{int(n)} {s}" for s, n in shown.items())
-             + f" trials, {seeds} seed{'' if seeds == '1' else 's'} per row"
-             + (f" ({', '.join(f'{int(n)} {s}' for s, n in others.items())} not shown)" if len(others) else "")
-             + f"; each trial's values at its epoch with the best {data.metric} ({data.mode})."]
+    parts = [
+        f"{data.name} (preset {data.preset or 'n/a'}; {sweeps}; dataset {', '.join(datasets) or 'n/a'}): "
+        + ", ".join(f"{int(n)} {s}" for s, n in shown.items())
+        + f" trials, {seeds} seed{'' if seeds == '1' else 's'} per row"
+        + (f" ({', '.join(f'{int(n)} {s}' for s, n in others.items())} not shown)" if len(others) else "")
+        + f"; each trial's values at its epoch with the best {data.metric} ({data.mode})."
+    ]
     if "partial" in table and table["partial"].any():
         parts.append(f"Rows marked partial hold {' or '.join(PARTIAL)} trials, at their best epoch so far.")
     if any(is_percent(n) for n in names):
@@ -253,10 +280,13 @@ def _caption(data: ExperimentData, table: pd.DataFrame, trials: pd.DataFrame) ->
         first = names[0]
         pairs = table.loc[[k for k, b in table.attrs["baselines"].items() if k != b], f"{first} delta n"]
         over = _range(pairs[pairs > 0]) or "no"
-        parts.append(f"Δ {metric_label(first)}: minus the baseline row ({baseline_text(data)}), paired by seed: "
-                     f"mean [95 % t-interval] over {over} seed{'' if over == '1' else 's'}"
-                     + (", in points" if is_percent(first) else "") + "; ≈: the interval spans 0 (within noise)"
-                     + ("; the CSV has Δ for every metric." if len(names) > 1 else "."))
+        parts.append(
+            f"Δ {metric_label(first)}: minus the baseline row ({baseline_text(data)}), paired by seed: "
+            f"mean [95 % t-interval] over {over} seed{'' if over == '1' else 's'}"
+            + (", in points" if is_percent(first) else "")
+            + "; ≈: the interval spans 0 (within noise)"
+            + ("; the CSV has Δ for every metric." if len(names) > 1 else ".")
+        )
     if table.attrs["paper"]:
         source = data.table.get("paper_dataset")
         parts.append("Paper columns: the paper's numbers" + (f" on {source}" if source else "") + " (%).")
@@ -319,15 +349,31 @@ def _markdown(caption: str, header, rows, bold) -> str:
     body = [[f"**{clean(c)}**" if b and c else clean(c) for c, b in zip(cells, flags)] for cells, flags in zip(rows, bold)]
     widths = [max(len(x) for x in column) for column in zip(header, *body)]
     align = ["-" * max(3, w - 1) + ":" if i else "-" * max(3, w) for i, w in enumerate(widths)]
-    lines = ["| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-             for cells in [header, *body]]
+    lines = [
+        "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        for cells in [header, *body]
+    ]
     lines.insert(1, "| " + " | ".join(a.rjust(w, "-") for a, w in zip(align, widths)) + " |")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$", "≈": r"$\approx$",
-          "–": "--", "—": "---"}
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "≈": r"$\approx$",
+    "–": "--",
+    "—": "---",
+}
 
 
 def _latex_escape(text: str) -> str:
@@ -335,22 +381,32 @@ def _latex_escape(text: str) -> str:
 
 
 def _latex(caption: str, header, rows, bold) -> str:
-    lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + _latex_escape(caption) + "}",
-             r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\hline",
-             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\hline"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + _latex_escape(caption) + "}",
+        r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
+        r"\hline",
+        " & ".join(_latex_escape(h) for h in header) + r" \\",
+        r"\hline",
+    ]
     for cells, flags in zip(rows, bold):
-        lines.append(" & ".join(r"\textbf{" + _latex_escape(c) + "}" if b and c else _latex_escape(c)
-                                for c, b in zip(cells, flags)) + r" \\")
+        lines.append(
+            " & ".join(r"\textbf{" + _latex_escape(c) + "}" if b and c else _latex_escape(c) for c, b in zip(cells, flags)) + r" \\"
+        )
     lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
 def _html(caption: str, header, rows, bold) -> str:
-    lines = ["<table>", f"<caption>{html.escape(caption)}</caption>",
-             "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>", "<tbody>"]
+    lines = [
+        "<table>",
+        f"<caption>{html.escape(caption)}</caption>",
+        "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>",
+        "<tbody>",
+    ]
     for cells, flags in zip(rows, bold):
-        tds = "".join(f"<td><b>{html.escape(c)}</b></td>" if b and c else f"<td>{html.escape(c)}</td>"
-                      for c, b in zip(cells, flags))
+        tds = "".join(f"<td><b>{html.escape(c)}</b></td>" if b and c else f"<td>{html.escape(c)}</td>" for c, b in zip(cells, flags))
         lines.append(f"<tr>{tds}</tr>")
     lines += ["</tbody>", "</table>"]
     return "\n".join(lines) + "\n"
@@ -364,16 +420,20 @@ def _csv(caption: str, table: pd.DataFrame) -> str:
     return buffer.getvalue()
 
 
-def render_table(store: str | Path | ExperimentData, experiment: str | None = None, fmt: str = "md",
-                 metrics: Iterable[str] | str | None = None, sweep: str | None = None,
-                 include_running: bool = False) -> str:
+def render_table(
+    store: str | Path | ExperimentData,
+    experiment: str | None = None,
+    fmt: str = "md",
+    metrics: Iterable[str] | str | None = None,
+    sweep: str | None = None,
+    include_running: bool = False,
+) -> str:
     """The experiment's table as text: a caption, then the table (md | latex | html | csv).
     `store` may also be an already loaded ExperimentData (experiment and sweep are then ignored).
     include_running: also the running and interrupted trials, their rows marked partial."""
     if fmt not in FORMATS:
         raise StoreError(f"unknown table format {fmt!r}; one of {', '.join(FORMATS)}")
-    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep,
-                                                                               include_running=include_running)
+    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep, include_running=include_running)
     data = with_running(data, include_running)
     table = experiment_table(data, metrics)
     caption = _caption(data, table, data.shown())

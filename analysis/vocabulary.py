@@ -8,12 +8,14 @@ values joined by commas: "kmeans", "triplet,kmeans"), the order of the keys, the
 baseline row each is compared with. The aliases are the card's `aliases` mapping ({"K":
 "num_learners", ...}, written by the platform); stores older than it get ALIASES.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +32,7 @@ def base_metric(name: str) -> str:
     """`best_test_recall@1` / `final_test_recall@1` -> `test_recall@1`."""
     for prefix in ("best_", "final_"):
         if name.startswith(prefix) and name != "best_epoch":
-            return name[len(prefix):]
+            return name[len(prefix) :]
     return name
 
 
@@ -143,8 +145,7 @@ def field_column(trials: pd.DataFrame, field: str) -> str:
 
 def row_values(data: ExperimentData, trials: pd.DataFrame) -> pd.DataFrame:
     """One text column per row field, for every trial."""
-    return pd.DataFrame({f: [fmt_value(v) for v in trials[field_column(trials, f)].tolist()] for f in row_fields(data)},
-                        index=trials.index)
+    return pd.DataFrame({f: [fmt_value(v) for v in trials[field_column(trials, f)].tolist()] for f in row_fields(data)}, index=trials.index)
 
 
 def join_keys(values: pd.DataFrame) -> pd.Series:

@@ -17,6 +17,7 @@ time is spent.
     mode: max
     presets: {smoke: {run: {...}, grid: {...}}, quick: {...}, paper: {...}}
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,15 +36,34 @@ from dncml.trainers import spec as runspec
 HERE = Path(__file__).resolve().parent
 PRESETS = ("smoke", "quick", "paper")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint", "quniform")
-TOP_KEYS = {"name", "description", "base", "run", "grid", "search", "rows", "metric", "mode", "num_samples",
-            "resources", "max_concurrent", "asha", "table", "plot", "presets", "default_preset"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "base",
+    "run",
+    "grid",
+    "search",
+    "rows",
+    "metric",
+    "mode",
+    "num_samples",
+    "resources",
+    "max_concurrent",
+    "asha",
+    "table",
+    "plot",
+    "presets",
+    "default_preset",
+}
 PRESET_KEYS = {"base", "run", "grid", "search", "num_samples", "resources", "max_concurrent", "asha", "description"}
 RESOURCE_KEYS = {"num_workers": 1, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0, "use_gpu": False, "actor_gpus": 0.0}
 ASHA_KEYS = {"grace_period": 2, "reduction_factor": 2}  # the defaults platform/sweep.py applies
 # An experiment's name is a folder of the results store, a run's name a folder of runs/.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-NAME_RULE = (f"it names a folder, so it must match {NAME_PATTERN.pattern} and hold no '..' (letters, digits, "
-             "'.', '_', '-'; no slashes, no leading dot, at most 100 characters)")
+NAME_RULE = (
+    f"it names a folder, so it must match {NAME_PATTERN.pattern} and hold no '..' (letters, digits, "
+    "'.', '_', '-'; no slashes, no leading dot, at most 100 characters)"
+)
 
 
 class ExperimentError(ValueError):
@@ -144,7 +164,9 @@ def _resolve(raw: dict, path: Path, preset: str | None) -> Experiment:
     layer = _mapping(presets.get(preset), path, f"presets.{preset}") if preset else {}
     unknown = set(layer) - PRESET_KEYS
     if unknown:
-        raise ExperimentError(f"{path}: preset {preset!r}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(PRESET_KEYS))}")
+        raise ExperimentError(
+            f"{path}: preset {preset!r}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(PRESET_KEYS))}"
+        )
 
     name = raw.get("name") or path.stem
     base = layer.get("base", raw.get("base"))
@@ -164,11 +186,16 @@ def _resolve(raw: dict, path: Path, preset: str | None) -> Experiment:
     written_grid = _grid(raw.get("grid"), path, "grid")  # the grid the table is written for
     grid = {**written_grid, **_grid(layer.get("grid"), path, f"presets.{preset}.grid")}
     search = {}
-    for key, distribution in {**_mapping(raw.get("search"), path, "search"),
-                              **_mapping(layer.get("search"), path, f"presets.{preset}.search")}.items():
+    for key, distribution in {
+        **_mapping(raw.get("search"), path, "search"),
+        **_mapping(layer.get("search"), path, f"presets.{preset}.search"),
+    }.items():
         search[_field(key, path, "search")] = distribution
-    resources = {**RESOURCE_KEYS, **_mapping(raw.get("resources"), path, "resources"),
-                 **_mapping(layer.get("resources"), path, f"presets.{preset}.resources")}
+    resources = {
+        **RESOURCE_KEYS,
+        **_mapping(raw.get("resources"), path, "resources"),
+        **_mapping(layer.get("resources"), path, f"presets.{preset}.resources"),
+    }
     unknown = set(resources) - set(RESOURCE_KEYS)
     if unknown:
         raise ExperimentError(f"{path}: resources: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(RESOURCE_KEYS)}")
@@ -176,11 +203,20 @@ def _resolve(raw: dict, path: Path, preset: str | None) -> Experiment:
     if mode not in ("max", "min"):
         raise ExperimentError(f"{path}: mode {mode!r}: allowed values are max, min")
     experiment = Experiment(
-        name=str(name), path=path, preset=preset or "", description=str(layer.get("description", raw.get("description", ""))),
-        run=run, grid=grid, search=search, rows=_rows(raw.get("rows"), grid, path),
-        metric=str(raw.get("metric", "val_recall@1")), mode=mode,
-        num_samples=layer.get("num_samples", raw.get("num_samples", 1)), resources=resources,  # both checked in validate
-        max_concurrent=layer.get("max_concurrent", raw.get("max_concurrent")), asha=layer.get("asha", raw.get("asha")),
+        name=str(name),
+        path=path,
+        preset=preset or "",
+        description=str(layer.get("description", raw.get("description", ""))),
+        run=run,
+        grid=grid,
+        search=search,
+        rows=_rows(raw.get("rows"), grid, path),
+        metric=str(raw.get("metric", "val_recall@1")),
+        mode=mode,
+        num_samples=layer.get("num_samples", raw.get("num_samples", 1)),
+        resources=resources,  # both checked in validate
+        max_concurrent=layer.get("max_concurrent", raw.get("max_concurrent")),
+        asha=layer.get("asha", raw.get("asha")),
         table=copy.deepcopy(_mapping(raw.get("table"), path, "table")),
         plot=copy.deepcopy(_mapping(raw.get("plot"), path, "plot")),
     )
@@ -238,8 +274,9 @@ def _rows(rows: Any, grid: dict[str, list], path: Path) -> list[str]:
         raise ExperimentError(f"{path}: rows: a RunSpec field or a list of them, got {rows!r}")
     for row in rows:
         if row in linked:
-            raise ExperimentError(f"{path}: rows: {row!r} is a linked grid axis; name the RunSpec fields it varies "
-                                  f"instead: {', '.join(linked[row])}")
+            raise ExperimentError(
+                f"{path}: rows: {row!r} is a linked grid axis; name the RunSpec fields it varies instead: {', '.join(linked[row])}"
+            )
     return [_field(r, path, "rows") for r in rows]
 
 
@@ -307,8 +344,10 @@ def _check_search(experiment: Experiment) -> None:
     every choice) valid RunSpecs on the base run. Interior samples are checked per trial
     (`sample_is_valid`)."""
     if experiment.search and experiment.grid:
-        raise ExperimentError(f"{experiment.path}: a spec has either grid axes (Tune's grid) or a search space "
-                              f"(Optuna), not both: Tune's grid_search cannot be combined with OptunaSearch")
+        raise ExperimentError(
+            f"{experiment.path}: a spec has either grid axes (Tune's grid) or a search space "
+            f"(Optuna), not both: Tune's grid_search cannot be combined with OptunaSearch"
+        )
     for name, distribution in experiment.search.items():
         where = f"{experiment.path}: search.{name}"
         if not isinstance(distribution, dict) or len(distribution) != 1 or next(iter(distribution)) not in DISTRIBUTIONS:
@@ -327,8 +366,7 @@ def _choice_values(args: Any, where: str) -> list[tuple[str, Any]]:
         raise ExperimentError(f"{where}: choice needs a non-empty list of values, got {args!r}")
     for value in args:
         if isinstance(value, (dict, list, tuple)):
-            raise ExperimentError(f"{where}: choice value {value!r}: Optuna's choices are numbers, strings, "
-                                  "booleans or null")
+            raise ExperimentError(f"{where}: choice value {value!r}: Optuna's choices are numbers, strings, booleans or null")
     return [("value", value) for value in args]
 
 
@@ -350,14 +388,14 @@ def _range_corners(name: str, kind: str, args: Any, where: str) -> list[tuple[st
         raise ExperimentError(f"{where}: randint needs integer bounds [low, high] (both inclusive), got [{low}, {high}]")
     base, _ = runspec._field_type(name)
     if base not in (int, float):
-        raise ExperimentError(f"{where}: {kind} samples numbers, and {name!r} is a {base.__name__} field: "
-                              f"use choice: [...]")
+        raise ExperimentError(f"{where}: {kind} samples numbers, and {name!r} is a {base.__name__} field: use choice: [...]")
     integral = kind == "randint" or (kind == "quniform" and all(_is_int(a) for a in (low, high, q)))
     if base is int and not integral:
         raise ExperimentError(
             f"{where}: {name!r} is an integer field and {kind} {list(args)} samples non-integers: use randint "
             f"[low, high], choice of integers, or quniform [low, high, q] with integer low, high and q (its samples, "
-            f"low + k*q, are then integers)")
+            f"low + k*q, are then integers)"
+        )
     return [("low", low), ("high", high)]
 
 
@@ -372,13 +410,15 @@ def _check_metric(experiment: Experiment, specs: list[tuple[str, runspec.RunSpec
     for where, spec in specs:
         reported = [m for m in metric_names(spec) if m.startswith("val_")]
         if metric not in reported:
-            raise ExperimentError(f"{experiment.path}: metric {metric!r}: not reported by {where} "
-                                  f"(dataset {spec.dataset!r}); allowed: {', '.join(reported)}")
+            raise ExperimentError(
+                f"{experiment.path}: metric {metric!r}: not reported by {where} (dataset {spec.dataset!r}); allowed: {', '.join(reported)}"
+            )
         if metric != spec.selection_metric:
             raise ExperimentError(
                 f"{experiment.path}: metric {metric!r} differs from the selection_metric "
                 f"{spec.selection_metric!r} of {where}: the sweep selects and ASHA prunes on best_{metric}, which a "
-                f"run reports only for its selection_metric; set `selection_metric: {metric}` in run:")
+                f"run reports only for its selection_metric; set `selection_metric: {metric}` in run:"
+            )
 
 
 def _check_asha(experiment: Experiment, base: runspec.RunSpec) -> None:
@@ -389,8 +429,10 @@ def _check_asha(experiment: Experiment, base: runspec.RunSpec) -> None:
         raise ExperimentError(f"{where}: a mapping {{grace_period: ..., reduction_factor: ...}} or null, got {asha!r}")
     allowed = ", ".join(ASHA_KEYS)
     if "max_t" in asha:
-        raise ExperimentError(f"{where}.max_t: not set here: ASHA's max_t is the run's total epochs (warmup_epochs + "
-                              f"epochs + finetune_epochs = {base.total_epochs}); allowed keys: {allowed}")
+        raise ExperimentError(
+            f"{where}.max_t: not set here: ASHA's max_t is the run's total epochs (warmup_epochs + "
+            f"epochs + finetune_epochs = {base.total_epochs}); allowed keys: {allowed}"
+        )
     unknown = set(asha) - set(ASHA_KEYS)
     if unknown:
         raise ExperimentError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; allowed: {allowed}")
@@ -400,8 +442,10 @@ def _check_asha(experiment: Experiment, base: runspec.RunSpec) -> None:
     if not _is_int(grace) or grace < 1:
         raise ExperimentError(f"{where}.grace_period = {grace!r}: must be an integer >= 1 (epochs)")
     if grace > base.total_epochs:
-        raise ExperimentError(f"{where}.grace_period = {grace}: must be <= the run's total epochs (warmup_epochs + "
-                              f"epochs + finetune_epochs = {base.total_epochs}): no trial runs longer")
+        raise ExperimentError(
+            f"{where}.grace_period = {grace}: must be <= the run's total epochs (warmup_epochs + "
+            f"epochs + finetune_epochs = {base.total_epochs}): no trial runs longer"
+        )
     factor = asha.get("reduction_factor", ASHA_KEYS["reduction_factor"])
     if not _is_number(factor) or factor <= 1:
         raise ExperimentError(f"{where}.reduction_factor = {factor!r}: must be a number > 1")
@@ -410,11 +454,13 @@ def _check_asha(experiment: Experiment, base: runspec.RunSpec) -> None:
 def _check_counts(experiment: Experiment) -> None:
     samples, concurrent = experiment.num_samples, experiment.max_concurrent
     if not _is_int(samples) or samples < 1:
-        raise ExperimentError(f"{experiment.path}: num_samples = {samples!r}: must be an integer >= 1 "
-                              "(trials per grid point, or the search's samples)")
+        raise ExperimentError(
+            f"{experiment.path}: num_samples = {samples!r}: must be an integer >= 1 (trials per grid point, or the search's samples)"
+        )
     if concurrent is not None and (not _is_int(concurrent) or concurrent < 1):
-        raise ExperimentError(f"{experiment.path}: max_concurrent = {concurrent!r}: must be an integer >= 1, "
-                              "or null (as many trials as the cluster fits)")
+        raise ExperimentError(
+            f"{experiment.path}: max_concurrent = {concurrent!r}: must be an integer >= 1, or null (as many trials as the cluster fits)"
+        )
 
 
 def _check_resources(experiment: Experiment) -> None:
@@ -431,13 +477,14 @@ def _check_resources(experiment: Experiment) -> None:
     if not isinstance(resources["use_gpu"], bool):
         raise ExperimentError(f"{where}.use_gpu = {resources['use_gpu']!r}: must be true or false")
     if resources["gpus_per_worker"] > 0 and not resources["use_gpu"]:
-        raise ExperimentError(f"{where}.gpus_per_worker = {resources['gpus_per_worker']}: the workers get GPUs only "
-                              "with use_gpu: true (without it they train on CPU and the GPUs are never reserved); "
-                              "set use_gpu: true, or gpus_per_worker: 0")
+        raise ExperimentError(
+            f"{where}.gpus_per_worker = {resources['gpus_per_worker']}: the workers get GPUs only "
+            "with use_gpu: true (without it they train on CPU and the GPUs are never reserved); "
+            "set use_gpu: true, or gpus_per_worker: 0"
+        )
 
 
-def _check_baseline(experiment: Experiment, specs: list[tuple[str, runspec.RunSpec]],
-                    written_grid: dict[str, list]) -> None:
+def _check_baseline(experiment: Experiment, specs: list[tuple[str, runspec.RunSpec]], written_grid: dict[str, list]) -> None:
     """table.baseline names the row the others are compared with (as analysis/vocabulary.py
     reads it): a value of the single row field, a list or a comma-joined string of one value per
     row field, or a mapping of some row fields. Some grid point must have it."""
@@ -455,6 +502,7 @@ def _check_baseline(experiment: Experiment, specs: list[tuple[str, runspec.RunSp
     points = specs[1:] if experiment.grid else specs  # this preset's grid points, as RunSpecs
     settings = [tuple(getattr(spec, name) for name in wanted) for _, spec in points]
     if written_grid and written_grid != experiment.grid:
+
         def value_of(point: dict[str, Any], name: str) -> Any:
             try:
                 return runspec.coerce(name, point[name]) if name in point else getattr(base, name)
@@ -465,8 +513,7 @@ def _check_baseline(experiment: Experiment, specs: list[tuple[str, runspec.RunSp
     settings = list(dict.fromkeys(settings))
     if tuple(wanted.values()) not in settings:
         have = "; ".join(", ".join(f"{n}={v}" for n, v in zip(wanted, s)) for s in settings)
-        raise ExperimentError(f"{where}: no grid point has {', '.join(f'{n}={v}' for n, v in wanted.items())}; "
-                              f"the grid has: {have}")
+        raise ExperimentError(f"{where}: no grid point has {', '.join(f'{n}={v}' for n, v in wanted.items())}; the grid has: {have}")
 
 
 def _baseline_fields(baseline: Any, rows: list[str], where: str) -> dict[str, Any]:
@@ -487,8 +534,7 @@ def _baseline_fields(baseline: Any, rows: list[str], where: str) -> dict[str, An
         return fields
     if isinstance(baseline, (list, tuple)):
         if len(baseline) != len(rows):
-            raise ExperimentError(f"{where}: a list gives one value per row field ({', '.join(rows)}), "
-                                  f"got {len(baseline)} value(s)")
+            raise ExperimentError(f"{where}: a list gives one value per row field ({', '.join(rows)}), got {len(baseline)} value(s)")
         return dict(zip(rows, baseline))
     parts = str(baseline).split(",") if len(rows) > 1 else [baseline]
     return dict(zip(rows, parts)) if len(parts) == len(rows) else {rows[0]: baseline}

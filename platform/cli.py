@@ -10,6 +10,7 @@
 Heavy imports (torch, ray) happen inside the subcommands, so `dncml datasets list` is instant.
 Errors a user can fix are printed as one line on stderr with exit status 2, never a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dncml.trainers.data.base import DatasetError
     from dncml.trainers.spec import SpecError
 
-    return (UsageError, DatasetError, SpecError, FileNotFoundError, ExperimentError, PlatformError, StoreError,
-            StoreWriteError)
+    return (UsageError, DatasetError, SpecError, FileNotFoundError, ExperimentError, PlatformError, StoreError, StoreWriteError)
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -42,8 +42,7 @@ def _glyph_config(args):
     from dncml.trainers.data.glyphs import GlyphConfig
 
     try:
-        return GlyphConfig(num_classes=args.classes, instances_per_class=args.instances,
-                           image_size=args.image_size, seed=args.seed)
+        return GlyphConfig(num_classes=args.classes, instances_per_class=args.instances, image_size=args.image_size, seed=args.seed)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -67,8 +66,9 @@ def cmd_datasets_list(args) -> int:
 
 def cmd_datasets_prepare(args) -> int:
     if args.name != "glyphs":
-        raise UsageError(f"only 'glyphs' is rendered locally; {args.name!r} is read from its archive "
-                         f"(dncml datasets check {args.name} --root DIR)")
+        raise UsageError(
+            f"only 'glyphs' is rendered locally; {args.name!r} is read from its archive (dncml datasets check {args.name} --root DIR)"
+        )
     from dncml.trainers.data.glyphs import glyphs_cache_path, load_glyphs, prepare_glyphs
 
     config = _glyph_config(args)
@@ -126,8 +126,7 @@ def cmd_datasets_show(args) -> int:
 
         bundle = read_benchmark(args.name, args.root)
     data = bundle.train if args.split == "train" else bundle.tests[0].query
-    out = save_grid(data, args.out, classes=args.rows, per_class=args.per_class,
-                    group_names=bundle.group_names)
+    out = save_grid(data, args.out, classes=args.rows, per_class=args.per_class, group_names=bundle.group_names)
     print(f"wrote {out}")
     return 0
 
@@ -143,9 +142,11 @@ def cmd_pretrain(args) -> int:
     path = pretrained_glyphnet(config, progress=True)
     provenance = json.loads((path.parent / "provenance.json").read_text())
     print(f"GlyphNet {'already pre-trained' if cached else 'pre-trained'}: {path}")
-    print(f"  {provenance['classes']} classes ({provenance['images']} images) outside the glyphs train and test "
-          f"splits, {config.epochs} epochs, held-out accuracy {provenance['held_out_accuracy']:.3f}, "
-          f"{provenance['seconds']:.0f} s")
+    print(
+        f"  {provenance['classes']} classes ({provenance['images']} images) outside the glyphs train and test "
+        f"splits, {config.epochs} epochs, held-out accuracy {provenance['held_out_accuracy']:.3f}, "
+        f"{provenance['seconds']:.0f} s"
+    )
     if args.out:
         import shutil
 
@@ -171,8 +172,10 @@ def cmd_train(args) -> int:
             print(f"{name + (f' ({aliases[name]})' if name in aliases else ''):<28} {text}")
         return 0
     if not args.runspec and not args.set:
-        raise UsageError("dncml train needs a RunSpec YAML (e.g. experiments/runs/glyphs_smoke.yaml) or --set "
-                         "field=value to train the defaults; `dncml train --help-spec` lists the fields")
+        raise UsageError(
+            "dncml train needs a RunSpec YAML (e.g. experiments/runs/glyphs_smoke.yaml) or --set "
+            "field=value to train the defaults; `dncml train --help-spec` lists the fields"
+        )
     spec = _load_spec(args)
     if args.local:
         from dncml.platform.local import train_local
@@ -181,8 +184,7 @@ def cmd_train(args) -> int:
         return 0
     from dncml.platform.train import train_on_ray
 
-    train_on_ray(spec, num_workers=args.num_workers, use_gpu=args.use_gpu, address=args.address,
-                 storage=args.storage, resume=args.resume)
+    train_on_ray(spec, num_workers=args.num_workers, use_gpu=args.use_gpu, address=args.address, storage=args.storage, resume=args.resume)
     return 0
 
 
@@ -211,8 +213,15 @@ def cmd_sweep(args) -> int:
     experiment = load_experiment(args.spec, args.preset)  # a bad spec fails here, before Ray is imported
     from dncml.platform.sweep import run_sweep
 
-    sweep, summary = run_sweep(args.spec, preset=args.preset, address=args.address, storage=args.storage,
-                               resume=args.resume, max_concurrent=args.max_concurrent, mlflow_uri=args.mlflow)
+    sweep, summary = run_sweep(
+        args.spec,
+        preset=args.preset,
+        address=args.address,
+        storage=args.storage,
+        resume=args.resume,
+        max_concurrent=args.max_concurrent,
+        mlflow_uri=args.mlflow,
+    )
     if summary.get("interrupted sweep"):
         return 130  # as a shell reports a process ended by Ctrl-C
     if summary.get("completed"):
@@ -233,8 +242,7 @@ def cmd_status(args) -> int:
 def cmd_table(args) -> int:
     from dncml.analysis.tables import render_table
 
-    text = render_table(args.store, args.experiment, fmt=args.format, metrics=args.metric,
-                        include_running=args.include_running)
+    text = render_table(args.store, args.experiment, fmt=args.format, metrics=args.metric, include_running=args.include_running)
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
@@ -263,8 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     except PackageNotFoundError:
         dncml_version = "unknown"
     formatter = argparse.ArgumentDefaultsHelpFormatter  # every option's help shows its default
-    parser = argparse.ArgumentParser(prog="dncml", description="Divide-and-conquer deep metric learning on Ray.",
-                                     formatter_class=formatter)
+    parser = argparse.ArgumentParser(prog="dncml", description="Divide-and-conquer deep metric learning on Ray.", formatter_class=formatter)
     parser.add_argument("--version", action="version", version=f"dncml {dncml_version}")
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="also show Ray's own logs (workers, Train, Tune)")
@@ -319,8 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = command("train", "one divide-and-conquer run (Ray Train, or --local in this process)")
-    p.add_argument("runspec", nargs="?", help="RunSpec YAML (e.g. experiments/runs/glyphs_smoke.yaml); "
-                                             "`--set` alone trains the defaults")
+    p.add_argument("runspec", nargs="?", help="RunSpec YAML (e.g. experiments/runs/glyphs_smoke.yaml); `--set` alone trains the defaults")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a RunSpec field (K, T, m, d aliases)")
     p.add_argument("--local", action="store_true", help="run in this process without Ray")
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")

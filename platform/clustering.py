@@ -16,6 +16,7 @@ Faults:
 - a worker dies: Ray Train restarts the whole worker group from the last checkpoint; the new
   group has a new session id, so its rounds never mix with the dead group's half-finished ones.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -91,17 +92,27 @@ class ClusteringActor:
                 parts.append((request.indices, await refs[0]))
             vectors = gather_vectors(len(first.labels), parts)
         assignment = await asyncio.to_thread(compute_assignment, first, vectors)
-        self.log.append({"session": session, "round": first.round, "strategy": first.strategy,
-                         "num_clusters": assignment.num_clusters, "sizes": assignment.sizes(),
-                         "cost": assignment.cost, "seconds": assignment.seconds, "time": time.time()})
+        self.log.append(
+            {
+                "session": session,
+                "round": first.round,
+                "strategy": first.strategy,
+                "num_clusters": assignment.num_clusters,
+                "sizes": assignment.sizes(),
+                "cost": assignment.cost,
+                "seconds": assignment.seconds,
+                "time": time.time(),
+            }
+        )
         return assignment
 
 
 def save_round(path: Path, assignment: Assignment) -> None:
     """A finished round as data only: the cluster of every sample (npz) and the rest (JSON)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    scalars = {name: getattr(assignment, name) for name in ("version", "num_clusters", "strategy", "cost", "seconds",
-                                                           "repaired", "changed")}
+    scalars = {
+        name: getattr(assignment, name) for name in ("version", "num_clusters", "strategy", "cost", "seconds", "repaired", "changed")
+    }
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     try:
         np.savez(temporary, clusters=assignment.clusters, meta=np.array(json.dumps({**scalars, "stats": assignment.stats})))
@@ -122,8 +133,13 @@ def start_actor(run_id: str, state_dir: str | None = None, num_gpus: float = 0):
     scheduling strategy keep it outside the Tune trial's placement group (else Tune refuses it:
     no trial resources are available). The run id is unique, so an actor serves one run only."""
     return ClusteringActor.options(
-        name=actor_name(run_id), num_cpus=0, num_gpus=num_gpus, max_restarts=MAX_RESTARTS,
-        max_task_retries=MAX_RESTARTS, scheduling_strategy="DEFAULT", get_if_exists=True,
+        name=actor_name(run_id),
+        num_cpus=0,
+        num_gpus=num_gpus,
+        max_restarts=MAX_RESTARTS,
+        max_task_retries=MAX_RESTARTS,
+        scheduling_strategy="DEFAULT",
+        get_if_exists=True,
     ).remote(run_id, state_dir)
 
 
@@ -140,11 +156,11 @@ class ActorGroupingService:
         try:
             return ray.get(self.actor.partition.remote(self.session, request, shard), timeout=ROUND_TIMEOUT)
         except ray.exceptions.GetTimeoutError:
-            raise ClusteringFailed(f"round {request.round}: the clustering actor gave no assignment within "
-                                   f"{ROUND_TIMEOUT:.0f} s") from None
+            raise ClusteringFailed(f"round {request.round}: the clustering actor gave no assignment within {ROUND_TIMEOUT:.0f} s") from None
         except ray.exceptions.RayActorError as error:
-            raise ClusteringFailed(f"round {request.round}: the clustering actor died and did not recover after "
-                                   f"{MAX_RESTARTS} restarts ({error})") from None
+            raise ClusteringFailed(
+                f"round {request.round}: the clustering actor died and did not recover after {MAX_RESTARTS} restarts ({error})"
+            ) from None
         finally:
             request.vectors = vectors
 

@@ -5,6 +5,7 @@ Library code logs to the `dncml` logger; the command line decides what reaches t
 `-q` the summary only, default the epochs and the progress, `-v` also Ray's logs (its workers'
 output, Train's reports, Tune's tables).
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,13 @@ def duration(seconds: float) -> str:
 
 def epoch_line(label: str, metrics: dict, metric: str = "val_recall@1") -> str:
     """`[grouping=kmeans seed=1] epoch 3/8 divide K=8 loss 0.1234 val R@1 0.9512 (best 0.9561) 12.3s`."""
-    parts = [f"[{label}]", f"epoch {int(metrics['epoch']) + 1}/{int(metrics['total_epochs'])}",
-             str(metrics.get("phase", "")), f"K={metrics.get('active_learners')}", f"loss {metrics.get('loss', math.nan):.4f}"]
+    parts = [
+        f"[{label}]",
+        f"epoch {int(metrics['epoch']) + 1}/{int(metrics['total_epochs'])}",
+        str(metrics.get("phase", "")),
+        f"K={metrics.get('active_learners')}",
+        f"loss {metrics.get('loss', math.nan):.4f}",
+    ]
     value, best = metrics.get(metric), metrics.get(f"best_{metric}")
     if isinstance(value, (int, float)) and value == value:
         parts.append(f"{metric} {value:.4f}")
@@ -77,12 +83,17 @@ class Progress:
         pending = max(0, self.total - len(self.finished) - running)
         counts = {s: list(self.finished.values()).count(s) for s in dict.fromkeys(self.finished.values())}
         done = sum(self.epochs.values())
-        remaining = (self.total * self.epochs_per_trial) - done - sum(
-            self.epochs_per_trial - self.epochs.get(t, 0) for t, s in self.finished.items() if s != "completed")
+        remaining = (
+            (self.total * self.epochs_per_trial)
+            - done
+            - sum(self.epochs_per_trial - self.epochs.get(t, 0) for t, s in self.finished.items() if s != "completed")
+        )
         eta = elapsed / done * remaining if done else math.nan
         state = ", ".join(f"{n} {s}" for s, n in counts.items()) or "0 done"
-        return (f"progress: {len(self.finished)}/{self.total} trials done ({state}), {running} running, {pending} pending; "
-                f"elapsed {duration(elapsed)}, ETA {duration(eta)}")
+        return (
+            f"progress: {len(self.finished)}/{self.total} trials done ({state}), {running} running, {pending} pending; "
+            f"elapsed {duration(elapsed)}, ETA {duration(eta)}"
+        )
 
     def due(self, every: float = 60.0) -> bool:
         if time.time() - self.last_line < every:
@@ -94,6 +105,7 @@ class Progress:
 def tail_epochs(store, sweep: str, trial_id: str, label: str, metric: str, stop: threading.Event) -> threading.Thread:
     """Log each new epoch row of one run as the store receives it (for `dncml train` on Ray, whose
     epochs are written by the Train controller, not in this process)."""
+
     def follow():
         seen = set()
         while True:

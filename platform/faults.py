@@ -6,6 +6,7 @@ create the marker file and then sleep, until the test interrupts or kills it;
 `DNCML_CRASH_AT="<point>"` makes it die there at once (as a segfault or an OOM kill would), every
 time. Unset (always, outside tests), a fault point costs two environment lookups.
 """
+
 from __future__ import annotations
 
 import os

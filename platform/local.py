@@ -6,6 +6,7 @@ a new run into a directory that holds another run's checkpoints is refused (it w
 own newer checkpoints and later resume the old run's), `--resume` continues only a run of the same
 spec, and a lease refuses a second process on the same directory.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,9 @@ from .errors import PlatformError
 from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name
 
 
-def train_local(spec: RunSpec, run_dir: str | Path | None = None, storage: str | None = None, sweep: str = "train",
-                resume: bool = False) -> str | None:
+def train_local(
+    spec: RunSpec, run_dir: str | Path | None = None, storage: str | None = None, sweep: str = "train", resume: bool = False
+) -> str | None:
     """Train `spec` here; returns the trial id (None when `--resume` found the run finished)."""
     safe_name(sweep, "--sweep")
     run_dir = Path(run_dir or Path("runs") / spec.name)
@@ -30,16 +32,21 @@ def train_local(spec: RunSpec, run_dir: str | Path | None = None, storage: str |
     with Lease(run_dir / ".lease.json", f"run directory {run_dir}"):
         resume_from = reporter.latest_checkpoint()
         if resume_from is not None and not resume:
-            raise PlatformError(f"{run_dir} holds the checkpoints of an earlier run (up to {Path(resume_from).name}): "
-                                "continue it with --resume, or give this run another --run-dir")
+            raise PlatformError(
+                f"{run_dir} holds the checkpoints of an earlier run (up to {Path(resume_from).name}): "
+                "continue it with --resume, or give this run another --run-dir"
+            )
         if resume and resume_from is None:
             log.info(f"no checkpoint in {reporter.checkpoints}; starting from epoch 1")
         if resume_from is not None:
             saved = load_checkpoint_spec(resume_from).to_dict()
             differences = [f"{k}: {v!r} -> {spec.to_dict()[k]!r}" for k, v in saved.items() if spec.to_dict()[k] != v]
             if differences:
-                raise PlatformError(f"--resume: {resume_from} was written by a run with a different spec ("
-                                    + "; ".join(differences) + "); resume with the same spec, or use another --run-dir")
+                raise PlatformError(
+                    f"--resume: {resume_from} was written by a run with a different spec ("
+                    + "; ".join(differences)
+                    + "); resume with the same spec, or use another --run-dir"
+                )
             if Path(resume_from).name == f"epoch-{spec.total_epochs - 1:04d}":
                 summary.info(f"run in {run_dir} is already completed ({spec.total_epochs} epochs): nothing to resume")
                 return None
@@ -55,10 +62,11 @@ def train_local(spec: RunSpec, run_dir: str | Path | None = None, storage: str |
             if recorder:
                 recorder.epoch(metrics)
 
-        log.info(f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
-              f"T={spec.recluster_every}, loss {spec.loss}, {spec.total_epochs} epochs; run dir {run_dir}")
-        seam = Seam(report=report, world=World(resolve_device(spec)), resume_from=resume_from,
-                    checkpoint_root=str(run_dir / "tmp"))
+        log.info(
+            f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
+            f"T={spec.recluster_every}, loss {spec.loss}, {spec.total_epochs} epochs; run dir {run_dir}"
+        )
+        seam = Seam(report=report, world=World(resolve_device(spec)), resume_from=resume_from, checkpoint_root=str(run_dir / "tmp"))
         try:
             state = train(spec, seam)
         except BaseException as error:
@@ -68,7 +76,9 @@ def train_local(spec: RunSpec, run_dir: str | Path | None = None, storage: str |
         if recorder and recorder.finish("completed") == "completed":
             summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
         best = state.history[state.best_epoch] if state.best_epoch >= 0 else state.history[-1]
-        summary.info(f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
-              + "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("test_") and isinstance(v, float)))
+        summary.info(
+            f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
+            + "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("test_") and isinstance(v, float))
+        )
         summary.info(f"checkpoints: {reporter.checkpoints} (the selected epoch's: {reporter.checkpoints / 'best'})")
     return trial_id

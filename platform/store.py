@@ -10,6 +10,7 @@ runs again instead of duplicating them. Columns have fixed types per sweep (RunS
 their declared types, metrics float64), so `pandas.read_parquet(STORE/<sweep>/epochs)` reads
 every file of a sweep with one schema.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,24 +34,56 @@ from dncml.trainers.spec import RunSpec, _field_type, valid_name
 
 # Per-epoch fields the trainer reports besides the evaluation metrics, and their types.
 EPOCH_FIELDS: dict[str, pa.DataType] = {
-    "epoch": pa.int64(), "total_epochs": pa.int64(), "phase": pa.string(), "active_learners": pa.int64(),
-    "assignment_version": pa.int64(), "loss": pa.float64(), "steps": pa.int64(), "train_seconds": pa.float64(),
-    "images_per_second": pa.float64(), "lr": pa.float64(), "eval_seconds": pa.float64(),
-    "epoch_seconds": pa.float64(), "best_epoch": pa.int64(), "reclustered": pa.bool_(),
-    "cluster_seconds": pa.float64(), "embed_seconds": pa.float64(), "kmeans_seconds": pa.float64(),
-    "cluster_cost": pa.float64(), "cluster_changed": pa.float64(), "cluster_repaired": pa.int64(),
-    "cluster_sizes": pa.string(), "assignment_digest": pa.int64(), "backbone_rests": pa.bool_(),
+    "epoch": pa.int64(),
+    "total_epochs": pa.int64(),
+    "phase": pa.string(),
+    "active_learners": pa.int64(),
+    "assignment_version": pa.int64(),
+    "loss": pa.float64(),
+    "steps": pa.int64(),
+    "train_seconds": pa.float64(),
+    "images_per_second": pa.float64(),
+    "lr": pa.float64(),
+    "eval_seconds": pa.float64(),
+    "epoch_seconds": pa.float64(),
+    "best_epoch": pa.int64(),
+    "reclustered": pa.bool_(),
+    "cluster_seconds": pa.float64(),
+    "embed_seconds": pa.float64(),
+    "kmeans_seconds": pa.float64(),
+    "cluster_cost": pa.float64(),
+    "cluster_changed": pa.float64(),
+    "cluster_repaired": pa.int64(),
+    "cluster_sizes": pa.string(),
+    "assignment_digest": pa.int64(),
+    "backbone_rests": pa.bool_(),
     "full_embedding": pa.bool_(),
     # Written by the Ray Train callback from all workers' reports of the epoch:
-    "workers": pa.int64(), "workers_agree": pa.bool_(), "node_ids": pa.string(), "session": pa.string(),
+    "workers": pa.int64(),
+    "workers_agree": pa.bool_(),
+    "node_ids": pa.string(),
+    "session": pa.string(),
     "checkpoint": pa.string(),
 }
 TRIAL_FIELDS: dict[str, pa.DataType] = {
-    "sweep": pa.string(), "trial_id": pa.string(), "experiment": pa.string(), "setting": pa.string(),
-    "status": pa.string(), "error": pa.string(), "epochs_done": pa.int64(), "best_epoch": pa.int64(),
-    "wall_seconds": pa.float64(), "train_seconds": pa.float64(), "cluster_seconds": pa.float64(),
-    "eval_seconds": pa.float64(), "started_at": pa.string(), "ended_at": pa.string(), "host": pa.string(),
-    "git_revision": pa.string(), "versions": pa.string(), "embedding_form": pa.string(),
+    "sweep": pa.string(),
+    "trial_id": pa.string(),
+    "experiment": pa.string(),
+    "setting": pa.string(),
+    "status": pa.string(),
+    "error": pa.string(),
+    "epochs_done": pa.int64(),
+    "best_epoch": pa.int64(),
+    "wall_seconds": pa.float64(),
+    "train_seconds": pa.float64(),
+    "cluster_seconds": pa.float64(),
+    "eval_seconds": pa.float64(),
+    "started_at": pa.string(),
+    "ended_at": pa.string(),
+    "host": pa.string(),
+    "git_revision": pa.string(),
+    "versions": pa.string(),
+    "embedding_form": pa.string(),
 }
 STATUSES = ("running", "completed", "failed", "pruned", "interrupted")
 
@@ -68,8 +101,10 @@ def safe_name(value: str, what: str) -> str:
     """A name that becomes a file or directory name in the store: letters, digits, '.', '_' and
     '-', not starting with '.' (no '/', no '..'), so it cannot leave its folder."""
     if not valid_name(value):
-        raise StoreError(f"{what} {value!r}: use letters, digits, '.', '_' and '-' (at most 128, not starting "
-                         "with '.' or '-', no '..'): it names files in the results store")
+        raise StoreError(
+            f"{what} {value!r}: use letters, digits, '.', '_' and '-' (at most 128, not starting "
+            "with '.' or '-', no '..'): it names files in the results store"
+        )
     return value
 
 
@@ -109,8 +144,9 @@ def _now() -> str:
 @functools.lru_cache(maxsize=1)
 def git_revision() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -121,8 +157,20 @@ def package_versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in ("dncml", "torch", "torchvision", "ray", "faiss-gpu", "faiss-cpu", "pytorch-metric-learning", "optuna",
-                    "numpy", "pandas", "pyarrow", "scipy"):
+    for package in (
+        "dncml",
+        "torch",
+        "torchvision",
+        "ray",
+        "faiss-gpu",
+        "faiss-cpu",
+        "pytorch-metric-learning",
+        "optuna",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "scipy",
+    ):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
@@ -134,8 +182,9 @@ _writers: dict[Path, Any] = {}
 
 
 def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
-    """Every numeric metric of an epoch as a TensorBoard scalar at step = epoch, in one event
-    directory per trial (`tensorboard --logdir STORE`). A writer per directory and process."""
+    """Every numeric metric of an epoch as a TensorBoard scalar at step = epoch (`val_recall@1` as
+    `val_recall_at_1`), in one event directory per trial (`tensorboard --logdir STORE`). A writer
+    per directory and process."""
     from tensorboardX import SummaryWriter
 
     writer = _writers.get(logdir)
@@ -143,7 +192,7 @@ def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
         writer = _writers[logdir] = SummaryWriter(str(logdir))
     for name, value in metrics.items():
         if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value):
-            writer.add_scalar(name, float(value), int(metrics["epoch"]))
+            writer.add_scalar(name.replace("@", "_at_"), float(value), int(metrics["epoch"]))  # '@' is no tag character
     writer.flush()
 
 
@@ -152,8 +201,14 @@ def _row_table(row: dict[str, Any], types: dict[str, pa.DataType]) -> pa.Table:
     columns, fields = {}, []
     for name, value in row.items():
         if name not in types:
-            types = {**types, name: pa.float64() if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-                     else pa.bool_() if isinstance(value, bool) else pa.string()}
+            types = {
+                **types,
+                name: pa.float64()
+                if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+                else pa.bool_()
+                if isinstance(value, bool)
+                else pa.string(),
+            }
     for name, kind in types.items():
         value = row.get(name)
         if isinstance(value, (np.floating, np.integer)):
@@ -218,11 +273,13 @@ class ResultsStore:
         chosen = epochs.get(row.get("best_epoch"), {})
         path = chosen.get("checkpoint")
         if not path or not Path(path, "state.pt").is_file():
-            raise StoreError(f"trial {trial_id}: no checkpoint of its selected epoch {row.get('best_epoch')} "
-                             f"(recorded: {path or 'none'}); runs record one when trained on Ray")
+            raise StoreError(
+                f"trial {trial_id}: no checkpoint of its selected epoch {row.get('best_epoch')} "
+                f"(recorded: {path or 'none'}); runs record one when trained on Ray"
+            )
         return path
 
-    def lease(self, sweep: str, name: str) -> "Lease":
+    def lease(self, sweep: str, name: str) -> Lease:
         """The lease that says a sweep (name `sweep`) or one run of it is being run."""
         return Lease(self.sweep_dir(sweep) / ".leases" / f"{name}.json", f"{sweep}/{name}")
 
@@ -243,8 +300,11 @@ def spec_differences(row: dict[str, Any], spec: RunSpec) -> list[str]:
     differences = []
     for name, value in spec.to_dict().items():
         stored = row.get(f"spec_{name}")
-        if f"spec_{name}" in row and stored != value and not (isinstance(stored, float) and isinstance(value, float)
-                                                            and np.isclose(stored, value, rtol=1e-12, atol=0)):
+        if (
+            f"spec_{name}" in row
+            and stored != value
+            and not (isinstance(stored, float) and isinstance(value, float) and np.isclose(stored, value, rtol=1e-12, atol=0))
+        ):
             differences.append(f"{name}: {stored!r} -> {value!r}")
     return differences
 
@@ -280,12 +340,14 @@ class Lease:
                 pass  # alive, another user's
         return {**record, "heartbeat_age": age}
 
-    def acquire(self) -> "Lease":
+    def acquire(self) -> Lease:
         holder = self.holder()
         if holder is not None and not (holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()):
-            raise StoreError(f"{self.what} is still running (pid {holder.get('pid')} on {holder.get('host')}, "
-                             f"started {holder.get('started')}, heartbeat {holder['heartbeat_age']:.0f} s ago): "
-                             "stop it first, or wait for it to end")
+            raise StoreError(
+                f"{self.what} is still running (pid {holder.get('pid')} on {holder.get('host')}, "
+                f"started {holder.get('started')}, heartbeat {holder['heartbeat_age']:.0f} s ago): "
+                "stop it first, or wait for it to end"
+            )
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
         write_text_atomic(self.path, json.dumps(record))
         import threading
@@ -308,7 +370,7 @@ class Lease:
             self.path.unlink(missing_ok=True)
             self._stop = None
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -319,8 +381,17 @@ class TrialRecorder:
     """Writes one trial's rows as it runs: a 'running' trial row at the start, an epoch row per
     report, the final trial row (status, error, final and best metrics, timings) at the end."""
 
-    def __init__(self, store: ResultsStore, sweep: str, trial_id: str, spec: RunSpec,
-                 experiment: str = "", setting: str = "", metric_names: list[str] | None = None, start: bool = True):
+    def __init__(
+        self,
+        store: ResultsStore,
+        sweep: str,
+        trial_id: str,
+        spec: RunSpec,
+        experiment: str = "",
+        setting: str = "",
+        metric_names: list[str] | None = None,
+        start: bool = True,
+    ):
         from dncml.trainers.data.loading import metric_names as expected_metrics
 
         self.store, self.sweep, self.trial_id, self.spec = store, sweep, trial_id, spec
@@ -347,18 +418,28 @@ class TrialRecorder:
         if status == "completed" and recorded != list(range(self.spec.total_epochs)):
             # `completed` means every epoch is in the store: anything else is a failure to say so.
             missing = sorted(set(range(self.spec.total_epochs)) - set(recorded))
-            status, error = "failed", (f"the run ended but the store holds epochs {recorded} of {self.spec.total_epochs} "
-                                       f"(missing {missing[:10]})")
+            status, error = (
+                "failed",
+                (f"the run ended but the store holds epochs {recorded} of {self.spec.total_epochs} (missing {missing[:10]})"),
+            )
         self._write(status, error)
         return status
 
     def _write(self, status: str, error: str | None = None) -> None:
         row: dict[str, Any] = {
-            "sweep": self.sweep, "trial_id": self.trial_id, "experiment": self.experiment, "setting": self.setting,
-            "status": status, "error": error, "epochs_done": len(self.history),
-            "started_at": self.started.isoformat(timespec="seconds"), "ended_at": None if status == "running" else _now(),
+            "sweep": self.sweep,
+            "trial_id": self.trial_id,
+            "experiment": self.experiment,
+            "setting": self.setting,
+            "status": status,
+            "error": error,
+            "epochs_done": len(self.history),
+            "started_at": self.started.isoformat(timespec="seconds"),
+            "ended_at": None if status == "running" else _now(),
             "wall_seconds": (dt.datetime.now(dt.timezone.utc) - self.started).total_seconds(),
-            "host": socket.gethostname(), "git_revision": git_revision(), "versions": package_versions(),
+            "host": socket.gethostname(),
+            "git_revision": git_revision(),
+            "versions": package_versions(),
             "embedding_form": self.spec.embedding_form,
         }
         row.update({f"spec_{k}": v for k, v in self.spec.to_dict().items()})
@@ -381,7 +462,8 @@ def write_embeddings(out: str | os.PathLike, split, vectors: np.ndarray) -> Path
     out = Path(out)
     columns = {
         "index": pa.array(np.arange(len(vectors), dtype=np.int64)),
-        "label": pa.array(split.labels), "group": pa.array(split.groups),
+        "label": pa.array(split.labels),
+        "group": pa.array(split.groups),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), vectors.shape[1]),
     }
     if split.paths is not None:

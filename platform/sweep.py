@@ -8,6 +8,7 @@ ablations) run with Tune's default variant generator; searches run with a seeded
 STORE/<sweep>/, and `--resume` continues an interrupted sweep with `Tuner.restore` without
 re-running finished trials.
 """
+
 from __future__ import annotations
 
 import glob
@@ -22,10 +23,10 @@ from ray import tune
 from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid
 from dncml.trainers.spec import ALIASES, SpecError
 
-from .store import ResultsStore, TrialRecorder, new_id, safe_name, write_text_atomic
 from .console import Progress, duration, epoch_line, log
 from .console import summary as outcome
 from .errors import PlatformError
+from .store import ResultsStore, TrialRecorder, new_id, safe_name, write_text_atomic
 from .train import Resources, connect, fit_run, prepare_data
 
 TUNE_DIR = "tune"
@@ -37,8 +38,10 @@ def _search_space(experiment: Experiment) -> dict:
     for name, distribution in experiment.search.items():
         kind, args = next(iter(distribution.items()))
         space[name] = {
-            "uniform": lambda a: tune.uniform(a[0], a[1]), "loguniform": lambda a: tune.loguniform(a[0], a[1]),
-            "choice": lambda a: tune.choice(list(a)), "randint": lambda a: tune.randint(int(a[0]), int(a[1]) + 1),
+            "uniform": lambda a: tune.uniform(a[0], a[1]),
+            "loguniform": lambda a: tune.loguniform(a[0], a[1]),
+            "choice": lambda a: tune.choice(list(a)),
+            "randint": lambda a: tune.randint(int(a[0]), int(a[1]) + 1),
             "quniform": lambda a: tune.quniform(a[0], a[1], a[2] if len(a) > 2 else 1),
         }[kind](args)
     return space
@@ -83,8 +86,10 @@ class ProgressPrinter(tune.Callback):
 
     def label(self, trial) -> str:
         config = Experiment.overrides(trial.config)
-        shown = {**{r: config.get(r) for r in self.experiment.rows if r in config},
-                 **({"seed": config["seed"]} if "seed" in config else {})}
+        shown = {
+            **{r: config.get(r) for r in self.experiment.rows if r in config},
+            **({"seed": config["seed"]} if "seed" in config else {}),
+        }
         return " ".join(f"{k}={v}" for k, v in shown.items()) or trial.trial_id
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -153,7 +158,7 @@ class SweepMonitor(tune.Callback):
         finished = sum(status in ("TERMINATED", "ERROR") for status in self.statuses.values())
         return not self.triggered and finished < total
 
-    def stopper(self) -> "StopWhen":
+    def stopper(self) -> StopWhen:
         return StopWhen(self)
 
 
@@ -173,8 +178,9 @@ class StopWhen(tune.stopper.Stopper):
 def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool) -> str:
     prefix = f"{safe_name(experiment.name, 'experiment name')}-{experiment.preset or 'default'}-"
     if resume:
-        candidates = sorted(p.name for p in store.root.glob(glob.escape(prefix) + "*")
-                            if (store.root / "_ray" / p.name / TUNE_DIR).is_dir())
+        candidates = sorted(
+            p.name for p in store.root.glob(glob.escape(prefix) + "*") if (store.root / "_ray" / p.name / TUNE_DIR).is_dir()
+        )
         if not candidates:
             raise PlatformError(f"--resume: no sweep of {experiment.name} (preset {experiment.preset}) in {store.root} to resume")
         sweep = candidates[-1]
@@ -189,11 +195,22 @@ CARD_KEYS = ("base_run", "grid", "search", "num_samples", "metric", "mode")
 def experiment_card(experiment: Experiment, sweep: str) -> dict:
     """What `analysis/` needs to know about the sweep (rows, metric, the table's labels and the
     paper's numbers), stored beside its Parquet tables so analysis reads the store alone."""
-    return {"experiment": experiment.name, "preset": experiment.preset, "sweep": sweep,
-            "description": experiment.description, "rows": experiment.rows, "metric": experiment.metric,
-            "mode": experiment.mode, "grid": experiment.grid, "search": experiment.search,
-            "num_samples": experiment.num_samples, "table": experiment.table, "plot": experiment.plot,
-            "base_run": experiment.run, "aliases": dict(ALIASES)}
+    return {
+        "experiment": experiment.name,
+        "preset": experiment.preset,
+        "sweep": sweep,
+        "description": experiment.description,
+        "rows": experiment.rows,
+        "metric": experiment.metric,
+        "mode": experiment.mode,
+        "grid": experiment.grid,
+        "search": experiment.search,
+        "num_samples": experiment.num_samples,
+        "table": experiment.table,
+        "plot": experiment.plot,
+        "base_run": experiment.run,
+        "aliases": dict(ALIASES),
+    }
 
 
 def check_same_experiment(store: ResultsStore, sweep: str, experiment: Experiment) -> None:
@@ -207,8 +224,10 @@ def check_same_experiment(store: ResultsStore, sweep: str, experiment: Experimen
     changed = [key for key in CARD_KEYS if stored.get(key) != current.get(key)]
     if changed:
         details = "; ".join(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}" for key in changed)
-        raise PlatformError(f"--resume: sweep {sweep} was started from a different experiment spec ({details[:1500]}); "
-                            "resume it with the same spec, or start a new sweep without --resume")
+        raise PlatformError(
+            f"--resume: sweep {sweep} was started from a different experiment spec ({details[:1500]}); "
+            "resume it with the same spec, or start a new sweep without --resume"
+        )
 
 
 def concurrency(experiment: Experiment, resources: Resources, requested: int | None) -> int:
@@ -219,8 +238,10 @@ def concurrency(experiment: Experiment, resources: Resources, requested: int | N
     cpus = ray.cluster_resources().get("CPU", 0)
     per_trial = resources.num_workers * resources.cpus_per_worker + TRIAL_CPU
     if per_trial > cpus:
-        raise PlatformError(f"one trial needs {per_trial:g} CPUs ({resources.num_workers} workers x "
-                            f"{resources.cpus_per_worker:g} + {TRIAL_CPU:g} for the trial); the cluster has {cpus:g}")
+        raise PlatformError(
+            f"one trial needs {per_trial:g} CPUs ({resources.num_workers} workers x "
+            f"{resources.cpus_per_worker:g} + {TRIAL_CPU:g} for the trial); the cluster has {cpus:g}"
+        )
     if resources.use_gpu:
         gpus = ray.cluster_resources().get("GPU", 0)
         per_trial_gpu = resources.num_workers * (resources.gpus_per_worker or 1)
@@ -233,9 +254,16 @@ def concurrency(experiment: Experiment, resources: Resources, requested: int | N
     return max(1, min(limit, fit))
 
 
-def run_sweep(spec_path: str, preset: str | None = None, address: str | None = None, storage: str = "results",
-              resume: bool = False, max_concurrent: int | None = None, num_cpus: int | None = None,
-              mlflow_uri: str | None = None):
+def run_sweep(
+    spec_path: str,
+    preset: str | None = None,
+    address: str | None = None,
+    storage: str = "results",
+    resume: bool = False,
+    max_concurrent: int | None = None,
+    num_cpus: int | None = None,
+    mlflow_uri: str | None = None,
+):
     started = time.time()
     experiment = load_experiment(spec_path, preset)  # every grid point validated here
     store = ResultsStore(storage)
@@ -247,8 +275,10 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
     tune_root = (store.root / "_ray" / sweep).resolve()
     trainable = tune.with_resources(make_trial(experiment, str(store.root.resolve()), sweep, resources), {"CPU": TRIAL_CPU})
     total = experiment.trial_count
-    log.info(f"sweep {sweep}: {experiment.name}, preset {experiment.preset}, {total} trial(s), "
-             f"{limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}")
+    log.info(
+        f"sweep {sweep}: {experiment.name}, preset {experiment.preset}, {total} trial(s), "
+        f"{limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}"
+    )
     monitor = SweepMonitor(threshold=min(total, max(2, limit)))
     callbacks = [ProgressPrinter(experiment, total, limit), monitor]
     if mlflow_uri:
@@ -256,8 +286,9 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
 
         callbacks.append(MLflowCallback(mlflow_uri, experiment, sweep))
     if resume:
-        tuner = tune.Tuner.restore(str(tune_root / TUNE_DIR), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
+        tuner = tune.Tuner.restore(
+            str(tune_root / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+        )
         # The restored run config carries the callbacks pickled with the interrupted sweep (their
         # counters and clocks stale): this run's own replace them.
         run_config = tuner._local_tuner.get_run_config()
@@ -267,8 +298,14 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
             trainable,
             param_space=_param_space(experiment),
             tune_config=_tune_config(experiment, limit, store.sweep_dir(sweep)),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(tune_root), callbacks=callbacks, verbose=0,
-                                      stop=monitor.stopper(), failure_config=tune.FailureConfig(fail_fast=False)),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=str(tune_root),
+                callbacks=callbacks,
+                verbose=0,
+                stop=monitor.stopper(),
+                failure_config=tune.FailureConfig(fail_fast=False),
+            ),
         )
     with store.lease(sweep, "sweep"):  # a second `--resume` of this sweep is refused while it runs
         write_experiment_card(store, sweep, experiment)
@@ -276,15 +313,21 @@ def run_sweep(spec_path: str, preset: str | None = None, address: str | None = N
     summary = reconcile(store, sweep, experiment, monitor)
     if monitor.triggered:
         summary["stopped early"] = 1
-        outcome.warning(f"sweep {sweep} stopped early: its first {monitor.failed} trial(s) failed before any trial reported "
-                    f"an epoch, so the rest would fail the same way. First error: {monitor.first_error}")
+        outcome.warning(
+            f"sweep {sweep} stopped early: its first {monitor.failed} trial(s) failed before any trial reported "
+            f"an epoch, so the rest would fail the same way. First error: {monitor.first_error}"
+        )
     if monitor.interrupted(total):
         summary["interrupted sweep"] = 1
-        outcome.warning(f"sweep {sweep} interrupted. Resume it with:\n  dncml sweep {spec_path}"
-                    + (f" --preset {experiment.preset}" if experiment.preset else "") + f" --storage {store.root} --resume")
+        outcome.warning(
+            f"sweep {sweep} interrupted. Resume it with:\n  dncml sweep {spec_path}"
+            + (f" --preset {experiment.preset}" if experiment.preset else "")
+            + f" --storage {store.root} --resume"
+        )
     else:
-        outcome.info(f"sweep {sweep} done in {duration(time.time() - started)}: "
-                     + ", ".join(f"{n} {status}" for status, n in summary.items() if n))
+        outcome.info(
+            f"sweep {sweep} done in {duration(time.time() - started)}: " + ", ".join(f"{n} {status}" for status, n in summary.items() if n)
+        )
     outcome.info(f"results: {store.root / sweep}  (dncml table {store.root} --experiment {experiment.name})")
     return sweep, summary
 
@@ -311,10 +354,14 @@ def _tune_config(experiment: Experiment, limit: int, sweep_dir: Path) -> tune.Tu
 
         # Our own `epoch` as the time axis: Tune's training_iteration restarts at 1 when a
         # sweep is restored, the epoch a resumed run reports does not.
-        scheduler = ASHAScheduler(metric=f"best_{experiment.metric}", mode=experiment.mode, time_attr="epoch",
-                                  grace_period=int(experiment.asha.get("grace_period", 2)),
-                                  reduction_factor=float(experiment.asha.get("reduction_factor", 2)),
-                                  max_t=experiment.run_spec().total_epochs)
+        scheduler = ASHAScheduler(
+            metric=f"best_{experiment.metric}",
+            mode=experiment.mode,
+            time_attr="epoch",
+            grace_period=int(experiment.asha.get("grace_period", 2)),
+            reduction_factor=float(experiment.asha.get("reduction_factor", 2)),
+            max_t=experiment.run_spec().total_epochs,
+        )
     if experiment.search:
         from ray.tune.search.optuna import OptunaSearch
 
@@ -324,18 +371,20 @@ def _tune_config(experiment: Experiment, limit: int, sweep_dir: Path) -> tune.Tu
 
         # The study lives in the store (SQLite), under the sweep's id: `optuna.load_study` and
         # optuna-dashboard open it, and `dncml plot` draws Optuna's own figures from it.
-        search = OptunaSearch(metric=f"best_{experiment.metric}", mode=experiment.mode,
-                              seed=int(experiment.run.get("seed", 0)), study_name=sweep_dir.name,
-                              storage=optuna_storage(sweep_dir))
-        return tune.TuneConfig(search_alg=search, num_samples=experiment.num_samples, max_concurrent_trials=limit,
-                               scheduler=scheduler)
+        search = OptunaSearch(
+            metric=f"best_{experiment.metric}",
+            mode=experiment.mode,
+            seed=int(experiment.run.get("seed", 0)),
+            study_name=sweep_dir.name,
+            storage=optuna_storage(sweep_dir),
+        )
+        return tune.TuneConfig(search_alg=search, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler)
     metric = {} if scheduler else {"metric": f"best_{experiment.metric}", "mode": experiment.mode}
     return tune.TuneConfig(**metric, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler)
 
 
 def write_experiment_card(store: ResultsStore, sweep: str, experiment: Experiment) -> None:
-    write_text_atomic(store.sweep_dir(sweep) / "experiment.json",
-                      json.dumps(experiment_card(experiment, sweep), indent=2, default=str))
+    write_text_atomic(store.sweep_dir(sweep) / "experiment.json", json.dumps(experiment_card(experiment, sweep), indent=2, default=str))
 
 
 def reconcile(store: ResultsStore, sweep: str, experiment: Experiment, monitor: SweepMonitor) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """Experiment tracking beside the results store: MLflow (through Ray Tune's own MLflow logger),
 TensorBoard event files, and the Optuna study of a search kept where `optuna.load_study` and
 optuna-dashboard find it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,14 +20,19 @@ class MLflowCallback(MLflowLoggerCallback):
     metrics at step = epoch."""
 
     def __init__(self, tracking_uri: str, experiment: Experiment, sweep: str):
-        super().__init__(tracking_uri=tracking_uri, experiment_name=experiment.name,
-                         tags={"dncml.sweep": sweep, "dncml.preset": experiment.preset})
+        super().__init__(
+            tracking_uri=tracking_uri, experiment_name=experiment.name, tags={"dncml.sweep": sweep, "dncml.preset": experiment.preset}
+        )
         self.experiment = experiment
 
     def log_trial_start(self, trial) -> None:
         if trial not in self._trial_runs:
-            tags = {**self.tags, "trial_name": str(trial), "dncml.trial_id": trial.trial_id,
-                    "dncml.setting": self.experiment.setting_label(trial.config)}
+            tags = {
+                **self.tags,
+                "trial_name": str(trial),
+                "dncml.trial_id": trial.trial_id,
+                "dncml.setting": self.experiment.setting_label(trial.config),
+            }
             run = self.mlflow_util.start_run(tags=tags, run_name=f"{tags['dncml.setting']} {trial.trial_id}")
             self._trial_runs[trial] = run.info.run_id
         config = trial.config if sample_is_valid(self.experiment, trial.config) else None
@@ -35,8 +41,7 @@ class MLflowCallback(MLflowLoggerCallback):
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=numbers,
-                                     step=int(result.get("epoch", iteration)))
+        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=numbers, step=int(result.get("epoch", iteration)))
 
 
 def optuna_storage(sweep_dir: Path):

@@ -5,6 +5,7 @@ seam on a Ray Train worker: `ray.train.report` with a `Checkpoint`, the run's cl
 as the grouping service, DDP through `prepare_model`, and resumption from
 `ray.train.get_checkpoint()` (after a worker failure or an interrupted sweep).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,13 +27,12 @@ from dncml.trainers.data.base import DatasetError
 from dncml.trainers.divide_and_conquer import NonFiniteLoss
 from dncml.trainers.seam import Seam, World
 
-from .clustering import ActorGroupingService, start_actor
 from . import console
+from .clustering import ActorGroupingService, start_actor
 from .console import log, summary
 from .errors import PlatformError
 from .faults import fault_point
 from .store import ResultsStore, TrialRecorder, new_id, spec_differences, write_text_atomic
-
 
 # Errors that a retry cannot fix: the run fails at once instead of being restarted.
 DETERMINISTIC = (NonFiniteLoss, runspec.SpecError, DatasetError)
@@ -98,8 +98,13 @@ def worker_loop(config: dict) -> None:
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # Ray has persisted its copy
 
-    seam = Seam(report=report, partition=ActorGroupingService(config["run_id"], session), world=world,
-                resume_from=resume_from, checkpoint_root=str(scratch / "checkpoints"))
+    seam = Seam(
+        report=report,
+        partition=ActorGroupingService(config["run_id"], session),
+        world=world,
+        resume_from=resume_from,
+        checkpoint_root=str(scratch / "checkpoints"),
+    )
     try:
         train(spec, seam)
     except DETERMINISTIC as error:
@@ -123,16 +128,22 @@ class StoreCallback(ray.train.UserCallback):
         reports = metrics if isinstance(metrics, list) else [metrics]
         # Every worker must train on the same assignment: the one the run's actor handed out.
         versions = {(m.get("assignment_version"), m.get("assignment_digest")) for m in reports}
-        row = {**reports[0], "workers": len(reports), "workers_agree": len(versions) == 1,
-               "node_ids": ",".join(sorted({str(m.get("node_id")) for m in reports})),
-               "checkpoint": checkpoint.path if checkpoint is not None else None}
+        row = {
+            **reports[0],
+            "workers": len(reports),
+            "workers_agree": len(versions) == 1,
+            "node_ids": ",".join(sorted({str(m.get("node_id")) for m in reports})),
+            "checkpoint": checkpoint.path if checkpoint is not None else None,
+        }
         row.pop("node_id", None)
         row.pop("selected_epoch", None)
         ResultsStore(self.store_root).write_epoch(self.sweep, self.trial_id, row, self.metric_names)
         if len(versions) != 1:
-            raise WorkersDisagree(f"epoch {row['epoch'] + 1}: the workers trained on different assignments "
-                                  f"(version, digest): {sorted(versions, key=str)}; the epoch is recorded with "
-                                  "workers_agree = False and the run stops")
+            raise WorkersDisagree(
+                f"epoch {row['epoch'] + 1}: the workers trained on different assignments "
+                f"(version, digest): {sorted(versions, key=str)}; the epoch is recorded with "
+                "workers_agree = False and the run stops"
+            )
 
 
 class WorkersDisagree(RuntimeError):
@@ -148,10 +159,14 @@ class Resources:
     actor_gpus: float = 0.0  # a GPU (share) for the clustering actor's Faiss k-means; 0: CPU Faiss
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Resources":
-        return cls(num_workers=int(values.get("num_workers", 1)), cpus_per_worker=float(values.get("cpus_per_worker", 1.0)),
-                   gpus_per_worker=float(values.get("gpus_per_worker", 0.0)), use_gpu=bool(values.get("use_gpu", False)),
-                   actor_gpus=float(values.get("actor_gpus", 0.0)))
+    def from_dict(cls, values: dict) -> Resources:
+        return cls(
+            num_workers=int(values.get("num_workers", 1)),
+            cpus_per_worker=float(values.get("cpus_per_worker", 1.0)),
+            gpus_per_worker=float(values.get("gpus_per_worker", 0.0)),
+            use_gpu=bool(values.get("use_gpu", False)),
+            actor_gpus=float(values.get("actor_gpus", 0.0)),
+        )
 
 
 def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
@@ -160,9 +175,8 @@ def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
     import numpy as np
 
     from dncml.trainers.data.loading import load_dataset
-    from dncml.trainers.spec import check_against_data
-
     from dncml.trainers.model import build_backbone
+    from dncml.trainers.spec import check_against_data
 
     bundle = load_dataset(spec, progress=True)
     if spec.dataset != "glyphs":  # every listed image exists (decoding them all: `dncml datasets check --verify-images`)
@@ -174,8 +188,16 @@ def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
     return bundle
 
 
-def fit_run(spec: runspec.RunSpec, run_id: str, resources: Resources, store: ResultsStore, sweep: str,
-            recorder: TrialRecorder, extra_callbacks: tuple = (), max_failures: int = 2):
+def fit_run(
+    spec: runspec.RunSpec,
+    run_id: str,
+    resources: Resources,
+    store: ResultsStore,
+    sweep: str,
+    recorder: TrialRecorder,
+    extra_callbacks: tuple = (),
+    max_failures: int = 2,
+):
     """Build and fit the TorchTrainer of one run, with its clustering actor; record the outcome.
     The same name and storage path resume the run from its newest checkpoint (Ray Train V2)."""
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -185,19 +207,23 @@ def fit_run(spec: runspec.RunSpec, run_id: str, resources: Resources, store: Res
     fatal_file.unlink(missing_ok=True)  # a resumed run starts without its last attempt's verdict
     actor = start_actor(run_id, state_dir=str(run_dir / "clustering"), num_gpus=resources.actor_gpus)
     scaling = ray.train.ScalingConfig(
-        num_workers=resources.num_workers, use_gpu=resources.use_gpu,
-        resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker or 1} if resources.use_gpu else {})})
+        num_workers=resources.num_workers,
+        use_gpu=resources.use_gpu,
+        resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker or 1} if resources.use_gpu else {})},
+    )
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"spec": spec.to_dict(), "run_id": run_id, "fatal_file": str(fatal_file)},
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         scaling_config=scaling,
         run_config=ray.train.RunConfig(
-            name=run_id, storage_path=str(run_dir.parent),
+            name=run_id,
+            storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             # the newest checkpoint (to resume) and the validation-selected one (to use)
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="selected_epoch",
-                                                         checkpoint_score_order="max"),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="selected_epoch", checkpoint_score_order="max"
+            ),
             callbacks=[StoreCallback(str(store.root.resolve()), sweep, recorder.trial_id, recorder.metric_names), *extra_callbacks],
         ),
     )
@@ -235,8 +261,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address.startswith(("http://", "https://")):
-        raise PlatformError(f"Ray address {address!r} is a dashboard URL (what `ray job submit` takes); "
-                            "give the cluster's HOST:PORT (the GCS, 6379 by default), auto, or ray://HOST:PORT")
+        raise PlatformError(
+            f"Ray address {address!r} is a dashboard URL (what `ray job submit` takes); "
+            "give the cluster's HOST:PORT (the GCS, 6379 by default), auto, or ray://HOST:PORT"
+        )
     if address and address not in ("auto", "local") and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
@@ -244,20 +272,33 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         try:
             socket.create_connection((host, int(port)), timeout=5).close()
         except OSError as error:
-            raise PlatformError(f"--address {address}: no Ray cluster answers there ({error}); "
-                                f"start one with `ray start --head --port={port}`") from None
+            raise PlatformError(
+                f"--address {address}: no Ray cluster answers there ({error}); start one with `ray start --head --port={port}`"
+            ) from None
     try:
         if address in (None, "local"):
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                     log_to_driver=console.verbosity() >= console.VERBOSE)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                log_to_driver=console.verbosity() >= console.VERBOSE,
+            )
         else:
             ray.init(address=address, log_to_driver=console.verbosity() >= console.VERBOSE)
     except ConnectionError as error:
         raise PlatformError(f"--address {address}: cannot connect to Ray: {error}") from None
 
 
-def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = False, address: str | None = None,
-                 storage: str | None = None, resume: bool = False, sweep: str = "train") -> str:
+def train_on_ray(
+    spec: runspec.RunSpec,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    address: str | None = None,
+    storage: str | None = None,
+    resume: bool = False,
+    sweep: str = "train",
+) -> str:
     """`dncml train`: one run on Ray Train workers; its epochs land in the results store."""
     if num_workers < 1:
         raise PlatformError(f"--num-workers {num_workers}: must be >= 1")
@@ -271,8 +312,11 @@ def train_on_ray(spec: runspec.RunSpec, num_workers: int = 1, use_gpu: bool = Fa
             trial_id = str(previous["trial_id"])
             differences = spec_differences(previous, spec)
             if differences:
-                raise PlatformError(f"--resume: run {trial_id} was started with a different spec ("
-                                    + "; ".join(differences) + "); resume it with the same spec, or give the new run another name")
+                raise PlatformError(
+                    f"--resume: run {trial_id} was started with a different spec ("
+                    + "; ".join(differences)
+                    + "); resume it with the same spec, or give the new run another name"
+                )
             if store.finished_trial(sweep, trial_id, spec.total_epochs):
                 summary.info(f"run {trial_id} is already completed in {store.root / sweep}: nothing to resume")
                 return trial_id

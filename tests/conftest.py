@@ -1,4 +1,5 @@
 """Shared fixtures: one glyph cache and (lazily) one local Ray runtime per test session."""
+
 from __future__ import annotations
 
 import os

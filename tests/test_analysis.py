@@ -1,6 +1,7 @@
 """analysis/: the results store read back as tables, plots and notebooks. Every test builds a
 small synthetic store (Parquet files and experiment cards laid out as `dncml sweep` writes them)
 in tmp_path; nothing here trains, starts Ray or imports torch."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,7 @@ import pytest
 from scipy import stats
 
 from dncml.analysis.plots import KINDS, budget_summary, experiment_figure, optuna_paths, plot_experiment
-from dncml.analysis.store import (ExperimentData, StoreError, list_experiments, load_experiment, load_study,
-                                  locate_store)
+from dncml.analysis.store import StoreError, list_experiments, load_experiment, load_study, locate_store
 from dncml.analysis.tables import experiment_table, paper_comparison, render_table
 from dncml.analysis.vocabulary import row_fields, row_label, short_name
 
@@ -35,15 +35,27 @@ T6_CLUSTER = {"none": [0.0, 0.0, 0.0], "random": [1.0, 2.0, 3.0], "kmeans": [4.0
 
 def t6_card(**table) -> dict:
     return {
-        "experiment": "table6_grouping", "preset": "quick", "sweep": SWEEP_T6, "description": "test",
-        "rows": ["grouping"], "metric": "val_recall@1", "mode": "max",
-        "grid": {"grouping": ["none", "random", "kmeans"], "seed": [0, 1, 2]}, "search": {}, "num_samples": 1,
-        "table": {"baseline": "none", "order": ["none", "kmeans", "random"],
-                  "labels": {"none": "baseline (no division)", "kmeans": "K-means (full method)"},
-                  "metrics": ["test_recall@1", "test_nmi", "cluster_seconds"],
-                  "paper_dataset": "Stanford Online Products",
-                  "paper": {"none": {"R@1": 72.7, "R@10": 86.2}, "kmeans": {"R@1": 75.9, "R@10": 88.4}}, **table},
-        "plot": {"kind": "curves", "hue": "grouping"}, "base_run": {"num_learners": 4},
+        "experiment": "table6_grouping",
+        "preset": "quick",
+        "sweep": SWEEP_T6,
+        "description": "test",
+        "rows": ["grouping"],
+        "metric": "val_recall@1",
+        "mode": "max",
+        "grid": {"grouping": ["none", "random", "kmeans"], "seed": [0, 1, 2]},
+        "search": {},
+        "num_samples": 1,
+        "table": {
+            "baseline": "none",
+            "order": ["none", "kmeans", "random"],
+            "labels": {"none": "baseline (no division)", "kmeans": "K-means (full method)"},
+            "metrics": ["test_recall@1", "test_nmi", "cluster_seconds"],
+            "paper_dataset": "Stanford Online Products",
+            "paper": {"none": {"R@1": 72.7, "R@10": 86.2}, "kmeans": {"R@1": 75.9, "R@10": 88.4}},
+            **table,
+        },
+        "plot": {"kind": "curves", "hue": "grouping"},
+        "base_run": {"num_learners": 4},
     }
 
 
@@ -65,8 +77,15 @@ def write_sweep(root: Path, card: dict, trials: list[dict], epochs: list[dict] =
 
 
 def trial(trial_id: str, status: str = "completed", error: str | None = None, **fields) -> dict:
-    row = {"trial_id": trial_id, "experiment": fields.pop("experiment", "table6_grouping"), "status": status,
-           "error": error, "spec_dataset": "glyphs", "wall_seconds": 10.0, "ended_at": f"2026-01-01T12:{trial_id[-2:]}:00"}
+    row = {
+        "trial_id": trial_id,
+        "experiment": fields.pop("experiment", "table6_grouping"),
+        "status": status,
+        "error": error,
+        "spec_dataset": "glyphs",
+        "wall_seconds": 10.0,
+        "ended_at": f"2026-01-01T12:{trial_id[-2:]}:00",
+    }
     row.update(fields)
     return row
 
@@ -79,10 +98,19 @@ def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4) -> list
         if grouping == "none" and e > 0:
             phase = "baseline"
         divides = phase == "divide"
-        rows.append({"trial_id": trial_id, "epoch": e, "phase": phase, "active_learners": 4 if divides else 1,
-                     "loss": 1.0 / (e + 1), "reclustered": True if divides else None,
-                     "cluster_sizes": json.dumps([40 + seed, 30, 20, 10 - seed]) if divides else None,
-                     "val_recall@1": 0.4 + 0.05 * e + 0.01 * seed, "test_recall@1": 0.35 + 0.05 * e})
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "epoch": e,
+                "phase": phase,
+                "active_learners": 4 if divides else 1,
+                "loss": 1.0 / (e + 1),
+                "reclustered": True if divides else None,
+                "cluster_sizes": json.dumps([40 + seed, 30, 20, 10 - seed]) if divides else None,
+                "val_recall@1": 0.4 + 0.05 * e + 0.01 * seed,
+                "test_recall@1": 0.35 + 0.05 * e,
+            }
+        )
     return rows
 
 
@@ -94,13 +122,33 @@ def t6_store(tmp_path) -> Path:
         for seed, (recall, cluster) in enumerate(zip(T6_RECALL[grouping], T6_CLUSTER[grouping])):
             trial_id = f"t6_{g}{seed}"
             if recall is None:
-                trials.append(trial(trial_id, "failed", error="Traceback ...\nRuntimeError: out of memory",
-                                    setting=f"grouping={grouping}", spec_grouping=grouping, spec_seed=seed))
+                trials.append(
+                    trial(
+                        trial_id,
+                        "failed",
+                        error="Traceback ...\nRuntimeError: out of memory",
+                        setting=f"grouping={grouping}",
+                        spec_grouping=grouping,
+                        spec_seed=seed,
+                    )
+                )
                 continue
-            trials.append(trial(trial_id, setting=f"grouping={grouping}", spec_grouping=grouping, spec_seed=seed,
-                                spec_num_learners=4, cluster_seconds=cluster, **{
-                                    "best_test_recall@1": recall, "best_test_nmi": 0.3 + recall / 10,
-                                    "best_val_recall@1": recall + 0.1, "final_test_recall@1": recall - 0.01}))
+            trials.append(
+                trial(
+                    trial_id,
+                    setting=f"grouping={grouping}",
+                    spec_grouping=grouping,
+                    spec_seed=seed,
+                    spec_num_learners=4,
+                    cluster_seconds=cluster,
+                    **{
+                        "best_test_recall@1": recall,
+                        "best_test_nmi": 0.3 + recall / 10,
+                        "best_val_recall@1": recall + 0.1,
+                        "final_test_recall@1": recall - 0.01,
+                    },
+                )
+            )
             epochs += epoch_rows(trial_id, grouping, seed)
     write_sweep(root, t6_card(), trials, epochs)
     (root / "_ray" / SWEEP_T6).mkdir(parents=True)  # Ray's own files: never read
@@ -116,7 +164,7 @@ def test_table_statistics_against_hand_values(t6_store):
     assert table.loc["none", "test_recall@1 std"] == pytest.approx(0.02)
     assert table.loc["random", "test_recall@1 mean"] == pytest.approx(0.57)
     assert table.loc["kmeans", "test_recall@1 mean"] == pytest.approx(0.62)
-    assert table.loc["kmeans", "test_recall@1 std"] == pytest.approx(math.sqrt(2 * 0.02 ** 2))
+    assert table.loc["kmeans", "test_recall@1 std"] == pytest.approx(math.sqrt(2 * 0.02**2))
     assert table.loc["kmeans", "test_recall@1 n"] == 2 and table.loc["none", "test_recall@1 n"] == 3
     assert table.loc["kmeans", "trials"] == 2  # the failed seed is not counted
     assert table.loc["random", "cluster_seconds mean"] == pytest.approx(2.0)
@@ -132,7 +180,7 @@ def test_table_order_labels_baseline_best_and_paper(t6_store):
     # baseline: +0.11, not the +0.10 of the two means; its interval spans 0 (within noise).
     assert table.loc["kmeans", "test_recall@1 delta"] == pytest.approx(0.11)
     assert table.loc["kmeans", "test_recall@1 delta n"] == 2
-    half = T975_1 * math.sqrt(2 * 0.01 ** 2) / math.sqrt(2)
+    half = T975_1 * math.sqrt(2 * 0.01**2) / math.sqrt(2)
     assert table.loc["kmeans", "test_recall@1 delta low"] == pytest.approx(0.11 - half)
     assert table.loc["kmeans", "test_recall@1 delta high"] == pytest.approx(0.11 + half)
     assert table.loc["kmeans", "test_recall@1 delta noise"]
@@ -157,27 +205,54 @@ def test_table_order_labels_baseline_best_and_paper(t6_store):
 def test_explicit_metrics_and_orders_without_card_order(t6_store):
     card = t6_card()
     del card["table"]["order"]
-    write_sweep(t6_store, {**card, "sweep": "table6_grouping-quick-20260102-000000"},
-                [trial("x1", spec_grouping="kmeans", spec_seed=0, **{"best_test_recall@1": 0.7}),
-                 trial("x2", spec_grouping="none", spec_seed=0, **{"best_test_recall@1": 0.6})])
+    write_sweep(
+        t6_store,
+        {**card, "sweep": "table6_grouping-quick-20260102-000000"},
+        [
+            trial("x1", spec_grouping="kmeans", spec_seed=0, **{"best_test_recall@1": 0.7}),
+            trial("x2", spec_grouping="none", spec_seed=0, **{"best_test_recall@1": 0.6}),
+        ],
+    )
     table = experiment_table(load_experiment(t6_store, "table6_grouping"), metrics=["test_recall@1"])
     assert table.index.tolist() == ["none", "kmeans"]  # the grid's order
     assert [c for c in table.columns if c.startswith("test_")] == [
-        "test_recall@1 mean", "test_recall@1 std", "test_recall@1 n", "test_recall@1 delta", "test_recall@1 delta low",
-        "test_recall@1 delta high", "test_recall@1 delta n", "test_recall@1 delta noise", "test_recall@1 best"]
+        "test_recall@1 mean",
+        "test_recall@1 std",
+        "test_recall@1 n",
+        "test_recall@1 delta",
+        "test_recall@1 delta low",
+        "test_recall@1 delta high",
+        "test_recall@1 delta n",
+        "test_recall@1 delta noise",
+        "test_recall@1 best",
+    ]
 
 
 def test_multi_field_rows_compare_within_their_group(tmp_path):
-    card = {"experiment": "table3_losses", "preset": "smoke", "sweep": "table3_losses-smoke-20260101-000000",
-            "rows": ["loss", "grouping"], "metric": "val_recall@1", "mode": "max",
-            "grid": {"loss": ["triplet", "margin"], "grouping": ["none", "kmeans"], "seed": [0]},
-            "table": {"baseline": {"grouping": "none"}, "metrics": ["test_recall@1"],
-                      "paper": {"triplet,kmeans": {"R@1": 55.4}, "margin,none": {"R@1": 63.6}}},
-            "plot": {"kind": "bars", "hue": "grouping", "x": "loss"}}
+    card = {
+        "experiment": "table3_losses",
+        "preset": "smoke",
+        "sweep": "table3_losses-smoke-20260101-000000",
+        "rows": ["loss", "grouping"],
+        "metric": "val_recall@1",
+        "mode": "max",
+        "grid": {"loss": ["triplet", "margin"], "grouping": ["none", "kmeans"], "seed": [0]},
+        "table": {
+            "baseline": {"grouping": "none"},
+            "metrics": ["test_recall@1"],
+            "paper": {"triplet,kmeans": {"R@1": 55.4}, "margin,none": {"R@1": 63.6}},
+        },
+        "plot": {"kind": "bars", "hue": "grouping", "x": "loss"},
+    }
     values = {("triplet", "none"): 0.40, ("triplet", "kmeans"): 0.45, ("margin", "none"): 0.50, ("margin", "kmeans"): 0.58}
-    write_sweep(tmp_path, card, [trial(f"b{i}", experiment="table3_losses", spec_loss=loss, spec_grouping=grouping,
-                                       spec_seed=0, **{"best_test_recall@1": v})
-                                 for i, ((loss, grouping), v) in enumerate(values.items())])
+    write_sweep(
+        tmp_path,
+        card,
+        [
+            trial(f"b{i}", experiment="table3_losses", spec_loss=loss, spec_grouping=grouping, spec_seed=0, **{"best_test_recall@1": v})
+            for i, ((loss, grouping), v) in enumerate(values.items())
+        ],
+    )
     table = experiment_table(load_experiment(tmp_path, "table3_losses"))
     assert table.index.tolist() == ["triplet,none", "triplet,kmeans", "margin,none", "margin,kmeans"]
     assert table.loc["triplet,kmeans", "test_recall@1 delta"] == pytest.approx(0.05)
@@ -238,19 +313,42 @@ def test_markdown_rows_match_real_writer(tmp_path):
 
     store = ResultsStore(tmp_path)
     sweep = "fig1_learners-smoke-20260101-000000"
-    card = {"experiment": "fig1_learners", "preset": "smoke", "sweep": sweep, "rows": ["num_learners"],
-            "metric": "val_recall@1", "mode": "max", "grid": {"num_learners": [1, 4], "seed": [0]},
-            "table": {"baseline": 1, "metrics": ["test_recall@1"]}, "plot": {"kind": "curves", "metric": "val_recall@1"}}
+    card = {
+        "experiment": "fig1_learners",
+        "preset": "smoke",
+        "sweep": sweep,
+        "rows": ["num_learners"],
+        "metric": "val_recall@1",
+        "mode": "max",
+        "grid": {"num_learners": [1, 4], "seed": [0]},
+        "table": {"baseline": 1, "metrics": ["test_recall@1"]},
+        "plot": {"kind": "curves", "metric": "val_recall@1"},
+    }
     (tmp_path / sweep).mkdir()
     (tmp_path / sweep / "experiment.json").write_text(json.dumps(card))
     names = ["val_recall@1", "test_recall@1"]
     for k, recall in ((1, 0.5), (4, 0.6)):
         trial_id = f"k{k}"
         for e in range(2):
-            store.write_epoch(sweep, trial_id, {"epoch": e, "phase": "warmup" if e == 0 else "divide",
-                                                "val_recall@1": recall + e / 10, "test_recall@1": recall + e / 20}, names)
-        store.write_trial(sweep, {"trial_id": trial_id, "sweep": sweep, "experiment": "fig1_learners", "status": "completed",
-                                  "spec_num_learners": k, "spec_seed": 0, "best_test_recall@1": recall}, names)
+            store.write_epoch(
+                sweep,
+                trial_id,
+                {"epoch": e, "phase": "warmup" if e == 0 else "divide", "val_recall@1": recall + e / 10, "test_recall@1": recall + e / 20},
+                names,
+            )
+        store.write_trial(
+            sweep,
+            {
+                "trial_id": trial_id,
+                "sweep": sweep,
+                "experiment": "fig1_learners",
+                "status": "completed",
+                "spec_num_learners": k,
+                "spec_seed": 0,
+                "best_test_recall@1": recall,
+            },
+            names,
+        )
     md = render_table(tmp_path, "fig1_learners")
     lines = md.partition("\n\n")[2].strip().splitlines()
     assert lines[0].startswith("| num_learners ")  # no labels: the row field names the first column
@@ -278,27 +376,66 @@ def test_default_kind_and_metric_from_card(t6_store, tmp_path):
 
 
 def test_metric_vs_and_search_plots(tmp_path):
-    card = {"experiment": "t_sensitivity", "preset": "smoke", "sweep": "t_sensitivity-smoke-20260101-000000",
-            "rows": ["recluster_every"], "metric": "val_recall@1", "mode": "max",
-            "grid": {"recluster_every": [1, 2, 4], "seed": [0, 1]},
-            "table": {"metrics": ["test_recall@1", "cluster_seconds"]},
-            "plot": {"kind": "metric_vs", "x": "recluster_every", "metric": "test_recall@1"}}
-    write_sweep(tmp_path, card, [trial(f"t{t}{s}", experiment="t_sensitivity", spec_recluster_every=t, spec_seed=s,
-                                       cluster_seconds=4.0 / t, **{"best_test_recall@1": 0.5 + 0.01 * s})
-                                 for t in (1, 2, 4) for s in (0, 1)])
+    card = {
+        "experiment": "t_sensitivity",
+        "preset": "smoke",
+        "sweep": "t_sensitivity-smoke-20260101-000000",
+        "rows": ["recluster_every"],
+        "metric": "val_recall@1",
+        "mode": "max",
+        "grid": {"recluster_every": [1, 2, 4], "seed": [0, 1]},
+        "table": {"metrics": ["test_recall@1", "cluster_seconds"]},
+        "plot": {"kind": "metric_vs", "x": "recluster_every", "metric": "test_recall@1"},
+    }
+    write_sweep(
+        tmp_path,
+        card,
+        [
+            trial(
+                f"t{t}{s}",
+                experiment="t_sensitivity",
+                spec_recluster_every=t,
+                spec_seed=s,
+                cluster_seconds=4.0 / t,
+                **{"best_test_recall@1": 0.5 + 0.01 * s},
+            )
+            for t in (1, 2, 4)
+            for s in (0, 1)
+        ],
+    )
     assert plot_experiment(tmp_path, "t_sensitivity", tmp_path / "mv.png").read_bytes()[:8] == PNG
     table = experiment_table(load_experiment(tmp_path, "t_sensitivity"))
     assert table.index.tolist() == ["1", "2", "4"] and math.isnan(table.loc["2", "test_recall@1 delta"])
     assert "Δ" not in render_table(tmp_path, "t_sensitivity").splitlines()[2]  # no baseline, no Δ column
 
-    card = {"experiment": "hpo", "preset": "smoke", "sweep": "hpo-smoke-20260101-000000", "rows": [],
-            "metric": "val_recall@1", "mode": "max", "grid": {},
-            "search": {"lr": {"loguniform": [1e-4, 3e-3]}, "num_learners": {"choice": [2, 4]}},
-            "table": {"metrics": ["val_recall@1", "test_recall@1"]}, "plot": {"kind": "search"}}
-    write_sweep(tmp_path, card, [trial(f"h{i:02d}", experiment="hpo", status="pruned" if i == 2 else "completed",
-                                       spec_lr=1e-4 * (i + 1), spec_num_learners=2 + 2 * (i % 2), spec_seed=0,
-                                       **{"best_val_recall@1": 0.3 + 0.1 * i, "best_test_recall@1": 0.2 + 0.1 * i})
-                                 for i in range(4)])
+    card = {
+        "experiment": "hpo",
+        "preset": "smoke",
+        "sweep": "hpo-smoke-20260101-000000",
+        "rows": [],
+        "metric": "val_recall@1",
+        "mode": "max",
+        "grid": {},
+        "search": {"lr": {"loguniform": [1e-4, 3e-3]}, "num_learners": {"choice": [2, 4]}},
+        "table": {"metrics": ["val_recall@1", "test_recall@1"]},
+        "plot": {"kind": "search"},
+    }
+    write_sweep(
+        tmp_path,
+        card,
+        [
+            trial(
+                f"h{i:02d}",
+                experiment="hpo",
+                status="pruned" if i == 2 else "completed",
+                spec_lr=1e-4 * (i + 1),
+                spec_num_learners=2 + 2 * (i % 2),
+                spec_seed=0,
+                **{"best_val_recall@1": 0.3 + 0.1 * i, "best_test_recall@1": 0.2 + 0.1 * i},
+            )
+            for i in range(4)
+        ],
+    )
     assert plot_experiment(tmp_path, "hpo", tmp_path / "search.png").read_bytes()[:8] == PNG
     table = experiment_table(load_experiment(tmp_path, "hpo"))
     assert table.index.tolist() == ["h00", "h01", "h03"]  # one row per completed trial
@@ -308,13 +445,21 @@ def test_metric_vs_and_search_plots(tmp_path):
 def test_paired_delta_within_sweep_and_seed_else_by_seed(tmp_path):
     """Pooled sweeps: a trial pairs with the baseline's trial of its sweep and seed, else with the
     baseline's mean for its seed; a seed the baseline never ran is left unpaired."""
-    values = {"20260101-000000": {"none": {0: 0.50, 1: 0.40}, "kmeans": {0: 0.52, 2: 0.90}},
-              "20260102-000000": {"none": {0: 0.60}, "kmeans": {0: 0.63, 1: 0.47}}}
+    values = {
+        "20260101-000000": {"none": {0: 0.50, 1: 0.40}, "kmeans": {0: 0.52, 2: 0.90}},
+        "20260102-000000": {"none": {0: 0.60}, "kmeans": {0: 0.63, 1: 0.47}},
+    }
     for stamp, rows in values.items():
         card = {**t6_card(), "sweep": f"table6_grouping-quick-{stamp}"}
-        write_sweep(tmp_path, card, [trial(f"{stamp[6:8]}{g}{seed}", spec_grouping=g, spec_seed=seed,
-                                           **{"best_test_recall@1": v})
-                                     for g, seeds in rows.items() for seed, v in seeds.items()])
+        write_sweep(
+            tmp_path,
+            card,
+            [
+                trial(f"{stamp[6:8]}{g}{seed}", spec_grouping=g, spec_seed=seed, **{"best_test_recall@1": v})
+                for g, seeds in rows.items()
+                for seed, v in seeds.items()
+            ],
+        )
     table = experiment_table(load_experiment(tmp_path, "table6_grouping", sweep="all"), ["test_recall@1"])
     differences = [0.52 - 0.50, 0.63 - 0.60, 0.47 - 0.40]  # (sweep 1, seed 0), (sweep 2, seed 0), seed 1 of sweep 1
     half = stats.t.ppf(0.975, 2) * np.std(differences, ddof=1) / math.sqrt(3)
@@ -329,14 +474,18 @@ def partial_store(root: Path) -> Path:
     """none: 2 completed seeds; kmeans: seed 0 completed, seed 1 running (no best_ values yet; its
     val R@1 ties at epochs 1 and 2), seed 2 interrupted (its row holds a best value), seed 3 failed."""
     card = {**t6_card(), "sweep": "table6_grouping-quick-20260101-000000"}
-    trials = [trial("n0", spec_grouping="none", spec_seed=0, **{"best_test_recall@1": 0.50}),
-              trial("n1", spec_grouping="none", spec_seed=1, **{"best_test_recall@1": 0.52}),
-              trial("k0", spec_grouping="kmeans", spec_seed=0, **{"best_test_recall@1": 0.60}),
-              trial("k1", "running", spec_grouping="kmeans", spec_seed=1, **{"best_test_recall@1": None}),
-              trial("k2", "interrupted", spec_grouping="kmeans", spec_seed=2, **{"best_test_recall@1": 0.58}),
-              trial("k3", "failed", error="boom", spec_grouping="kmeans", spec_seed=3)]
-    epochs = [{"trial_id": "k1", "epoch": e, "phase": "divide", "val_recall@1": v, "test_recall@1": t}
-              for e, (v, t) in enumerate([(0.5, 0.40), (0.7, 0.45), (0.7, 0.48), (None, None)])]
+    trials = [
+        trial("n0", spec_grouping="none", spec_seed=0, **{"best_test_recall@1": 0.50}),
+        trial("n1", spec_grouping="none", spec_seed=1, **{"best_test_recall@1": 0.52}),
+        trial("k0", spec_grouping="kmeans", spec_seed=0, **{"best_test_recall@1": 0.60}),
+        trial("k1", "running", spec_grouping="kmeans", spec_seed=1, **{"best_test_recall@1": None}),
+        trial("k2", "interrupted", spec_grouping="kmeans", spec_seed=2, **{"best_test_recall@1": 0.58}),
+        trial("k3", "failed", error="boom", spec_grouping="kmeans", spec_seed=3),
+    ]
+    epochs = [
+        {"trial_id": "k1", "epoch": e, "phase": "divide", "val_recall@1": v, "test_recall@1": t}
+        for e, (v, t) in enumerate([(0.5, 0.40), (0.7, 0.45), (0.7, 0.48), (None, None)])
+    ]
     write_sweep(root, card, trials, epochs)
     return root
 
@@ -365,14 +514,17 @@ def test_include_running_shows_partial_trials_at_their_best_so_far(tmp_path):
 
     figure = experiment_figure(loaded, "bars", "test_recall@1")
     assert "2 running or interrupted trials" in figure.axes[0].get_title()
-    assert plot_experiment(root, "table6_grouping", tmp_path / "bars.png", kind="bars",
-                           include_running=True).read_bytes()[:8] == PNG
+    assert plot_experiment(root, "table6_grouping", tmp_path / "bars.png", kind="bars", include_running=True).read_bytes()[:8] == PNG
 
 
 def test_include_running_accepts_a_sweep_with_no_completed_trial(tmp_path):
     card = {**t6_card(), "sweep": "table6_grouping-quick-20260101-000000"}
-    write_sweep(tmp_path, card, [trial("r0", "running", spec_grouping="none", spec_seed=0)],
-                [{"trial_id": "r0", "epoch": 0, "phase": "warmup", "val_recall@1": 0.3, "test_recall@1": 0.25}])
+    write_sweep(
+        tmp_path,
+        card,
+        [trial("r0", "running", spec_grouping="none", spec_seed=0)],
+        [{"trial_id": "r0", "epoch": 0, "phase": "warmup", "val_recall@1": 0.3, "test_recall@1": 0.25}],
+    )
     with pytest.raises(StoreError, match="no completed trials"):
         load_experiment(tmp_path, "table6_grouping")
     table = experiment_table(load_experiment(tmp_path, "table6_grouping", include_running=True))
@@ -399,8 +551,9 @@ def test_unreadable_parquet_files_are_skipped_and_named(t6_store):
     assert "garbage.parquet" in skipped_line and "t6_00-e0000.parquet" in skipped_line
 
 
-@pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<?xml"), (".jpg", b"\xff\xd8"),
-                                           (".JPEG", b"\xff\xd8"), (".png", PNG)])
+@pytest.mark.parametrize(
+    "suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<?xml"), (".jpg", b"\xff\xd8"), (".JPEG", b"\xff\xd8"), (".png", PNG)]
+)
 def test_figures_are_written_in_the_format_their_extension_names(t6_store, tmp_path, suffix, magic):
     out = plot_experiment(t6_store, "table6_grouping", tmp_path / f"curves{suffix}")
     assert out.read_bytes().startswith(magic)
@@ -414,19 +567,39 @@ def test_unknown_figure_extensions_are_refused(t6_store, tmp_path, name):
 
 
 # recall per (K, epochs) and seed: K = 4 gains +0.05 ± 0.01 at 2 divide epochs, +0.01 ± 0.01 at 4
-BUDGET_RECALL = {(1, 2): [0.50, 0.52, 0.54], (4, 2): [0.55, 0.56, 0.60],
-                 (1, 4): [0.60, 0.61, 0.62], (4, 4): [0.61, 0.63, 0.62]}
+BUDGET_RECALL = {(1, 2): [0.50, 0.52, 0.54], (4, 2): [0.55, 0.56, 0.60], (1, 4): [0.60, 0.61, 0.62], (4, 4): [0.61, 0.63, 0.62]}
 
 
 def budget_store(root: Path, **card) -> Path:
-    card = {"experiment": "budget", "preset": "smoke", "sweep": "budget-smoke-20260101-000000",
-            "rows": ["K", "epochs"], "metric": "val_recall@1", "mode": "max",
-            "grid": {"num_learners": [1, 4], "epochs": [2, 4], "seed": [0, 1, 2]},
-            "table": {"baseline": {"K": 1}, "metrics": ["test_recall@1"]},
-            "plot": {"kind": "budget", "x": "epochs", "metric": "test_recall@1"}, **card}
-    write_sweep(root, card, [trial(f"b{k}{e}{s}", experiment="budget", spec_num_learners=k, spec_epochs=e, spec_seed=s,
-                                   spec_warmup_epochs=1, **{"best_test_recall@1": v})  # no finetune column: 0
-                             for (k, e), values in BUDGET_RECALL.items() for s, v in enumerate(values)])
+    card = {
+        "experiment": "budget",
+        "preset": "smoke",
+        "sweep": "budget-smoke-20260101-000000",
+        "rows": ["K", "epochs"],
+        "metric": "val_recall@1",
+        "mode": "max",
+        "grid": {"num_learners": [1, 4], "epochs": [2, 4], "seed": [0, 1, 2]},
+        "table": {"baseline": {"K": 1}, "metrics": ["test_recall@1"]},
+        "plot": {"kind": "budget", "x": "epochs", "metric": "test_recall@1"},
+        **card,
+    }
+    write_sweep(
+        root,
+        card,
+        [
+            trial(
+                f"b{k}{e}{s}",
+                experiment="budget",
+                spec_num_learners=k,
+                spec_epochs=e,
+                spec_seed=s,
+                spec_warmup_epochs=1,
+                **{"best_test_recall@1": v},
+            )  # no finetune column: 0
+            for (k, e), values in BUDGET_RECALL.items()
+            for s, v in enumerate(values)
+        ],
+    )
     return root
 
 
@@ -457,8 +630,12 @@ def test_budget_plot_lines_intervals_and_paired_deltas(tmp_path):
 
 
 def test_aliases_come_from_the_card(tmp_path):
-    budget_store(tmp_path, rows=["L", "epochs"], aliases={"L": "num_learners", "E": "epochs"},
-                 table={"baseline": {"L": 1}, "metrics": ["test_recall@1"]})
+    budget_store(
+        tmp_path,
+        rows=["L", "epochs"],
+        aliases={"L": "num_learners", "E": "epochs"},
+        table={"baseline": {"L": 1}, "metrics": ["test_recall@1"]},
+    )
     data = load_experiment(tmp_path, "budget")
     assert row_fields(data) == ["num_learners", "epochs"] and short_name(data, "num_learners") == "L"
     assert row_label(data, "4,2", named=True) == "L=4, E=2"
@@ -472,21 +649,47 @@ def test_search_plot_adds_optunas_figures(tmp_path):
     import matplotlib
 
     sweep = "hpo-smoke-20260101-000000"
-    card = {"experiment": "hpo", "preset": "smoke", "sweep": sweep, "rows": [], "metric": "val_recall@1", "mode": "max",
-            "grid": {}, "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "K": {"choice": [2, 4]}},
-            "table": {"metrics": ["val_recall@1"]}, "plot": {"kind": "search"}}
-    directory = write_sweep(tmp_path, card, [trial(f"h{i:02d}", experiment="hpo", spec_lr=1e-4 * (i + 1),
-                                                   spec_num_learners=2 + 2 * (i % 2), spec_seed=0,
-                                                   **{"best_val_recall@1": 0.3 + 0.05 * i}) for i in range(5)])
+    card = {
+        "experiment": "hpo",
+        "preset": "smoke",
+        "sweep": sweep,
+        "rows": [],
+        "metric": "val_recall@1",
+        "mode": "max",
+        "grid": {},
+        "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "K": {"choice": [2, 4]}},
+        "table": {"metrics": ["val_recall@1"]},
+        "plot": {"kind": "search"},
+    }
+    directory = write_sweep(
+        tmp_path,
+        card,
+        [
+            trial(
+                f"h{i:02d}",
+                experiment="hpo",
+                spec_lr=1e-4 * (i + 1),
+                spec_num_learners=2 + 2 * (i % 2),
+                spec_seed=0,
+                **{"best_val_recall@1": 0.3 + 0.05 * i},
+            )
+            for i in range(5)
+        ],
+    )
     assert load_study(tmp_path, sweep) is None  # no optuna.db yet
     assert plot_experiment(tmp_path, "hpo", tmp_path / "plain.png").is_file()
     assert not any(p.exists() for p in optuna_paths(tmp_path / "plain.png").values())
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=sweep, storage=f"sqlite:///{directory / 'optuna.db'}", direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=0))
-    study.optimize(lambda t: 1 - (t.suggest_float("lr", 1e-4, 1e-2, log=True) - 3e-3) ** 2 * 1e4
-                   - 0.01 * t.suggest_categorical("num_learners", [2, 4]), n_trials=8)
+    study = optuna.create_study(
+        study_name=sweep, storage=f"sqlite:///{directory / 'optuna.db'}", direction="maximize", sampler=optuna.samplers.TPESampler(seed=0)
+    )
+    study.optimize(
+        lambda t: (
+            1 - (t.suggest_float("lr", 1e-4, 1e-2, log=True) - 3e-3) ** 2 * 1e4 - 0.01 * t.suggest_categorical("num_learners", [2, 4])
+        ),
+        n_trials=8,
+    )
     loaded = load_study(tmp_path, sweep)
     assert loaded.study_name == sweep and len(loaded.trials) == 8
     style = dict(matplotlib.rcParams)
@@ -547,9 +750,14 @@ def test_store_errors(tmp_path, t6_store):
 
 def test_all_trials_failed(tmp_path):
     card = {**t6_card(), "sweep": "table6_grouping-quick-20260101-000000"}
-    write_sweep(tmp_path, card, [trial("f1", "failed", error="Traceback (most recent call last):\nValueError: bad data_root",
-                                       spec_grouping="none", spec_seed=0),
-                                 trial("f2", "running", spec_grouping="kmeans", spec_seed=0)])
+    write_sweep(
+        tmp_path,
+        card,
+        [
+            trial("f1", "failed", error="Traceback (most recent call last):\nValueError: bad data_root", spec_grouping="none", spec_seed=0),
+            trial("f2", "running", spec_grouping="kmeans", spec_seed=0),
+        ],
+    )
     with pytest.raises(StoreError, match=r"no completed trials .*1 failed, 1 running.*first error: ValueError: bad data_root"):
         render_table(tmp_path, "table6_grouping")
     data = load_experiment(tmp_path, "table6_grouping", require_completed=False)
@@ -563,11 +771,23 @@ def test_all_trials_failed(tmp_path):
 def test_differing_columns_still_combine(tmp_path):
     """An older writer's trial (no NMI, int seconds, an extra column) next to a newer one."""
     card = {**t6_card(), "sweep": "table6_grouping-quick-20260101-000000"}
-    directory = write_sweep(tmp_path, card, [trial("a", spec_grouping="none", spec_seed=0, cluster_seconds=None,
-                                                   **{"best_test_recall@1": 0.5})])
-    _write(directory / "trials" / "b.parquet", {"sweep": card["sweep"], "trial_id": "b", "status": "completed",
-                                                "spec_grouping": "kmeans", "spec_seed": 0, "cluster_seconds": 3,
-                                                "best_test_recall@1": 0.6, "best_test_nmi": 0.4, "new_column": "x"})
+    directory = write_sweep(
+        tmp_path, card, [trial("a", spec_grouping="none", spec_seed=0, cluster_seconds=None, **{"best_test_recall@1": 0.5})]
+    )
+    _write(
+        directory / "trials" / "b.parquet",
+        {
+            "sweep": card["sweep"],
+            "trial_id": "b",
+            "status": "completed",
+            "spec_grouping": "kmeans",
+            "spec_seed": 0,
+            "cluster_seconds": 3,
+            "best_test_recall@1": 0.6,
+            "best_test_nmi": 0.4,
+            "new_column": "x",
+        },
+    )
     _write(directory / "trials" / ".b.parquet.1234.tmp", {"garbage": 1})  # a half-written file: skipped
     _write(directory / "trials" / "_SUCCESS.parquet", {"garbage": 1})
     data = load_experiment(tmp_path, "table6_grouping")
@@ -581,8 +801,9 @@ def test_differing_columns_still_combine(tmp_path):
 def test_sweep_selection_newest_and_all(tmp_path):
     def sweep(stamp, preset, recall):
         card = {**t6_card(), "preset": preset, "sweep": f"table6_grouping-{preset}-{stamp}"}
-        write_sweep(tmp_path, card, [trial(f"{stamp[-2:]}{preset[0]}", spec_grouping="none", spec_seed=0,
-                                           **{"best_test_recall@1": recall})])
+        write_sweep(
+            tmp_path, card, [trial(f"{stamp[-2:]}{preset[0]}", spec_grouping="none", spec_seed=0, **{"best_test_recall@1": recall})]
+        )
         return card["sweep"]
 
     old = sweep("20260101-000000", "quick", 0.2)
@@ -599,9 +820,11 @@ def test_sweep_selection_newest_and_all(tmp_path):
 
 
 def test_analysis_imports_no_ray_torch_or_platform():
-    code = ("import sys, dncml.analysis.store, dncml.analysis.vocabulary, dncml.analysis.tables, dncml.analysis.plots; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ray') or "
-            "m.startswith(('dncml.platform', 'dncml.trainers', 'dncml.experiments'))]; print(bad)")
+    code = (
+        "import sys, dncml.analysis.store, dncml.analysis.vocabulary, dncml.analysis.tables, dncml.analysis.plots; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ray') or "
+        "m.startswith(('dncml.platform', 'dncml.trainers', 'dncml.experiments'))]; print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -612,24 +835,38 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "analysis" / "notebooks"
 
 
 def _fig1_store(root: Path) -> None:
-    card = {"experiment": "fig1_learners", "preset": "quick", "sweep": "fig1_learners-quick-20260101-000000",
-            "rows": ["num_learners"], "metric": "val_recall@1", "mode": "max",
-            "grid": {"num_learners": [1, 2, 4], "seed": [0, 1]},
-            "table": {"baseline": 1, "metrics": ["test_recall@1", "test_nmi"]},
-            "plot": {"kind": "curves", "hue": "num_learners", "metric": "val_recall@1"}}
+    card = {
+        "experiment": "fig1_learners",
+        "preset": "quick",
+        "sweep": "fig1_learners-quick-20260101-000000",
+        "rows": ["num_learners"],
+        "metric": "val_recall@1",
+        "mode": "max",
+        "grid": {"num_learners": [1, 2, 4], "seed": [0, 1]},
+        "table": {"baseline": 1, "metrics": ["test_recall@1", "test_nmi"]},
+        "plot": {"kind": "curves", "hue": "num_learners", "metric": "val_recall@1"},
+    }
     trials, epochs = [], []
     for k in (4, 1, 2):
         for seed in (0, 1):
             trial_id = f"k{k}s{seed}"
-            trials.append(trial(trial_id, experiment="fig1_learners", spec_num_learners=k, spec_seed=seed,
-                                **{"best_test_recall@1": 0.5 + k / 100, "best_test_nmi": 0.4}))
-            epochs += [{**row, "cluster_sizes": row["cluster_sizes"] if k > 1 else None}
-                       for row in epoch_rows(trial_id, "kmeans" if k > 1 else "none", seed, epochs=3)]
+            trials.append(
+                trial(
+                    trial_id,
+                    experiment="fig1_learners",
+                    spec_num_learners=k,
+                    spec_seed=seed,
+                    **{"best_test_recall@1": 0.5 + k / 100, "best_test_nmi": 0.4},
+                )
+            )
+            epochs += [
+                {**row, "cluster_sizes": row["cluster_sizes"] if k > 1 else None}
+                for row in epoch_rows(trial_id, "kmeans" if k > 1 else "none", seed, epochs=3)
+            ]
     write_sweep(root, card, trials, epochs)
 
 
-@pytest.mark.parametrize("name, expected", [("table6_grouping", ["none", "kmeans", "random"]),
-                                            ("fig1_learners", ["1", "2", "4"])])
+@pytest.mark.parametrize("name, expected", [("table6_grouping", ["none", "kmeans", "random"]), ("fig1_learners", ["1", "2", "4"])])
 def test_notebooks_execute(t6_store, tmp_path, name, expected):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
@@ -673,7 +910,8 @@ def test_notebook_finds_a_relative_store_from_the_repository_root(t6_store, tmp_
     (repo / "pyproject.toml").write_text("")
     t6_store.rename(repo / "results")
     nb = nbformat.read(NOTEBOOKS / "table6_grouping.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,
-                            resources={"metadata": {"path": str(repo / "analysis" / "notebooks")}}).execute()
+    nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(repo / "analysis" / "notebooks")}}
+    ).execute()
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
     assert printed.strip() == repr(["none", "kmeans", "random"])

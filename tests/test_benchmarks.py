@@ -1,4 +1,5 @@
 """Readers for the five photo benchmarks, on tiny trees in the real on-disk layouts."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,6 @@ import pytest
 from PIL import Image, ImageFile
 
 from dncml.trainers.data.base import DatasetBundle, DatasetError, ImageSplit
-from dncml.trainers.data.torch_dataset import photo_transforms
 from dncml.trainers.data.benchmarks import (
     BENCHMARKS,
     bundle_image_paths,
@@ -23,6 +23,7 @@ from dncml.trainers.data.benchmarks import (
     read_vehicleid,
     verify_image_files,
 )
+from dncml.trainers.data.torch_dataset import photo_transforms
 
 
 def _jpeg(path: Path, seed: int = 0, size=(12, 10)) -> str:
@@ -156,8 +157,10 @@ def test_cars_devkit_layout(tmp_path):
     from scipy.io import savemat
 
     fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
-    for folder, mat, classes in (("cars_train", "devkit/cars_train_annos.mat", (1, 99, 99)),
-                                 ("cars_test", "cars_test_annos_withlabels.mat", (2, 98, 196))):
+    for folder, mat, classes in (
+        ("cars_train", "devkit/cars_train_annos.mat", (1, 99, 99)),
+        ("cars_test", "cars_test_annos_withlabels.mat", (2, 98, 196)),
+    ):
         ann = np.zeros((1, len(classes)), dtype=[(f, "O") for f in fields])
         for i, c in enumerate(classes):
             _jpeg(tmp_path / folder / f"{i + 1:05d}.jpg", i)
@@ -231,8 +234,12 @@ def test_sop_errors(tmp_path):
 def make_inshop(root: Path, under_eval: bool = False) -> Path:
     rows = []
     k = 0
-    for item, statuses in ((1, ["train", "train"]), (2, ["train", "train"]),
-                           (3, ["query", "gallery", "gallery"]), (4, ["query", "query", "gallery"])):
+    for item, statuses in (
+        (1, ["train", "train"]),
+        (2, ["train", "train"]),
+        (3, ["query", "gallery", "gallery"]),
+        (4, ["query", "query", "gallery"]),
+    ):
         for j, st in enumerate(statuses):
             k += 1
             rel = f"img/WOMEN/Dresses/id_{item:08d}/{j:02d}_1_front.jpg"

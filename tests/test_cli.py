@@ -1,4 +1,5 @@
 """The command line in-process runs (`dncml train --local`): resume, and what it refuses."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,20 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "runs" / "glyphs_smoke.yaml"
 CLI = [sys.executable, "-m", "dncml.platform.cli"]
-TINY = ["--set", "glyph_classes=48", "--set", "image_size=16", "--set", "embedding_dim=16", "--set", "steps_per_epoch=2",
-        "--set", "kmeans_iterations=5", "--set", "eval_every=10"]
+TINY = [
+    "--set",
+    "glyph_classes=48",
+    "--set",
+    "image_size=16",
+    "--set",
+    "embedding_dim=16",
+    "--set",
+    "steps_per_epoch=2",
+    "--set",
+    "kmeans_iterations=5",
+    "--set",
+    "eval_every=10",
+]
 
 
 def dncml(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -36,7 +49,53 @@ def test_local_resume_of_a_finished_run_trains_nothing_and_another_spec_is_refus
     assert fresh.returncode == 2 and "holds the checkpoints of an earlier run" in fresh.stderr
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best", "epoch-0002", "epoch-0003"]
 
-    other = dncml("train", str(SMOKE), "--local", *TINY, "--set", "seed=1", "--run-dir", str(run_dir),
-                  "--storage", str(store), "--resume")
+    other = dncml("train", str(SMOKE), "--local", *TINY, "--set", "seed=1", "--run-dir", str(run_dir), "--storage", str(store), "--resume")
     assert other.returncode == 2 and "different spec" in other.stderr and "seed: 0 -> 1" in other.stderr
     assert "Traceback" not in other.stderr
+
+
+def test_cli_basics_version_usage_defaults_and_fast_spec_errors(tmp_path):
+    import time
+
+    assert dncml("--version").stdout.startswith("dncml ")
+    bare = dncml("train")
+    assert bare.returncode == 2 and "needs a RunSpec YAML" in bare.stderr  # not a 20-epoch run on all defaults
+    assert "(default: results)" in dncml("sweep", "--help").stdout
+    fields = dncml("train", "--help-spec").stdout
+    assert "grouping" in fields and "one of: none, kmeans, kmeans_nosplit, random, gt_labels" in fields
+    started = time.perf_counter()
+    unknown = dncml("sweep", "table6_grouping", "--preset", "huge", "--storage", str(tmp_path / "s"))
+    assert unknown.returncode == 2 and "unknown preset 'huge'" in unknown.stderr
+    assert time.perf_counter() - started < 15  # no torch, no Ray before the spec is read
+    assert not (tmp_path / "s").exists()
+
+
+def _scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard scalars of an event directory: TFRecord frames of `Event` protos."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(event_dir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return found
+
+
+def test_local_run_writes_tensorboard_events_and_status(tmp_path):
+    store = tmp_path / "store"
+    result = dncml("train", str(SMOKE), "--local", *TINY, "--run-dir", str(tmp_path / "run"), "--storage", str(store))
+    assert result.returncode == 0, result.stderr[-2000:]
+    trial = next((store / "train" / "trials").glob("*.parquet")).stem
+    scalars = _scalars(store / "train" / "tensorboard" / trial)
+    assert [step for step, _ in scalars["loss"]] == [0, 1, 2, 3]
+    assert len(scalars["val_recall_at_1"]) == 1  # eval_every=10: the last epoch only
+    status = dncml("status", str(store))
+    assert status.returncode == 0 and trial in status.stdout and "completed" in status.stdout and "4/4" in status.stdout

@@ -1,6 +1,7 @@
 """The shipped cluster configs take the safe path: token authentication on every node, the
 dashboard (whose job API runs any code) off the network, and no placeholders that look like
 variables but are never substituted."""
+
 from __future__ import annotations
 
 import re

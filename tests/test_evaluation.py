@@ -1,5 +1,6 @@
 """Recall@K, MAP@R and NMI against independent brute-force numpy versions, hand-made cases,
 sklearn (NMI) and pytorch-metric-learning's AccuracyCalculator (precision@1, MAP@R)."""
+
 from __future__ import annotations
 
 import math
@@ -319,12 +320,11 @@ def test_agrees_with_pytorch_metric_learning(gallery):
     if gallery:  # PML's precision@1 leaves out queries whose class is not in the reference set
         keep = np.isin(ql, gl)
         q, ql = q[keep], ql[keep]
-    calc = acc.AccuracyCalculator(
-        include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count", device=torch.device("cpu")
-    )
+    calc = acc.AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count", device=torch.device("cpu"))
     if gallery:
-        res = calc.get_accuracy(torch.from_numpy(q), torch.from_numpy(ql), torch.from_numpy(g), torch.from_numpy(gl),
-                                ref_includes_query=False)
+        res = calc.get_accuracy(
+            torch.from_numpy(q), torch.from_numpy(ql), torch.from_numpy(g), torch.from_numpy(gl), ref_includes_query=False
+        )
     else:
         res = calc.get_accuracy(torch.from_numpy(q), torch.from_numpy(ql))  # reference = query, self excluded
     assert recall_at_k(q, ql, (1,), g, gl)[1] == pytest.approx(res["precision_at_1"], abs=1e-9)

@@ -1,4 +1,5 @@
 """`dataset: folder`: your own images, ROOT/<class>/*.jpg|png, on real image files."""
+
 from __future__ import annotations
 
 import subprocess
@@ -40,8 +41,7 @@ def test_folder_split_is_class_disjoint_and_seeded(tmp_path):
     assert read_folder(root, seed=3).tests[0].query.paths == bundle.tests[0].query.paths
     assert read_folder(root, seed=4).tests[0].query.paths != bundle.tests[0].query.paths
 
-    (root / "split.txt").write_text("".join(f"class_{c:02d} {'test' if c < 2 else 'train'}\n" for c in range(8))
-                                    + "class_lonely train\n")
+    (root / "split.txt").write_text("".join(f"class_{c:02d} {'test' if c < 2 else 'train'}\n" for c in range(8)) + "class_lonely train\n")
     by_file = read_folder(root)
     assert sorted(set(by_file.tests[0].query.labels.tolist())) == [0, 1]
     (root / "split.txt").write_text("class_00 test\n")
@@ -52,18 +52,51 @@ def test_folder_split_is_class_disjoint_and_seeded(tmp_path):
 def test_datasets_check_and_a_local_run_on_a_folder(tmp_path):
     root = make_folder(tmp_path / "images", classes=16)
     cli = [sys.executable, "-m", "dncml.platform.cli"]
-    checked = subprocess.run([*cli, "datasets", "check", "folder", "--root", str(root), "--verify-images"],
-                             capture_output=True, text=True, timeout=120)
+    checked = subprocess.run(
+        [*cli, "datasets", "check", "folder", "--root", str(root), "--verify-images"], capture_output=True, text=True, timeout=120
+    )
     assert checked.returncode == 0, checked.stderr
     assert "train" in checked.stdout and "test/query" in checked.stdout
-    shown = subprocess.run([*cli, "datasets", "show", "folder", "--root", str(root), "--out", str(tmp_path / "grid.png"),
-                            "--rows", "3", "--per-class", "4"], capture_output=True, text=True, timeout=120)
+    shown = subprocess.run(
+        [*cli, "datasets", "show", "folder", "--root", str(root), "--out", str(tmp_path / "grid.png"), "--rows", "3", "--per-class", "4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shown.returncode == 0, shown.stderr
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
-    trained = subprocess.run([*cli, "train", "--local", "--set", "dataset=folder", "--set", f"data_root={root}",
-                              "--set", "image_size=32", "--set", "K=2", "--set", "d=16", "--set", "batch_size=8",
-                              "--set", "m=2", "--set", "epochs=1", "--set", "val_fraction=0.25",
-                              "--run-dir", str(tmp_path / "run"), "--storage", str(tmp_path / "store")],
-                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    trained = subprocess.run(
+        [
+            *cli,
+            "train",
+            "--local",
+            "--set",
+            "dataset=folder",
+            "--set",
+            f"data_root={root}",
+            "--set",
+            "image_size=32",
+            "--set",
+            "K=2",
+            "--set",
+            "d=16",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "m=2",
+            "--set",
+            "epochs=1",
+            "--set",
+            "val_fraction=0.25",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--storage",
+            str(tmp_path / "store"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "test_recall@1" in trained.stdout

@@ -1,4 +1,5 @@
 """The embedded glyphs dataset (small configs only) and the preview grid."""
+
 from __future__ import annotations
 
 import json
@@ -58,9 +59,14 @@ def test_code_points_and_groups():
 def test_shapes_dtypes_ranges(small):
     c, k = 24, SMALL.instances_per_class
     assert small["images"].shape == (c * k, 32, 32) and small["images"].dtype == np.uint8
-    for name, shape, dtype in [("labels", (c * k,), np.int64), ("groups", (c * k,), np.int64),
-                               ("faces", (c * k,), np.int8), ("code_points", (c,), np.int64),
-                               ("class_groups", (c,), np.int64), ("split", (c,), np.int8)]:
+    for name, shape, dtype in [
+        ("labels", (c * k,), np.int64),
+        ("groups", (c * k,), np.int64),
+        ("faces", (c * k,), np.int8),
+        ("code_points", (c,), np.int64),
+        ("class_groups", (c,), np.int64),
+        ("split", (c,), np.int8),
+    ]:
         assert small[name].shape == shape and small[name].dtype == dtype, name
     assert np.array_equal(np.bincount(small["labels"]), np.full(c, k))
     assert np.array_equal(small["groups"], small["class_groups"][small["labels"]])
@@ -151,8 +157,7 @@ def test_loaded_bundle(tmp_path, small):
     assert bundle.train.images.shape[1:] == (32, 32)
     assert set(bundle.train.groups.tolist()) == set(test.query.groups.tolist())
     assert set(bundle.train.groups.tolist()) <= set(bundle.group_names)
-    assert np.array_equal(np.sort(np.concatenate([bundle.train.images, test.query.images]).ravel()),
-                          np.sort(small["images"].ravel()))
+    assert np.array_equal(np.sort(np.concatenate([bundle.train.images, test.query.images]).ravel()), np.sort(small["images"].ravel()))
     rest, val = carve_validation(bundle.train, 0.25, seed=0)
     assert len(val) > 0 and not set(val.labels.tolist()) & set(rest.labels.tolist())
 
@@ -281,8 +286,7 @@ def test_save_grid_arrays(tmp_path, small):
         assert img.height == 5 * (64 + 2) + 2
     bundle = load_glyphs(SMALL, cache_dir=tmp_path, progress=False)
     _check_png(save_grid(bundle, tmp_path / "bundle.png"))
-    _check_png(save_grid(bundle.tests[0], tmp_path / "test.png", classes=40, per_class=30,
-                         group_names=bundle.group_names, cell=32))
+    _check_png(save_grid(bundle.tests[0], tmp_path / "test.png", classes=40, per_class=30, group_names=bundle.group_names, cell=32))
 
 
 def test_save_grid_paths(tmp_path):

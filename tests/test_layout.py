@@ -1,5 +1,6 @@
 """The package layout: the folder `platform/` never shadows the standard library's `platform`,
 and the dependency direction of ARCHITECTURE.md holds."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,10 @@ def test_platform_is_the_standard_library_under_pytest():
 
 
 def test_imports_from_the_repository_root():
-    code = ("import platform; platform.system(); import dncml.trainers, dncml.platform, dncml.experiments, "
-            "dncml.analysis; import torch; print(platform.__file__)")
+    code = (
+        "import platform; platform.system(); import dncml.trainers, dncml.platform, dncml.experiments, "
+        "dncml.analysis; import torch; print(platform.__file__)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert str(ROOT / "platform") not in result.stdout
@@ -32,9 +35,12 @@ def test_code_folders_are_namespace_portions():
         assert not (ROOT / folder / "__init__.py").exists(), folder
 
 
-def _imports(folder: str) -> set[str]:
+def _imports(folder: str, exclude: tuple[str, ...] = ()) -> set[str]:
+    """Every absolute module imported anywhere in a folder (relative imports stay inside it)."""
     found = set()
     for path in (ROOT / folder).rglob("*.py"):
+        if path.name in exclude:
+            continue
         for line in path.read_text().splitlines():
             match = re.match(r"\s*(?:from|import)\s+([\w.]+)", line)
             if match:
@@ -42,10 +48,39 @@ def _imports(folder: str) -> set[str]:
     return found
 
 
+def _top(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+def _ours(modules: set[str]) -> set[str]:
+    return {".".join(m.split(".")[:2]) for m in modules if m.startswith("dncml.")}
+
+
 def test_dependency_direction():
+    """ARCHITECTURE.md: analysis -> the store only; platform -> trainers, experiments, analysis
+    (the CLI's table / plot / status commands only); experiments -> trainers; trainers -> torch,
+    faiss, pytorch-metric-learning, never Ray."""
     trainers = _imports("trainers")
-    assert not any(m == "ray" or m.startswith("ray.") for m in trainers)
-    assert not any(m.startswith("dncml.platform") or m.startswith("dncml.analysis") for m in trainers)
+    assert "ray" not in _top(trainers)
+    assert _ours(trainers) <= {"dncml.trainers"}
     analysis = _imports("analysis")
-    assert not any(m.split(".")[0] in ("ray", "torch") for m in analysis)
-    assert not any(m.startswith("dncml.") and not m.startswith("dncml.analysis") for m in analysis)
+    assert not _top(analysis) & {"ray", "torch", "faiss"}
+    assert _ours(analysis) <= {"dncml.analysis"}
+    experiments = _imports("experiments")
+    assert not _top(experiments) & {"ray", "torch", "faiss"}
+    assert _ours(experiments) <= {"dncml.experiments", "dncml.trainers"}
+    platform = _imports("platform", exclude=("cli.py",))
+    assert _ours(platform) <= {"dncml.platform", "dncml.trainers", "dncml.experiments"}
+    assert _ours(_imports("platform")) <= {"dncml.platform", "dncml.trainers", "dncml.experiments", "dncml.analysis"}
+
+
+def test_one_style_ruff_clean():
+    """ruff (configured in pyproject.toml) lints and formats the whole tree cleanly."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    for command in ([ruff, "check", "."], [ruff, "format", "--check", "."]):
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]

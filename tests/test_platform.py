@@ -1,5 +1,6 @@
 """The Ray platform, on real Ray: Train workers, the clustering actor, sweeps, faults, resume,
 a multi-node cluster made with `ray start`, and bad input. Every run is smoke-sized."""
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,28 @@ pytestmark = pytest.mark.slow
 
 
 def smoke_spec(**overrides) -> runspec.RunSpec:
-    return runspec.load(SMOKE, {"glyph_classes": 64, "embedding_dim": 32, "steps_per_epoch": 4,
-                                "kmeans_iterations": 10, **overrides})
+    return runspec.load(SMOKE, {"glyph_classes": 64, "embedding_dim": 32, "steps_per_epoch": 4, "kmeans_iterations": 10, **overrides})
 
 
 def write_experiment(tmp_path: Path, name: str, grid: dict, run: dict | None = None, **extra) -> Path:
-    card = {"name": name, "base": str(SMOKE), "grid": grid, "rows": [k for k in grid if k != "seed"] or ["seed"],
-            "run": {"glyph_classes": 64, "embedding_dim": 32, "steps_per_epoch": 4, "kmeans_iterations": 10,
-                    "warmup_epochs": 0, "epochs": 1, "finetune_epochs": 1, **(run or {})},
-            "resources": {"num_workers": 1, "cpus_per_worker": 0.99}, **extra}
+    card = {
+        "name": name,
+        "base": str(SMOKE),
+        "grid": grid,
+        "rows": [k for k in grid if k != "seed"] or ["seed"],
+        "run": {
+            "glyph_classes": 64,
+            "embedding_dim": 32,
+            "steps_per_epoch": 4,
+            "kmeans_iterations": 10,
+            "warmup_epochs": 0,
+            "epochs": 1,
+            "finetune_epochs": 1,
+            **(run or {}),
+        },
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.99},
+        **extra,
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(card))
     return path
@@ -46,8 +60,7 @@ def read_store(store: Path, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 def in_background(function, *args, **kwargs) -> tuple[threading.Thread, dict]:
@@ -104,7 +117,9 @@ def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
     divided = epochs[epochs["reclustered"] == True]  # noqa: E712
     assert len(divided) == spec.epochs and divided["assignment_digest"].notna().all()
     assert list(divided["assignment_version"]) == list(range(spec.epochs))
-    actors = [a for a in list_actors(address=state_address(), filters=[("class_name", "=", "ClusteringActor")]) if trial_id in (a.name or "")]
+    actors = [
+        a for a in list_actors(address=state_address(), filters=[("class_name", "=", "ClusteringActor")]) if trial_id in (a.name or "")
+    ]
     assert len(actors) == 1  # one actor served both workers
 
     # Ray kept the validation-selected checkpoint beside the newest; `dncml embed --trial` uses it.
@@ -137,8 +152,8 @@ def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path):
     store = tmp_path / "store"
     thread, outcome = in_background(train_on_ray, spec, num_workers=2, storage=str(store))
     wait_for(lambda: len(epoch_files(store)) >= 2, 300, "two epochs")
-    workers = wait_for(lambda: list_actors(address=state_address(), filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]),
-                       60, "train workers")
+    alive_workers = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    workers = wait_for(lambda: list_actors(address=state_address(), filters=alive_workers), 60, "train workers")
     os.kill(workers[-1].pid, signal.SIGKILL)
     thread.join(600)
     assert "error" not in outcome, outcome.get("error")
@@ -177,7 +192,8 @@ def test_sweep_records_failed_trial_and_completes_the_rest(ray_local, tmp_path):
     # glyph_classes beyond the fonts' code points passes the RunSpec check but fails when the
     # trial reads its data: a runtime failure of one trial.
     spec = write_experiment(tmp_path, "partly_broken", {"glyph_classes": [64, 100000]})
-    sweep, summary = run_sweep(str(spec), storage=str(tmp_path / "store"))
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep, summary = run_sweep(str(spec), storage=str(tmp_path / "store"), mlflow_uri=mlflow_uri)
     trials, epochs = read_store(tmp_path / "store", sweep)
     by_size = trials.set_index("spec_glyph_classes")
     assert by_size.loc[64, "status"] == "completed"
@@ -187,6 +203,18 @@ def test_sweep_records_failed_trial_and_completes_the_rest(ray_local, tmp_path):
     assert summary == {"completed": 1, "failed": 1}
     card = yaml.safe_load((tmp_path / "store" / sweep / "experiment.json").read_text())
     assert card["experiment"] == "partly_broken" and card["rows"] == ["glyph_classes"]
+
+    # MLflow (through Ray Tune's logger): a run per trial, the whole RunSpec as parameters, every epoch.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("partly_broken").experiment_id])
+    assert len(runs) == 2
+    good = next(r for r in runs if r.data.params["glyph_classes"] == "64")
+    assert good.data.params["embedding_dim"] == "32" and good.data.params["grouping"] == "kmeans"
+    history = client.get_metric_history(good.info.run_id, "loss")
+    assert sorted(m.step for m in history) == [0, 1]
+    assert {r.info.status for r in runs} == {"FINISHED", "FAILED"}
 
 
 def test_sweep_whose_first_trials_all_fail_stops_early_with_the_reason(ray_local, tmp_path):
@@ -227,19 +255,39 @@ def test_optuna_search_with_asha(ray_local, tmp_path):
     from dncml.platform.sweep import run_sweep
 
     spec = tmp_path / "search.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "search", "base": str(SMOKE),
-        "run": {"glyph_classes": 64, "embedding_dim": 32, "steps_per_epoch": 3, "kmeans_iterations": 10,
-                "warmup_epochs": 0, "epochs": 3, "finetune_epochs": 0},
-        "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "num_learners": {"choice": [2, 4]}},
-        "num_samples": 3, "metric": "val_recall@1", "asha": {"grace_period": 1, "reduction_factor": 2},
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "search",
+                "base": str(SMOKE),
+                "run": {
+                    "glyph_classes": 64,
+                    "embedding_dim": 32,
+                    "steps_per_epoch": 3,
+                    "kmeans_iterations": 10,
+                    "warmup_epochs": 0,
+                    "epochs": 3,
+                    "finetune_epochs": 0,
+                },
+                "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "num_learners": {"choice": [2, 4]}},
+                "num_samples": 3,
+                "metric": "val_recall@1",
+                "asha": {"grace_period": 1, "reduction_factor": 2},
+            }
+        )
+    )
     sweep, summary = run_sweep(str(spec), storage=str(tmp_path / "store"))
     trials, epochs = read_store(tmp_path / "store", sweep)
     assert len(trials) == 3
     assert set(trials["status"]) <= {"completed", "pruned"}
     assert trials["spec_lr"].nunique() == 3  # Optuna sampled three different learning rates
     assert set(trials["spec_num_learners"]) <= {2, 4}
+    # The study is Optuna's own, in the store: optuna.load_study (and optuna-dashboard) open it.
+    import optuna
+
+    study = optuna.load_study(study_name=sweep, storage=f"sqlite:///{tmp_path / 'store' / sweep / 'optuna.db'}")
+    assert len(study.trials) == 3
+    assert sorted(round(t.params["lr"], 12) for t in study.trials) == sorted(round(v, 12) for v in trials["spec_lr"])
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
@@ -250,9 +298,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     store = tmp_path / "store"
     marker = tmp_path / "paused-after-completed"
     log = tmp_path / "sweep.log"
-    process = subprocess.Popen([*CLI, "sweep", str(spec), "--storage", str(store), "--max-concurrent", "1"],
-                               cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                               env={**os.environ, "DNCML_PAUSE_AT": f"after_completed:{marker}"})
+    process = subprocess.Popen(
+        [*CLI, "sweep", str(spec), "--storage", str(store), "--max-concurrent", "1"],
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "DNCML_PAUSE_AT": f"after_completed:{marker}"},
+    )
     try:
         wait_for(marker.exists, 400, "the first trial to record `completed` and pause")
     finally:
@@ -266,12 +319,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
     assert process.returncode == 130  # an interrupted sweep is not a success
-    assert "interrupted. Resume it with:" in log.read_text() and "--resume" in log.read_text()
+    printed = log.read_text()
+    assert "interrupted. Resume it with:" in printed and "--resume" in printed
+    # The console: one line per epoch labelled with the trial's setting, a progress line, no Ray chatter.
+    assert "[seed=0] epoch 1/2" in printed and "progress: 1/3 trials done" in printed
+    assert "TrainingReport(" not in printed and "Configuration for experiment" not in printed
     sweep = next(store.glob("resumable-*")).name
     before = pd.read_parquet(store / sweep / "trials")
     finished = before[before["status"] == "completed"].set_index("trial_id")["started_at"]
     assert len(finished) == 1
-    (trial_id, started), = finished.items()
+    ((trial_id, started),) = finished.items()
     epoch_files_before = {f.name: f.stat().st_mtime_ns for f in (store / sweep / "epochs").glob(f"{trial_id}-*.parquet")}
     assert len(epoch_files_before) == 2
     row_file = store / sweep / "trials" / f"{trial_id}.parquet"
@@ -316,8 +373,13 @@ def test_killed_sweep_driver_resumes_every_trial_exactly_once(tmp_path):
     no duplicate epochs, no row left `running`."""
     spec = write_experiment(tmp_path, "killed", {"seed": [0, 1]}, run={"epochs": 3}, max_concurrent=1)
     store = tmp_path / "store"
-    process = subprocess.Popen([*CLI, "sweep", str(spec), "--storage", str(store)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [*CLI, "sweep", str(spec), "--storage", str(store)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: len(list(store.glob("killed-*/epochs/*.parquet"))) >= 2, 400, "two epochs of the first trial")
         os.kill(process.pid, signal.SIGKILL)
@@ -344,8 +406,18 @@ def test_killed_sweep_driver_resumes_every_trial_exactly_once(tmp_path):
 def test_crash_looping_clustering_actor_fails_the_run_instead_of_hanging(tmp_path):
     store = tmp_path / "store"
     started = time.time()
-    result = run_cli("train", str(SMOKE), "--set", "glyph_classes=64", "--set", "steps_per_epoch=2", "--storage", str(store),
-                     timeout=600, env={"DNCML_CRASH_AT": "actor_partition"})
+    result = run_cli(
+        "train",
+        str(SMOKE),
+        "--set",
+        "glyph_classes=64",
+        "--set",
+        "steps_per_epoch=2",
+        "--storage",
+        str(store),
+        timeout=600,
+        env={"DNCML_CRASH_AT": "actor_partition"},
+    )
     assert result.returncode != 0
     assert "clustering actor" in (result.stdout + result.stderr)
     trials = pd.read_parquet(store / "train" / "trials")
@@ -397,8 +469,13 @@ def _free_port() -> int:
 
 def _start_node(args: list[str], env: dict) -> subprocess.Popen:
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    return subprocess.Popen([ray_cli, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1", *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [ray_cli, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -420,23 +497,47 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
     if ray.is_initialized():
         ray.shutdown()  # one Ray instance at a time on this machine keeps Ray's own tools unambiguous
     gcs_port, dashboard_port = _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     address = f"127.0.0.1:{gcs_port}"
-    head = _start_node(["--head", f"--port={gcs_port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-                        f"--dashboard-port={dashboard_port}", "--include-dashboard=true"], env)
+    head = _start_node(
+        [
+            "--head",
+            f"--port={gcs_port}",
+            "--num-cpus=2",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            "--include-dashboard=true",
+        ],
+        env,
+    )
     nodes = [head]
     try:
         ray_cli = str(Path(sys.executable).with_name("ray"))
-        wait_for(lambda: subprocess.run([ray_cli, "status", f"--address={address}"], env=env,
-                                        capture_output=True).returncode == 0, 120, "the head node")
+        wait_for(
+            lambda: subprocess.run([ray_cli, "status", f"--address={address}"], env=env, capture_output=True).returncode == 0,
+            120,
+            "the head node",
+        )
         # Its own temporary directory, as a second machine has: nodes sharing one would share
         # (and garbage-collect under each other) the job's unpacked working directory.
         nodes.append(_start_node([f"--address={address}", "--num-cpus=2", f"--temp-dir={tmp_path / 'node2'}"], env))
 
         def two_nodes():
-            out = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{address}', log_to_driver=False); "
-                                  "print(sum(n['Alive'] for n in ray.nodes()))"], env=env, capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    f"import ray; ray.init(address='{address}', log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             return out.returncode == 0 and out.stdout.strip().endswith("2")
 
         wait_for(two_nodes, 120, "the second node to join", interval=2)
@@ -460,13 +561,18 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
         (user_dir / "runs").mkdir(parents=True)
         (user_dir / "runs" / "smoke.yaml").write_text(SMOKE.read_text())
         card = yaml.safe_load(spec.read_text())
-        card.update(name="shipped", base="runs/smoke.yaml", grid={"seed": [0, 1]},
-                    resources={"num_workers": 1, "cpus_per_worker": 1.5})
+        card.update(name="shipped", base="runs/smoke.yaml", grid={"seed": [0, 1]}, resources={"num_workers": 1, "cpus_per_worker": 1.5})
         (user_dir / "shipped.yaml").write_text(yaml.safe_dump(card))
         submit = [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}"]
         job_store = tmp_path / "job_store"
-        job = subprocess.run([*submit, "--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml",
-                              "--storage", str(job_store)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        job = subprocess.run(
+            [*submit, "--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(job_store)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout.lower()
         job_trials, job_epochs = read_store(job_store, next(job_store.glob("shipped-*")).name)
@@ -478,13 +584,33 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
         # .whl in py_modules breaks in Ray 2.60: the trial's and the Train workers' runtime envs
         # install the same wheel at once on a fresh node and one of them fails.)
         shipped = tmp_path / "ship"
-        built = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                                "--target", str(shipped), str(ROOT)], capture_output=True, text=True, timeout=300)
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(shipped), str(ROOT)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert built.returncode == 0, built.stderr[-2000:]
         runtime_env = {"working_dir": str(user_dir), "py_modules": [str(shipped / "dncml")]}
         modules_store = tmp_path / "modules_store"
-        job = subprocess.run([*submit, "--runtime-env-json", json.dumps(runtime_env), "--", "dncml", "sweep", "shipped.yaml",
-                              "--storage", str(modules_store)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        job = subprocess.run(
+            [
+                *submit,
+                "--runtime-env-json",
+                json.dumps(runtime_env),
+                "--",
+                "dncml",
+                "sweep",
+                "shipped.yaml",
+                "--storage",
+                str(modules_store),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         modules_trials = pd.read_parquet(next(modules_store.glob("shipped-*")) / "trials")
         assert modules_trials["status"].tolist() == ["completed"] * 2

@@ -1,6 +1,7 @@
 """The pre-trained GlyphNet (`pretrained: glyphs`): its classes are disjoint from every glyphs
 train and test class, it is deterministic and cached with its provenance, and a run starts from it
 with frozen BatchNorm."""
+
 from __future__ import annotations
 
 import json

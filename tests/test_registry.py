@@ -1,11 +1,13 @@
 """Registries: what validation allows is exactly what construction builds, for datasets,
 backbones and losses."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dncml.trainers import registry, spec as runspec
+from dncml.trainers import registry
+from dncml.trainers import spec as runspec
 from dncml.trainers.losses import build_loss
 from dncml.trainers.model import build_backbone
 from dncml.trainers.spec import SpecError, from_dict
@@ -21,8 +23,8 @@ def test_every_declared_name_has_a_builder_and_no_builder_is_undeclared(kind):
 
 
 def test_validation_reads_the_registries():
-    assert runspec.DATASETS == registry.DATASETS.names()
-    assert runspec.BACKBONES == registry.BACKBONES.names() and runspec.LOSSES == registry.LOSSES.names()
+    assert registry.DATASETS.names() == runspec.DATASETS
+    assert registry.BACKBONES.names() == runspec.BACKBONES and registry.LOSSES.names() == runspec.LOSSES
     with pytest.raises(SpecError, match="allowed values are " + ", ".join(registry.LOSSES.names())):
         from_dict({"loss": "hinge"})
 

@@ -1,5 +1,6 @@
 """The reproduction path end to end: the smoke preset of every shipped experiment runs as a real
 Ray Tune sweep into one Parquet store, and the tables, plots and notebooks are built from it."""
+
 from __future__ import annotations
 
 import subprocess
@@ -45,15 +46,19 @@ def test_every_smoke_sweep_completes(smoke_store):
 
 
 def test_table6_from_the_store(smoke_store):
-    from dncml.analysis.tables import experiment_table, render_table
     from dncml.analysis.store import load_experiment as load_results
+    from dncml.analysis.tables import experiment_table, render_table
 
     store, _ = smoke_store
     table = experiment_table(load_results(store, "table6_grouping"))
     assert list(table.index) == ["none", "kmeans_nosplit", "random", "gt_labels", "kmeans"]
     markdown = render_table(store, "table6_grouping", fmt="md")
-    for label in ("baseline (no division)", "random data partition", "ground-truth labels grouping",
-                  "K-means in embedding space (full method)"):
+    for label in (
+        "baseline (no division)",
+        "random data partition",
+        "ground-truth labels grouping",
+        "K-means in embedding space (full method)",
+    ):
         assert label in markdown
     assert "paper R@1" in markdown and "75.9" in markdown  # the paper's numbers beside ours
 
@@ -62,17 +67,23 @@ def test_cli_table_and_plot(smoke_store, tmp_path):
     store, _ = smoke_store
     cli = [sys.executable, "-m", "dncml.platform.cli"]
     for experiment in ("table3_losses", "t_sensitivity", "hierarchy", "hpo"):
-        result = subprocess.run([*cli, "table", str(store), "--experiment", experiment, "--format", "latex"],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [*cli, "table", str(store), "--experiment", experiment, "--format", "latex"], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
         assert "\\begin{tabular}" in result.stdout
     out = tmp_path / "fig1.png"
-    result = subprocess.run([*cli, "plot", str(store), "--experiment", "fig1_learners", "--out", str(out)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*cli, "plot", str(store), "--experiment", "fig1_learners", "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    result = subprocess.run([*cli, "table", str(store), "--experiment", "table6_grouping", "--metric", "test_recall@77"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*cli, "table", str(store), "--experiment", "table6_grouping", "--metric", "test_recall@77"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "test_recall@77" in result.stderr and "Traceback" not in result.stderr
 
 

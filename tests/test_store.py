@@ -1,6 +1,7 @@
 """The results store as the platform writes it: trial rows that tell the truth, names that cannot
 leave the store, atomic writes, leases, and the Ray Train callback's check that all workers
 trained on one assignment. No Ray runtime is started here."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,7 @@ SPEC = from_dict(dict(glyph_classes=48, warmup_epochs=0, epochs=2, finetune_epoc
 
 
 def epoch_row(epoch: int) -> dict:
-    return {"epoch": epoch, "total_epochs": 3, "phase": "divide", "loss": 1.0, "val_recall@1": 0.5 + epoch / 10,
-            "best_epoch": epoch}
+    return {"epoch": epoch, "total_epochs": 3, "phase": "divide", "loss": 1.0, "val_recall@1": 0.5 + epoch / 10, "best_epoch": epoch}
 
 
 @pytest.mark.parametrize("trial_id", ["run[1]-x", "plain-2"])

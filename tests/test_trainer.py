@@ -2,6 +2,7 @@
 (Hungarian matching, repair, ground-truth and random partitions, the binary hierarchy), the
 cluster sampler, K = 1 == baseline, checkpoint / resume, RunSpec validation and a short run that
 actually learns. Everything runs on tiny rendered glyphs (16x16, a few dozen classes) on CPU."""
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,9 @@ import torch.nn.functional as F
 
 from dncml.trainers import divide_and_conquer as dnc
 from dncml.trainers import embedding
+from dncml.trainers.checkpoints import load_checkpoint
 from dncml.trainers.data.loading import load_dataset
+from dncml.trainers.embedding import EmbeddingBank
 from dncml.trainers.faiss_ops import kmeans
 from dncml.trainers.grouping import (
     LocalGroupingService,
@@ -29,16 +32,28 @@ from dncml.trainers.grouping import (
     repair,
 )
 from dncml.trainers.model import DivideAndConquerNet
-from dncml.trainers.checkpoints import load_checkpoint
-from dncml.trainers.embedding import EmbeddingBank
 from dncml.trainers.runtime import make_optimizer
 from dncml.trainers.sampler import ClusterBatchSampler
 from dncml.trainers.seam import LocalRun, Seam, World
 from dncml.trainers.spec import GROUPINGS, LOSSES, SpecError, from_dict, parse_overrides
 
-TINY = dict(glyph_classes=48, glyph_instances=12, image_size=16, embedding_dim=32, batch_size=16,
-            samples_per_class=4, K=4, T=1, warmup_epochs=0, epochs=2, finetune_epochs=1, lr=1e-3,
-            lr_embedding=1e-3, steps_per_epoch=3, kmeans_iterations=10)
+TINY = dict(
+    glyph_classes=48,
+    glyph_instances=12,
+    image_size=16,
+    embedding_dim=32,
+    batch_size=16,
+    samples_per_class=4,
+    K=4,
+    T=1,
+    warmup_epochs=0,
+    epochs=2,
+    finetune_epochs=1,
+    lr=1e-3,
+    lr_embedding=1e-3,
+    steps_per_epoch=3,
+    kmeans_iterations=10,
+)
 
 
 def tiny(**changes):
@@ -241,14 +256,20 @@ def test_kmeans_rounds_keep_their_clusters():
     first_seed = good[0]
     second_seed = next(s for s in good[1:] if not np.array_equal(raw[s], raw[first_seed]))
 
-    request = dict(strategy="kmeans", num_clusters=4, labels=labels, groups=np.full(len(labels), -1),
-                   indices=np.arange(len(labels)), vectors=vectors, kmeans_iterations=20)
+    request = dict(
+        strategy="kmeans",
+        num_clusters=4,
+        labels=labels,
+        groups=np.full(len(labels), -1),
+        indices=np.arange(len(labels)),
+        vectors=vectors,
+        kmeans_iterations=20,
+    )
     service = LocalGroupingService()
     first = service(PartitionRequest(round=0, seed=first_seed, **request))
     assert same_partition(first.clusters, blob) and first.repaired == 0 and first.version == 0
     # compute_assignment seeds round r with seed + 1000 r.
-    second = service(PartitionRequest(round=1, seed=second_seed - 1000, previous=first.clusters,
-                                      previous_num_clusters=4, **request))
+    second = service(PartitionRequest(round=1, seed=second_seed - 1000, previous=first.clusters, previous_num_clusters=4, **request))
     assert np.array_equal(second.clusters, first.clusters)
     assert second.changed == 0.0 and second.version == 1
 
@@ -258,13 +279,19 @@ def test_matching_is_not_skipped_when_the_last_round_had_an_empty_cluster():
     still matched to it (learners keep their data), not handed out in k-means' own numbering."""
     vectors, labels, blob = blobs()
     previous = np.where(blob == 3, 2, blob)  # blobs 2 and 3 shared learner 2; learner 3 had nothing
-    request = dict(strategy="kmeans", num_clusters=4, labels=labels, groups=np.full(len(labels), -1),
-                   indices=np.arange(len(labels)), vectors=vectors, kmeans_iterations=20)
+    request = dict(
+        strategy="kmeans",
+        num_clusters=4,
+        labels=labels,
+        groups=np.full(len(labels), -1),
+        indices=np.arange(len(labels)),
+        vectors=vectors,
+        kmeans_iterations=20,
+    )
     with pytest.raises(ValueError, match="previous_num_clusters"):
         PartitionRequest(round=1, seed=0, previous=previous, **request)
     for seed in range(20):
-        assignment = LocalGroupingService()(PartitionRequest(round=1, seed=seed, previous=previous,
-                                                             previous_num_clusters=4, **request))
+        assignment = LocalGroupingService()(PartitionRequest(round=1, seed=seed, previous=previous, previous_num_clusters=4, **request))
         if same_partition(assignment.clusters, blob):
             break
     # Blobs 0 and 1 keep learners 0 and 1 whatever numbering k-means chose; one of blobs 2 / 3
@@ -327,8 +354,7 @@ def test_sampler_batches_come_from_one_cluster():
 
     again = ClusterBatchSampler(labels, 16, 4, seed=3)
     again.set_assignment(clusters, 4)
-    assert all(a.cluster == b.cluster and np.array_equal(a.indices, b.indices)
-               for a, b in zip(steps, again.epoch(0, 60)))
+    assert all(a.cluster == b.cluster and np.array_equal(a.indices, b.indices) for a, b in zip(steps, again.epoch(0, 60)))
     other_epoch = again.epoch(1, 60)
     assert any(not np.array_equal(a.indices, b.indices) for a, b in zip(steps, other_epoch))
 
@@ -484,9 +510,18 @@ def test_binary_split_children_stay_under_their_parent():
 
     # Through compute_assignment (strategy binary, previous K = 2 -> K = 4): the same rule.
     labels = sub * 5 + rng.integers(0, 5, len(sub))
-    request = PartitionRequest(round=2, strategy="binary", num_clusters=4, seed=0, labels=labels,
-                               groups=np.full(len(sub), -1), previous=parent, previous_num_clusters=2, splits=True,
-                               kmeans_iterations=20)
+    request = PartitionRequest(
+        round=2,
+        strategy="binary",
+        num_clusters=4,
+        seed=0,
+        labels=labels,
+        groups=np.full(len(sub), -1),
+        previous=parent,
+        previous_num_clusters=2,
+        splits=True,
+        kmeans_iterations=20,
+    )
     assignment = compute_assignment(request, vectors)
     assert ((assignment.clusters // 2) == parent).all()
 
@@ -501,8 +536,7 @@ def test_binary_hierarchy_run_doubles_the_learners(tmp_path, tiny_data):
 
     spec = tiny(hierarchy="binary", K=4, T=1, epochs=3, finetune_epochs=0, eval_every=10)
     history = []
-    dnc.train(spec, Seam(report=lambda m, c: history.append(m), partition=service,
-                         checkpoint_root=str(tmp_path)), tiny_data)
+    dnc.train(spec, Seam(report=lambda m, c: history.append(m), partition=service, checkpoint_root=str(tmp_path)), tiny_data)
     assert [m["active_learners"] for m in history] == [1, 2, 4]
     assert [len(eval(m["cluster_sizes"])) for m in history] == [1, 2, 4]
     assert [r.num_clusters for r, _ in rounds] == [1, 2, 4]
@@ -514,23 +548,37 @@ def test_binary_hierarchy_run_doubles_the_learners(tmp_path, tiny_data):
 
 # ================================================================ 8. every strategy and loss
 
-EPOCH_KEYS = {"epoch", "total_epochs", "phase", "active_learners", "assignment_version", "loss", "steps",
-              "train_seconds", "images_per_second", "lr", "best_epoch", "best_val_recall@1", "epoch_seconds"}
-EVAL_KEYS = {f"{split}_{metric}" for split in ("val", "test")
-             for metric in ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r")}
+EPOCH_KEYS = {
+    "epoch",
+    "total_epochs",
+    "phase",
+    "active_learners",
+    "assignment_version",
+    "loss",
+    "steps",
+    "train_seconds",
+    "images_per_second",
+    "lr",
+    "best_epoch",
+    "best_val_recall@1",
+    "epoch_seconds",
+}
+EVAL_KEYS = {
+    f"{split}_{metric}" for split in ("val", "test") for metric in ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r")
+}
 ROUND_KEYS = {"reclustered", "cluster_seconds", "embed_seconds", "kmeans_seconds", "cluster_sizes"}
 
 
 def check_run(history, spec):
     assert len(history) == spec.total_epochs
     for epoch, metrics in enumerate(history):
-        assert EPOCH_KEYS <= metrics.keys(), EPOCH_KEYS - metrics.keys()
+        assert metrics.keys() >= EPOCH_KEYS, EPOCH_KEYS - metrics.keys()
         assert math.isfinite(metrics["loss"]), metrics
         assert metrics["steps"] == spec.steps_per_epoch
         assert metrics["phase"] == spec.plan.phase(epoch)
         if spec.plan.reclusters_at(epoch):
-            assert ROUND_KEYS <= metrics.keys()
-    assert EVAL_KEYS <= history[-1].keys()
+            assert metrics.keys() >= ROUND_KEYS
+    assert history[-1].keys() >= EVAL_KEYS
     assert all(math.isfinite(history[-1][key]) for key in EVAL_KEYS)
 
 
@@ -553,17 +601,21 @@ def test_every_loss_runs(loss, tmp_path, tiny_data):
     assert all(torch.isfinite(t).all() for t in model.values() if t.is_floating_point())
 
 
-@pytest.mark.parametrize("options", [
-    dict(masks="learned"),
-    dict(embedding_source="training_pass"),
-    dict(cluster_space="backbone"),
-    dict(cluster_space="backbone", embedding_source="training_pass"),
-    dict(hierarchy="binary", K=2),
-    dict(freeze_bn="all", lr_decay_every=1),
-    dict(freeze_bn="stats", full_embedding_from=1),
-    dict(masks="learned", hierarchy="binary", K=4),
-    dict(freeze_backbone_epochs=1, T=2),
-], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(masks="learned"),
+        dict(embedding_source="training_pass"),
+        dict(cluster_space="backbone"),
+        dict(cluster_space="backbone", embedding_source="training_pass"),
+        dict(hierarchy="binary", K=2),
+        dict(freeze_bn="all", lr_decay_every=1),
+        dict(freeze_bn="stats", full_embedding_from=1),
+        dict(masks="learned", hierarchy="binary", K=4),
+        dict(freeze_backbone_epochs=1, T=2),
+    ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+)
 def test_options_run(options, tmp_path, tiny_data):
     spec = tiny(epochs=2, finetune_epochs=1, steps_per_epoch=2, eval_every=10, **options)
     history, _, _ = run(spec, tmp_path, tiny_data)
@@ -576,8 +628,7 @@ def test_backbone_rests_after_each_reclustering_and_full_embedding_phase(tmp_pat
     """TPAMI: the backbone does not move in the epoch of a re-clustering (freeze_backbone_epochs
     = 1, T = 2); the CVPR code's full-embedding phase: from `full_embedding_from` on, the loss uses
     the full embedding while batches still come from the clusters."""
-    spec = tiny(T=2, epochs=4, finetune_epochs=0, freeze_backbone_epochs=1, full_embedding_from=2,
-                steps_per_epoch=2, eval_every=10)
+    spec = tiny(T=2, epochs=4, finetune_epochs=0, freeze_backbone_epochs=1, full_embedding_from=2, steps_per_epoch=2, eval_every=10)
     snapshots = []
 
     def report(metrics, checkpoint):
@@ -608,16 +659,16 @@ def test_pretrained_backbone_has_frozen_batchnorm(tmp_path, tiny_data):
     weights = tmp_path / "resnet18.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    spec = tiny(backbone="resnet18", pretrained=str(weights), image_size=32, epochs=1, finetune_epochs=0,
-                steps_per_epoch=2, eval_every=10)
+    spec = tiny(backbone="resnet18", pretrained=str(weights), image_size=32, epochs=1, finetune_epochs=0, steps_per_epoch=2, eval_every=10)
     assert spec.resolved_freeze_bn == "all" and tiny().resolved_freeze_bn == "none"
     torch.manual_seed(spec.seed)
     data = load_dataset(spec, progress=False)
     before = run_initial_backbone(spec, data)
     _, _, after = run(spec, tmp_path / "run", data)
     bn = [k for k in before if ".bn1." in k or ".bn2." in k or k.startswith("backbone.net.bn1")]
-    assert bn and all(torch.equal(before[k], after[k]) for k in bn if not k.endswith("num_batches_tracked")), \
-        [k for k in bn if not torch.equal(before[k], after[k])]
+    assert bn and all(torch.equal(before[k], after[k]) for k in bn if not k.endswith("num_batches_tracked")), [
+        k for k in bn if not torch.equal(before[k], after[k])
+    ]
     assert not torch.equal(before["backbone.net.conv1.weight"], after["backbone.net.conv1.weight"])
     stats_only = spec.replace(freeze_bn="stats")
     _, _, after_stats = run(stats_only, tmp_path / "stats", data)
@@ -626,8 +677,17 @@ def test_pretrained_backbone_has_frozen_batchnorm(tmp_path, tiny_data):
 
 
 def test_learned_masks_start_at_ones_learn_faster_and_split_with_the_hierarchy(tmp_path, tiny_data):
-    spec = tiny(masks="learned", hierarchy="binary", K=4, T=1, epochs=3, finetune_epochs=0, steps_per_epoch=2,
-                eval_every=10, mask_lr_multiplier=100.0)
+    spec = tiny(
+        masks="learned",
+        hierarchy="binary",
+        K=4,
+        T=1,
+        epochs=3,
+        finetune_epochs=0,
+        steps_per_epoch=2,
+        eval_every=10,
+        mask_lr_multiplier=100.0,
+    )
     torch.manual_seed(0)
     net = DivideAndConquerNet(spec, 1, 8)
     assert all(torch.equal(mask, torch.ones(32)) for mask in net.masks)  # the authors' init
@@ -746,9 +806,23 @@ def test_too_many_learners_for_the_data_fails_before_training(tmp_path, monkeypa
 
 def test_a_short_run_learns(tmp_path):
     started = time.perf_counter()
-    spec = from_dict(dict(glyph_classes=200, glyph_instances=12, image_size=32, d=64, K=2, warmup_epochs=1,
-                          epochs=2, finetune_epochs=1, batch_size=32, lr=1e-3, lr_embedding=1e-3,
-                          kmeans_iterations=20, eval_every=100))
+    spec = from_dict(
+        dict(
+            glyph_classes=200,
+            glyph_instances=12,
+            image_size=32,
+            d=64,
+            K=2,
+            warmup_epochs=1,
+            epochs=2,
+            finetune_epochs=1,
+            batch_size=32,
+            lr=1e-3,
+            lr_embedding=1e-3,
+            kmeans_iterations=20,
+            eval_every=100,
+        )
+    )
     data = load_dataset(spec, progress=False)
     torch.manual_seed(spec.seed)  # the same initial weights as the run's
     untrained = DivideAndConquerNet(spec, data.channels, len(np.unique(data.train.labels)))
@@ -842,6 +916,7 @@ def test_a_checkpoint_cannot_run_code_when_loaded(tmp_path, tiny_data):
 def test_local_run_keeps_the_selected_epoch_across_a_resume(tmp_path):
     """The `best` checkpoint is the epoch model selection chose (the trainer's best_epoch, which a
     resume restores), not the first epoch a fresh reporter sees after a resume."""
+
     def checkpoint(epoch):
         directory = tmp_path / f"staging-{epoch}"
         directory.mkdir()

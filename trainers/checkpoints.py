@@ -5,6 +5,7 @@ only (dicts, lists, numbers, strings), so it is read with `torch.load(weights_on
 checkpoint from someone else cannot run code when it is loaded (a pickled object could). Both
 files are written to a temporary name and renamed into place.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,23 +35,41 @@ class TrainState:
 
     def to_plain(self) -> dict[str, Any]:
         assignment = self.assignment
-        return plain({
-            "epoch": self.epoch, "best_value": self.best_value, "best_epoch": self.best_epoch,
-            "best_metrics": self.best_metrics, "history": self.history,
-            "assignment": None if assignment is None else {
-                "version": assignment.version, "clusters": assignment.clusters, "num_clusters": assignment.num_clusters,
-                "strategy": assignment.strategy, "cost": assignment.cost, "seconds": assignment.seconds,
-                "repaired": assignment.repaired, "changed": assignment.changed},
-        })
+        return plain(
+            {
+                "epoch": self.epoch,
+                "best_value": self.best_value,
+                "best_epoch": self.best_epoch,
+                "best_metrics": self.best_metrics,
+                "history": self.history,
+                "assignment": None
+                if assignment is None
+                else {
+                    "version": assignment.version,
+                    "clusters": assignment.clusters,
+                    "num_clusters": assignment.num_clusters,
+                    "strategy": assignment.strategy,
+                    "cost": assignment.cost,
+                    "seconds": assignment.seconds,
+                    "repaired": assignment.repaired,
+                    "changed": assignment.changed,
+                },
+            }
+        )
 
     @classmethod
-    def from_plain(cls, values: dict[str, Any]) -> "TrainState":
+    def from_plain(cls, values: dict[str, Any]) -> TrainState:
         assignment = values.get("assignment")
         if assignment is not None:
             assignment = Assignment(**{**assignment, "clusters": np.asarray(assignment["clusters"], dtype=np.int64)})
-        return cls(epoch=int(values["epoch"]), assignment=assignment, best_value=float(values["best_value"]),
-                   best_epoch=int(values["best_epoch"]), best_metrics=dict(values.get("best_metrics") or {}),
-                   history=list(values.get("history") or []))
+        return cls(
+            epoch=int(values["epoch"]),
+            assignment=assignment,
+            best_value=float(values["best_value"]),
+            best_epoch=int(values["best_epoch"]),
+            best_metrics=dict(values.get("best_metrics") or {}),
+            history=list(values.get("history") or []),
+        )
 
 
 def plain(value: Any) -> Any:
@@ -77,13 +96,15 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def save_checkpoint(directory: str, spec: RunSpec, net: torch.nn.Module, optimizer, scheduler,
-                    state: TrainState, bank=None) -> str:
+def save_checkpoint(directory: str, spec: RunSpec, net: torch.nn.Module, optimizer, scheduler, state: TrainState, bank=None) -> str:
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     payload = {
-        "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": plain(scheduler.state_dict()),
-        "state": state.to_plain(), "bank": plain(bank.state()) if bank is not None else None,
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": plain(scheduler.state_dict()),
+        "state": state.to_plain(),
+        "bank": plain(bank.state()) if bank is not None else None,
     }
     _atomic(path / "state.pt", lambda temporary: torch.save(payload, temporary))
     _atomic(path / "spec.yaml", lambda temporary: Path(temporary).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False)))

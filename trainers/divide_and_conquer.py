@@ -15,6 +15,7 @@
 The loop talks to the outside world only through the `Seam` (report, partition, world,
 checkpoints), so the same code runs in one process and on Ray Train workers.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,12 @@ import zlib
 import numpy as np
 import torch
 
+from .checkpoints import TrainState, load_checkpoint, save_checkpoint
 from .data.base import DatasetBundle
 from .data.loading import load_dataset
+from .embedding import EmbeddingBank, embed_split, evaluate, loader
 from .grouping import Assignment, PartitionRequest
 from .model import DivideAndConquerNet
-from .checkpoints import TrainState, load_checkpoint, save_checkpoint
-from .embedding import EmbeddingBank, embed_split, evaluate, loader
 from .runtime import Timer, autocast, backbone_resting, make_optimizer, reset_optimizer_state, seed_epoch
 from .sampler import ClusterBatchSampler
 from .seam import Seam
@@ -48,8 +49,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
     optimizer, scheduler = make_optimizer(spec, net)
     # `batch_size` is the global batch (the paper's): every worker takes its share of each step's
     # batch, all drawn from the same learner's cluster.
-    sampler = ClusterBatchSampler(targets, spec.batch_size, spec.samples_per_class, spec.seed,
-                                  world.rank, world.world_size)
+    sampler = ClusterBatchSampler(targets, spec.batch_size, spec.samples_per_class, spec.seed, world.rank, world.world_size)
     bank = EmbeddingBank(num_samples, spec.stale_rounds) if spec.embedding_source == "training_pass" else None
     state = TrainState(assignment=whole_training_set(num_samples))
     if seam.resume_from:
@@ -79,10 +79,12 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
                 with autocast(spec, device):
                     loss, vectors = model(images.to(device, non_blocking=True), labels_of[indices].to(device), blocks[step.cluster])
                 if not world.all_true(bool(torch.isfinite(loss))):  # every worker stops at the same step
-                    raise NonFiniteLoss(f"loss is not finite at epoch {epoch + 1}, step {len(step_losses) + 1}, "
-                                        f"learner block {blocks[step.cluster]} (cluster {step.cluster}) on some worker; "
-                                        f"lower the learning rates (lr {spec.lr:g}, lr_embedding {spec.lr_embedding:g}) "
-                                        "or check the data")
+                    raise NonFiniteLoss(
+                        f"loss is not finite at epoch {epoch + 1}, step {len(step_losses) + 1}, "
+                        f"learner block {blocks[step.cluster]} (cluster {step.cluster}) on some worker; "
+                        f"lower the learning rates (lr {spec.lr:g}, lr_embedding {spec.lr_embedding:g}) "
+                        "or check the data"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -93,14 +95,22 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
         train_seconds = train_timer()
 
         images_seen = sum(len(step.global_indices) for step in schedule)
-        metrics.update({
-            "epoch": epoch, "total_epochs": spec.total_epochs, "phase": phase,
-            "active_learners": len(set(blocks)), "assignment_version": assignment.version,
-            "loss": float(torch.stack(step_losses).mean()), "steps": len(schedule),
-            "train_seconds": train_seconds, "images_per_second": images_seen / max(train_seconds, 1e-9),
-            "lr": optimizer.param_groups[0]["lr"], "backbone_rests": plan.backbone_rests(epoch),
-            "full_embedding": plan.full_embedding_at(epoch),
-        })
+        metrics.update(
+            {
+                "epoch": epoch,
+                "total_epochs": spec.total_epochs,
+                "phase": phase,
+                "active_learners": len(set(blocks)),
+                "assignment_version": assignment.version,
+                "loss": float(torch.stack(step_losses).mean()),
+                "steps": len(schedule),
+                "train_seconds": train_seconds,
+                "images_per_second": images_seen / max(train_seconds, 1e-9),
+                "lr": optimizer.param_groups[0]["lr"],
+                "backbone_rests": plan.backbone_rests(epoch),
+                "full_embedding": plan.full_embedding_at(epoch),
+            }
+        )
         metrics.pop("split", None)
         if world.is_chief and ((epoch + 1) % spec.eval_every == 0 or epoch + 1 == spec.total_epochs):
             eval_timer = Timer()
@@ -109,15 +119,15 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
             if selection_key(metrics, spec) >= selection_key(state.best_metrics, spec):
                 state.best_value, state.best_epoch = metrics[spec.selection_metric], epoch
                 state.best_metrics = {k: metrics[k] for k in (spec.selection_metric, TIE_BREAKER) if k in metrics}
-        metrics.update({"best_epoch": state.best_epoch, f"best_{spec.selection_metric}": state.best_value,
-                        "epoch_seconds": timer()})
+        metrics.update({"best_epoch": state.best_epoch, f"best_{spec.selection_metric}": state.best_value, "epoch_seconds": timer()})
         state.epoch = epoch + 1
         state.history.append(metrics)
         checkpoint = None
         keep = state.best_epoch == epoch or (epoch + 1) % spec.checkpoint_every == 0 or epoch + 1 == spec.total_epochs
         if world.is_chief and keep:
-            checkpoint = save_checkpoint(seam.new_checkpoint_dir(epoch), spec, net, optimizer, scheduler,
-                                         state, bank if world.world_size == 1 else None)
+            checkpoint = save_checkpoint(
+                seam.new_checkpoint_dir(epoch), spec, net, optimizer, scheduler, state, bank if world.world_size == 1 else None
+            )
         seam.report(metrics, checkpoint)
     return state
 
@@ -139,17 +149,32 @@ def selection_key(metrics: dict, spec: RunSpec) -> tuple[float, float]:
     return (value, finer if finer is not None and finer == finer else float("-inf"))
 
 
-def divide(spec: RunSpec, seam: Seam, net: DivideAndConquerNet, data: DatasetBundle, targets: np.ndarray,
-           previous: Assignment, bank: EmbeddingBank | None, epoch: int) -> tuple[Assignment, dict]:
+def divide(
+    spec: RunSpec,
+    seam: Seam,
+    net: DivideAndConquerNet,
+    data: DatasetBundle,
+    targets: np.ndarray,
+    previous: Assignment,
+    bank: EmbeddingBank | None,
+    epoch: int,
+) -> tuple[Assignment, dict]:
     """One division round: this worker's vectors -> grouping service -> the shared assignment."""
     timer, plan = Timer(), spec.plan
     round_index = plan.round_of(epoch)
     request = PartitionRequest(
-        round=round_index, strategy=plan.strategy, num_clusters=plan.clusters_in_round(round_index),
-        splits=plan.splits_at_round(round_index), seed=spec.seed, labels=targets, groups=data.train.groups,
+        round=round_index,
+        strategy=plan.strategy,
+        num_clusters=plan.clusters_in_round(round_index),
+        splits=plan.splits_at_round(round_index),
+        seed=spec.seed,
+        labels=targets,
+        groups=data.train.groups,
         previous=previous.clusters if previous.version >= 0 else None,
         previous_num_clusters=previous.num_clusters if previous.version >= 0 else 0,
-        rank=seam.world.rank, world_size=seam.world.world_size, kmeans_iterations=spec.kmeans_iterations,
+        rank=seam.world.rank,
+        world_size=seam.world.world_size,
+        kmeans_iterations=spec.kmeans_iterations,
     )
     if request.needs_vectors:
         request.indices, request.vectors = collect_vectors(spec, net, data, seam.world, bank)
@@ -158,9 +183,14 @@ def divide(spec: RunSpec, seam: Seam, net: DivideAndConquerNet, data: DatasetBun
     if bank is not None:
         bank.reset()
     return assignment, {
-        "reclustered": True, "split": request.splits, "cluster_seconds": timer(), "embed_seconds": embed_seconds,
-        "kmeans_seconds": assignment.seconds, "cluster_cost": assignment.cost,
-        "cluster_changed": assignment.changed, "cluster_repaired": assignment.repaired,
+        "reclustered": True,
+        "split": request.splits,
+        "cluster_seconds": timer(),
+        "embed_seconds": embed_seconds,
+        "kmeans_seconds": assignment.seconds,
+        "cluster_cost": assignment.cost,
+        "cluster_changed": assignment.changed,
+        "cluster_repaired": assignment.repaired,
         "cluster_sizes": json.dumps(assignment.sizes()),
         "assignment_digest": zlib.crc32(assignment.clusters.astype(np.int64).tobytes()),
     }
@@ -184,8 +214,7 @@ def whole_training_set(num_samples: int) -> Assignment:
     return Assignment(version=-1, clusters=np.zeros(num_samples, dtype=np.int64), num_clusters=1)
 
 
-def restore(directory: str, net: DivideAndConquerNet, optimizer, scheduler, bank: EmbeddingBank | None,
-            world_size: int) -> TrainState:
+def restore(directory: str, net: DivideAndConquerNet, optimizer, scheduler, bank: EmbeddingBank | None, world_size: int) -> TrainState:
     payload = load_checkpoint(directory, map_location=next(net.parameters()).device)
     net.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])

@@ -1,6 +1,7 @@
 """Embedding passes and evaluation: batches of a split, its embeddings, the metrics of the
 validation and test sets, and the training steps' own embeddings (`EmbeddingBank`) that
 `embedding_source: training_pass` re-uses for clustering."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,17 +23,22 @@ def loader(split: ImageSplit, spec: RunSpec, train: bool, batch_sampler=None, in
     transforms and `loader_workers` processes."""
     if batch_sampler is None:
         order = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
-        batch_sampler = [order[i:i + spec.eval_batch_size] for i in range(0, len(order), spec.eval_batch_size)]
+        batch_sampler = [order[i : i + spec.eval_batch_size] for i in range(0, len(order), spec.eval_batch_size)]
     if split.images is not None:
         return ArrayBatches(split, batch_sampler)
     kwargs = dict(num_workers=spec.loader_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    return DataLoader(torch_dataset(split, spec, train=train), batch_sampler=[list(map(int, b)) for b in batch_sampler],
-                      **kwargs)
+    return DataLoader(torch_dataset(split, spec, train=train), batch_sampler=[list(map(int, b)) for b in batch_sampler], **kwargs)
 
 
 @torch.inference_mode()
-def embed_split(net: DivideAndConquerNet, split: ImageSplit, spec: RunSpec, device: torch.device,
-                space: str = "embedding", indices: np.ndarray | None = None) -> np.ndarray:
+def embed_split(
+    net: DivideAndConquerNet,
+    split: ImageSplit,
+    spec: RunSpec,
+    device: torch.device,
+    space: str = "embedding",
+    indices: np.ndarray | None = None,
+) -> np.ndarray:
     """Embeddings (eval transforms, eval mode) of a split or of some of its samples."""
     was_training = net.training
     net.eval()
@@ -52,10 +58,17 @@ def evaluate(net: DivideAndConquerNet, data: DatasetBundle, spec: RunSpec, devic
     for eval_set in sets:
         query = embed_split(net, eval_set.query, spec, device)
         gallery = embed_split(net, eval_set.gallery, spec, device) if eval_set.gallery is not None else None
-        metrics.update(evaluate_embeddings(
-            query, eval_set.query.labels, eval_set.recall_ks, gallery,
-            eval_set.gallery.labels if eval_set.gallery is not None else None,
-            seed=spec.seed, prefix=f"{eval_set.name}_"))
+        metrics.update(
+            evaluate_embeddings(
+                query,
+                eval_set.query.labels,
+                eval_set.recall_ks,
+                gallery,
+                eval_set.gallery.labels if eval_set.gallery is not None else None,
+                seed=spec.seed,
+                prefix=f"{eval_set.name}_",
+            )
+        )
     return metrics
 
 
@@ -94,8 +107,13 @@ class EmbeddingBank:
         self.seen_globally &= self.age_globally <= self.stale_rounds
 
     def state(self) -> dict:
-        return {"vectors": self.vectors, "seen": self.seen, "seen_globally": self.seen_globally,
-                "age": self.age, "age_globally": self.age_globally}
+        return {
+            "vectors": self.vectors,
+            "seen": self.seen,
+            "seen_globally": self.seen_globally,
+            "age": self.age,
+            "age_globally": self.age_globally,
+        }
 
     def load(self, state: dict) -> None:
         for name, value in state.items():

@@ -22,9 +22,10 @@ Conventions:
 * NMI uses the arithmetic normalisation 2 I(Omega; C) / (H(Omega) + H(C)) (sklearn's
   `normalized_mutual_info_score` default); two one-cluster labelings give 1.0, as in sklearn.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -3,6 +3,7 @@
 GPU indexes are used only where Faiss sees a GPU (`faiss-gpu` runs its CPU code paths on a
 machine without one), so the same call works on a laptop and on a GPU node.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,14 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 100, use_gpu: bool
         return KMeansResult(np.zeros(n, dtype=np.int64), centroid, float(((x - centroid) ** 2).sum()))
     gpu = num_gpus() > 0 if use_gpu is None else (use_gpu and num_gpus() > 0)
     clustering = faiss.Kmeans(
-        d, k, niter=niter, seed=int(seed) % (2**31), gpu=bool(gpu),
-        max_points_per_centroid=max(256, n), min_points_per_centroid=1, verbose=False,
+        d,
+        k,
+        niter=niter,
+        seed=int(seed) % (2**31),
+        gpu=bool(gpu),
+        max_points_per_centroid=max(256, n),
+        min_points_per_centroid=1,
+        verbose=False,
     )
     clustering.train(x)
     _, labels = clustering.index.search(x, 1)

@@ -6,6 +6,7 @@ learner k keeps "its" data across rounds, and the repair of clusters too small t
 `LocalGroupingService` is the single-process grouping service of the trainer's seam; on Ray the
 clustering actor in `dncml.platform` calls the same `compute_assignment`.
 """
+
 from __future__ import annotations
 
 import time
@@ -100,8 +101,9 @@ def match_to_previous(clusters: np.ndarray, previous: np.ndarray, num_clusters: 
     return relabel[clusters]
 
 
-def repair(clusters: np.ndarray, labels: np.ndarray, num_clusters: int,
-           min_classes: int = 2, min_per_class: int = 2) -> tuple[np.ndarray, int]:
+def repair(
+    clusters: np.ndarray, labels: np.ndarray, num_clusters: int, min_classes: int = 2, min_per_class: int = 2
+) -> tuple[np.ndarray, int]:
     """Make every cluster able to form batches: >= `min_classes` classes with >= `min_per_class`
     samples each. Stray samples (their class has fewer than `min_per_class` in that cluster) join
     their class's main cluster; a cluster still short of classes takes whole classes from the
@@ -197,8 +199,7 @@ def compute_assignment(request: PartitionRequest, vectors: np.ndarray | None) ->
     if request.strategy not in STRATEGIES:
         raise ValueError(f"unknown grouping strategy {request.strategy!r}; allowed: {', '.join(STRATEGIES)}")
     if request.splits and (previous is None or k != 2 * num_previous):
-        raise ValueError(f"round {request.round}: a binary split needs the last round's clusters and K = 2 x "
-                         f"{num_previous}, got K = {k}")
+        raise ValueError(f"round {request.round}: a binary split needs the last round's clusters and K = 2 x {num_previous}, got K = {k}")
     if k == 1:
         clusters = np.zeros(len(labels), dtype=np.int64)
     elif request.strategy == "random":
@@ -217,8 +218,14 @@ def compute_assignment(request: PartitionRequest, vectors: np.ndarray | None) ->
         clusters = match_to_previous(clusters, previous, k)
         changed = float((clusters != previous).mean())
     assignment = Assignment(
-        version=request.round, clusters=clusters, num_clusters=k, strategy=request.strategy,
-        cost=cost, seconds=time.perf_counter() - started, repaired=repaired, changed=changed,
+        version=request.round,
+        clusters=clusters,
+        num_clusters=k,
+        strategy=request.strategy,
+        cost=cost,
+        seconds=time.perf_counter() - started,
+        repaired=repaired,
+        changed=changed,
     )
     assignment.stats = {"sizes": assignment.sizes(), "classes": assignment.classes_per_cluster(labels)}
     return assignment

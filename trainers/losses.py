@@ -4,6 +4,7 @@ Each learner owns its loss instance (its own proxies for Proxy-NCA, its own beta
 sized for that learner's embedding width; the instances live inside the trained module so that
 their parameters are optimised and, under DDP, averaged like the model's.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,33 +32,41 @@ class LearnerLoss(torch.nn.Module):
         return self.loss(embeddings, labels, indices)
 
 
-def build_loss(name: str, embedding_size: int, num_classes: int, *, margin: float = 0.2,
-               margin_beta: float = 1.2, learn_beta: bool = True, beta_per_class: bool = False) -> LearnerLoss:
+def build_loss(
+    name: str,
+    embedding_size: int,
+    num_classes: int,
+    *,
+    margin: float = 0.2,
+    margin_beta: float = 1.2,
+    learn_beta: bool = True,
+    beta_per_class: bool = False,
+) -> LearnerLoss:
     """The paper's loss families. Labels passed at train time must be 0..num_classes-1."""
-    return LOSSES.create(name, embedding_size, num_classes, margin=margin, margin_beta=margin_beta,
-                         learn_beta=learn_beta, beta_per_class=beta_per_class)
+    return LOSSES.create(
+        name, embedding_size, num_classes, margin=margin, margin_beta=margin_beta, learn_beta=learn_beta, beta_per_class=beta_per_class
+    )
 
 
 @LOSSES.register("margin")
 def margin_loss(embedding_size, num_classes, *, margin, margin_beta, learn_beta, beta_per_class) -> LearnerLoss:
     # Wu et al.: distance-weighted sampling, learnable (optionally class-specific) beta.
     return LearnerLoss(
-        losses.MarginLoss(margin=margin, nu=0.0, beta=margin_beta, learn_beta=learn_beta,
-                          num_classes=num_classes if beta_per_class else None),
+        losses.MarginLoss(
+            margin=margin, nu=0.0, beta=margin_beta, learn_beta=learn_beta, num_classes=num_classes if beta_per_class else None
+        ),
         miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4),
     )
 
 
 @LOSSES.register("triplet")
 def triplet_loss(embedding_size, num_classes, *, margin, **_) -> LearnerLoss:
-    return LearnerLoss(losses.TripletMarginLoss(margin=margin),
-                       miners.TripletMarginMiner(margin=margin, type_of_triplets="semihard"))
+    return LearnerLoss(losses.TripletMarginLoss(margin=margin), miners.TripletMarginMiner(margin=margin, type_of_triplets="semihard"))
 
 
 @LOSSES.register("contrastive")
 def contrastive_loss(embedding_size, num_classes, **_) -> LearnerLoss:
-    return LearnerLoss(losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0),
-                       miners.PairMarginMiner(pos_margin=0.0, neg_margin=1.0))
+    return LearnerLoss(losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0), miners.PairMarginMiner(pos_margin=0.0, neg_margin=1.0))
 
 
 @LOSSES.register("multisimilarity")

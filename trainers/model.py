@@ -6,6 +6,7 @@ concatenation. Storing the slices as separate parameters means a step that uses 
 the other slices' `.grad` at None, so Adam does not move them either (a zero gradient would still
 let Adam's momentum move them). The parameter count does not depend on K.
 """
+
 from __future__ import annotations
 
 import glob
@@ -47,8 +48,9 @@ class ResNetBackbone(nn.Module):
             state = torch.load(_weights_file(depth, pretrained), map_location="cpu", weights_only=True)
             missing, unexpected = net.load_state_dict(state, strict=False)
             if [k for k in missing if not k.startswith("fc.")] or unexpected:
-                raise ValueError(f"{pretrained}: not a torchvision ResNet-{depth} state dict "
-                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise ValueError(
+                    f"{pretrained}: not a torchvision ResNet-{depth} state dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
+                )
         self.feature_dim = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
@@ -85,8 +87,11 @@ def glyphnet(spec: RunSpec, in_channels: int, progress: bool = True) -> GlyphNet
     if spec.pretrained is not None:
         from .pretrain import PretrainConfig, pretrained_glyphnet
 
-        path = (pretrained_glyphnet(PretrainConfig(image_size=spec.resolved_image_size), progress=progress)
-                if spec.pretrained == "glyphs" else Path(os.path.expanduser(spec.pretrained)))
+        path = (
+            pretrained_glyphnet(PretrainConfig(image_size=spec.resolved_image_size), progress=progress)
+            if spec.pretrained == "glyphs"
+            else Path(os.path.expanduser(spec.pretrained))
+        )
         state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: loading runs no code
         try:
             net.load_state_dict(state)
@@ -147,8 +152,14 @@ class DivideAndConquerNet(nn.Module):
         for block in plan.blocks():
             width = d if self._masked(block) else d * (block[1] - block[0]) // k
             self.losses[block_key(block)] = build_loss(
-                spec.loss, width, num_classes, margin=spec.margin, margin_beta=spec.margin_beta,
-                learn_beta=spec.learn_beta, beta_per_class=spec.beta_per_class)
+                spec.loss,
+                width,
+                num_classes,
+                margin=spec.margin,
+                margin_beta=spec.margin_beta,
+                learn_beta=spec.learn_beta,
+                beta_per_class=spec.beta_per_class,
+            )
 
     def _batch_norms(self):
         return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -166,7 +177,7 @@ class DivideAndConquerNet(nn.Module):
             "loss": list(self.losses.parameters()),
         }
 
-    def train(self, mode: bool = True) -> "DivideAndConquerNet":
+    def train(self, mode: bool = True) -> DivideAndConquerNet:
         super().train(mode)
         if self.freeze_bn in ("stats", "all"):  # the authors keep the running statistics frozen
             for module in self._batch_norms():

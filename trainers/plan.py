@@ -11,6 +11,7 @@ slices [first, last): `(k, k + 1)` is learner k of the flat split, `(0, K)` the 
 (baseline, warm-up, conquer, kmeans_nosplit, the full-embedding phase), and the binary hierarchy
 uses the dyadic blocks in between (K' clusters of K / K' slices each).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,13 +75,16 @@ class DivisionPlan:
     def clusters_in_round(self, round_index: int) -> int:
         """K for a flat run; 1, 2, 4, ... up to K for the binary hierarchy."""
         if self.hierarchy == "binary":
-            return min(2 ** round_index, self.num_learners)
+            return min(2**round_index, self.num_learners)
         return self.num_learners
 
     def splits_at_round(self, round_index: int) -> bool:
         """True where the binary hierarchy splits every cluster of the last round in two."""
-        return (self.strategy == "binary" and round_index > 0
-                and self.clusters_in_round(round_index) == 2 * self.clusters_in_round(round_index - 1))
+        return (
+            self.strategy == "binary"
+            and round_index > 0
+            and self.clusters_in_round(round_index) == 2 * self.clusters_in_round(round_index - 1)
+        )
 
     def backbone_rests(self, epoch: int) -> bool:
         """TPAMI: the backbone does not move for `freeze_backbone_epochs` epochs from each

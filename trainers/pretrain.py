@@ -6,6 +6,7 @@ classifier trained on classes that are in neither the train nor the test split o
 its seed (on one machine: float reductions depend on the thread count, recorded with the
 weights), cached under `$DNCML_CACHE/pretrained/` with its provenance, like the glyph render.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,16 +49,16 @@ class PretrainConfig:
 
     @property
     def key(self) -> str:
-        return (f"glyphnet-e{self.epochs}-b{self.batch_size}-lr{self.lr:g}-wd{self.weight_decay:g}"
-                f"-ls{self.label_smoothing:g}-{self.data.key}")
+        return (
+            f"glyphnet-e{self.epochs}-b{self.batch_size}-lr{self.lr:g}-wd{self.weight_decay:g}-ls{self.label_smoothing:g}-{self.data.key}"
+        )
 
 
 def pretrained_dir(config: PretrainConfig, cache_dir: Path | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()) / "pretrained" / config.key
 
 
-def pretrained_glyphnet(config: PretrainConfig = PretrainConfig(), cache_dir: Path | None = None,
-                        progress: bool = True) -> Path:
+def pretrained_glyphnet(config: PretrainConfig = PretrainConfig(), cache_dir: Path | None = None, progress: bool = True) -> Path:
     """The weights file of a GlyphNet pre-trained with `config`: from the cache, else trained now
     (a few minutes on a laptop CPU) and cached."""
     target = pretrained_dir(config, cache_dir)
@@ -83,8 +84,7 @@ def pretrained_glyphnet(config: PretrainConfig = PretrainConfig(), cache_dir: Pa
     return target / WEIGHTS
 
 
-def train_classifier(config: PretrainConfig, cache_dir: Path | None = None,
-                     progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+def train_classifier(config: PretrainConfig, cache_dir: Path | None = None, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """Train GlyphNet + a linear head on the pre-training classes; return the backbone's state
     dict (tensors only) and the provenance (classes, epochs, accuracies, time, versions)."""
     from tqdm import tqdm
@@ -114,8 +114,12 @@ def train_classifier(config: PretrainConfig, cache_dir: Path | None = None,
         model.train()
         order = train_index[torch.randperm(len(train_index), generator=generator)]
         correct = 0
-        bar = tqdm(order.split(config.batch_size), desc=f"pre-training GlyphNet, epoch {epoch + 1}/{config.epochs}",
-                   unit="batch", disable=not progress)
+        bar = tqdm(
+            order.split(config.batch_size),
+            desc=f"pre-training GlyphNet, epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            disable=not progress,
+        )
         for batch in bar:
             logits = model(_scaled(images[batch]))
             loss = F.cross_entropy(logits, labels[batch], label_smoothing=config.label_smoothing)
@@ -131,11 +135,16 @@ def train_classifier(config: PretrainConfig, cache_dir: Path | None = None,
         predicted = torch.cat([model(_scaled(images[b])).argmax(1) for b in held_out.split(1024)])
     held_out_accuracy = float((predicted == labels[held_out]).float().mean())
     provenance = {
-        "config": asdict(config), "classes": num_classes, "images": int(len(labels)),
+        "config": asdict(config),
+        "classes": num_classes,
+        "images": int(len(labels)),
         "code_points_sha256": hashlib.sha256(data["code_points"].tobytes()).hexdigest(),
-        "train_accuracy": train_accuracy, "held_out_accuracy": held_out_accuracy,
-        "held_out": "one augmented image per class", "seconds": time.perf_counter() - started,
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "train_accuracy": train_accuracy,
+        "held_out_accuracy": held_out_accuracy,
+        "held_out": "one augmented image per class",
+        "seconds": time.perf_counter() - started,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
     }
     log.info("pre-trained GlyphNet on %d classes: held-out accuracy %.3f", num_classes, held_out_accuracy)
     return {k: v.detach().clone() for k, v in backbone.state_dict().items()}, provenance

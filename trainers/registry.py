@@ -8,10 +8,12 @@ module that holds them (`model.py`, `losses.py`, the dataset readers), which `cr
 first use. A builder for an undeclared name, or a declared name without a builder, is an error:
 what validation allows is exactly what construction builds.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Registry:
@@ -25,11 +27,13 @@ class Registry:
 
     def register(self, name: str) -> Callable[[Callable], Callable]:
         """Decorator: `fn` builds the declared `name`."""
+
         def decorate(fn: Callable) -> Callable:
             if name not in self._info:
                 raise KeyError(f"{self.kind} {name!r} has a builder but is not declared in dncml.trainers.registry")
             self._builders[name] = fn
             return fn
+
         return decorate
 
     def names(self) -> tuple[str, ...]:
@@ -63,10 +67,10 @@ DATASETS.declare("folder", recall_ks=(1, 2, 4, 8), test_sets=("test",), groups=F
 DATASETS.declare("cub", recall_ks=(1, 2, 4, 8), test_sets=("test",), groups=False, needs_root=True, image_size=224)
 DATASETS.declare("cars", recall_ks=(1, 2, 4, 8), test_sets=("test",), groups=False, needs_root=True, image_size=224)
 DATASETS.declare("sop", recall_ks=(1, 10, 100, 1000), test_sets=("test",), groups=True, needs_root=True, image_size=224)
-DATASETS.declare("inshop", recall_ks=(1, 10, 20, 30, 50), test_sets=("test",), groups=False, needs_root=True,
-                 image_size=224)
-DATASETS.declare("vehicleid", recall_ks=(1, 5), test_sets=("test_small", "test_medium", "test_large"), groups=False,
-                 needs_root=True, image_size=224)
+DATASETS.declare("inshop", recall_ks=(1, 10, 20, 30, 50), test_sets=("test",), groups=False, needs_root=True, image_size=224)
+DATASETS.declare(
+    "vehicleid", recall_ks=(1, 5), test_sets=("test_small", "test_medium", "test_large"), groups=False, needs_root=True, image_size=224
+)
 
 BACKBONES = Registry("backbone", ("dncml.trainers.model",))
 # pretrained: the named weights a backbone takes besides a local file ("cache": torchvision's

@@ -1,6 +1,7 @@
 """The plumbing around Algorithm 1: devices, seeds, the optimiser and its learning rates, timers.
 Embedding passes and evaluation live in `embedding.py`, checkpoints in `checkpoints.py`; all of it
 is kept out of `divide_and_conquer.py` so that the algorithm reads on its own."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,14 +42,19 @@ def make_optimizer(spec: RunSpec, net: DivideAndConquerNet) -> tuple[torch.optim
     """Adam with separate learning rates for backbone, embedding and loss parameters; optional
     step decay per epoch."""
     groups = net.parameter_groups()
-    optimizer = torch.optim.Adam([group for group in (
-        {"params": groups["backbone"], "lr": spec.lr, "weight_decay": spec.weight_decay, "name": "backbone"},
-        {"params": groups["embedding"], "lr": spec.lr_embedding, "weight_decay": spec.weight_decay, "name": "embedding"},
-        # TPAMI: the masks learn at their own, larger rate (the authors' SOP run: 100 x the base rate)
-        {"params": groups["masks"], "lr": spec.lr * spec.mask_lr_multiplier, "weight_decay": spec.weight_decay,
-         "name": "masks"},
-        {"params": groups["loss"], "lr": spec.lr_loss, "weight_decay": 0.0, "name": "loss"},
-    ) if group["params"]])
+    optimizer = torch.optim.Adam(
+        [
+            group
+            for group in (
+                {"params": groups["backbone"], "lr": spec.lr, "weight_decay": spec.weight_decay, "name": "backbone"},
+                {"params": groups["embedding"], "lr": spec.lr_embedding, "weight_decay": spec.weight_decay, "name": "embedding"},
+                # TPAMI: the masks learn at their own, larger rate (the authors' SOP run: 100 x the base rate)
+                {"params": groups["masks"], "lr": spec.lr * spec.mask_lr_multiplier, "weight_decay": spec.weight_decay, "name": "masks"},
+                {"params": groups["loss"], "lr": spec.lr_loss, "weight_decay": 0.0, "name": "loss"},
+            )
+            if group["params"]
+        ]
+    )
     if spec.lr_decay_every:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, spec.lr_decay_every, spec.lr_decay_gamma)
     else:

@@ -12,6 +12,7 @@ fewer than m there gives all it has (at least 2: a class with one image in a clu
 positive pair and is left out, as in the authors' code); a cluster smaller than a batch gives a
 smaller batch rather than repeats.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,7 @@ class Step:
 
 
 class ClusterBatchSampler:
-    def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int, rank: int = 0, world_size: int = 1):
         if batch_size % samples_per_class:
             raise ValueError(f"batch_size {batch_size} must be a multiple of samples_per_class {samples_per_class}")
         self.labels = np.asarray(labels)
@@ -69,7 +69,7 @@ class ClusterBatchSampler:
             cluster = int(rng.integers(self.num_clusters))
             chunks = self._global_batch(rng, self._members[cluster])
             # whole classes, dealt to the workers in turn (all workers draw the same global batch)
-            indices = np.concatenate(chunks[self.rank::self.world_size] or [np.zeros(0, np.int64)])
+            indices = np.concatenate(chunks[self.rank :: self.world_size] or [np.zeros(0, np.int64)])
             schedule.append(Step(cluster, indices, np.concatenate(chunks)))
         return schedule
 

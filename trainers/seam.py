@@ -4,13 +4,14 @@ The training loop is written once, against this interface. A single process uses
 implementations below; `dncml.platform` passes Ray-backed ones (ray.train.report, the clustering
 actor, DDP, ray.train.Checkpoint) without the loop knowing.
 """
+
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -90,7 +91,7 @@ class LocalRun:
             shutil.rmtree(best, ignore_errors=True)
             staging.rename(best)
         epochs = sorted(p for p in self.checkpoints.glob("epoch-*") if p.is_dir())
-        for old in epochs[:-self.keep]:
+        for old in epochs[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
     def latest_checkpoint(self) -> str | None:
@@ -100,8 +101,12 @@ class LocalRun:
 
 def format_epoch(metrics: dict) -> str:
     """One readable progress line per epoch."""
-    parts = [f"epoch {metrics['epoch'] + 1:>3}/{metrics['total_epochs']}", f"{metrics['phase']:<8}",
-             f"K={metrics['active_learners']}", f"loss {metrics['loss']:.4f}"]
+    parts = [
+        f"epoch {metrics['epoch'] + 1:>3}/{metrics['total_epochs']}",
+        f"{metrics['phase']:<8}",
+        f"K={metrics['active_learners']}",
+        f"loss {metrics['loss']:.4f}",
+    ]
     for key in ("val_recall@1", "test_recall@1", "test_nmi", "test_map@r"):
         if key in metrics and metrics[key] == metrics[key]:
             parts.append(f"{key} {metrics[key]:.4f}")

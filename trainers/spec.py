@@ -4,6 +4,7 @@ Every knob of a run lives here, with the paper's defaults where the paper has on
 (PAPER_NOTES.md). A spec comes from YAML, a dict or `--set field=value` overrides; anything
 wrong fails here, early, with the field's name and the values it allows.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,9 +37,16 @@ FREEZE_BN = ("auto", "none", "stats", "all")  # auto: all when the backbone is p
 
 # The fields that take one of a fixed set of values, and the values.
 CHOICES = {
-    "dataset": DATASETS, "backbone": BACKBONES, "grouping": GROUPINGS, "hierarchy": HIERARCHIES,
-    "cluster_space": CLUSTER_SPACES, "embedding_source": EMBEDDING_SOURCES, "masks": MASKS, "loss": LOSSES,
-    "device": DEVICES, "freeze_bn": FREEZE_BN,
+    "dataset": DATASETS,
+    "backbone": BACKBONES,
+    "grouping": GROUPINGS,
+    "hierarchy": HIERARCHIES,
+    "cluster_space": CLUSTER_SPACES,
+    "embedding_source": EMBEDDING_SOURCES,
+    "masks": MASKS,
+    "loss": LOSSES,
+    "device": DEVICES,
+    "freeze_bn": FREEZE_BN,
 }
 
 # Short names used in the paper and on the command line (`--set K=8`).
@@ -73,7 +81,8 @@ class RunSpec:
 
     # --- model ---
     backbone: str = "glyphnet"
-    pretrained: str | None = None  # a local weights file; "cache": ImageNet ResNet in $TORCH_HOME; "glyphs": GlyphNet pre-trained on other glyphs
+    # a local weights file; "cache": ImageNet ResNet in $TORCH_HOME; "glyphs": GlyphNet pre-trained on other glyphs
+    pretrained: str | None = None
     freeze_bn: str = "auto"  # backbone BatchNorm: none, stats (running statistics), all (statistics and affine)
     embedding_dim: int = 128  # d
     num_learners: int = 4  # K
@@ -142,10 +151,16 @@ class RunSpec:
     def plan(self) -> DivisionPlan:
         """How this run divides the embedding and the data over time (see `plan.py`)."""
         return DivisionPlan(
-            num_learners=self.num_learners, grouping=self.grouping, hierarchy=self.hierarchy,
-            recluster_every=self.recluster_every, warmup_epochs=self.warmup_epochs, epochs=self.epochs,
-            finetune_epochs=self.finetune_epochs, full_embedding_from=self.full_embedding_from,
-            freeze_backbone_epochs=self.freeze_backbone_epochs)
+            num_learners=self.num_learners,
+            grouping=self.grouping,
+            hierarchy=self.hierarchy,
+            recluster_every=self.recluster_every,
+            warmup_epochs=self.warmup_epochs,
+            epochs=self.epochs,
+            finetune_epochs=self.finetune_epochs,
+            full_embedding_from=self.full_embedding_from,
+            freeze_backbone_epochs=self.freeze_backbone_epochs,
+        )
 
     @property
     def embedding_form(self) -> str:
@@ -166,10 +181,10 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "RunSpec":
+    def replace(self, **changes: Any) -> RunSpec:
         return from_dict({**self.to_dict(), **changes})
 
-    def validate(self) -> "RunSpec":
+    def validate(self) -> RunSpec:
         _validate(self)
         return self
 
@@ -300,17 +315,37 @@ def _finite(spec: RunSpec) -> None:
 def _validate(spec: RunSpec) -> None:
     _finite(spec)
     if not valid_name(spec.name):
-        raise SpecError(f"RunSpec field 'name' = {spec.name!r}: use letters, digits, '.', '_' and '-' (at most 128, "
-                        "not starting with '.' or '-', no '..'): it names files of the run")
+        raise SpecError(
+            f"RunSpec field 'name' = {spec.name!r}: use letters, digits, '.', '_' and '-' (at most 128, "
+            "not starting with '.' or '-', no '..'): it names files of the run"
+        )
     for name, allowed in CHOICES.items():
         _choice(spec, name, allowed)
     for name, minimum in (
-        ("embedding_dim", 1), ("num_learners", 1), ("recluster_every", 1), ("kmeans_iterations", 1),
-        ("batch_size", 2), ("samples_per_class", 2), ("warmup_epochs", 0), ("epochs", 0),
-        ("finetune_epochs", 0), ("eval_every", 1), ("eval_batch_size", 1), ("loader_workers", 0),
-        ("lr", 0), ("lr_embedding", 0), ("lr_loss", 0), ("weight_decay", 0), ("lr_decay_every", 0),
-        ("glyph_instances", 12), ("mask_regularization", 0), ("stale_rounds", 0),
-        ("mask_lr_multiplier", 0), ("freeze_backbone_epochs", 0), ("seed", 0), ("dataset_seed", 0),
+        ("embedding_dim", 1),
+        ("num_learners", 1),
+        ("recluster_every", 1),
+        ("kmeans_iterations", 1),
+        ("batch_size", 2),
+        ("samples_per_class", 2),
+        ("warmup_epochs", 0),
+        ("epochs", 0),
+        ("finetune_epochs", 0),
+        ("eval_every", 1),
+        ("eval_batch_size", 1),
+        ("loader_workers", 0),
+        ("lr", 0),
+        ("lr_embedding", 0),
+        ("lr_loss", 0),
+        ("weight_decay", 0),
+        ("lr_decay_every", 0),
+        ("glyph_instances", 12),
+        ("mask_regularization", 0),
+        ("stale_rounds", 0),
+        ("mask_lr_multiplier", 0),
+        ("freeze_backbone_epochs", 0),
+        ("seed", 0),
+        ("dataset_seed", 0),
         ("checkpoint_every", 1),
     ):
         _at_least(spec, name, minimum)
@@ -328,14 +363,19 @@ def _validate(spec: RunSpec) -> None:
     if spec.hierarchy == "binary" and spec.grouping != "kmeans":
         raise SpecError("RunSpec field 'hierarchy' = 'binary' splits k-means clusters: it needs grouping 'kmeans'")
     if spec.masks == "learned" and spec.grouping == "kmeans_nosplit":
-        raise SpecError("RunSpec field 'masks' = 'learned' gives each cluster its own mask: it needs a grouping "
-                        "that divides the embedding (kmeans, random, gt_labels), not kmeans_nosplit")
+        raise SpecError(
+            "RunSpec field 'masks' = 'learned' gives each cluster its own mask: it needs a grouping "
+            "that divides the embedding (kmeans, random, gt_labels), not kmeans_nosplit"
+        )
     if spec.freeze_backbone_epochs >= spec.recluster_every:
-        raise SpecError(f"RunSpec field 'freeze_backbone_epochs' = {spec.freeze_backbone_epochs}: must be < "
-                        f"recluster_every (T) = {spec.recluster_every}, or the backbone never trains in the divide phase")
+        raise SpecError(
+            f"RunSpec field 'freeze_backbone_epochs' = {spec.freeze_backbone_epochs}: must be < "
+            f"recluster_every (T) = {spec.recluster_every}, or the backbone never trains in the divide phase"
+        )
     if spec.full_embedding_from is not None and not 0 <= spec.full_embedding_from <= spec.total_epochs:
-        raise SpecError(f"RunSpec field 'full_embedding_from' = {spec.full_embedding_from}: must be an epoch in "
-                        f"[0, {spec.total_epochs}] or null")
+        raise SpecError(
+            f"RunSpec field 'full_embedding_from' = {spec.full_embedding_from}: must be an epoch in [0, {spec.total_epochs}] or null"
+        )
     m = spec.samples_per_class
     if spec.batch_size % m:
         raise SpecError(f"RunSpec field 'batch_size' = {spec.batch_size}: must be a multiple of samples_per_class (m) = {m}")
@@ -364,25 +404,35 @@ def _validate(spec: RunSpec) -> None:
     if spec.resolved_image_size < smallest:
         raise SpecError(f"RunSpec field 'image_size' = {spec.resolved_image_size}: backbone {spec.backbone!r} needs >= {smallest}")
     # named weights and the backbones that take them
-    named = {w: [b for b in BACKBONES if w in registry.BACKBONES.info(b)["pretrained"]]
-             for b in BACKBONES for w in registry.BACKBONES.info(b)["pretrained"]}
+    named = {
+        w: [b for b in BACKBONES if w in registry.BACKBONES.info(b)["pretrained"]]
+        for b in BACKBONES
+        for w in registry.BACKBONES.info(b)["pretrained"]
+    }
     if spec.pretrained in named and spec.backbone not in named[spec.pretrained]:
-        raise SpecError(f"RunSpec field 'pretrained' = {spec.pretrained!r} is for backbone {', '.join(named[spec.pretrained])}, "
-                        f"not {spec.backbone!r}")
+        raise SpecError(
+            f"RunSpec field 'pretrained' = {spec.pretrained!r} is for backbone {', '.join(named[spec.pretrained])}, not {spec.backbone!r}"
+        )
     if spec.pretrained not in (None, *named) and not Path(os.path.expanduser(spec.pretrained)).is_file():
-        raise SpecError(f"RunSpec field 'pretrained' = {spec.pretrained!r}: no such file (give a local weights file, "
-                        "'cache' (ImageNet ResNet), 'glyphs' (pre-trained GlyphNet), or null)")
+        raise SpecError(
+            f"RunSpec field 'pretrained' = {spec.pretrained!r}: no such file (give a local weights file, "
+            "'cache' (ImageNet ResNet), 'glyphs' (pre-trained GlyphNet), or null)"
+        )
     if not spec.selection_metric.startswith("val_"):
         raise SpecError(f"RunSpec field 'selection_metric' = {spec.selection_metric!r}: must be a validation metric (val_...)")
     if spec.val_fraction == 0:
-        raise SpecError(f"RunSpec field 'val_fraction' = 0: model selection ({spec.selection_metric}) needs validation "
-                        "classes; give a fraction in (0, 0.9)")
+        raise SpecError(
+            f"RunSpec field 'val_fraction' = 0: model selection ({spec.selection_metric}) needs validation "
+            "classes; give a fraction in (0, 0.9)"
+        )
     from .data.loading import metric_names  # the dataset's metrics; imported here, loading imports this module
 
     produced = metric_names(spec)
     if spec.selection_metric not in produced:
-        raise SpecError(f"RunSpec field 'selection_metric' = {spec.selection_metric!r}: dataset {spec.dataset!r} "
-                        f"reports {', '.join(m for m in produced if m.startswith('val_'))}")
+        raise SpecError(
+            f"RunSpec field 'selection_metric' = {spec.selection_metric!r}: dataset {spec.dataset!r} "
+            f"reports {', '.join(m for m in produced if m.startswith('val_'))}"
+        )
     for name in ("margin", "margin_beta"):
         _at_least(spec, name, 0)
 
@@ -421,5 +471,6 @@ def field_help() -> dict[str, str]:
         base, optional = _field_type(name)
         default = f.default if f.default is not dataclasses.MISSING else None
         out[name] = f"{base.__name__}{' | null' if optional else ''} = {default!r}" + (
-            f"  (one of: {', '.join(CHOICES[name])})" if name in CHOICES else "")
+            f"  (one of: {', '.join(CHOICES[name])})" if name in CHOICES else ""
+        )
     return out

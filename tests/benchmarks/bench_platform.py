@@ -8,6 +8,7 @@
    k-means): one worker's request through the actor vs the same `compute_assignment` called
    directly, so the difference is Ray's share.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,17 @@ def actor_round_trip(n: int, dim: int = 128, k: int = 8, repeats: int = 3) -> tu
     labels = np.repeat(np.arange(n // 20), 20)[:n]
 
     def request(round_index):
-        return PartitionRequest(round=round_index, strategy="kmeans", num_clusters=k, seed=0, labels=labels,
-                                groups=np.zeros(n, np.int64), indices=np.arange(n), vectors=None,
-                                kmeans_iterations=20)
+        return PartitionRequest(
+            round=round_index,
+            strategy="kmeans",
+            num_clusters=k,
+            seed=0,
+            labels=labels,
+            groups=np.zeros(n, np.int64),
+            indices=np.arange(n),
+            vectors=None,
+            kmeans_iterations=20,
+        )
 
     direct = []
     for r in range(repeats):

@@ -1,6 +1,7 @@
 """Trainer benchmarks on CPU (not collected by pytest: the file is not named test_*.py).
 
-    .venv/bin/python tests/benchmarks/bench_trainer.py [--threads 1] [--size quick|small] [--skip-overhead] [--only step|round|data|overhead]
+    .venv/bin/python tests/benchmarks/bench_trainer.py [--threads 1] [--size quick|small] [--skip-overhead]
+        [--only step|round|data|overhead]
 
 1. Step time: a divide-and-conquer step (learner k's slice (k, k+1) of a K = 4 net) vs a plain
    single-embedding step (block (0, 1) of a K = 1 net) with the same GlyphNet backbone and d,
@@ -17,6 +18,7 @@
 Threads default to 1: on a small CPU shared with other work, OpenMP threads that spin-wait for
 each other make multi-threaded timings erratic (an order of magnitude slower under load).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +34,10 @@ import torch
 
 from dncml.trainers import divide_and_conquer as dnc
 from dncml.trainers.data.base import ImageSplit
+from dncml.trainers.embedding import embed_split
 from dncml.trainers.faiss_ops import num_gpus
 from dncml.trainers.grouping import PartitionRequest, compute_assignment
 from dncml.trainers.model import DivideAndConquerNet
-from dncml.trainers.embedding import embed_split
 from dncml.trainers.runtime import make_optimizer
 from dncml.trainers.seam import Seam
 from dncml.trainers.spec import from_dict
@@ -49,12 +51,16 @@ def header(title: str) -> None:
 
 # ------------------------------------------------------------------------------ 1. step time
 def bench_step(batch_size: int = 128, warm: int = 5, steps: int = 30, d: int = 128, k: int = 4) -> None:
-    header(f"1. training step, GlyphNet, batch {batch_size}, 32x32, d = {d}, margin loss "
-           f"({warm} warm-up + {steps} timed steps each, interleaved; medians)")
+    header(
+        f"1. training step, GlyphNet, batch {batch_size}, 32x32, d = {d}, margin loss "
+        f"({warm} warm-up + {steps} timed steps each, interleaved; medians)"
+    )
     base = dict(d=d, batch_size=batch_size, m=4, lr=1e-3, lr_embedding=1e-3, image_size=32)
     nets = {}
-    for name, spec in (("divide (K=4, block (k,k+1))", from_dict({**base, "K": k})),
-                       ("plain (K=1, block (0,1))", from_dict({**base, "K": 1, "grouping": "none"}))):
+    for name, spec in (
+        ("divide (K=4, block (k,k+1))", from_dict({**base, "K": k})),
+        ("plain (K=1, block (0,1))", from_dict({**base, "K": 1, "grouping": "none"})),
+    ):
         torch.manual_seed(0)
         net = DivideAndConquerNet(spec, 1, 100).train()
         nets[name] = (net, make_optimizer(spec, net)[0], spec.num_learners)
@@ -84,8 +90,10 @@ def bench_step(batch_size: int = 128, warm: int = 5, steps: int = 30, d: int = 1
 # ------------------------------------------------------------------------- 2. clustering round
 def bench_round(sizes=(5_000, 20_000, 50_000), k: int = 4, per_class: int = 24) -> None:
     spec = from_dict(dict(d=128, K=k, image_size=32))
-    header(f"2. one clustering round vs n: embedding pass (untrained GlyphNet, 32x32, eval batch "
-           f"{spec.eval_batch_size}) + k-means (K = {k}, {spec.kmeans_iterations} iterations) + repair + matching")
+    header(
+        f"2. one clustering round vs n: embedding pass (untrained GlyphNet, 32x32, eval batch "
+        f"{spec.eval_batch_size}) + k-means (K = {k}, {spec.kmeans_iterations} iterations) + repair + matching"
+    )
     torch.manual_seed(0)
     net = DivideAndConquerNet(spec, 1, 100)
     rng = np.random.default_rng(0)
@@ -96,14 +104,17 @@ def bench_round(sizes=(5_000, 20_000, 50_000), k: int = 4, per_class: int = 24) 
         started = time.perf_counter()
         vectors = embed_split(net, split, spec, CPU)
         embed_seconds = time.perf_counter() - started
-        request = dict(strategy="kmeans", num_clusters=k, seed=0, labels=labels, groups=np.full(n, -1),
-                       kmeans_iterations=spec.kmeans_iterations)
+        request = dict(
+            strategy="kmeans", num_clusters=k, seed=0, labels=labels, groups=np.full(n, -1), kmeans_iterations=spec.kmeans_iterations
+        )
         previous = compute_assignment(PartitionRequest(round=0, **request), vectors)
         started = time.perf_counter()
         compute_assignment(PartitionRequest(round=1, previous=previous.clusters, **request), vectors)
         kmeans_seconds = time.perf_counter() - started
-        print(f"{n:>8}{embed_seconds:>10.2f}{kmeans_seconds:>16.3f}{embed_seconds + kmeans_seconds:>10.2f}"
-              f"{embed_seconds / n * 1e6:>14.0f}", flush=True)
+        print(
+            f"{n:>8}{embed_seconds:>10.2f}{kmeans_seconds:>16.3f}{embed_seconds + kmeans_seconds:>10.2f}{embed_seconds / n * 1e6:>14.0f}",
+            flush=True,
+        )
 
 
 # ------------------------------------------------------------------ 3. overhead per epoch, T = 2
@@ -121,24 +132,47 @@ def bench_overhead(size: str) -> None:
         label = "a small size (glyph_classes = 600, glyph_instances = 24, 32x32)"
     # glyphs_quick.yaml's model and optimiser; warm-up 0 and no evaluation, so epoch 2 is the
     # second round (after two epochs of training) and nothing else is timed.
-    spec = from_dict(dict(**glyphs, image_size=32, d=128, K=4, grouping="kmeans", T=T, loss="margin",
-                          batch_size=128, m=4, warmup_epochs=0, epochs=6, finetune_epochs=0, lr=1e-3,
-                          lr_embedding=1e-3, lr_loss=1e-2, eval_every=100, seed=0))
+    spec = from_dict(
+        dict(
+            **glyphs,
+            image_size=32,
+            d=128,
+            K=4,
+            grouping="kmeans",
+            T=T,
+            loss="margin",
+            batch_size=128,
+            m=4,
+            warmup_epochs=0,
+            epochs=6,
+            finetune_epochs=0,
+            lr=1e-3,
+            lr_embedding=1e-3,
+            lr_loss=1e-2,
+            eval_every=100,
+            seed=0,
+        )
+    )
     header(f"3. clustering overhead per epoch at T = {T}, on {label}; (round s / T) / epoch training s")
     from dncml.trainers.data.loading import load_dataset
 
     started = time.perf_counter()
     data = load_dataset(spec, progress=False)
-    print(f"dataset: {len(data.train)} training images, {len(np.unique(data.train.labels))} classes "
-          f"(loaded / rendered in {time.perf_counter() - started:.1f} s)", flush=True)
+    print(
+        f"dataset: {len(data.train)} training images, {len(np.unique(data.train.labels))} classes "
+        f"(loaded / rendered in {time.perf_counter() - started:.1f} s)",
+        flush=True,
+    )
     rows = []
-    variants = {"full_pass": dict(embedding_source="full_pass"),
-                "training_pass/0": dict(embedding_source="training_pass", stale_rounds=0),
-                "training_pass/1": dict(embedding_source="training_pass", stale_rounds=1)}
+    variants = {
+        "full_pass": dict(embedding_source="full_pass"),
+        "training_pass/0": dict(embedding_source="training_pass", stale_rounds=0),
+        "training_pass/1": dict(embedding_source="training_pass", stale_rounds=1),
+    }
     for source, change in variants.items():
         history = []
 
-        def report(metrics, checkpoint):
+        def report(metrics, checkpoint, history=history):
             history.append(metrics)
             if metrics["epoch"] == 4:
                 raise Stop  # skip the remaining epoch and the final evaluation
@@ -150,17 +184,26 @@ def bench_overhead(size: str) -> None:
                 pass
         round_metrics = history[4]  # the third round: a steady state for every variant
         train_seconds = statistics.median(m["train_seconds"] for m in history)  # robust to load spikes
-        rows.append((source, history[0]["cluster_seconds"], round_metrics["embed_seconds"],
-                     round_metrics["kmeans_seconds"], round_metrics["cluster_seconds"], train_seconds,
-                     round_metrics["cluster_seconds"] / T / train_seconds))
+        rows.append(
+            (
+                source,
+                history[0]["cluster_seconds"],
+                round_metrics["embed_seconds"],
+                round_metrics["kmeans_seconds"],
+                round_metrics["cluster_seconds"],
+                train_seconds,
+                round_metrics["cluster_seconds"] / T / train_seconds,
+            )
+        )
         print(f"  {source}: epochs {[round(m['train_seconds'], 1) for m in history]} s training", flush=True)
-    print(f"{'source/stale':<16}{'round@0 s':>10}{'embed s':>9}{'kmeans s':>10}{'round@4 s':>10}"
-          f"{'epoch train s':>15}{'overhead':>10}")
+    print(f"{'source/stale':<16}{'round@0 s':>10}{'embed s':>9}{'kmeans s':>10}{'round@4 s':>10}{'epoch train s':>15}{'overhead':>10}")
     for source, first, embed, kmeans_s, total, train_s, overhead in rows:
         print(f"{source:<16}{first:>10.2f}{embed:>9.2f}{kmeans_s:>10.3f}{total:>10.2f}{train_s:>15.2f}{overhead:>10.1%}")
-    print("(epoch train s = median training seconds of epochs 0-4; round@4 = the round at epoch 4: "
-          "embed (training_pass: only samples no step saw within the last 1 + stale_rounds rounds) + k-means, "
-          "repair, matching; round@0 is a full pass for all: the bank is empty)")
+    print(
+        "(epoch train s = median training seconds of epochs 0-4; round@4 = the round at epoch 4: "
+        "embed (training_pass: only samples no step saw within the last 1 + stale_rounds rounds) + k-means, "
+        "repair, matching; round@0 is a full pass for all: the bank is empty)"
+    )
 
 
 # --------------------------------------------------------------- 4. data path and evaluation
@@ -186,8 +229,10 @@ def bench_data_and_eval(size: str) -> None:
     overrides = {"quick": dict(glyph_classes=800), "small": dict(glyph_classes=200)}[size]
     spec = from_dict(dict(overrides, d=128, K=4, batch_size=128, m=4, lr=1e-3, lr_embedding=1e-3))
     data = load_dataset(spec, progress=False)
-    header(f"4. data path and evaluation share ({size}: {len(data.train)} training images, "
-           f"{len(data.val.query) + len(data.tests[0].query)} evaluation images)")
+    header(
+        f"4. data path and evaluation share ({size}: {len(data.train)} training images, "
+        f"{len(data.val.query) + len(data.tests[0].query)} evaluation images)"
+    )
     targets = np.unique(data.train.labels, return_inverse=True)[1]
     sampler = ClusterBatchSampler(targets, spec.batch_size, spec.samples_per_class, seed=0)
     sampler.set_assignment(np.zeros(len(targets), np.int64), 1)
@@ -209,13 +254,17 @@ def bench_data_and_eval(size: str) -> None:
 
     print(f"{'path':<24}{'data only img/s':>17}{'with training img/s':>21}")
     rates = {}
-    for name, make in (("per image (before)", lambda: per_image_batches(data.train, batches)),
-                       ("batched (ArrayBatches)", lambda: ArrayBatches(data.train, batches))):
+    for name, make in (
+        ("per image (before)", lambda: per_image_batches(data.train, batches)),
+        ("batched (ArrayBatches)", lambda: ArrayBatches(data.train, batches)),
+    ):
         rates[name] = (feed(make(), False), feed(make(), True))
         print(f"{name:<24}{rates[name][0]:>17.0f}{rates[name][1]:>21.0f}")
     (old_data, old_train), (new_data, new_train) = rates.values()
-    print(f"ratio batched / per image: data {new_data / old_data:.1f}x, with training {new_train / old_train:.2f}x "
-          f"(target >= 1.3x, per core: {torch.get_num_threads()} thread(s))")
+    print(
+        f"ratio batched / per image: data {new_data / old_data:.1f}x, with training {new_train / old_train:.2f}x "
+        f"(target >= 1.3x, per core: {torch.get_num_threads()} thread(s))"
+    )
 
     @torch.no_grad()
     def old_evaluate():
@@ -225,25 +274,28 @@ def bench_data_and_eval(size: str) -> None:
         metrics = {}
         for eval_set in [data.val, *data.tests]:
             order = np.arange(len(eval_set.query))
-            chunks = [net.embed(x) for x, _, _ in per_image_batches(eval_set.query, [order[i:i + 256] for i in range(0, len(order), 256)])]
-            metrics.update(evaluate_embeddings(torch.cat(chunks).numpy(), eval_set.query.labels, eval_set.recall_ks,
-                                               seed=spec.seed, prefix=f"{eval_set.name}_"))
+            chunks = [
+                net.embed(x) for x, _, _ in per_image_batches(eval_set.query, [order[i : i + 256] for i in range(0, len(order), 256)])
+            ]
+            metrics.update(
+                evaluate_embeddings(
+                    torch.cat(chunks).numpy(), eval_set.query.labels, eval_set.recall_ks, seed=spec.seed, prefix=f"{eval_set.name}_"
+                )
+            )
         net.train()
         return metrics
 
     train_seconds = len(targets) // spec.batch_size * spec.batch_size / new_train
     print(f"{'evaluation':<24}{'seconds':>9}{'share of epoch':>16}")
     results = {}
-    for name, evaluate in (("per image (before)", old_evaluate),
-                           ("batched, inference", lambda: embedding.evaluate(net, data, spec, CPU))):
+    for name, evaluate in (("per image (before)", old_evaluate), ("batched, inference", lambda: embedding.evaluate(net, data, spec, CPU))):
         started = time.perf_counter()
         results[name] = evaluate()
         seconds = time.perf_counter() - started
         print(f"{name:<24}{seconds:>9.1f}{seconds / (seconds + train_seconds):>15.0%}")
     before, after = results.values()
     worst = max(abs(before[k] - after[k]) for k in before)
-    print(f"largest metric difference between the two: {worst:.2e} (target: <= 1e-6); "
-          f"evaluation target: <= 15 % of an epoch")
+    print(f"largest metric difference between the two: {worst:.2e} (target: <= 1e-6); evaluation target: <= 15 % of an epoch")
 
 
 def main(argv=None) -> int:
@@ -252,13 +304,14 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=("quick", "small"), default="quick")
     parser.add_argument("--sizes", type=int, nargs="+", default=[5_000, 20_000, 50_000])
     parser.add_argument("--skip-overhead", action="store_true")
-    parser.add_argument("--only", choices=("step", "round", "overhead", "data"), default=None,
-                        help="run one benchmark")
+    parser.add_argument("--only", choices=("step", "round", "overhead", "data"), default=None, help="run one benchmark")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s) of {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}, faiss GPUs {num_gpus()}")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s) of {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}, faiss GPUs {num_gpus()}"
+    )
     total = time.perf_counter()
     chosen = [args.only] if args.only else ["step", "round", "data"] + ([] if args.skip_overhead else ["overhead"])
     if "step" in chosen:

@@ -3,13 +3,14 @@
 A reader (glyphs, CUB, Cars, ...) turns files on disk into a `DatasetBundle`; the trainer only
 ever sees these types, so every dataset trains and evaluates through the same code.
 """
+
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class ImageSplit:
     def has_groups(self) -> bool:
         return bool((self.groups >= 0).any())
 
-    def subset(self, indices: np.ndarray, name: str | None = None) -> "ImageSplit":
+    def subset(self, indices: np.ndarray, name: str | None = None) -> ImageSplit:
         indices = np.asarray(indices, dtype=np.int64)
         return ImageSplit(
             name=name or self.name,
@@ -178,10 +179,7 @@ def check_files_exist(paths: Iterable[str | os.PathLike], what: str = "image fil
     for files, state in ((missing, "missing"), (empty, "empty (0 bytes)")):
         if files:
             more = f"\n  ... and {len(files) - shown} more" if len(files) > shown else ""
-            problems.append(
-                f"{len(files)} of {len(distinct)} {what} are {state}, e.g.\n  "
-                + "\n  ".join(files[:shown]) + more
-            )
+            problems.append(f"{len(files)} of {len(distinct)} {what} are {state}, e.g.\n  " + "\n  ".join(files[:shown]) + more)
     if problems:
         raise DatasetError("\n".join(problems))
     return len(distinct)

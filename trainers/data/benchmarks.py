@@ -26,19 +26,17 @@ truncated or corrupt files too; slow, `dncml datasets check NAME --root DIR --ve
 
 This module does not import torch (the photo transforms live beside the torch dataset).
 """
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
-from dncml.trainers.data.folder import RECALL_KS as FOLDER_KS
-from dncml.trainers.data.folder import read_folder
-from dncml.trainers.registry import DATASETS
 from dncml.trainers.data.base import (
     DatasetBundle,
     DatasetError,
@@ -48,6 +46,9 @@ from dncml.trainers.data.base import (
     require_dir,
     require_file,
 )
+from dncml.trainers.data.folder import RECALL_KS as FOLDER_KS
+from dncml.trainers.data.folder import read_folder
+from dncml.trainers.registry import DATASETS
 
 __all__ = [
     "BENCHMARKS",
@@ -122,15 +123,11 @@ def _parse_table(
             if [p.lower() for p in parts] == [h.lower() for h in header]:
                 continue
         if len(parts) != ncols:
-            raise DatasetError(
-                f"{path}, line {lineno}: expected {ncols} columns {fmt!r}, got {line.strip()!r}"
-            )
+            raise DatasetError(f"{path}, line {lineno}: expected {ncols} columns {fmt!r}, got {line.strip()!r}")
         try:
             rows.append(tuple(conv(tok) for conv, tok in zip(converters, parts)))
         except (ValueError, TypeError) as exc:
-            raise DatasetError(
-                f"{path}, line {lineno}: expected {fmt!r}, got {line.strip()!r} ({exc})"
-            ) from None
+            raise DatasetError(f"{path}, line {lineno}: expected {fmt!r}, got {line.strip()!r} ({exc})") from None
     if not rows:
         raise DatasetError(f"{path}: no data lines; expected lines {fmt!r}")
     return rows
@@ -162,9 +159,7 @@ def _decode_error(path: str) -> str | None:
     return None
 
 
-def verify_image_files(
-    paths: Sequence[str], progress: bool = False, workers: int | None = None, shown: int = 5
-) -> int:
+def verify_image_files(paths: Sequence[str], progress: bool = False, workers: int | None = None, shown: int = 5) -> int:
     """Decode every distinct image completely; DatasetError naming the files PIL cannot decode.
 
     First `check_files_exist` (missing or empty files fail at once, before any decoding); then
@@ -188,8 +183,14 @@ def verify_image_files(
     bad: list[str] = []
     pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
     try:
-        results = tqdm(pool.map(_decode_error, distinct), total=len(distinct), desc="decoding images",
-                       unit="img", file=sys.stderr, disable=not progress)
+        results = tqdm(
+            pool.map(_decode_error, distinct),
+            total=len(distinct),
+            desc="decoding images",
+            unit="img",
+            file=sys.stderr,
+            disable=not progress,
+        )
         for path, error in zip(distinct, results):
             if error is not None:
                 bad.append(f"{path}: {error}")
@@ -197,10 +198,7 @@ def verify_image_files(
         pool.shutdown(wait=True, cancel_futures=True)
     if bad:
         more = f"\n  ... and {len(bad) - shown} more" if len(bad) > shown else ""
-        raise DatasetError(
-            f"{len(bad)} of {len(distinct)} image files cannot be decoded, e.g.\n  "
-            + "\n  ".join(bad[:shown]) + more
-        )
+        raise DatasetError(f"{len(bad)} of {len(distinct)} image files cannot be decoded, e.g.\n  " + "\n  ".join(bad[:shown]) + more)
     return len(distinct)
 
 
@@ -230,10 +228,12 @@ def _split_by_class(
 ) -> tuple[ImageSplit, ImageSplit]:
     labels = np.asarray(labels, dtype=np.int64)
     is_train = labels <= last_train_class
-    train = _make_split("train", [p for p, t in zip(paths, is_train) if t], labels[is_train],
-                        source=f"classes 1-{last_train_class} of {source}")
-    test = _make_split(test_name, [p for p, t in zip(paths, is_train) if not t], labels[~is_train],
-                       source=f"classes above {last_train_class} of {source}")
+    train = _make_split(
+        "train", [p for p, t in zip(paths, is_train) if t], labels[is_train], source=f"classes 1-{last_train_class} of {source}"
+    )
+    test = _make_split(
+        test_name, [p for p, t in zip(paths, is_train) if not t], labels[~is_train], source=f"classes above {last_train_class} of {source}"
+    )
     return train, test
 
 
@@ -247,8 +247,7 @@ def _cub_dir(root: Path) -> Path:
     if (root / "CUB_200_2011" / "images.txt").is_file():
         return root / "CUB_200_2011"
     raise DatasetError(
-        f"missing CUB image list: expected {root / 'images.txt'} "
-        f"(or {root / 'CUB_200_2011' / 'images.txt'}); unpack CUB_200_2011.tgz there"
+        f"missing CUB image list: expected {root / 'images.txt'} (or {root / 'CUB_200_2011' / 'images.txt'}); unpack CUB_200_2011.tgz there"
     )
 
 
@@ -277,9 +276,7 @@ def read_cub(root: str | os.PathLike, verify_images: bool = False) -> DatasetBun
         paths.append(str(image_dir / rel))
         labels.append(cls)
     train, test = _split_by_class(paths, np.array(labels), 100, labels_txt)
-    bundle = DatasetBundle(
-        name="cub", train=train, tests=[EvalSet("test", test, None, CUB_KS)], recall_ks=CUB_KS
-    )
+    bundle = DatasetBundle(name="cub", train=train, tests=[EvalSet("test", test, None, CUB_KS)], recall_ks=CUB_KS)
     return _finish(bundle, verify_images)
 
 
@@ -295,8 +292,7 @@ def _mat_annotations(path: Path, fields: Sequence[str]) -> dict[str, list]:
         mat = loadmat(str(path), squeeze_me=True, struct_as_record=True)
     except NotImplementedError:
         raise DatasetError(
-            f"{path}: MATLAB v7.3 (HDF5) files are not supported; expected the MATLAB v5 file "
-            f"from the Stanford Cars release"
+            f"{path}: MATLAB v7.3 (HDF5) files are not supported; expected the MATLAB v5 file from the Stanford Cars release"
         ) from None
     except Exception as exc:
         raise DatasetError(
@@ -304,16 +300,12 @@ def _mat_annotations(path: Path, fields: Sequence[str]) -> dict[str, list]:
             f"struct array 'annotations' with fields {list(fields)}"
         ) from None
     if "annotations" not in mat:
-        raise DatasetError(
-            f"{path}: no 'annotations' variable; expected a struct array with fields {list(fields)}"
-        )
+        raise DatasetError(f"{path}: no 'annotations' variable; expected a struct array with fields {list(fields)}")
     ann = np.atleast_1d(mat["annotations"])
     names = ann.dtype.names or ()
     missing = [f for f in fields if f not in names]
     if missing:
-        raise DatasetError(
-            f"{path}: 'annotations' lacks fields {missing}; found {list(names)}, expected {list(fields)}"
-        )
+        raise DatasetError(f"{path}: 'annotations' lacks fields {missing}; found {list(names)}, expected {list(fields)}")
     out: dict[str, list] = {}
     for f in fields:
         out[f] = [np.asarray(v).reshape(-1)[0] if np.size(v) else None for v in ann[f].reshape(-1)]
@@ -361,8 +353,7 @@ def read_cars(root: str | os.PathLike, verify_images: bool = False) -> DatasetBu
             labels.append(_cars_class(cls, annos, i))
     elif (root / "devkit" / "cars_train_annos.mat").is_file():
         test_annos = next(
-            (p for p in (root / "cars_test_annos_withlabels.mat",
-                         root / "devkit" / "cars_test_annos_withlabels.mat") if p.is_file()),
+            (p for p in (root / "cars_test_annos_withlabels.mat", root / "devkit" / "cars_test_annos_withlabels.mat") if p.is_file()),
             None,
         )
         if test_annos is None:
@@ -371,8 +362,7 @@ def read_cars(root: str | os.PathLike, verify_images: bool = False) -> DatasetBu
                 f"(or in {root / 'devkit'}); the devkit's cars_test_annos.mat has no class labels"
             )
         fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
-        for annos_file, folder in ((root / "devkit" / "cars_train_annos.mat", "cars_train"),
-                                   (test_annos, "cars_test")):
+        for annos_file, folder in ((root / "devkit" / "cars_train_annos.mat", "cars_train"), (test_annos, "cars_test")):
             image_dir = _first_existing_dir(root / folder, root / folder / folder)
             if image_dir is None:
                 raise DatasetError(f"missing Stanford Cars image directory: expected {root / folder}")
@@ -391,9 +381,7 @@ def read_cars(root: str | os.PathLike, verify_images: bool = False) -> DatasetBu
     if not paths:
         raise DatasetError(f"Stanford Cars under {root}: the annotations list no images")
     train, test = _split_by_class(paths, np.array(labels), 98, root)
-    bundle = DatasetBundle(
-        name="cars", train=train, tests=[EvalSet("test", test, None, CARS_KS)], recall_ks=CARS_KS
-    )
+    bundle = DatasetBundle(name="cars", train=train, tests=[EvalSet("test", test, None, CARS_KS)], recall_ks=CARS_KS)
     return _finish(bundle, verify_images)
 
 
@@ -459,20 +447,16 @@ def read_inshop(root: str | os.PathLike, verify_images: bool = False) -> Dataset
     """
     root = _root_dir(root, "In-shop Clothes")
     part = next(
-        (p for p in (root / "list_eval_partition.txt", root / "Eval" / "list_eval_partition.txt")
-         if p.is_file()),
+        (p for p in (root / "list_eval_partition.txt", root / "Eval" / "list_eval_partition.txt") if p.is_file()),
         None,
     )
     if part is None:
         raise DatasetError(
-            f"missing In-shop partition list: expected {root / 'list_eval_partition.txt'} "
-            f"(or {root / 'Eval' / 'list_eval_partition.txt'})"
+            f"missing In-shop partition list: expected {root / 'list_eval_partition.txt'} (or {root / 'Eval' / 'list_eval_partition.txt'})"
         )
     image_base = next((b for b in (root, root / "Img") if (b / "img").is_dir()), None)
     if image_base is None:
-        raise DatasetError(
-            f"missing In-shop image directory: expected {root / 'img'} (unpack Img/img.zip there)"
-        )
+        raise DatasetError(f"missing In-shop image directory: expected {root / 'img'} (unpack Img/img.zip there)")
     fmt = "<image_name> <item_id> <evaluation_status>"
     # line 1: the image count; line 2: the header
     try:
@@ -492,11 +476,9 @@ def read_inshop(root: str | os.PathLike, verify_images: bool = False) -> Dataset
             raise ValueError(f"status must be one of {_INSHOP_STATUS}")
         return tok
 
-    rows = _parse_table(part, fmt, [str, _inshop_item_id, status],
-                        header=("image_name", "item_id", "evaluation_status"), skip_lines=1)
+    rows = _parse_table(part, fmt, [str, _inshop_item_id, status], header=("image_name", "item_id", "evaluation_status"), skip_lines=1)
     if len(rows) != declared:
-        raise DatasetError(f"{part}: line 1 declares {declared} images but {len(rows)} rows follow "
-                           f"(truncated file?)")
+        raise DatasetError(f"{part}: line 1 declares {declared} images but {len(rows)} rows follow (truncated file?)")
     by_status: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in _INSHOP_STATUS}
     for rel, item, st in rows:
         by_status[st][0].append(str(image_base / rel))
@@ -535,8 +517,7 @@ def read_vehicleid(root: str | os.PathLike, verify_images: bool = False) -> Data
     def load(fname: str, name: str) -> ImageSplit:
         f = require_file(split_dir / fname, f"VehicleID list ({fname})")
         rows = _parse_table(f, fmt, [str, _to_int])
-        return _make_split(name, [str(image_dir / f"{n}.jpg") for n, _ in rows], [v for _, v in rows],
-                           source=f)
+        return _make_split(name, [str(image_dir / f"{n}.jpg") for n, _ in rows], [v for _, v in rows], source=f)
 
     train = load("train_list.txt", "train")
     tests = [EvalSet(name, load(fname, name), None, VEHICLEID_KS) for name, fname in VEHICLEID_TESTS]
@@ -602,8 +583,7 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
         archive="CUB_200_2011.tgz -> CUB_200_2011/ (pass that folder or its parent)",
         homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
         required_files=("images.txt", "image_class_labels.txt", "images/"),
-        alt_layouts=(("CUB_200_2011/images.txt", "CUB_200_2011/image_class_labels.txt",
-                      "CUB_200_2011/images/"),),
+        alt_layouts=(("CUB_200_2011/images.txt", "CUB_200_2011/image_class_labels.txt", "CUB_200_2011/images/"),),
         recall_ks=CUB_KS,
         expected_classes={"train": 100, "test/query": 100},
     ),
@@ -612,13 +592,13 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
         reader=read_cars,
         title="Stanford Cars / Cars196 (196 car models)",
         archive="car_ims.tgz -> car_ims/, plus cars_annos.mat next to it "
-                "(or the devkit layout: devkit/, cars_train/, cars_test/, cars_test_annos_withlabels.mat)",
+        "(or the devkit layout: devkit/, cars_train/, cars_test/, cars_test_annos_withlabels.mat)",
         homepage="https://ai.stanford.edu/~jkrause/cars/car_dataset.html",
         required_files=("cars_annos.mat", "car_ims/"),
-        alt_layouts=(("devkit/cars_train_annos.mat", "cars_train/", "cars_test_annos_withlabels.mat",
-                      "cars_test/"),
-                     ("devkit/cars_train_annos.mat", "cars_train/",
-                      "devkit/cars_test_annos_withlabels.mat", "cars_test/")),
+        alt_layouts=(
+            ("devkit/cars_train_annos.mat", "cars_train/", "cars_test_annos_withlabels.mat", "cars_test/"),
+            ("devkit/cars_train_annos.mat", "cars_train/", "devkit/cars_test_annos_withlabels.mat", "cars_test/"),
+        ),
         recall_ks=CARS_KS,
         expected_classes={"train": 98, "test/query": 98},
     ),
@@ -637,12 +617,14 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
         reader=read_inshop,
         title="DeepFashion In-shop Clothes Retrieval (7,982 items)",
         archive="In-shop Clothes Retrieval Benchmark: Img/img.zip -> img/, plus "
-                "Eval/list_eval_partition.txt (either at the root or under Eval/)",
+        "Eval/list_eval_partition.txt (either at the root or under Eval/)",
         homepage="https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html",
         required_files=("list_eval_partition.txt", "img/"),
-        alt_layouts=(("Eval/list_eval_partition.txt", "img/"),
-                     ("Eval/list_eval_partition.txt", "Img/img/"),
-                     ("list_eval_partition.txt", "Img/img/")),
+        alt_layouts=(
+            ("Eval/list_eval_partition.txt", "img/"),
+            ("Eval/list_eval_partition.txt", "Img/img/"),
+            ("list_eval_partition.txt", "Img/img/"),
+        ),
         recall_ks=INSHOP_KS,
         expected_classes={"train": 3997, "test/query": 3985, "test/gallery": 3985},
     ),
@@ -652,12 +634,15 @@ BENCHMARKS: dict[str, BenchmarkInfo] = {
         title="PKU VehicleID (26,267 vehicles)",
         archive="VehicleID_V1.0 (on request from PKU) -> VehicleID_V1.0/ with image/ and train_test_split/",
         homepage="https://www.pkuml.org/resources/pku-vehicleid.html",
-        required_files=("image/", "train_test_split/train_list.txt",
-                        "train_test_split/test_list_800.txt", "train_test_split/test_list_1600.txt",
-                        "train_test_split/test_list_2400.txt"),
+        required_files=(
+            "image/",
+            "train_test_split/train_list.txt",
+            "train_test_split/test_list_800.txt",
+            "train_test_split/test_list_1600.txt",
+            "train_test_split/test_list_2400.txt",
+        ),
         recall_ks=VEHICLEID_KS,
-        expected_classes={"test_small/query": 800, "test_medium/query": 1600,
-                          "test_large/query": 2400},
+        expected_classes={"test_small/query": 800, "test_medium/query": 1600, "test_large/query": 2400},
     ),
 }
 

@@ -11,6 +11,7 @@ Classes with fewer than 2 images cannot form a positive pair and are left out (n
 `dncml datasets check folder`). Photos get the benchmarks' transforms; Recall@1, 2, 4, 8.
 Hidden files and folders (names starting with '.') are ignored.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def class_folders(root: Path) -> dict[str, list[str]]:
     """Class name -> its image files (sorted), for every visible sub-folder of root."""
     classes = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        images = sorted(str(f) for f in folder.iterdir()
-                        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(
+            str(f) for f in folder.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
+        )
         classes[folder.name] = images
     return classes
 
@@ -51,8 +53,10 @@ def _read_split_file(path: Path, classes: list[str]) -> set[str]:
     unknown = sorted(set(assigned) - set(classes))
     missing = sorted(set(classes) - set(assigned))
     if unknown or missing:
-        raise DatasetError(f"{path}: names classes that are not folders ({unknown[:5]}) or leaves some out ({missing[:5]}); "
-                           "every class folder must be listed once")
+        raise DatasetError(
+            f"{path}: names classes that are not folders ({unknown[:5]}) or leaves some out ({missing[:5]}); "
+            "every class folder must be listed once"
+        )
     return {name for name, part in assigned.items() if part == "test"}
 
 
@@ -61,13 +65,15 @@ def read_folder(root: str | os.PathLike, verify_images: bool = False, seed: int 
     found = class_folders(base)
     classes = sorted(name for name, images in found.items() if len(images) >= 2)
     if len(classes) < 4:
-        raise DatasetError(f"{base}: {len(classes)} class folders with >= 2 images; need at least 4 "
-                           "(2 to train on, 2 to test: train and test are class-disjoint)")
+        raise DatasetError(
+            f"{base}: {len(classes)} class folders with >= 2 images; need at least 4 "
+            "(2 to train on, 2 to test: train and test are class-disjoint)"
+        )
     if (base / SPLIT_FILE).is_file():
         test_classes = _read_split_file(base / SPLIT_FILE, sorted(found))
     else:
         order = np.random.default_rng([seed, 4099]).permutation(len(classes))
-        test_classes = {classes[i] for i in order[(len(classes) + 1) // 2:]}
+        test_classes = {classes[i] for i in order[(len(classes) + 1) // 2 :]}
 
     def split(name: str, members: list[str]) -> ImageSplit:
         paths = [path for c in members for path in found[c]]
@@ -78,8 +84,7 @@ def read_folder(root: str | os.PathLike, verify_images: bool = False, seed: int 
 
     train = split("train", [c for c in classes if c not in test_classes])
     test = split("test", [c for c in classes if c in test_classes])
-    bundle = DatasetBundle(name="folder", train=train, tests=[EvalSet("test", test, None, RECALL_KS)],
-                           recall_ks=RECALL_KS)
+    bundle = DatasetBundle(name="folder", train=train, tests=[EvalSet("test", test, None, RECALL_KS)], recall_ks=RECALL_KS)
     if verify_images:
         from .benchmarks import bundle_image_paths, verify_image_files
 

@@ -38,6 +38,7 @@ from train by the trainer.
 Deterministic: each class draws from ``np.random.default_rng([seed, code_point])``, so the same
 config gives byte-identical arrays and a subset does not change any other class's images.
 """
+
 from __future__ import annotations
 
 import functools
@@ -162,13 +163,10 @@ class GlyphConfig:
                 f"and >= {NUM_FACES}: 12, 24, 36, ...; got {ipc!r}"
             )
         if not is_int(self.image_size) or not 16 <= self.image_size <= 128:
-            raise ValueError(
-                f"GlyphConfig.image_size must be an integer in [16, 128]; got {self.image_size!r}"
-            )
+            raise ValueError(f"GlyphConfig.image_size must be an integer in [16, 128]; got {self.image_size!r}")
         if self.num_classes is not None and (not is_int(self.num_classes) or self.num_classes < 8):
             raise ValueError(
-                "GlyphConfig.num_classes must be None (all eligible code points) or an integer "
-                f">= 8; got {self.num_classes!r}"
+                f"GlyphConfig.num_classes must be None (all eligible code points) or an integer >= 8; got {self.num_classes!r}"
             )
         if not is_int(self.seed) or self.seed < 0:
             raise ValueError(f"GlyphConfig.seed must be an integer >= 0; got {self.seed!r}")
@@ -189,8 +187,7 @@ class GlyphConfig:
             total = len(_eligible())
             if self.num_classes > total:
                 raise ValueError(
-                    f"GlyphConfig.num_classes must be None or in [8, {total}] (the eligible code "
-                    f"points); got {self.num_classes}"
+                    f"GlyphConfig.num_classes must be None or in [8, {total}] (the eligible code points); got {self.num_classes}"
                 )
 
 
@@ -457,12 +454,10 @@ def render_glyphs(config: GlyphConfig, progress: bool = False) -> dict[str, np.n
     per_class = config.instances_per_class
     n_classes = len(code_points)
     images = np.empty((n_classes * per_class, config.image_size, config.image_size), np.uint8)
-    for c, cp in enumerate(tqdm(code_points.tolist(), desc="glyphs", unit="class",
-                                file=sys.stderr, disable=not progress)):
-        images[c * per_class:(c + 1) * per_class] = _render_class(cp, faces, config)
+    for c, cp in enumerate(tqdm(code_points.tolist(), desc="glyphs", unit="class", file=sys.stderr, disable=not progress)):
+        images[c * per_class : (c + 1) * per_class] = _render_class(cp, faces, config)
     labels = np.repeat(np.arange(n_classes, dtype=np.int64), per_class)
-    face_ids = np.tile(np.repeat(np.arange(NUM_FACES, dtype=np.int8), config.augmentations_per_face),
-                       n_classes)
+    face_ids = np.tile(np.repeat(np.arange(NUM_FACES, dtype=np.int8), config.augmentations_per_face), n_classes)
     return {
         "images": images,
         "labels": labels,
@@ -492,10 +487,7 @@ def _meta(config: GlyphConfig, arrays: dict[str, np.ndarray]) -> dict:
         "train_classes": int((split == 0).sum()),
         "test_classes": int((split == 1).sum()),
         "images": int(len(arrays["images"])),
-        "classes_per_group": {
-            names[int(g)]: int((arrays["class_groups"] == g).sum())
-            for g in np.unique(arrays["class_groups"])
-        },
+        "classes_per_group": {names[int(g)]: int((arrays["class_groups"] == g).sum()) for g in np.unique(arrays["class_groups"])},
     }
     return {
         "dataset": "glyphs",
@@ -582,8 +574,7 @@ def _read_cache(path: Path, config: GlyphConfig) -> tuple[dict[str, np.ndarray],
         arr = arrays[name]
         if arr.shape != shape or arr.dtype != dtype:
             raise DatasetError(
-                f"glyphs cache file {path / (name + '.npy')} has shape {arr.shape} {arr.dtype}, "
-                f"expected {shape} {np.dtype(dtype)}{hint}"
+                f"glyphs cache file {path / (name + '.npy')} has shape {arr.shape} {arr.dtype}, expected {shape} {np.dtype(dtype)}{hint}"
             )
     if n_classes == 0 or arrays["labels"].min() < 0 or arrays["labels"].max() >= n_classes:
         raise DatasetError(f"glyphs cache file {path / 'labels.npy'} holds bad labels{hint}")
@@ -599,8 +590,7 @@ def load_glyphs(config: GlyphConfig, cache_dir: Path | None = None, progress: bo
 
     def part(name: str, mask: np.ndarray) -> ImageSplit:
         idx = np.flatnonzero(mask)
-        return ImageSplit(name=name, labels=arrays["labels"][idx], images=arrays["images"][idx],
-                          groups=arrays["groups"][idx])
+        return ImageSplit(name=name, labels=arrays["labels"][idx], images=arrays["images"][idx], groups=arrays["groups"][idx])
 
     test = EvalSet("test", query=part("test", in_test), gallery=None, recall_ks=GLYPH_RECALL_KS)
     return DatasetBundle(
@@ -615,6 +605,10 @@ def load_glyphs(config: GlyphConfig, cache_dir: Path | None = None, progress: bo
 
 @DATASETS.register("glyphs")
 def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
-    config = GlyphConfig(num_classes=spec.glyph_classes, instances_per_class=spec.glyph_instances,
-                         image_size=spec.resolved_image_size, seed=spec.dataset_seed)
+    config = GlyphConfig(
+        num_classes=spec.glyph_classes,
+        instances_per_class=spec.glyph_instances,
+        image_size=spec.resolved_image_size,
+        seed=spec.dataset_seed,
+    )
     return load_glyphs(config, cache_dir, progress=progress)

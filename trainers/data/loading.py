@@ -1,4 +1,5 @@
 """From a RunSpec to a dataset bundle with its validation split, and to torch datasets."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -13,6 +13,7 @@ Rendering is the `glyphs` renderer (same placement, augmentations and image size
 has `images_per_face` images per face that draws it. Deterministic for its seed, cached like the
 glyph render.
 """
+
 from __future__ import annotations
 
 import functools
@@ -100,8 +101,10 @@ def check_disjoint(code_points) -> None:
     overlap += sorted(cp for cp in set(code_points) - eligible if _nfkc(cp) in twins)
     if overlap:
         shown = ", ".join(f"U+{cp:04X}" for cp in overlap[:8])
-        raise DatasetError(f"pre-training classes overlap the glyphs train / test classes ({len(overlap)}: {shown}); "
-                           "a backbone pre-trained on them would have seen evaluation classes")
+        raise DatasetError(
+            f"pre-training classes overlap the glyphs train / test classes ({len(overlap)}: {shown}); "
+            "a backbone pre-trained on them would have seen evaluation classes"
+        )
 
 
 def render_pretraining_set(config: PretrainingSet, progress: bool = False) -> dict[str, np.ndarray]:
@@ -109,16 +112,18 @@ def render_pretraining_set(config: PretrainingSet, progress: bool = False) -> di
     from tqdm import tqdm
 
     classes = config.classes()
-    glyph_config = GlyphConfig(instances_per_class=NUM_FACES * config.images_per_face, image_size=config.image_size,
-                               seed=config.seed)
+    glyph_config = GlyphConfig(instances_per_class=NUM_FACES * config.images_per_face, image_size=config.image_size, seed=config.seed)
     all_faces = _faces(2 * config.image_size)
     images, labels = [], []
     for label, (cp, face_ids) in enumerate(tqdm(classes, desc="pre-training glyphs", unit="class", disable=not progress)):
         rendered = _render_class(cp, tuple(all_faces[f] for f in face_ids), glyph_config)
-        images.append(rendered[:len(face_ids) * config.images_per_face])
+        images.append(rendered[: len(face_ids) * config.images_per_face])
         labels.append(np.full(len(images[-1]), label, dtype=np.int64))
-    return {"images": np.concatenate(images), "labels": np.concatenate(labels),
-            "code_points": np.array([cp for cp, _ in classes], dtype=np.int64)}
+    return {
+        "images": np.concatenate(images),
+        "labels": np.concatenate(labels),
+        "code_points": np.array([cp for cp, _ in classes], dtype=np.int64),
+    }
 
 
 def prepare_pretraining_set(config: PretrainingSet, cache_dir: Path | None = None, progress: bool = True) -> Path:
@@ -132,8 +137,14 @@ def prepare_pretraining_set(config: PretrainingSet, cache_dir: Path | None = Non
         arrays = render_pretraining_set(config, progress)
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-        meta = {"config": asdict(config), "faces": list(GLYPH_FACES), "min_faces": MIN_FACES,
-                "categories": CATEGORIES, "classes": int(len(arrays["code_points"])), "images": int(len(arrays["images"]))}
+        meta = {
+            "config": asdict(config),
+            "faces": list(GLYPH_FACES),
+            "min_faces": MIN_FACES,
+            "categories": CATEGORIES,
+            "classes": int(len(arrays["code_points"])),
+            "images": int(len(arrays["images"])),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)
         try:
@@ -148,8 +159,7 @@ def prepare_pretraining_set(config: PretrainingSet, cache_dir: Path | None = Non
     return target
 
 
-def load_pretraining_set(config: PretrainingSet, cache_dir: Path | None = None,
-                         progress: bool = True) -> dict[str, np.ndarray]:
+def load_pretraining_set(config: PretrainingSet, cache_dir: Path | None = None, progress: bool = True) -> dict[str, np.ndarray]:
     path = prepare_pretraining_set(config, cache_dir, progress)
     try:
         arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in ("images", "labels", "code_points")}

@@ -1,4 +1,5 @@
 """A PNG grid of sample images, one row per class (used by ``dncml datasets show``)."""
+
 from __future__ import annotations
 
 from pathlib import Path

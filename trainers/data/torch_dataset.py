@@ -1,4 +1,5 @@
 """A torch Dataset over an `ImageSplit`: in-memory uint8 arrays (glyphs) or image files (photos)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,10 +38,7 @@ class ImageDataset(Dataset):
             if images.dtype != np.uint8:
                 raise DatasetError(f"split {split.name!r}: image array must be uint8, got {images.dtype}")
             if images.ndim not in (3, 4):
-                raise DatasetError(
-                    f"split {split.name!r}: image array must be (n, H, W) or (n, H, W, C), "
-                    f"got shape {images.shape}"
-                )
+                raise DatasetError(f"split {split.name!r}: image array must be (n, H, W) or (n, H, W, C), got shape {images.shape}")
             self.images = images
             self.paths = None
         else:
