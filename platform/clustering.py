@@ -51,7 +51,11 @@ class ClusteringActor:
         self.started = time.time()
 
     def ping(self) -> dict:
-        return {"pid": os.getpid(), "run_id": self.run_id, "started": self.started}
+        """Who and how big: pid, run, start time and the peak resident memory of the actor."""
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        return {"pid": os.getpid(), "run_id": self.run_id, "started": self.started, "max_rss_bytes": peak}
 
     def history(self) -> list[dict]:
         """Per-round record: strategy, K, sizes, cost, seconds, the session that asked."""
@@ -158,8 +162,9 @@ class ActorGroupingService:
         except ray.exceptions.GetTimeoutError:
             raise ClusteringFailed(f"round {request.round}: the clustering actor gave no assignment within {ROUND_TIMEOUT:.0f} s") from None
         except ray.exceptions.RayActorError as error:
+            cause = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
             raise ClusteringFailed(
-                f"round {request.round}: the clustering actor died and did not recover after {MAX_RESTARTS} restarts ({error})"
+                f"round {request.round}: the clustering actor died and did not recover after {MAX_RESTARTS} restarts ({cause})"
             ) from None
         finally:
             request.vectors = vectors

@@ -71,7 +71,7 @@ def train_local(
             state = train(spec, seam)
         except BaseException as error:
             if recorder:
-                recorder.finish("failed", error=f"{type(error).__name__}: {error}"[:4000])
+                recorder.fail(error)
             raise
         if recorder and recorder.finish("completed") == "completed":
             summary.info(f"results appended to {recorder.store.root / recorder.sweep}")

@@ -181,6 +181,12 @@ def package_versions() -> str:
 _writers: dict[Path, Any] = {}
 
 
+def tag_name(metric: str) -> str:
+    """A metric's name where '@' is no allowed character (TensorBoard tags, MLflow keys):
+    `val_recall@1` -> `val_recall_at_1`."""
+    return metric.replace("@", "_at_")
+
+
 def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
     """Every numeric metric of an epoch as a TensorBoard scalar at step = epoch (`val_recall@1` as
     `val_recall_at_1`), in one event directory per trial (`tensorboard --logdir STORE`). A writer
@@ -192,7 +198,7 @@ def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
         writer = _writers[logdir] = SummaryWriter(str(logdir))
     for name, value in metrics.items():
         if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value):
-            writer.add_scalar(name.replace("@", "_at_"), float(value), int(metrics["epoch"]))  # '@' is no tag character
+            writer.add_scalar(tag_name(name), float(value), int(metrics["epoch"]))
     writer.flush()
 
 
@@ -230,6 +236,32 @@ class ResultsStore:
 
     def sweep_dir(self, sweep: str) -> Path:
         return self.root / sweep
+
+    def ray_dir(self, sweep: str, run_id: str | None = None) -> Path:
+        """Ray's own files of a sweep (Tune's state under `tune/`, one Ray Train run per trial),
+        absolute: Ray hands it to processes with other working directories."""
+        base = self.root.resolve() / "_ray" / sweep
+        return base / run_id if run_id else base
+
+    def sweeps_of(self, prefix: str, with_ray_dir: str | None = None) -> list[str]:
+        """The sweep ids starting with `prefix`, oldest first (ids end in their start time);
+        with `with_ray_dir`, only those whose Ray directory holds that sub-directory."""
+        found = [p.name for p in self.root.glob(glob.escape(prefix) + "*") if p.is_dir()]
+        return sorted(s for s in found if with_ray_dir is None or (self.ray_dir(s) / with_ray_dir).is_dir())
+
+    def write_card(self, sweep: str, card: dict[str, Any]) -> None:
+        """The experiment card (`experiment.json`): what analysis needs to read the sweep alone."""
+        write_text_atomic(self.sweep_dir(sweep) / "experiment.json", json.dumps(card, indent=2, default=str))
+
+    def read_card(self, sweep: str) -> dict[str, Any] | None:
+        path = self.sweep_dir(sweep) / "experiment.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def statuses(self, sweep: str) -> dict[str, str]:
+        """Trial id -> recorded status, for every trial row of a sweep."""
+        directory = self.sweep_dir(sweep) / "trials"
+        rows = [pq.read_table(f, columns=["trial_id", "status"]).to_pylist()[0] for f in sorted(directory.glob("*.parquet"))]
+        return {row["trial_id"]: row["status"] for row in rows}
 
     def write_trial(self, sweep: str, row: dict[str, Any], metric_names: list[str]) -> None:
         types = dict(TRIAL_FIELDS)
@@ -424,6 +456,11 @@ class TrialRecorder:
             )
         self._write(status, error)
         return status
+
+    def fail(self, error: BaseException | str) -> str:
+        """Record the trial as failed with the error's type and message (shortened)."""
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        return self.finish("failed", error=text[:4000])
 
     def _write(self, status: str, error: str | None = None) -> None:
         row: dict[str, Any] = {

@@ -11,7 +11,6 @@ re-running finished trials.
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import time
@@ -26,7 +25,7 @@ from dncml.trainers.spec import ALIASES, SpecError
 from .console import Progress, duration, epoch_line, log
 from .console import summary as outcome
 from .errors import PlatformError
-from .store import ResultsStore, TrialRecorder, new_id, safe_name, write_text_atomic
+from .store import ResultsStore, TrialRecorder, new_id, safe_name
 from .train import Resources, connect, fit_run, prepare_data
 
 TUNE_DIR = "tune"
@@ -64,12 +63,12 @@ def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: R
             return
         recorder = TrialRecorder(store, sweep, trial_id, spec, experiment.name, experiment.setting_label(config))
         if reason:
-            recorder.finish("failed", error=f"invalid sample: {reason}")
+            recorder.fail(f"invalid sample: {reason}")
             raise SpecError(reason)
         try:
             prepare_data(spec, resources.num_workers)  # a bad dataset or weights fail here, before any worker starts
         except Exception as error:
-            recorder.finish("failed", error=f"{type(error).__name__}: {error}"[:4000])
+            recorder.fail(error)
             raise
         fit_run(spec, trial_id, resources, store, sweep, recorder, extra_callbacks=(TuneReportCallback(),))
 
@@ -178,9 +177,7 @@ class StopWhen(tune.stopper.Stopper):
 def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool) -> str:
     prefix = f"{safe_name(experiment.name, 'experiment name')}-{experiment.preset or 'default'}-"
     if resume:
-        candidates = sorted(
-            p.name for p in store.root.glob(glob.escape(prefix) + "*") if (store.root / "_ray" / p.name / TUNE_DIR).is_dir()
-        )
+        candidates = store.sweeps_of(prefix, with_ray_dir=TUNE_DIR)
         if not candidates:
             raise PlatformError(f"--resume: no sweep of {experiment.name} (preset {experiment.preset}) in {store.root} to resume")
         sweep = candidates[-1]
@@ -216,10 +213,9 @@ def experiment_card(experiment: Experiment, sweep: str) -> dict:
 def check_same_experiment(store: ResultsStore, sweep: str, experiment: Experiment) -> None:
     """`--resume` continues the sweep it started, not a changed one: the runs, axes and search
     must be those of the stored experiment card."""
-    path = store.sweep_dir(sweep) / "experiment.json"
-    if not path.is_file():
+    stored = store.read_card(sweep)
+    if stored is None:
         return
-    stored = json.loads(path.read_text())
     current = json.loads(json.dumps(experiment_card(experiment, sweep), default=str))
     changed = [key for key in CARD_KEYS if stored.get(key) != current.get(key)]
     if changed:
@@ -272,7 +268,7 @@ def run_sweep(
     connect(address, num_cpus=num_cpus)
     limit = concurrency(experiment, resources, max_concurrent)
     prepare_data(experiment.run_spec(), resources.num_workers)  # render / check the base dataset once, on the driver
-    tune_root = (store.root / "_ray" / sweep).resolve()
+    tune_root = store.ray_dir(sweep)
     trainable = tune.with_resources(make_trial(experiment, str(store.root.resolve()), sweep, resources), {"CPU": TRIAL_CPU})
     total = experiment.trial_count
     log.info(
@@ -308,7 +304,7 @@ def run_sweep(
             ),
         )
     with store.lease(sweep, "sweep"):  # a second `--resume` of this sweep is refused while it runs
-        write_experiment_card(store, sweep, experiment)
+        store.write_card(sweep, experiment_card(experiment, sweep))
         tuner.fit()
     summary = reconcile(store, sweep, experiment, monitor)
     if monitor.triggered:
@@ -378,13 +374,13 @@ def _tune_config(experiment: Experiment, limit: int, sweep_dir: Path) -> tune.Tu
             study_name=sweep_dir.name,
             storage=optuna_storage(sweep_dir),
         )
-        return tune.TuneConfig(search_alg=search, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler)
+        return tune.TuneConfig(
+            search_alg=search, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True
+        )
     metric = {} if scheduler else {"metric": f"best_{experiment.metric}", "mode": experiment.mode}
-    return tune.TuneConfig(**metric, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler)
-
-
-def write_experiment_card(store: ResultsStore, sweep: str, experiment: Experiment) -> None:
-    write_text_atomic(store.sweep_dir(sweep) / "experiment.json", json.dumps(experiment_card(experiment, sweep), indent=2, default=str))
+    return tune.TuneConfig(
+        **metric, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True
+    )
 
 
 def reconcile(store: ResultsStore, sweep: str, experiment: Experiment, monitor: SweepMonitor) -> dict[str, int]:
@@ -392,9 +388,6 @@ def reconcile(store: ResultsStore, sweep: str, experiment: Experiment, monitor: 
     (or missing) belongs to a trial that Tune ended in error ('failed': it died before recording
     its failure), stopped early ('pruned' by ASHA; 'interrupted' when the whole sweep was stopped)
     or never let finish (Ctrl-C: 'interrupted', and `--resume` runs it again)."""
-    import pandas as pd
-
-    trials_dir = store.sweep_dir(sweep) / "trials"
     for trial_id, (status, config, error) in monitor.ended().items():
         row = store.trial_row(sweep, trial_id)
         if row is not None and row.get("status") != "running":
@@ -404,11 +397,11 @@ def reconcile(store: ResultsStore, sweep: str, experiment: Experiment, monitor: 
         spec = experiment.run_spec() if sample_is_valid(experiment, config) else experiment.run_spec(config)
         recorder = TrialRecorder(store, sweep, trial_id, spec, experiment.name, experiment.setting_label(config), start=False)
         if status == "ERROR":
-            recorder.finish("failed", error=error)
+            recorder.fail(error or "Tune ended the trial in error")
         elif status == "TERMINATED" and experiment.asha and not monitor.triggered:
             recorder.finish("pruned")
         else:
             reason = "the sweep stopped early" if monitor.triggered else "the sweep was interrupted"
             recorder.finish("interrupted", error=f"{reason} before this trial finished")
-    rows = pd.read_parquet(trials_dir) if trials_dir.is_dir() and any(trials_dir.glob("*.parquet")) else pd.DataFrame()
-    return rows["status"].value_counts().to_dict() if len(rows) else {}
+    statuses = list(store.statuses(sweep).values())
+    return {status: statuses.count(status) for status in dict.fromkeys(statuses)}

@@ -10,6 +10,8 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from dncml.experiments.loader import Experiment, sample_is_valid
 
+from .store import tag_name
+
 STUDY_FILE = "optuna.db"  # STORE/<sweep>/optuna.db, study name = the sweep id
 TENSORBOARD_DIR = "tensorboard"  # STORE/<sweep>/tensorboard/<trial id>/events.*
 
@@ -17,7 +19,7 @@ TENSORBOARD_DIR = "tensorboard"  # STORE/<sweep>/tensorboard/<trial id>/events.*
 class MLflowCallback(MLflowLoggerCallback):
     """Ray Tune's MLflow logger, with a run per trial named after its setting, the trial's whole
     RunSpec as its parameters (Tune alone would log only the swept fields), and every epoch's
-    metrics at step = epoch."""
+    metrics at step = epoch (`val_recall@1` as `val_recall_at_1`: MLflow refuses '@')."""
 
     def __init__(self, tracking_uri: str, experiment: Experiment, sweep: str):
         super().__init__(
@@ -35,12 +37,13 @@ class MLflowCallback(MLflowLoggerCallback):
             }
             run = self.mlflow_util.start_run(tags=tags, run_name=f"{tags['dncml.setting']} {trial.trial_id}")
             self._trial_runs[trial] = run.info.run_id
-        config = trial.config if sample_is_valid(self.experiment, trial.config) else None
-        spec = self.experiment.run_spec(config) if config is not None else self.experiment.run_spec()
+        # An invalid sample (the trial records why and fails) is logged with the base spec.
+        valid = sample_is_valid(self.experiment, trial.config) is None
+        spec = self.experiment.run_spec(trial.config) if valid else self.experiment.run_spec()
         self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log=spec.to_dict())
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {tag_name(k): v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=numbers, step=int(result.get("epoch", iteration)))
 
 

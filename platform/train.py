@@ -28,14 +28,15 @@ from dncml.trainers.divide_and_conquer import NonFiniteLoss
 from dncml.trainers.seam import Seam, World
 
 from . import console
-from .clustering import ActorGroupingService, start_actor
+from .clustering import ActorGroupingService, ClusteringFailed, start_actor
 from .console import log, summary
 from .errors import PlatformError
 from .faults import fault_point
 from .store import ResultsStore, TrialRecorder, new_id, spec_differences, write_text_atomic
 
-# Errors that a retry cannot fix: the run fails at once instead of being restarted.
-DETERMINISTIC = (NonFiniteLoss, runspec.SpecError, DatasetError)
+# Errors that a retry cannot fix: the run fails at once instead of being restarted (a clustering
+# actor that used up its own restarts stays dead for the restarted workers too).
+DETERMINISTIC = (NonFiniteLoss, runspec.SpecError, DatasetError, ClusteringFailed)
 
 
 # -------------------------------------------------------------------------- on the workers
@@ -202,7 +203,7 @@ def fit_run(
     The same name and storage path resume the run from its newest checkpoint (Ray Train V2)."""
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    run_dir = store.root.resolve() / "_ray" / sweep / run_id
+    run_dir = store.ray_dir(sweep, run_id)
     fatal_file = run_dir / "fatal.txt"
     fatal_file.unlink(missing_ok=True)  # a resumed run starts without its last attempt's verdict
     actor = start_actor(run_id, state_dir=str(run_dir / "clustering"), num_gpus=resources.actor_gpus)
@@ -230,7 +231,7 @@ def fit_run(
     try:
         result = trainer.fit()
     except BaseException as error:
-        recorder.finish("failed", error=f"{type(error).__name__}: {error}"[:4000])
+        recorder.fail(error)
         raise
     finally:
         try:
@@ -239,7 +240,7 @@ def fit_run(
             pass
     if fatal_file.is_file():
         message = fatal_file.read_text()
-        recorder.finish("failed", error=message[:4000])
+        recorder.fail(message)
         raise RunFailed(f"run {run_id}: {message}")
     if recorder.finish("completed") != "completed":
         raise RunFailed(f"run {run_id}: {recorder.store.trial_row(sweep, recorder.trial_id)['error']}")
@@ -275,6 +276,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
             raise PlatformError(
                 f"--address {address}: no Ray cluster answers there ({error}); start one with `ray start --head --port={port}`"
             ) from None
+    if address in (None, "local"):
+        # A private Ray for one sweep: leave out what a laptop does not need, so that each trial
+        # starts fewer processes (a spot-preemption watcher per worker group, Train's metrics).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     try:
         if address in (None, "local"):
             ray.init(

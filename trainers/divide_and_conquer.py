@@ -175,6 +175,7 @@ def divide(
         rank=seam.world.rank,
         world_size=seam.world.world_size,
         kmeans_iterations=spec.kmeans_iterations,
+        kmeans_sample=spec.kmeans_sample,
     )
     if request.needs_vectors:
         request.indices, request.vectors = collect_vectors(spec, net, data, seam.world, bank)

@@ -42,6 +42,7 @@ class PartitionRequest:
     rank: int = 0
     world_size: int = 1
     kmeans_iterations: int = 100
+    kmeans_sample: int | None = None  # train the centroids on a sample of this many points (None: all)
 
     def __post_init__(self) -> None:
         if self.previous is not None and self.previous_num_clusters < 1:
@@ -209,7 +210,9 @@ def compute_assignment(request: PartitionRequest, vectors: np.ndarray | None) ->
     elif request.splits:
         clusters = binary_split(vectors, previous, num_previous, request.seed + 1000 * request.round, request.kmeans_iterations)
     else:  # flat k-means (also the binary hierarchy once it has reached K)
-        result = kmeans(vectors, k, seed=request.seed + 1000 * request.round, niter=request.kmeans_iterations)
+        result = kmeans(
+            vectors, k, seed=request.seed + 1000 * request.round, niter=request.kmeans_iterations, max_points=request.kmeans_sample
+        )
         clusters, cost = result.assignment, result.objective
     # Every worker takes whole classes of each step's batch: a cluster needs 2 classes per worker.
     clusters, repaired = repair(clusters, labels, k, min_classes=2 * request.world_size)

@@ -98,6 +98,7 @@ class RunSpec:
     embedding_source: str = "full_pass"
     stale_rounds: int = 1  # training_pass: a vector computed up to this many rounds ago is reused
     kmeans_iterations: int = 100
+    kmeans_sample: int | None = None  # train the centroids on this many sampled points (None: all, the paper)
     full_embedding_from: int | None = None  # epoch from which the loss uses the full embedding (CVPR code: 80)
     freeze_backbone_epochs: int = 0  # TPAMI: epochs the backbone rests from each re-clustering on
 
@@ -381,6 +382,8 @@ def _validate(spec: RunSpec) -> None:
         raise SpecError(f"RunSpec field 'batch_size' = {spec.batch_size}: must be a multiple of samples_per_class (m) = {m}")
     if spec.batch_size // m < 2:
         raise SpecError(f"RunSpec field 'batch_size' = {spec.batch_size}: must hold at least 2 classes of m = {m} images")
+    if spec.kmeans_sample is not None and spec.kmeans_sample < 2 * spec.num_learners:
+        raise SpecError(f"RunSpec field 'kmeans_sample' = {spec.kmeans_sample}: must be >= 2 x K or null (all points)")
     if spec.steps_per_epoch is not None and spec.steps_per_epoch < 1:
         raise SpecError(f"RunSpec field 'steps_per_epoch' = {spec.steps_per_epoch}: must be >= 1 or null")
     if not 0.0 <= spec.val_fraction < 0.9:

@@ -7,6 +7,9 @@
 2. Round-trip time of the clustering actor for n = 10k and 60k embeddings of d = 128 (K = 8
    k-means): one worker's request through the actor vs the same `compute_assignment` called
    directly, so the difference is Ray's share.
+3. Past SOP (--scale): one round at 1,000,000 x 128 vectors sent by 8 simulated workers (tasks,
+   each putting its shard in the object store, as Ray Train workers do): the round's wall time,
+   the actor's peak memory and the bytes moved, with all points and with `kmeans_sample`.
 """
 
 from __future__ import annotations
@@ -83,6 +86,45 @@ def actor_round_trip(n: int, dim: int = 128, k: int = 8, repeats: int = 3) -> tu
         through.append(time.perf_counter() - started)
     ray.kill(actor)
     return float(np.median(direct)), float(np.median(through))
+
+
+def scale_round(n: int = 1_000_000, dim: int = 128, workers: int = 8, k: int = 8, sample: int | None = None, iterations: int = 100) -> dict:
+    """One clustering round at `n` points from `workers` simulated workers through the actor."""
+    import ray
+
+    from dncml.platform.clustering import ClusteringActor
+    from dncml.trainers.grouping import PartitionRequest
+
+    labels = np.repeat(np.arange(n // 20), 20)[:n]
+    actor = ClusteringActor.options(num_cpus=0).remote("bench-scale")
+    ray.get(actor.ping.remote())
+
+    @ray.remote(num_cpus=0)
+    def worker(rank: int):
+        owned = np.arange(rank, n, workers)
+        shard = np.random.default_rng(rank).standard_normal((len(owned), dim)).astype(np.float32)
+        request = PartitionRequest(
+            round=0,
+            strategy="kmeans",
+            num_clusters=k,
+            seed=0,
+            labels=labels,
+            groups=np.zeros(n, np.int64),
+            indices=owned,
+            rank=rank,
+            world_size=workers,
+            kmeans_iterations=iterations,
+            kmeans_sample=sample,
+        )
+        return ray.get(actor.partition.remote("scale", request, [ray.put(shard)])).version
+
+    started = time.perf_counter()
+    versions = ray.get([worker.remote(rank) for rank in range(workers)])
+    seconds = time.perf_counter() - started
+    peak = ray.get(actor.ping.remote())["max_rss_bytes"]
+    ray.kill(actor)
+    assert versions == [0] * workers
+    return {"seconds": seconds, "peak_gb": peak / 2**30, "moved_gb": n * dim * 4 / 2**30}
 
 
 def main() -> None:
