@@ -106,6 +106,27 @@ class Experiment:
     def run_spec(self, overrides: dict[str, Any] | None = None) -> runspec.RunSpec:
         return runspec.from_dict(self.run, self.overrides(overrides or {}))
 
+    def card(self, sweep: str) -> dict[str, Any]:
+        """What `analysis/` needs to know about a sweep of this experiment (rows, metric, the
+        table's labels and the paper's numbers), stored beside its Parquet tables
+        (`experiment.json`) so that analysis reads the store alone."""
+        return {
+            "experiment": self.name,
+            "preset": self.preset,
+            "sweep": sweep,
+            "description": self.description,
+            "rows": self.rows,
+            "metric": self.metric,
+            "mode": self.mode,
+            "grid": self.grid,
+            "search": self.search,
+            "num_samples": self.num_samples,
+            "table": self.table,
+            "plot": self.plot,
+            "base_run": self.run,
+            "aliases": dict(runspec.ALIASES),
+        }
+
     def setting_label(self, config: dict[str, Any]) -> str:
         """The table row a trial belongs to, e.g. 'grouping=kmeans' (seed is not a row)."""
         config = self.overrides(config)

@@ -20,7 +20,7 @@ import ray
 from ray import tune
 
 from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid
-from dncml.trainers.spec import ALIASES, SpecError
+from dncml.trainers.spec import SpecError
 
 from .console import Progress, duration, epoch_line, log
 from .console import summary as outcome
@@ -189,34 +189,13 @@ def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool) -> str:
 CARD_KEYS = ("base_run", "grid", "search", "num_samples", "metric", "mode")
 
 
-def experiment_card(experiment: Experiment, sweep: str) -> dict:
-    """What `analysis/` needs to know about the sweep (rows, metric, the table's labels and the
-    paper's numbers), stored beside its Parquet tables so analysis reads the store alone."""
-    return {
-        "experiment": experiment.name,
-        "preset": experiment.preset,
-        "sweep": sweep,
-        "description": experiment.description,
-        "rows": experiment.rows,
-        "metric": experiment.metric,
-        "mode": experiment.mode,
-        "grid": experiment.grid,
-        "search": experiment.search,
-        "num_samples": experiment.num_samples,
-        "table": experiment.table,
-        "plot": experiment.plot,
-        "base_run": experiment.run,
-        "aliases": dict(ALIASES),
-    }
-
-
 def check_same_experiment(store: ResultsStore, sweep: str, experiment: Experiment) -> None:
     """`--resume` continues the sweep it started, not a changed one: the runs, axes and search
     must be those of the stored experiment card."""
     stored = store.read_card(sweep)
     if stored is None:
         return
-    current = json.loads(json.dumps(experiment_card(experiment, sweep), default=str))
+    current = json.loads(json.dumps(experiment.card(sweep), default=str))
     changed = [key for key in CARD_KEYS if stored.get(key) != current.get(key)]
     if changed:
         details = "; ".join(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}" for key in changed)
@@ -304,7 +283,7 @@ def run_sweep(
             ),
         )
     with store.lease(sweep, "sweep"):  # a second `--resume` of this sweep is refused while it runs
-        store.write_card(sweep, experiment_card(experiment, sweep))
+        store.write_card(sweep, experiment.card(sweep))
         tuner.fit()
     summary = reconcile(store, sweep, experiment, monitor)
     if monitor.triggered:

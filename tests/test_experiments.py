@@ -330,3 +330,13 @@ def test_linked_axis_varies_fields_together():
         == "grouping=none,num_learners=1,epochs=7"
     )
     assert spec.pretrained == "glyphs" and spec.resolved_freeze_bn == "all"
+
+
+def test_the_card_carries_what_analysis_reads_and_is_json():
+    import json
+
+    experiment = load_experiment("table6_grouping", "quick")
+    card = json.loads(json.dumps(experiment.card("table6_grouping-quick-x")))
+    assert card["experiment"] == "table6_grouping" and card["sweep"] == "table6_grouping-quick-x"
+    assert card["rows"] == ["grouping"] and card["aliases"]["K"] == "num_learners"
+    assert card["base_run"]["num_learners"] == 8 and card["table"]["baseline"] == "none"

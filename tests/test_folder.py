@@ -100,3 +100,17 @@ def test_datasets_check_and_a_local_run_on_a_folder(tmp_path):
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "test_recall@1" in trained.stdout
+
+
+def test_the_readme_python_api_runs_on_a_folder(tmp_path, monkeypatch):
+    """The README's Python API block, as written, on a folder of real image files."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    images = make_folder(tmp_path / "images", classes=16)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block.replace("~/my_images", str(images)), "README.md", "exec"), namespace)
+    trials = namespace["trials"].set_index("trial_id")
+    assert trials.loc[namespace["trial_id"], "status"] == "completed"
+    assert sorted(namespace["epochs"]["epoch"]) == [0, 1]
+    assert (tmp_path / "runs" / "mine" / "checkpoints" / "best").is_dir()

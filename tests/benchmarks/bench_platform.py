@@ -1,6 +1,7 @@
 """Ray's cost per trial and the clustering actor's round trip (a benchmark, not a test).
 
     python tests/benchmarks/bench_platform.py [--quick]
+    python tests/benchmarks/bench_platform.py --scale [--points 1000000]
 
 1. Wall time of a nested Tune trial (trial function -> TorchTrainer -> 1 worker) vs the same
    run's training in one process without Ray, for the smoke run (and the quick run with --quick).
@@ -130,12 +131,23 @@ def scale_round(n: int = 1_000_000, dim: int = 128, workers: int = 8, k: int = 8
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="also time the quick-size run (minutes)")
+    parser.add_argument("--scale", action="store_true", help="only section 3: one round past SOP size")
+    parser.add_argument("--points", type=int, default=1_000_000, help="--scale: vectors in the round")
     args = parser.parse_args()
     import ray
 
     from dncml.trainers import spec as runspec
 
     ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    if args.scale:
+        print(f"one round, {args.points:,} x 128 vectors from 8 workers, K = 8, 100 k-means iterations")
+        print(f"{'centroids trained on':<26}{'round (s)':>11}{'actor peak (GB)':>17}{'moved (GB)':>12}")
+        for sample in (None, 100_000):
+            figures = scale_round(args.points, sample=sample)
+            what = "all points" if sample is None else f"a {sample:,} sample"
+            print(f"{what:<26}{figures['seconds']:>11.1f}{figures['peak_gb']:>17.2f}{figures['moved_gb']:>12.2f}", flush=True)
+        ray.shutdown()
+        return
     sizes = [("smoke", ROOT / "experiments/runs/glyphs_smoke.yaml", {})]
     if args.quick:
         sizes.append(("quick", ROOT / "experiments/runs/glyphs_ablation.yaml", {"epochs": 2, "warmup_epochs": 1}))

@@ -18,3 +18,14 @@ for seed in 0 1 2; do
     wait
     echo "seed $seed done at $(date +%T)"
 done
+# The experiment card, so that `dncml table STORE --experiment table6_grouping` reads the runs.
+python3 - "$store" <<'PY'
+import sys
+
+from dncml.experiments.loader import load_experiment
+from dncml.platform.store import ResultsStore
+
+card = load_experiment("table6_grouping", "quick").card("table6_gpu16")
+card.update(preset="gpu16", description="quick Table 6 at a 16-epoch budget (15 divide + 1 conquer) on one GPU, without Ray")
+ResultsStore(sys.argv[1]).write_card("table6_gpu16", card)
+PY
