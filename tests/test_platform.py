@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -533,7 +535,11 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
         # Its own temporary directory, as a second machine has: nodes sharing one would share
         # (and garbage-collect under each other) the job's unpacked working directory.
         node_log = tmp_path / "node2.log"
-        nodes.append(_start_node([f"--address={address}", "--num-cpus=2", f"--temp-dir={tmp_path / 'node2'}"], env, node_log))
+        # A short path: Ray's socket paths under it must fit AF_UNIX's 107 bytes, which pytest's
+        # tmp_path (/tmp/pytest-of-USER/pytest-N/test_multinode_.../) leaves no room for.
+        node_temp = tempfile.mkdtemp(prefix="dn-", dir="/tmp")
+        request.addfinalizer(lambda: shutil.rmtree(node_temp, ignore_errors=True))
+        nodes.append(_start_node([f"--address={address}", "--num-cpus=2", f"--temp-dir={node_temp}"], env, node_log))
 
         def two_nodes():
             out = subprocess.run(
