@@ -294,6 +294,16 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
             ray.init(address=address, log_to_driver=console.verbosity() >= console.VERBOSE)
     except ConnectionError as error:
         raise PlatformError(f"--address {address}: cannot connect to Ray: {error}") from None
+    except Exception as error:
+        if "timed out during startup" not in str(error):
+            raise
+        # Ray waits a fixed 30 s for its own raylet to register; on an overloaded machine (seen
+        # here: 2 cores with another sweep running) it gives up. Nothing has run yet.
+        raise PlatformError(
+            "the local Ray did not start: its node did not register within Ray's fixed 30 s, so this "
+            "machine is too busy right now. Nothing was run; try again when the load is lower, or start "
+            "Ray once with `ray start --head` and pass --address auto"
+        ) from None
 
 
 def train_on_ray(
