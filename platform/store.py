@@ -257,11 +257,15 @@ class ResultsStore:
         path = self.sweep_dir(sweep) / "experiment.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def trial_rows(self, sweep: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every trial row of a sweep (only `columns`, if given), as plain dicts."""
+        directory = self.sweep_dir(sweep) / "trials"
+        files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+        return [pq.read_table(f, columns=columns).to_pylist()[0] for f in files]
+
     def statuses(self, sweep: str) -> dict[str, str]:
         """Trial id -> recorded status, for every trial row of a sweep."""
-        directory = self.sweep_dir(sweep) / "trials"
-        rows = [pq.read_table(f, columns=["trial_id", "status"]).to_pylist()[0] for f in sorted(directory.glob("*.parquet"))]
-        return {row["trial_id"]: row["status"] for row in rows}
+        return {row["trial_id"]: row["status"] for row in self.trial_rows(sweep, ["trial_id", "status"])}
 
     def write_trial(self, sweep: str, row: dict[str, Any], metric_names: list[str]) -> None:
         types = dict(TRIAL_FIELDS)
@@ -291,9 +295,7 @@ class ResultsStore:
 
     def latest_run(self, sweep: str, name: str) -> dict[str, Any] | None:
         """The newest trial row of the runs named `name` in a sweep (None if there is none)."""
-        directory = self.sweep_dir(sweep) / "trials"
-        rows = [pq.read_table(f).to_pylist()[0] for f in sorted(directory.glob("*.parquet"))] if directory.is_dir() else []
-        rows = [row for row in rows if row.get("spec_name") == name]
+        rows = [row for row in self.trial_rows(sweep) if row.get("spec_name") == name]
         return max(rows, key=lambda row: (row.get("started_at") or "", row["trial_id"])) if rows else None
 
     def selected_checkpoint(self, sweep: str, trial_id: str) -> str:
