@@ -76,9 +76,11 @@ def train_local(
         if recorder and recorder.finish("completed") == "completed":
             summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
         best = state.history[state.best_epoch] if state.best_epoch >= 0 else state.history[-1]
+        tested = {k: v for k, v in best.items() if k.startswith("test_")}
+        tested = tested or {k[len("selected_") :]: v for k, v in state.history[-1].items() if k.startswith("selected_test_")}
         summary.info(
             f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
-            + "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("test_") and isinstance(v, float))
+            + "  ".join(f"{k} {v:.4f}" for k, v in tested.items() if isinstance(v, float))
         )
         summary.info(f"checkpoints: {reporter.checkpoints} (the selected epoch's: {reporter.checkpoints / 'best'})")
     return trial_id

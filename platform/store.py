@@ -492,7 +492,9 @@ class TrialRecorder:
             for name in self.metric_names:
                 evaluated = [h for h in self.history if h.get(name) is not None]
                 row["final_" + name] = evaluated[-1][name] if evaluated else None
-                row["best_" + name] = best.get(name) if best else None
+                # `test_eval: selected` tests only the selected weights, at the end: `selected_<name>`
+                held = best.get(name) if best else None
+                row["best_" + name] = held if held is not None else final.get("selected_" + name)
         self.store.write_trial(self.sweep, row, self.metric_names)
 
 

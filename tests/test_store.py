@@ -43,6 +43,21 @@ def test_completed_means_every_epoch_is_stored(tmp_path, trial_id):
     assert store.finished_trial("s", "short-1", 3) is None
 
 
+def test_a_trial_row_takes_the_selected_weights_test_metrics(tmp_path):
+    """`test_eval: selected`: the selected epoch (0) has no test metrics of its own; the last
+    row's `selected_test_*` are the trial's best_test_*, and final_test_* stays empty."""
+    store = ResultsStore(tmp_path)
+    recorder = TrialRecorder(store, "s", "sel-1", SPEC, metric_names=["val_recall@1", "test_recall@1"])
+    for epoch in range(3):
+        recorder.epoch({**epoch_row(epoch), "best_epoch": 0, "val_recall@1": 0.9 - epoch / 10})
+    store.write_epoch("s", "sel-1", {**epoch_row(2), "best_epoch": 0, "selected_test_recall@1": 0.42}, recorder.metric_names)
+    assert recorder.finish("completed") == "completed"
+    row = store.trial_row("s", "sel-1")
+    assert row["best_epoch"] == 0 and row["best_val_recall@1"] == pytest.approx(0.9)
+    assert row["best_test_recall@1"] == pytest.approx(0.42)
+    assert row["final_test_recall@1"] is None
+
+
 @pytest.mark.parametrize("name", ["../evil", "a/b", ".hidden", "x..y", "", "-flag", "a" * 200])
 def test_names_cannot_leave_the_store(name):
     with pytest.raises(StoreError, match="names files in the results store"):

@@ -744,6 +744,61 @@ def test_resume_continues_identically(source, tmp_path, tiny_data):
     assert_state_dicts_equal(straight_model, resumed_model)
 
 
+class SelectEpoch:
+    """`dnc.evaluate`, with the validation Recall@1 rigged so that model selection chooses
+    `epoch` (a tiny run's own numbers rarely choose an earlier epoch); test metrics are real."""
+
+    def __init__(self, epoch: int):
+        self.epoch, self.validations = epoch, 0
+
+    def __call__(self, net, data, spec, device, validation=True, test=True):
+        metrics = embedding.evaluate(net, data, spec, device, validation=validation, test=test)
+        if validation:
+            metrics["val_recall@1"] = 1.0 if self.validations == self.epoch else 0.5
+            self.validations += 1
+        return metrics
+
+
+@pytest.mark.parametrize("selected_epoch", [0, 2])
+def test_test_eval_selected_equals_every_eval_at_the_selected_epoch(selected_epoch, tmp_path, tiny_data, monkeypatch):
+    """`test_eval: selected` embeds the test set once, on the selected weights; its numbers are the
+    ones `every_eval` reports at the selected epoch, also when a resume comes between the two."""
+    spec = tiny(epochs=3, finetune_epochs=0, steps_per_epoch=2, eval_every=1)
+    monkeypatch.setattr(dnc, "evaluate", SelectEpoch(selected_epoch))
+    every, _, every_model = run(tiny(**{**spec.to_dict(), "test_eval": "every_eval"}), tmp_path / "every", tiny_data)
+    assert [m["best_epoch"] for m in every] == ([0, 0, 0] if selected_epoch == 0 else [0, 1, 2])
+    test_names = [name for name in every[0] if name.startswith("test_")]
+    assert {"test_recall@1", "test_nmi", "test_map@r"} <= set(test_names)
+
+    monkeypatch.setattr(dnc, "evaluate", SelectEpoch(selected_epoch))
+    selected, _, selected_model = run(spec, tmp_path / "selected", tiny_data)
+    assert [m["best_epoch"] for m in selected] == [m["best_epoch"] for m in every]
+    assert [m["val_map@r"] for m in selected] == [m["val_map@r"] for m in every]
+    for name in test_names:
+        assert abs(selected[-1]["selected_" + name] - every[selected_epoch][name]) <= 1e-6, name
+    assert not [name for m in selected[:-1] for name in m if name.startswith(("test_", "selected_"))]
+    # the last epoch's own test_* only where it is the selected one; its weights stay the last
+    assert ("test_recall@1" in selected[-1]) == (selected_epoch == 2)
+    assert_state_dicts_equal(every_model, selected_model)
+
+    # Interrupted after epoch 1 and resumed: the checkpoint carries the selected weights.
+    chooser = SelectEpoch(selected_epoch)
+    monkeypatch.setattr(dnc, "evaluate", chooser)
+    local = LocalRun(tmp_path / "run", printer=None)
+
+    def interrupting(metrics, checkpoint):
+        local(metrics, checkpoint)
+        if metrics["epoch"] == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(spec, tmp_path / "tmp", tiny_data, report=interrupting)
+    resumed, _, _ = run(spec, tmp_path / "tmp", tiny_data, resume_from=local.latest_checkpoint())
+    assert [m["epoch"] for m in resumed] == [2]
+    for name in test_names:
+        assert abs(resumed[-1]["selected_" + name] - every[selected_epoch][name]) <= 1e-6, name
+
+
 # ================================================================== 10. RunSpec validation
 
 

@@ -32,6 +32,9 @@ class TrainState:
     best_epoch: int = -1
     best_metrics: dict = field(default_factory=dict)  # the selected epoch's selection metric and tie-breaker
     history: list[dict] = field(default_factory=list)
+    # `test_eval: selected`: a CPU copy of the selected epoch's weights, tested when the run ends.
+    # Saved beside the model (not in `to_plain`) only while it differs from the model's weights.
+    selected_model: dict | None = field(default=None, repr=False)
 
     def to_plain(self) -> dict[str, Any]:
         assignment = self.assignment
@@ -105,6 +108,7 @@ def save_checkpoint(directory: str, spec: RunSpec, net: torch.nn.Module, optimiz
         "scheduler": plain(scheduler.state_dict()),
         "state": state.to_plain(),
         "bank": plain(bank.state()) if bank is not None else None,
+        "selected_model": state.selected_model if state.best_epoch != state.epoch - 1 else None,
     }
     _atomic(path / "state.pt", lambda temporary: torch.save(payload, temporary))
     _atomic(path / "spec.yaml", lambda temporary: Path(temporary).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False)))
@@ -121,6 +125,7 @@ def load_checkpoint(directory: str, map_location: str | torch.device = "cpu") ->
     except Exception as error:  # pickle.UnpicklingError for anything beyond tensors and plain data
         raise ValueError(f"{path}: not a dncml checkpoint of tensors and plain data, refused ({error})") from None
     payload["state"] = TrainState.from_plain(payload["state"])
+    payload["state"].selected_model = payload.get("selected_model")
     if payload.get("bank") is not None:
         payload["bank"] = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in payload["bank"].items()}
     return payload

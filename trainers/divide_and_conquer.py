@@ -30,7 +30,7 @@ from .data.loading import load_dataset
 from .embedding import EmbeddingBank, embed_split, evaluate, loader
 from .grouping import Assignment, PartitionRequest
 from .model import DivideAndConquerNet
-from .runtime import Timer, autocast, backbone_resting, make_optimizer, reset_optimizer_state, seed_epoch
+from .runtime import Timer, autocast, backbone_resting, make_optimizer, memory_format, reset_optimizer_state, seed_epoch, to_device
 from .sampler import ClusterBatchSampler
 from .seam import Seam
 from .spec import RunSpec, check_against_data
@@ -44,7 +44,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
     num_samples = len(targets)
 
     torch.manual_seed(spec.seed)  # the initial weights are a function of the run's seed alone
-    net = DivideAndConquerNet(spec, data.channels, len(class_ids)).to(device)
+    net = DivideAndConquerNet(spec, data.channels, len(class_ids)).to(device, memory_format=memory_format(spec))
     model = world.wrap_model(net)
     optimizer, scheduler = make_optimizer(spec, net)
     # `batch_size` is the global batch (the paper's): every worker takes its share of each step's
@@ -54,6 +54,8 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
     state = TrainState(assignment=whole_training_set(num_samples))
     if seam.resume_from:
         state = restore(seam.resume_from, net, optimizer, scheduler, bank, world.world_size)
+        if spec.test_eval == "selected" and state.selected_model is None and state.best_epoch == state.epoch - 1:
+            state.selected_model = cpu_copy(net.state_dict())  # the checkpoint is of the selected epoch
     steps = spec.steps_per_epoch or max(1, num_samples // spec.batch_size)
     labels_of = torch.from_numpy(targets)
 
@@ -77,7 +79,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
         with backbone_resting(optimizer, plan.backbone_rests(epoch)):
             for step, (images, _, indices) in zip(schedule, batches):
                 with autocast(spec, device):
-                    loss, vectors = model(images.to(device, non_blocking=True), labels_of[indices].to(device), blocks[step.cluster])
+                    loss, vectors = model(to_device(images, spec, device), labels_of[indices].to(device), blocks[step.cluster])
                 if not world.all_true(bool(torch.isfinite(loss))):  # every worker stops at the same step
                     raise NonFiniteLoss(
                         f"loss is not finite at epoch {epoch + 1}, step {len(step_losses) + 1}, "
@@ -114,11 +116,16 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
         metrics.pop("split", None)
         if world.is_chief and ((epoch + 1) % spec.eval_every == 0 or epoch + 1 == spec.total_epochs):
             eval_timer = Timer()
-            metrics.update(evaluate(net, data, spec, device))
-            metrics["eval_seconds"] = eval_timer()
+            test_every_eval = spec.test_eval == "every_eval"
+            metrics.update(evaluate(net, data, spec, device, test=test_every_eval))
             if selection_key(metrics, spec) >= selection_key(state.best_metrics, spec):
                 state.best_value, state.best_epoch = metrics[spec.selection_metric], epoch
                 state.best_metrics = {k: metrics[k] for k in (spec.selection_metric, TIE_BREAKER) if k in metrics}
+                if not test_every_eval:
+                    state.selected_model = cpu_copy(net.state_dict())
+            if not test_every_eval and epoch + 1 == spec.total_epochs:
+                metrics.update(test_selected(net, data, spec, device, state, epoch))
+            metrics["eval_seconds"] = eval_timer()
         metrics.update({"best_epoch": state.best_epoch, f"best_{spec.selection_metric}": state.best_value, "epoch_seconds": timer()})
         state.epoch = epoch + 1
         state.history.append(metrics)
@@ -130,6 +137,30 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
             )
         seam.report(metrics, checkpoint)
     return state
+
+
+def test_selected(
+    net: DivideAndConquerNet, data: DatasetBundle, spec: RunSpec, device: torch.device, state: TrainState, epoch: int
+) -> dict:
+    """`test_eval: selected`: the test sets, once, on the selected epoch's weights, as
+    `selected_<metric>`; when the selection is this last epoch, also as this epoch's own
+    `test_*` metrics (so its row reads like an `every_eval` row)."""
+    if state.best_epoch == epoch:
+        tested = evaluate(net, data, spec, device, validation=False)
+        return {**tested, **{f"selected_{name}": value for name, value in tested.items()}}
+    if state.selected_model is None:
+        raise RuntimeError(f"the selected epoch {state.best_epoch + 1}'s weights were not kept; cannot test them")
+    final_weights = cpu_copy(net.state_dict())
+    net.load_state_dict(state.selected_model)
+    try:
+        tested = evaluate(net, data, spec, device, validation=False)
+    finally:
+        net.load_state_dict(final_weights)  # the last checkpoint holds the last epoch's weights
+    return {f"selected_{name}": value for name, value in tested.items()}
+
+
+def cpu_copy(weights: dict) -> dict:
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in weights.items()}
 
 
 class NonFiniteLoss(FloatingPointError):

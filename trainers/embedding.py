@@ -13,7 +13,7 @@ from .data.loading import torch_dataset
 from .data.torch_dataset import ArrayBatches
 from .evaluation import evaluate_embeddings
 from .model import DivideAndConquerNet
-from .runtime import autocast, resolve_device
+from .runtime import autocast, memory_format, resolve_device, to_device
 from .spec import RunSpec
 
 
@@ -45,16 +45,23 @@ def embed_split(
     chunks = []
     with autocast(spec, device):
         for images, _, _ in loader(split, spec, train=False, indices=indices):
-            chunks.append(net.embed(images.to(device, non_blocking=True), space).float().cpu())
+            chunks.append(net.embed(to_device(images, spec, device), space).float().cpu())
     net.train(was_training)
     width = spec.embedding_dim if space == "embedding" else net.backbone.feature_dim
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, width), np.float32)
 
 
-def evaluate(net: DivideAndConquerNet, data: DatasetBundle, spec: RunSpec, device: torch.device) -> dict[str, float]:
-    """Recall@K, NMI and MAP@R on the validation split (model selection) and every test set."""
+def evaluate(
+    net: DivideAndConquerNet,
+    data: DatasetBundle,
+    spec: RunSpec,
+    device: torch.device,
+    validation: bool = True,
+    test: bool = True,
+) -> dict[str, float]:
+    """Recall@K, NMI and MAP@R on the validation split (model selection) and/or every test set."""
     metrics: dict[str, float] = {}
-    sets = ([data.val] if data.val is not None else []) + list(data.tests)
+    sets = ([data.val] if validation and data.val is not None else []) + (list(data.tests) if test else [])
     for eval_set in sets:
         query = embed_split(net, eval_set.query, spec, device)
         gallery = embed_split(net, eval_set.gallery, spec, device) if eval_set.gallery is not None else None
@@ -134,6 +141,6 @@ def embed_checkpoint(directory: str, split_name: str = "test") -> tuple[ImageSpl
     if split is None:
         raise ValueError(f"split {split_name!r} is empty or unknown; choose from train, val, test")
     num_classes = len(np.unique(data.train.labels))
-    net = DivideAndConquerNet(spec, data.channels, num_classes).to(device)
+    net = DivideAndConquerNet(spec, data.channels, num_classes).to(device, memory_format=memory_format(spec))
     net.load_state_dict(load_checkpoint(directory, device)["model"])
     return split, embed_split(net, split, spec, device)

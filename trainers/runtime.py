@@ -32,6 +32,17 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(value)
 
 
+def memory_format(spec: RunSpec) -> torch.memory_format:
+    """channels_last (NHWC) is the layout oneDNN's and cuDNN's fast convolutions use: a GlyphNet
+    step on one CPU core runs about 1.5x faster in it, and bf16 ResNets on GPUs need it."""
+    return torch.channels_last if spec.channels_last else torch.contiguous_format
+
+
+def to_device(images: torch.Tensor, spec: RunSpec, device: torch.device) -> torch.Tensor:
+    """A batch of images on the device, in the run's memory format."""
+    return images.to(device, non_blocking=True, memory_format=memory_format(spec))
+
+
 def autocast(spec: RunSpec, device: torch.device):
     if spec.amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -34,6 +34,9 @@ MASKS = ("fixed", "learned")
 LOSSES = registry.LOSSES.names()
 DEVICES = ("auto", "cpu", "cuda")
 FREEZE_BN = ("auto", "none", "stats", "all")  # auto: all when the backbone is pretrained, else none
+# selected: the test sets once, on the weights model selection chose (val every evaluation);
+# every_eval: the test sets at every evaluation too (per-epoch test curves, as the authors log).
+TEST_EVALS = ("selected", "every_eval")
 
 # The fields that take one of a fixed set of values, and the values.
 CHOICES = {
@@ -47,6 +50,7 @@ CHOICES = {
     "loss": LOSSES,
     "device": DEVICES,
     "freeze_bn": FREEZE_BN,
+    "test_eval": TEST_EVALS,
 }
 
 # Short names used in the paper and on the command line (`--set K=8`).
@@ -131,11 +135,13 @@ class RunSpec:
     eval_every: int = 1
     eval_batch_size: int = 256
     selection_metric: str = "val_recall@1"
+    test_eval: str = "selected"  # when the test sets are embedded: see TEST_EVALS
 
     # --- runtime ---
     seed: int = 0
     device: str = "auto"
     amp: bool = False
+    channels_last: bool = True  # images and convolution weights in NHWC (see runtime.memory_format)
     loader_workers: int = 0
     checkpoint_every: int = 1  # epochs between checkpoints (the validation-selected epoch and the last always get one)
 
