@@ -37,6 +37,17 @@ def setup(verbosity: int = NORMAL) -> None:
     os.environ["DNCML_VERBOSITY"] = str(verbosity)
 
 
+def timeline(event: str, trial: str = "") -> None:
+    """With DNCML_TIMELINE=FILE, append `unix-time pid trial event` for the moments of a trial
+    (trial start, fit, worker start, each report, teardown): where Ray's fixed cost per trial
+    goes. `tests/benchmarks/bench_platform.py` sets it and prints the breakdown. Every process of
+    a node appends to the same file (lines below PIPE_BUF are written whole)."""
+    path = os.environ.get("DNCML_TIMELINE")
+    if path:
+        with open(path, "a") as out:
+            out.write(f"{time.time():.3f} {os.getpid()} {trial or '-'} {event}\n")
+
+
 def verbosity() -> int:
     return int(os.environ.get("DNCML_VERBOSITY", NORMAL))
 

@@ -22,7 +22,7 @@ from ray import tune
 from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid
 from dncml.trainers.spec import SpecError
 
-from .console import Progress, duration, epoch_line, log
+from .console import Progress, duration, epoch_line, log, timeline
 from .console import summary as outcome
 from .errors import PlatformError
 from .store import ResultsStore, TrialRecorder, new_id, safe_name
@@ -51,6 +51,7 @@ def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: R
         from ray.tune.integration.ray_train import TuneReportCallback
 
         trial_id = tune.get_context().get_trial_id()
+        timeline("trial start", trial_id)
         overrides = dict(config)
         reason = sample_is_valid(experiment, overrides)
         store = ResultsStore(store_root)

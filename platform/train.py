@@ -29,7 +29,7 @@ from dncml.trainers.seam import Seam, World
 
 from . import console
 from .clustering import ActorGroupingService, ClusteringFailed, start_actor
-from .console import log, summary
+from .console import log, summary, timeline
 from .errors import PlatformError
 from .faults import fault_point
 from .store import ResultsStore, TrialRecorder, new_id, spec_differences, write_text_atomic
@@ -77,6 +77,7 @@ def worker_loop(config: dict) -> None:
     """The function every Ray Train worker runs."""
     from dncml.trainers.divide_and_conquer import train
 
+    timeline("worker start", config["run_id"])
     spec = runspec.from_dict(config["spec"])
     world = RayWorld()
     if spec.device == "cuda" and world.device.type != "cuda":
@@ -93,11 +94,13 @@ def worker_loop(config: dict) -> None:
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         # Ray keeps the newest checkpoint and the one with the highest `selected_epoch`: the
         # epoch model selection chose (-1 on every other epoch).
+        timeline(f"report epoch {metrics['epoch']} after {metrics['epoch_seconds']:.3f} s of epoch", config["run_id"])
         selected = metrics["epoch"] if metrics.get("best_epoch") == metrics["epoch"] else -1
         metrics = {**metrics, "node_id": node_id, "session": session, "selected_epoch": selected}
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # Ray has persisted its copy
+        timeline("reported", config["run_id"])
 
     seam = Seam(
         report=report,
@@ -106,8 +109,10 @@ def worker_loop(config: dict) -> None:
         resume_from=resume_from,
         checkpoint_root=str(scratch / "checkpoints"),
     )
+    timeline("worker ready", config["run_id"])
     try:
         train(spec, seam)
+        timeline("worker done", config["run_id"])
     except DETERMINISTIC as error:
         # It would fail the same way on every retry: record it, and end the workers normally so
         # that Ray Train does not restart the group (its retries are for lost nodes and workers).
@@ -170,6 +175,34 @@ class Resources:
         )
 
 
+def lean_trainer(base: type) -> type:
+    """`base` (TorchTrainer) without two of Ray Train's default callbacks that cost a trial on a
+    small machine about 6-15 s and a process each (measured with `bench_platform.py`):
+
+    * the datasets callback, which starts a `DatasetManager` actor for every run even when the
+      run has no Ray Datasets (ours read their own data; the workers accept no shard provider);
+    * on a one-node Ray, the placement-group cleaner: a detached actor that asks the state API
+      every second whether the controller is alive, so that a controller that dies without
+      cleaning up leaves no placement group; stopping it waits up to 12 s at every run's end.
+      On one node the run's placement group goes with the sweep's driver anyway. Multi-node
+      clusters keep it.
+
+    DNCML_LEAN_TRAIN=0 keeps Ray Train's defaults."""
+
+    class LeanTrainer(base):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if os.environ.get("DNCML_LEAN_TRAIN", "1") == "0":
+                return callbacks
+            drop = {"PlacementGroupCleanerCallback"} if len([n for n in ray.nodes() if n.get("Alive")]) == 1 else set()
+            if not self.datasets:
+                drop.add("DatasetsCallback")
+            return [callback for callback in callbacks if type(callback).__name__ not in drop]
+
+    LeanTrainer.__name__ = LeanTrainer.__qualname__ = base.__name__
+    return LeanTrainer
+
+
 def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
     """Render / check the dataset on the driver first: a bad dataset fails here, and the workers
     never race to render the same cache. Returns the loaded bundle."""
@@ -212,7 +245,7 @@ def fit_run(
         use_gpu=resources.use_gpu,
         resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker or 1} if resources.use_gpu else {})},
     )
-    trainer = TorchTrainer(
+    trainer = lean_trainer(TorchTrainer)(
         worker_loop,
         train_loop_config={"spec": spec.to_dict(), "run_id": run_id, "fatal_file": str(fatal_file)},
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
@@ -228,8 +261,10 @@ def fit_run(
             callbacks=[StoreCallback(str(store.root.resolve()), sweep, recorder.trial_id, recorder.metric_names), *extra_callbacks],
         ),
     )
+    timeline("fit", run_id)
     try:
         result = trainer.fit()
+        timeline("fit returned", run_id)
     except BaseException as error:
         recorder.fail(error)
         raise
@@ -244,6 +279,7 @@ def fit_run(
         raise RunFailed(f"run {run_id}: {message}")
     if recorder.finish("completed") != "completed":
         raise RunFailed(f"run {run_id}: {recorder.store.trial_row(sweep, recorder.trial_id)['error']}")
+    timeline("recorded", run_id)
     fault_point("after_completed")  # tests interrupt here: the store is ahead of Tune's bookkeeping
     return result
 

@@ -113,6 +113,7 @@ def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
     trial_id = train_on_ray(spec, num_workers=2, storage=str(tmp_path / "store"))
     trials, epochs = read_store(tmp_path / "store", "train")
     assert trials.set_index("trial_id").loc[trial_id, "status"] == "completed"
+    assert trials.set_index("trial_id").loc[trial_id, "best_test_recall@1"] > 0  # the selected weights, tested once
     assert sorted(epochs["epoch"]) == list(range(spec.total_epochs))
     assert (epochs["workers"] == 2).all()
     assert epochs["workers_agree"].all()  # both workers trained on the same assignment version
@@ -249,9 +250,9 @@ def test_same_seed_same_numbers_alone_or_beside_another_trial(ray_local, tmp_pat
         trials, epochs = read_store(store, sweep)
         seed0 = trials.loc[trials["spec_seed"] == 0, "trial_id"].item()
         rows = epochs[epochs["trial_id"] == seed0].sort_values("epoch")
-        columns = [c for c in rows if c.startswith(("val_", "test_")) or c in ("loss", "cluster_sizes", "assignment_digest")]
+        columns = [c for c in rows if c.startswith(("val_", "test_", "selected_")) or c in ("loss", "cluster_sizes", "assignment_digest")]
         metrics.append(rows[columns].reset_index(drop=True))
-    assert len(metrics[0]) == 3
+    assert len(metrics[0]) == 3 and metrics[0]["selected_test_recall@1"].notna().any()
     pd.testing.assert_frame_equal(metrics[0], metrics[1], check_exact=True)
 
 

@@ -42,7 +42,10 @@ def test_every_smoke_sweep_completes(smoke_store):
         assert set(trials["status"]) <= {"completed", "pruned"}
         epochs = pd.read_parquet(store / sweep / "epochs")
         assert not epochs.duplicated(["trial_id", "epoch"]).any()
-        assert epochs["test_recall@1"].between(0, 1).all()
+        # test_eval: selected: every completed trial's selected weights were tested, once
+        completed = trials[trials["status"] == "completed"]
+        assert len(completed) and completed["best_test_recall@1"].between(0, 1).all()
+        assert epochs["selected_test_recall@1"].notna().sum() == len(completed)
 
 
 def test_table6_from_the_store(smoke_store):

@@ -110,6 +110,8 @@ def format_epoch(metrics: dict) -> str:
     for key in ("val_recall@1", "test_recall@1", "test_nmi", "test_map@r"):
         if key in metrics and metrics[key] == metrics[key]:
             parts.append(f"{key} {metrics[key]:.4f}")
+    if "selected_test_recall@1" in metrics and "test_recall@1" not in metrics:
+        parts.append(f"(epoch {metrics['best_epoch'] + 1}'s weights: test_recall@1 {metrics['selected_test_recall@1']:.4f})")
     parts.append(f"{metrics['epoch_seconds']:.1f}s")
     if metrics.get("cluster_seconds"):
         parts.append(f"(clustering {metrics['cluster_seconds']:.1f}s)")

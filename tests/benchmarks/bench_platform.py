@@ -2,15 +2,20 @@
 
     python tests/benchmarks/bench_platform.py [--quick]
     python tests/benchmarks/bench_platform.py --scale [--points 1000000]
+    python tests/benchmarks/bench_platform.py --sequential table6_grouping [--preset quick]
 
 1. Wall time of a nested Tune trial (trial function -> TorchTrainer -> 1 worker) vs the same
-   run's training in one process without Ray, for the smoke run (and the quick run with --quick).
+   run's training in one process without Ray, for the smoke run (and with --quick a trial of the
+   main job), and where the nested trial's time goes (from DNCML_TIMELINE events): Tune's trial,
+   Ray Train's start-up, the trainer's set-up, the epochs, the reports, the teardown.
 2. Round-trip time of the clustering actor for n = 10k and 60k embeddings of d = 128 (K = 8
    k-means): one worker's request through the actor vs the same `compute_assignment` called
    directly, so the difference is Ray's share.
 3. Past SOP (--scale): one round at 1,000,000 x 128 vectors sent by 8 simulated workers (tasks,
    each putting its shard in the object store, as Ray Train workers do): the round's wall time,
    the actor's peak memory and the bytes moved, with all points and with `kmeans_sample`.
+4. A sweep against a for-loop (--sequential): an experiment's trials one after another in one
+   process without Ray, to set beside the same sweep's wall time.
 """
 
 from __future__ import annotations
@@ -48,6 +53,66 @@ def time_nested(run_file: Path, overrides: dict, name: str) -> float:
         started = time.perf_counter()
         run_sweep(str(spec), storage=str(Path(scratch) / "store"))
         return time.perf_counter() - started
+
+
+def trial_breakdown(timeline_file: Path, nested_seconds: float) -> list[tuple[str, float]]:
+    """Where a nested trial's wall time goes, from the DNCML_TIMELINE events of its processes."""
+    events = []
+    for line in timeline_file.read_text().splitlines():
+        stamp, _pid, _trial, event = line.split(" ", 3)
+        events.append((float(stamp), event))
+    events.sort()
+    first = {}
+    for stamp, event in events:
+        first.setdefault(event, stamp)
+    reports = [(t, e) for t, e in events if e.startswith("report epoch")]
+    reported = [t for t, e in events if e == "reported"]
+    epoch_seconds = [float(e.split(" after ")[1].split()[0]) for _, e in reports]
+    setup = reports[0][0] - first["worker ready"] - epoch_seconds[0]
+    reporting = sum(done - start for (start, _), done in zip(reports, reported))
+    between = (reports[-1][0] - reports[0][0]) - sum(epoch_seconds[1:]) - sum(d - s for (s, _), d in zip(reports[:-1], reported[:-1]))
+    trial = first["recorded"] - first["trial start"]
+    return [
+        ("Tune trial start -> TorchTrainer.fit (data check, backbone)", first["fit"] - first["trial start"]),
+        ("fit -> worker runs (Ray Train controller, worker actors)", first["worker start"] - first["fit"]),
+        ("worker set-up (process group, session)", first["worker ready"] - first["worker start"]),
+        ("trainer set-up (dataset load, model)", setup),
+        (f"{len(epoch_seconds)} epochs (training, clustering, evaluation)", sum(epoch_seconds)),
+        ("reports with checkpoints (ray.train.report)", reporting),
+        ("between epochs, other", between),
+        ("last report -> fit returns (teardown)", first["fit returned"] - reported[-1]),
+        ("fit returns -> trial recorded", first["recorded"] - first["fit returned"]),
+        ("the sweep around the trial (Tune start and end)", nested_seconds - trial),
+    ]
+
+
+def actors_started() -> dict[str, int]:
+    """Ray actors started so far in this Ray instance, by class (dead ones included)."""
+    from collections import Counter
+
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000, raise_on_missing_output=False)
+    return dict(Counter(actor.class_name for actor in actors))
+
+
+def time_sequential(experiment_name: str, preset: str) -> None:
+    """An experiment's trials one after another in this process (no Ray), with all the cores'
+    threads: what a sweep of the same trials must not be slower than."""
+    import torch
+
+    from dncml.experiments.loader import load_experiment
+
+    experiment = load_experiment(experiment_name, preset)
+    points = experiment.grid_points()
+    print(f"{experiment_name} preset {preset}: {len(points)} trials one after another, {torch.get_num_threads()} torch threads")
+    started = time.perf_counter()
+    for point in points:
+        spec = experiment.run_spec(point)
+        seconds = time_local(spec)
+        print(f"  {experiment.setting_label(point)} seed={spec.seed}: {seconds:.1f} s", flush=True)
+    print(f"all {len(points)} trials: {time.perf_counter() - started:.0f} s (compare: the sweep's own 'done in' line)")
 
 
 def actor_round_trip(n: int, dim: int = 128, k: int = 8, repeats: int = 3) -> tuple[float, float]:
@@ -133,11 +198,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="also time the quick-size run (minutes)")
     parser.add_argument("--scale", action="store_true", help="only section 3: one round past SOP size")
     parser.add_argument("--points", type=int, default=1_000_000, help="--scale: vectors in the round")
+    parser.add_argument("--sequential", metavar="EXPERIMENT", help="only: the experiment's trials one after another, no Ray")
+    parser.add_argument("--preset", default="quick", help="--sequential: the experiment's preset")
     args = parser.parse_args()
+    if args.sequential:
+        time_sequential(args.sequential, args.preset)
+        return
     import ray
 
     from dncml.trainers import spec as runspec
 
+    timeline_file = Path(tempfile.mkdtemp(prefix="dncml-timeline-")) / "timeline.log"
+    os.environ["DNCML_TIMELINE"] = str(timeline_file)  # before ray.init: Ray's workers inherit it
     ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     if args.scale:
         print(f"one round, {args.points:,} x 128 vectors from 8 workers, K = 8, 100 k-means iterations")
@@ -149,15 +221,25 @@ def main() -> None:
         ray.shutdown()
         return
     sizes = [("smoke", ROOT / "experiments/runs/glyphs_smoke.yaml", {})]
-    if args.quick:
-        sizes.append(("quick", ROOT / "experiments/runs/glyphs_ablation.yaml", {"epochs": 2, "warmup_epochs": 1}))
-    print(f"{'run':<8}{'one process (s)':>17}{'nested trial (s)':>18}{'ratio':>8}{'Ray cost (s)':>14}")
+    if args.quick:  # a trial of the main job (the quick presets' run), whole
+        sizes.append(("quick", ROOT / "experiments/runs/glyphs_pretrained.yaml", {}))
+    breakdowns = {}
+    print(f"{'run':<8}{'one process (s)':>17}{'nested trial (s)':>18}{'ratio':>8}{'Ray cost (s)':>14}{'Ray share':>11}")
     for name, run_file, overrides in sizes:
         spec = runspec.load(run_file, overrides)
-        time_local(spec)  # warm caches (glyph render, imports) so both sides start equal
+        time_local(spec)  # warm caches (glyph render, backbone, imports) so both sides start equal
         local = time_local(spec)
+        timeline_file.unlink(missing_ok=True)
         nested = time_nested(run_file, overrides, f"bench_{name}")
-        print(f"{name:<8}{local:>17.1f}{nested:>18.1f}{nested / local:>8.2f}{nested - local:>14.1f}", flush=True)
+        breakdowns[name] = trial_breakdown(timeline_file, nested)
+        share = (nested - local) / nested
+        print(f"{name:<8}{local:>17.1f}{nested:>18.1f}{nested / local:>8.2f}{nested - local:>14.1f}{share:>11.0%}", flush=True)
+    for name, rows in breakdowns.items():
+        print(f"\nwhere the nested {name} trial's wall time goes (DNCML_TIMELINE events)")
+        for what, seconds in rows:
+            print(f"  {what:<62}{seconds:>8.1f} s")
+    print(f"\nRay actors started by these sweeps, by class: {actors_started()}")
+    print("target: Ray's share <= 10 % of a quick trial")
     print()
     print(f"{'n':>8}{'direct (s)':>12}{'via actor (s)':>15}{'Ray share (s)':>15}")
     for n in (10_000, 60_000):
