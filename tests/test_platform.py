@@ -103,6 +103,25 @@ def epoch_files(store: Path, sweep: str = "train") -> list[Path]:
 
 
 # ------------------------------------------------------------------------------- Ray Train
+def test_lean_trainer_leaves_out_the_dataset_manager_and_on_one_node_the_cleaner(ray_local, monkeypatch):
+    """Ray Train's defaults minus the callbacks that start a DatasetManager (no Ray Datasets
+    here) and, on a one-node Ray, the placement-group cleaner; DNCML_LEAN_TRAIN=0 keeps them."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from dncml.platform.train import lean_trainer
+
+    def callbacks():
+        trainer = lean_trainer(TorchTrainer)(lambda config: None, scaling_config=ScalingConfig(num_workers=1))
+        return {type(callback).__name__ for callback in trainer._create_default_callbacks()}
+
+    assert len([n for n in ray_local.nodes() if n["Alive"]]) == 1
+    lean = callbacks()
+    assert "BackendSetupCallback" in lean and not lean & {"DatasetsCallback", "PlacementGroupCleanerCallback"}
+    monkeypatch.setenv("DNCML_LEAN_TRAIN", "0")
+    assert callbacks() - lean == {"DatasetsCallback", "PlacementGroupCleanerCallback"}
+
+
 def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
     from ray.util.state import list_actors
 

@@ -124,7 +124,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
                 if not test_every_eval:
                     state.selected_model = cpu_copy(net.state_dict())
             if not test_every_eval and epoch + 1 == spec.total_epochs:
-                metrics.update(test_selected(net, data, spec, device, state, epoch))
+                metrics.update(evaluate_selected(net, data, spec, device, state, epoch))
             metrics["eval_seconds"] = eval_timer()
         metrics.update({"best_epoch": state.best_epoch, f"best_{spec.selection_metric}": state.best_value, "epoch_seconds": timer()})
         state.epoch = epoch + 1
@@ -139,7 +139,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
     return state
 
 
-def test_selected(
+def evaluate_selected(
     net: DivideAndConquerNet, data: DatasetBundle, spec: RunSpec, device: torch.device, state: TrainState, epoch: int
 ) -> dict:
     """`test_eval: selected`: the test sets, once, on the selected epoch's weights, as
