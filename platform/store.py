@@ -277,6 +277,9 @@ class ResultsStore:
     def write_epoch(self, sweep: str, trial_id: str, metrics: dict[str, Any], metric_names: list[str]) -> None:
         types = {"sweep": pa.string(), "trial_id": pa.string(), **EPOCH_FIELDS}
         types.update({name: pa.float64() for name in metric_names})
+        # `test_eval: selected`: the last epoch carries the selected weights' test metrics; every
+        # row has their columns, so that one schema reads the whole sweep
+        types.update({f"selected_{name}": pa.float64() for name in metric_names if not name.startswith("val_")})
         row = {**metrics, "sweep": sweep, "trial_id": trial_id}
         _atomic_write(_row_table(row, types), self.sweep_dir(sweep) / "epochs" / f"{trial_id}-e{int(metrics['epoch']):04d}.parquet")
         tensorboard_scalars(self.sweep_dir(sweep) / "tensorboard" / trial_id, metrics)

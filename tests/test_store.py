@@ -56,6 +56,9 @@ def test_a_trial_row_takes_the_selected_weights_test_metrics(tmp_path):
     assert row["best_epoch"] == 0 and row["best_val_recall@1"] == pytest.approx(0.9)
     assert row["best_test_recall@1"] == pytest.approx(0.42)
     assert row["final_test_recall@1"] is None
+    # one schema for the sweep: every epoch file has the selected_ column (null but on the last)
+    epochs = pd.read_parquet(tmp_path / "s" / "epochs")
+    assert epochs.sort_values("epoch")["selected_test_recall@1"].isna().tolist() == [True, True, False]
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", ".hidden", "x..y", "", "-flag", "a" * 200])
