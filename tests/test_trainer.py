@@ -714,6 +714,21 @@ class Interrupted(Exception):
     pass
 
 
+def interrupted_run(spec, root, data, after_epoch: int = 1) -> LocalRun:
+    """A run stopped right after `after_epoch` was reported (its checkpoints in root / "run",
+    scratch in root / "tmp"); the LocalRun that kept them."""
+    local = LocalRun(root / "run", printer=None)
+
+    def interrupting(metrics, checkpoint):
+        local(metrics, checkpoint)
+        if metrics["epoch"] == after_epoch:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(spec, root / "tmp", data, report=interrupting)
+    return local
+
+
 @pytest.mark.parametrize("source", ["full_pass", "training_pass"])
 def test_resume_continues_identically(source, tmp_path, tiny_data):
     # T = 2: epoch 2 re-clusters from the restored assignment (and, for training_pass, the
@@ -721,15 +736,7 @@ def test_resume_continues_identically(source, tmp_path, tiny_data):
     spec = tiny(embedding_source=source, T=2, epochs=3, finetune_epochs=0, steps_per_epoch=4, eval_every=10)
     straight, _, straight_model = run(spec, tmp_path / "straight", tiny_data)
 
-    local = LocalRun(tmp_path / "run", printer=None)
-
-    def interrupting(metrics, checkpoint):
-        local(metrics, checkpoint)
-        if metrics["epoch"] == 1:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        run(spec, tmp_path / "tmp", tiny_data, report=interrupting)
+    local = interrupted_run(spec, tmp_path, tiny_data)
     checkpoint = local.latest_checkpoint()
     assert checkpoint is not None and checkpoint.endswith("epoch-0001")
     assert [m["loss"] for m in local.history] == [m["loss"] for m in straight[:2]]
@@ -782,17 +789,8 @@ def test_test_eval_selected_equals_every_eval_at_the_selected_epoch(selected_epo
     assert_state_dicts_equal(every_model, selected_model)
 
     # Interrupted after epoch 1 and resumed: the checkpoint carries the selected weights.
-    chooser = SelectEpoch(selected_epoch)
-    monkeypatch.setattr(dnc, "evaluate", chooser)
-    local = LocalRun(tmp_path / "run", printer=None)
-
-    def interrupting(metrics, checkpoint):
-        local(metrics, checkpoint)
-        if metrics["epoch"] == 1:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        run(spec, tmp_path / "tmp", tiny_data, report=interrupting)
+    monkeypatch.setattr(dnc, "evaluate", SelectEpoch(selected_epoch))
+    local = interrupted_run(spec, tmp_path, tiny_data)
     resumed, _, _ = run(spec, tmp_path / "tmp", tiny_data, resume_from=local.latest_checkpoint())
     assert [m["epoch"] for m in resumed] == [2]
     for name in test_names:
