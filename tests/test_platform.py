@@ -105,11 +105,12 @@ def epoch_files(store: Path, sweep: str = "train") -> list[Path]:
 # ------------------------------------------------------------------------------- Ray Train
 def test_lean_trainer_leaves_out_the_dataset_manager_and_on_one_node_the_cleaner(ray_local, monkeypatch):
     """Ray Train's defaults minus the callbacks that start a DatasetManager (no Ray Datasets
-    here) and, on a one-node Ray, the placement-group cleaner; DNCML_LEAN_TRAIN=0 keeps them."""
+    here) and, on a one-node Ray, the placement-group cleaner and the preemption watcher;
+    DNCML_LEAN_TRAIN=0 keeps them."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from dncml.platform.train import lean_trainer
+    from dncml.platform.train import lean_controller_env, lean_trainer
 
     def callbacks():
         trainer = lean_trainer(TorchTrainer)(lambda config: None, scaling_config=ScalingConfig(num_workers=1))
@@ -118,8 +119,10 @@ def test_lean_trainer_leaves_out_the_dataset_manager_and_on_one_node_the_cleaner
     assert len([n for n in ray_local.nodes() if n["Alive"]]) == 1
     lean = callbacks()
     assert "BackendSetupCallback" in lean and not lean & {"DatasetsCallback", "PlacementGroupCleanerCallback"}
+    assert lean_controller_env() == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     monkeypatch.setenv("DNCML_LEAN_TRAIN", "0")
     assert callbacks() - lean == {"DatasetsCallback", "PlacementGroupCleanerCallback"}
+    assert lean_controller_env() == {}
 
 
 def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
@@ -143,6 +146,8 @@ def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
         a for a in list_actors(address=state_address(), filters=[("class_name", "=", "ClusteringActor")]) if trial_id in (a.name or "")
     ]
     assert len(actors) == 1  # one actor served both workers
+    # lean_trainer on one node: Ray Train started no preemption watcher for this run (or any other)
+    assert list_actors(address=state_address(), filters=[("class_name", "=", "PreemptionWatcher")]) == []
 
     # Ray kept the validation-selected checkpoint beside the newest; `dncml embed --trial` uses it.
     from dncml.platform.store import ResultsStore
