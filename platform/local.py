@@ -19,7 +19,7 @@ from dncml.trainers.spec import RunSpec
 
 from .console import log, summary
 from .errors import PlatformError
-from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name
+from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name, selected_test_metrics
 
 
 def train_local(
@@ -75,9 +75,7 @@ def train_local(
             raise
         if recorder and recorder.finish("completed") == "completed":
             summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
-        best = state.history[state.best_epoch] if state.best_epoch >= 0 else state.history[-1]
-        tested = {k: v for k, v in best.items() if k.startswith("test_")}
-        tested = tested or {k[len("selected_") :]: v for k, v in state.history[-1].items() if k.startswith("selected_test_")}
+        tested = selected_test_metrics(state.history)
         summary.info(
             f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
             + "  ".join(f"{k} {v:.4f}" for k, v in tested.items() if isinstance(v, float))

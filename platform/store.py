@@ -489,16 +489,33 @@ class TrialRecorder:
             row["train_seconds"] = sum(h.get("train_seconds") or 0.0 for h in self.history)
             row["cluster_seconds"] = sum(h.get("cluster_seconds") or 0.0 for h in self.history)
             row["eval_seconds"] = sum(h.get("eval_seconds") or 0.0 for h in self.history)
-            final = self.history[-1]
-            row["best_epoch"] = final.get("best_epoch")
-            best = next((h for h in self.history if h["epoch"] == final.get("best_epoch")), None)
+            row["best_epoch"] = self.history[-1].get("best_epoch")
+            best = selected_epoch(self.history) or {}
+            tested = selected_test_metrics(self.history)
             for name in self.metric_names:
                 evaluated = [h for h in self.history if h.get(name) is not None]
                 row["final_" + name] = evaluated[-1][name] if evaluated else None
-                # `test_eval: selected` tests only the selected weights, at the end: `selected_<name>`
-                held = best.get(name) if best else None
-                row["best_" + name] = held if held is not None else final.get("selected_" + name)
+                row["best_" + name] = tested.get(name) if name.startswith("test_") else best.get(name)
         self.store.write_trial(self.sweep, row, self.metric_names)
+
+
+def selected_epoch(history: list[dict]) -> dict | None:
+    """The report of the epoch model selection chose (the last report names it)."""
+    chosen = history[-1].get("best_epoch") if history else None
+    return next((report for report in history if report["epoch"] == chosen), None)
+
+
+def selected_test_metrics(history: list[dict]) -> dict:
+    """The test metrics of the weights model selection chose: that epoch's own `test_*`
+    (`test_eval: every_eval`, or a selection at the last epoch), else the `selected_test_*`
+    that `test_eval: selected` reports on the last epoch, after testing those weights once.
+    Empty while no test has run (a run pruned or stopped before its end)."""
+    best = selected_epoch(history) or {}
+    tested = {name: value for name, value in best.items() if name.startswith("test_") and value is not None}
+    if tested or not history:
+        return tested
+    prefix = "selected_"
+    return {name[len(prefix) :]: value for name, value in history[-1].items() if name.startswith(prefix + "test_") and value is not None}
 
 
 def write_embeddings(out: str | os.PathLike, split, vectors: np.ndarray) -> Path:

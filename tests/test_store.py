@@ -61,6 +61,22 @@ def test_a_trial_row_takes_the_selected_weights_test_metrics(tmp_path):
     assert epochs.sort_values("epoch")["selected_test_recall@1"].isna().tolist() == [True, True, False]
 
 
+def test_selected_test_metrics_of_every_way_a_run_tests():
+    """The one reading of a run's reports that the trial row and `dncml train --local` share."""
+    from dncml.platform.store import selected_test_metrics
+
+    every_eval = [{**epoch_row(e), "best_epoch": 1, "test_recall@1": 0.1 * (e + 1)} for e in range(3)]
+    assert selected_test_metrics(every_eval) == {"test_recall@1": pytest.approx(0.2)}  # the selected epoch's own
+    selected = [{**epoch_row(e), "best_epoch": 0} for e in range(3)]
+    selected[-1].update({"test_recall@1": 0.7, "selected_test_recall@1": 0.4, "selected_test_map@r": 0.3})
+    assert selected_test_metrics(selected) == {"test_recall@1": 0.4, "test_map@r": 0.3}  # not the last epoch's own
+    at_the_end = [{**epoch_row(e), "best_epoch": 2} for e in range(3)]
+    at_the_end[-1].update({"test_recall@1": 0.7, "selected_test_recall@1": 0.7})
+    assert selected_test_metrics(at_the_end) == {"test_recall@1": 0.7}
+    assert selected_test_metrics([{**epoch_row(0), "best_epoch": 0}]) == {}  # pruned before its end: no test ran
+    assert selected_test_metrics([]) == {}
+
+
 @pytest.mark.parametrize("name", ["../evil", "a/b", ".hidden", "x..y", "", "-flag", "a" * 200])
 def test_names_cannot_leave_the_store(name):
     with pytest.raises(StoreError, match="names files in the results store"):

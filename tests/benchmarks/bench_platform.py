@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
@@ -55,6 +56,9 @@ def time_nested(run_file: Path, overrides: dict, name: str) -> float:
         return time.perf_counter() - started
 
 
+SWEEP_AROUND = "the sweep around the trial (Tune start and end)"
+
+
 def trial_breakdown(timeline_file: Path, nested_seconds: float) -> list[tuple[str, float]]:
     """Where a nested trial's wall time goes, from the DNCML_TIMELINE events of its processes."""
     events = []
@@ -82,7 +86,7 @@ def trial_breakdown(timeline_file: Path, nested_seconds: float) -> list[tuple[st
         ("between epochs, other", between),
         ("last report -> fit returns (teardown)", first["fit returned"] - reported[-1]),
         ("fit returns -> trial recorded", first["recorded"] - first["fit returned"]),
-        ("the sweep around the trial (Tune start and end)", nested_seconds - trial),
+        (SWEEP_AROUND, nested_seconds - trial),
     ]
 
 
@@ -223,7 +227,7 @@ def main() -> None:
     sizes = [("smoke", ROOT / "experiments/runs/glyphs_smoke.yaml", {})]
     if args.quick:  # a trial of the main job (the quick presets' run), whole
         sizes.append(("quick", ROOT / "experiments/runs/glyphs_pretrained.yaml", {}))
-    breakdowns = {}
+    breakdowns, costs = {}, {}
     print(f"{'run':<8}{'one process (s)':>17}{'nested trial (s)':>18}{'ratio':>8}{'Ray cost (s)':>14}{'Ray share':>11}")
     for name, run_file, overrides in sizes:
         spec = runspec.load(run_file, overrides)
@@ -234,12 +238,20 @@ def main() -> None:
         breakdowns[name] = trial_breakdown(timeline_file, nested)
         share = (nested - local) / nested
         print(f"{name:<8}{local:>17.1f}{nested:>18.1f}{nested / local:>8.2f}{nested - local:>14.1f}{share:>11.0%}", flush=True)
+        costs[name] = (local, nested)
     for name, rows in breakdowns.items():
         print(f"\nwhere the nested {name} trial's wall time goes (DNCML_TIMELINE events)")
         for what, seconds in rows:
             print(f"  {what:<62}{seconds:>8.1f} s")
+        # A sweep of many trials starts and ends Tune once: what each further trial costs.
+        local, nested = costs[name]
+        per_trial = nested - dict(rows)[SWEEP_AROUND]
+        ray_seconds = per_trial - local
+        print(f"  a trial inside a longer sweep (without Tune's start and end): {ray_seconds:.1f} s of Ray, {ray_seconds / per_trial:.0%}")
     print(f"\nRay actors started by these sweeps, by class: {actors_started()}")
     print("target: Ray's share <= 10 % of a quick trial")
+    if importlib.util.find_spec("rfc3987_syntax"):
+        print("note: rfc3987-syntax is installed here (JupyterLab pulls it in): every Ray process starts about 1 s slower (see the README)")
     print()
     print(f"{'n':>8}{'direct (s)':>12}{'via actor (s)':>15}{'Ray share (s)':>15}")
     for n in (10_000, 60_000):
