@@ -209,10 +209,15 @@ def lean_trainer(base: type) -> type:
             return [callback for callback in callbacks if type(callback).__name__ not in drop]
 
         def _initialize_and_run_controller(self, **controller_init_kwargs):
-            # Ray Train hands the controller the RAY_TRAIN_* variables set in this process.
-            for name, value in lean_controller_env().items():
-                os.environ.setdefault(name, value)
-            return super()._initialize_and_run_controller(**controller_init_kwargs)
+            # Ray Train hands the controller the RAY_TRAIN_* variables set in this process, so
+            # they are set for this run only (the caller's own Ray Train runs keep its settings).
+            added = {name: value for name, value in lean_controller_env().items() if name not in os.environ}
+            os.environ.update(added)
+            try:
+                return super()._initialize_and_run_controller(**controller_init_kwargs)
+            finally:
+                for name in added:
+                    os.environ.pop(name, None)
 
     LeanTrainer.__name__ = LeanTrainer.__qualname__ = base.__name__
     return LeanTrainer

@@ -132,7 +132,9 @@ def test_train_two_workers_share_one_actor_assignment(ray_local, tmp_path):
     from dncml.platform.train import train_on_ray
 
     spec = smoke_spec(name="two_workers")
+    assert "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" not in os.environ
     trial_id = train_on_ray(spec, num_workers=2, storage=str(tmp_path / "store"))
+    assert "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" not in os.environ  # lean_trainer's settings were for that run only
     trials, epochs = read_store(tmp_path / "store", "train")
     assert trials.set_index("trial_id").loc[trial_id, "status"] == "completed"
     assert trials.set_index("trial_id").loc[trial_id, "best_test_recall@1"] > 0  # the selected weights, tested once
