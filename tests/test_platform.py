@@ -282,45 +282,6 @@ def test_same_seed_same_numbers_alone_or_beside_another_trial(ray_local, tmp_pat
     pd.testing.assert_frame_equal(metrics[0], metrics[1], check_exact=True)
 
 
-def test_optuna_search_with_asha(ray_local, tmp_path):
-    from dncml.platform.sweep import run_sweep
-
-    spec = tmp_path / "search.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "name": "search",
-                "base": str(SMOKE),
-                "run": {
-                    "glyph_classes": 64,
-                    "embedding_dim": 32,
-                    "steps_per_epoch": 3,
-                    "kmeans_iterations": 10,
-                    "warmup_epochs": 0,
-                    "epochs": 3,
-                    "finetune_epochs": 0,
-                },
-                "search": {"lr": {"loguniform": [1e-4, 1e-2]}, "num_learners": {"choice": [2, 4]}},
-                "num_samples": 3,
-                "metric": "val_recall@1",
-                "asha": {"grace_period": 1, "reduction_factor": 2},
-            }
-        )
-    )
-    sweep, summary = run_sweep(str(spec), storage=str(tmp_path / "store"))
-    trials, epochs = read_store(tmp_path / "store", sweep)
-    assert len(trials) == 3
-    assert set(trials["status"]) <= {"completed", "pruned"}
-    assert trials["spec_lr"].nunique() == 3  # Optuna sampled three different learning rates
-    assert set(trials["spec_num_learners"]) <= {2, 4}
-    # The study is Optuna's own, in the store: optuna.load_study (and optuna-dashboard) open it.
-    import optuna
-
-    study = optuna.load_study(study_name=sweep, storage=f"sqlite:///{tmp_path / 'store' / sweep / 'optuna.db'}")
-    assert len(study.trials) == 3
-    assert sorted(round(t.params["lr"], 12) for t in study.trials) == sorted(round(v, 12) for v in trials["spec_lr"])
-
-
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     """The race of issue 8, forced: the first trial's `completed` row and every epoch are in the
     store, the trial function has not returned (so Tune still counts it running) and Ctrl-C

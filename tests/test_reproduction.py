@@ -48,6 +48,24 @@ def test_every_smoke_sweep_completes(smoke_store):
         assert epochs["selected_test_recall@1"].notna().sum() == len(completed)
 
 
+def test_the_search_sweep_is_optunas_own_study_with_asha(smoke_store):
+    """The hpo smoke sweep: Optuna samples every trial (seeded TPE), ASHA may stop some, and the
+    study is Optuna's own, in the store: optuna.load_study (and optuna-dashboard) open it."""
+    import optuna
+
+    store, outcomes = smoke_store
+    sweep, _ = outcomes["hpo"]
+    experiment = load_experiment("hpo", "smoke")
+    assert experiment.asha  # the suite's Optuna + ASHA sweep
+    trials = pd.read_parquet(store / sweep / "trials")
+    assert len(trials) == 3 and set(trials["status"]) <= {"completed", "pruned"}
+    assert trials["spec_lr"].nunique() == 3  # three different learning rates sampled
+    assert set(trials["spec_num_learners"]) <= {2, 4, 8}
+    study = optuna.load_study(study_name=sweep, storage=f"sqlite:///{store / sweep / 'optuna.db'}")
+    assert len(study.trials) == 3
+    assert sorted(round(t.params["lr"], 12) for t in study.trials) == sorted(round(v, 12) for v in trials["spec_lr"])
+
+
 def test_table6_from_the_store(smoke_store):
     from dncml.analysis.store import load_experiment as load_results
     from dncml.analysis.tables import experiment_table, render_table
