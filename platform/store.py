@@ -43,6 +43,7 @@ EPOCH_FIELDS: dict[str, pa.DataType] = {
     "steps": pa.int64(),
     "train_seconds": pa.float64(),
     "images_per_second": pa.float64(),
+    "cpu_decoded_images": pa.int64(),  # data_path gpu: training images of the epoch PIL decoded
     "lr": pa.float64(),
     "eval_seconds": pa.float64(),
     "epoch_seconds": pa.float64(),

@@ -108,6 +108,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
                 "steps": len(schedule),
                 "train_seconds": train_seconds,
                 "images_per_second": images_seen / max(train_seconds, 1e-9),
+                **({"cpu_decoded_images": batches.cpu_decoded} if hasattr(batches, "cpu_decoded") else {}),
                 "lr": optimizer.param_groups[0]["lr"],
                 "backbone_rests": plan.backbone_rests(epoch),
                 "full_embedding": plan.full_embedding_at(epoch),

@@ -9,23 +9,39 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.base import DatasetBundle, ImageSplit
-from .data.loading import torch_dataset
+from .data.loading import photo_resize, torch_dataset
 from .data.torch_dataset import ArrayBatches
 from .evaluation import evaluate_embeddings
 from .model import DivideAndConquerNet
-from .runtime import autocast, memory_format, resolve_device, to_device
+from .runtime import autocast, memory_format, resolve_data_path, resolve_device, to_device
 from .spec import RunSpec
 
 
 def loader(split: ImageSplit, spec: RunSpec, train: bool, batch_sampler=None, indices=None):
     """Batches of (images, labels, indices). An in-memory split (glyphs) is gathered and scaled a
     whole batch at a time (`ArrayBatches`); image files go through a DataLoader with the photo
-    transforms and `loader_workers` processes."""
+    transforms and `loader_workers` processes: on `data_path` cpu, PIL decodes and augments in
+    the workers; on gpu, the workers read bytes and `TensorBatches` decodes and augments whole
+    batches on the run's device."""
     if batch_sampler is None:
         order = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
         batch_sampler = [order[i : i + spec.eval_batch_size] for i in range(0, len(order), spec.eval_batch_size)]
     if split.images is not None:
         return ArrayBatches(split, batch_sampler)
+    if resolve_data_path(spec) == "gpu":
+        from .data.tensor_path import TensorBatches
+
+        size = spec.resolved_image_size
+        return TensorBatches(
+            split,
+            batch_sampler,
+            resolve_device(spec),
+            train,
+            image_size=size,
+            resize=photo_resize(size),
+            crop_scale=(spec.crop_scale, 1.0),
+            workers=spec.loader_workers,
+        )
     kwargs = dict(num_workers=spec.loader_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False)
     return DataLoader(torch_dataset(split, spec, train=train), batch_sampler=[list(map(int, b)) for b in batch_sampler], **kwargs)
 

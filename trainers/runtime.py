@@ -23,6 +23,14 @@ def resolve_device(spec: RunSpec) -> torch.device:
     return torch.device("cuda")
 
 
+def resolve_data_path(spec: RunSpec) -> str:
+    """cpu | gpu: where a photo run decodes and augments its images (`data_path: auto` is gpu
+    on a CUDA device, cpu otherwise). gpu on a CPU device runs the same tensor path on the CPU."""
+    if spec.data_path != "auto":
+        return spec.data_path
+    return "gpu" if resolve_device(spec).type == "cuda" else "cpu"
+
+
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """Reseed every RNG at each epoch from (seed, epoch, rank): a run resumed at an epoch boundary
     continues exactly as the uninterrupted run would."""

@@ -33,6 +33,11 @@ EMBEDDING_SOURCES = ("full_pass", "training_pass")
 MASKS = ("fixed", "learned")
 LOSSES = registry.LOSSES.names()
 DEVICES = ("auto", "cpu", "cuda")
+# Where photos are decoded and augmented: cpu = PIL in `loader_workers` processes; gpu = the
+# tensor path (workers read encoded bytes, the training process decodes whole batches with
+# torchvision.io.decode_jpeg and augments them as tensors on the run's device: nvjpeg on CUDA,
+# libjpeg-turbo on a CPU run); auto = gpu on a CUDA device, cpu otherwise. Glyphs ignore it.
+DATA_PATHS = ("auto", "cpu", "gpu")
 FREEZE_BN = ("auto", "none", "stats", "all")  # auto: all when the backbone is pretrained, else none
 # selected: the test sets once, on the weights model selection chose (val every evaluation);
 # every_eval: the test sets at every evaluation too (per-epoch test curves, as the authors log).
@@ -49,6 +54,7 @@ CHOICES = {
     "masks": MASKS,
     "loss": LOSSES,
     "device": DEVICES,
+    "data_path": DATA_PATHS,
     "freeze_bn": FREEZE_BN,
     "test_eval": TEST_EVALS,
 }
@@ -80,6 +86,7 @@ class RunSpec:
     glyph_classes: int | None = None  # glyphs only: None = every eligible code point
     glyph_instances: int = 24  # glyphs only: 12 faces x augmentations
     image_size: int | None = None  # None: 32 for glyphs, 224 for photos
+    crop_scale: float = 0.16  # photos: the training crop covers crop_scale..1 of the resized image's area
     val_fraction: float = 0.15  # of the training classes, for model selection
     dataset_seed: int = 0
 
@@ -143,6 +150,7 @@ class RunSpec:
     amp: bool = False
     channels_last: bool = True  # images and convolution weights in NHWC (see runtime.memory_format)
     loader_workers: int = 0
+    data_path: str = "auto"  # photos: where images are decoded and augmented (see DATA_PATHS)
     checkpoint_every: int = 1  # epochs between checkpoints (the validation-selected epoch and the last always get one)
 
     # ------------------------------------------------------------------
@@ -396,6 +404,8 @@ def _validate(spec: RunSpec) -> None:
         raise SpecError(f"RunSpec field 'val_fraction' = {spec.val_fraction}: must be in [0, 0.9)")
     if not 0.0 < spec.lr_decay_gamma <= 1.0:
         raise SpecError(f"RunSpec field 'lr_decay_gamma' = {spec.lr_decay_gamma}: must be in (0, 1]")
+    if not 0.0 < spec.crop_scale <= 1.0:
+        raise SpecError(f"RunSpec field 'crop_scale' = {spec.crop_scale}: must be in (0, 1] (a training crop's smallest area)")
     if spec.image_size is not None and not 16 <= spec.image_size <= 1024:
         raise SpecError(f"RunSpec field 'image_size' = {spec.image_size}: must be in [16, 1024] or null")
     if spec.glyph_instances % 12:

@@ -33,6 +33,8 @@ class ImageSplit:
     images: np.ndarray | None = None  # uint8, (n, H, W) grayscale or (n, H, W, 3)
     paths: list[str] | None = None
     groups: np.ndarray | None = None
+    # paths inside a packed dataset (`pack.PackedImages`): the bytes are read from its shards
+    pack: object | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -64,7 +66,21 @@ class ImageSplit:
             images=self.images[indices] if self.images is not None else None,
             paths=[self.paths[i] for i in indices] if self.paths is not None else None,
             groups=self.groups[indices],
+            pack=self.pack,
         )
+
+    def read_bytes(self, index: int) -> bytes:
+        """The encoded file of image `index` (from its pack, or from disk); DatasetError if it is missing."""
+        path = self.paths[index]
+        if self.pack is not None:
+            return self.pack.read(path)
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise DatasetError(f"missing image file: {path}") from None
+        except OSError as exc:
+            raise DatasetError(f"cannot read image file {path}: {exc}") from None
 
 
 @dataclass

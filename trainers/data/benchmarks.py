@@ -48,6 +48,7 @@ from dncml.trainers.data.base import (
 )
 from dncml.trainers.data.folder import RECALL_KS as FOLDER_KS
 from dncml.trainers.data.folder import read_folder
+from dncml.trainers.data.pack import SHARD_BYTES, is_pack, pack_bundle, read_pack
 from dncml.trainers.registry import DATASETS
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "bundle_image_paths",
     "check_dataset",
     "check_files_exist",
+    "pack_dataset",
     "read_benchmark",
     "read_cars",
     "read_cub",
@@ -145,21 +147,30 @@ def _make_split(name: str, paths: list[str], labels, groups=None, source: object
     )
 
 
-def _decode_error(path: str) -> str | None:
+def _decode_error(path: str, read: Callable[[str], bytes] | None = None) -> str | None:
     """None if PIL decodes every pixel of path as `ImageDataset` does (open, convert to RGB),
     else "<ErrorType>: <message>". Never tolerates truncation (ImageFile.LOAD_TRUNCATED_IMAGES
-    is left as it is, False unless a caller sets it)."""
+    is left as it is, False unless a caller sets it). read: where the bytes come from (a pack's
+    `read`); None: the file at path."""
+    import io
+
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path if read is None else io.BytesIO(read(path))) as im:
             im.convert("RGB")
     except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def verify_image_files(paths: Sequence[str], progress: bool = False, workers: int | None = None, shown: int = 5) -> int:
+def verify_image_files(
+    paths: Sequence[str],
+    progress: bool = False,
+    workers: int | None = None,
+    shown: int = 5,
+    read: Callable[[str], bytes] | None = None,
+) -> int:
     """Decode every distinct image completely; DatasetError naming the files PIL cannot decode.
 
     First `check_files_exist` (missing or empty files fail at once, before any decoding); then
@@ -170,21 +181,26 @@ def verify_image_files(paths: Sequence[str], progress: bool = False, workers: in
     tqdm bar on stderr. Every file is decoded before failing, so the error gives how many are
     bad and names the first `shown` (in list order) with PIL's error for each.
 
+    read: where the bytes come from (a pack's `read`, which checked its shards when it opened);
+    None: the files themselves.
+
     Returns the number of distinct files checked.
     """
     from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
 
     from tqdm import tqdm
 
     distinct = list(dict.fromkeys(paths))
-    check_files_exist(distinct)
+    if read is None:
+        check_files_exist(distinct)
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     bad: list[str] = []
     pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
     try:
         results = tqdm(
-            pool.map(_decode_error, distinct),
+            pool.map(partial(_decode_error, read=read), distinct),
             total=len(distinct),
             desc="decoding images",
             unit="img",
@@ -219,8 +235,12 @@ def _bundle_paths(bundle: DatasetBundle) -> list[str]:
 
 def _finish(bundle: DatasetBundle, verify_images: bool) -> DatasetBundle:
     if verify_images:
-        verify_image_files(_bundle_paths(bundle))
+        verify_image_files(_bundle_paths(bundle), read=_pack_reader(bundle))
     return bundle
+
+
+def _pack_reader(bundle: DatasetBundle) -> Callable[[str], bytes] | None:
+    return bundle.train.pack.read if bundle.train.pack is not None else None
 
 
 def _split_by_class(
@@ -676,8 +696,23 @@ def _info(name: str) -> BenchmarkInfo:
 
 
 def read_benchmark(name: str, root: str | os.PathLike, verify_images: bool = False) -> DatasetBundle:
-    """Read benchmark `name` ("cub", "cars", "sop", "inshop", "vehicleid") from root."""
-    return _info(name).reader(root, verify_images=verify_images)
+    """Read benchmark `name` ("cub", "cars", "sop", "inshop", "vehicleid") from root: the
+    unpacked archive, or a pack of it (`dncml datasets pack`, see `pack.py`)."""
+    info = _info(name)
+    if is_pack(root):
+        return _finish(read_pack(root, expected=info.name), verify_images)
+    return info.reader(root, verify_images=verify_images)
+
+
+def pack_dataset(
+    name: str, root: str | os.PathLike, out: str | os.PathLike, shard_bytes: int = SHARD_BYTES, progress: bool = False
+) -> dict:
+    """Pack benchmark `name` read from root (its unpacked archive) into out (`dncml datasets pack`)."""
+    info = _info(name)
+    if is_pack(root):
+        raise DatasetError(f"{root} is already a pack")
+    root_path = _root_dir(root, info.title)
+    return pack_bundle(info.reader(root_path), root_path, out, shard_bytes=shard_bytes, progress=progress)
 
 
 def check_dataset(
@@ -700,12 +735,13 @@ def check_dataset(
     """
     info = _info(name)
     root_path = _root_dir(root, info.title)
-    bundle = info.reader(root_path, verify_images=False)
+    packed = is_pack(root_path)
+    bundle = read_pack(root_path, expected=info.name) if packed else info.reader(root_path, verify_images=False)
     distinct = bundle_image_paths(bundle)
     try:
         if verify_images:
-            verify_image_files(distinct, progress=progress)
-        else:
+            verify_image_files(distinct, progress=progress, read=_pack_reader(bundle))
+        elif not packed:  # a pack's shards and index were checked when it opened
             check_files_exist(distinct)
     except DatasetError as exc:
         raise DatasetError(f"{info.name} at {root_path}: {exc}") from None
@@ -725,6 +761,7 @@ def check_dataset(
         "num_groups": int(len(groups)),
         "group_names": dict(bundle.group_names),
         "images": len(distinct),
+        "packed": packed,
         "splits": splits,
         "warnings": warnings,
     }

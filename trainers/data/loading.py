@@ -25,7 +25,12 @@ def torch_dataset(split: ImageSplit, spec: RunSpec, train: bool):
     if split.images is not None:
         return ImageDataset(split)
     size = spec.resolved_image_size
-    return ImageDataset(split, photo_transforms(train=train, image_size=size, resize=int(round(size * 256 / 224))))
+    return ImageDataset(split, photo_transforms(train=train, image_size=size, resize=photo_resize(size), crop_scale=(spec.crop_scale, 1.0)))
+
+
+def photo_resize(image_size: int) -> int:
+    """The shorter side photos are resized to before the crop: 256 for 224 crops (the paper)."""
+    return int(round(image_size * 256 / 224))
 
 
 def metric_names(spec: RunSpec) -> list[str]:

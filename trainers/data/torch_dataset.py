@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -61,8 +63,9 @@ class ImageDataset(Dataset):
         from PIL import Image
 
         path = self.paths[index]
+        source = path if self.split.pack is None else io.BytesIO(self.split.read_bytes(index))
         try:
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 image = im.convert("RGB")
         except FileNotFoundError:
             raise DatasetError(f"missing image file: {path}") from None
