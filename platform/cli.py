@@ -1,6 +1,6 @@
 """`dncml`: the command line.
 
-    dncml datasets list | prepare glyphs | check NAME --root DIR | show NAME --out FILE.png
+    dncml datasets list | prepare glyphs | check NAME --root DIR | pack NAME --root DIR --out DIR | show NAME --out FILE.png
     dncml train RUNSPEC.yaml [--set field=value ...] [--local | --num-workers N --use-gpu --address A]
     dncml embed CHECKPOINT --split test --out FILE.parquet
     dncml sweep SPEC.yaml [--preset NAME] [--address A] [--storage DIR] [--resume]
@@ -103,12 +103,27 @@ def cmd_datasets_check(args) -> int:
     from dncml.trainers.data.benchmarks import check_dataset
 
     report = check_dataset(args.name, args.root, verify_images=args.verify_images, progress=args.verify_images)
-    print(f"{report['title']} at {report['root']}: {report['images']} image files")
+    packed = " (a pack: shards and index intact)" if report["packed"] else ""
+    print(f"{report['title']} at {report['root']}{packed}: {report['images']} image files")
     _print_summary(report["splits"])
     if report["has_groups"]:
         print(f"group labels: {report['num_groups']} groups")
     for warning in report["warnings"]:
         print(f"warning: {warning}")
+    return 0
+
+
+def cmd_datasets_pack(args) -> int:
+    from dncml.trainers.data.benchmarks import check_dataset, pack_dataset
+
+    started = time.perf_counter()
+    manifest = pack_dataset(args.name, args.root, args.out, shard_bytes=int(args.shard_mb * 2**20), progress=True)
+    total = sum(shard["bytes"] for shard in manifest["shards"])
+    print(
+        f"packed {manifest['images']} image files ({total / 2**20:.1f} MiB) of {args.name} into "
+        f"{len(manifest['shards'])} shard(s) at {args.out} in {time.perf_counter() - started:.1f} s; train with data_root: {args.out}"
+    )
+    _print_summary(check_dataset(args.name, args.out)["splits"])
     return 0
 
 
@@ -307,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-images", action="store_true", help="decode every image fully (slow)")
     glyph_options(p)
     p.set_defaults(func=cmd_datasets_check)
+    p = action("pack", "copy a photo dataset's image files into a few large shards with an index (data_root may point at it)")
+    p.add_argument("name", help="folder, cub, cars, sop, inshop or vehicleid")
+    p.add_argument("--root", required=True, help="the unpacked archive")
+    p.add_argument("--out", required=True, help="the pack's directory (new or empty)")
+    p.add_argument("--shard-mb", type=float, default=1024, help="the largest shard, in MiB")
+    p.set_defaults(func=cmd_datasets_pack)
     p = action("show", "write a grid of sample images per class (PNG, PDF or SVG by the extension)")
     p.add_argument("name", help="glyphs, folder, cub, cars, sop, inshop or vehicleid")
     p.add_argument("--root", help="the unpacked archive (not for glyphs)")

@@ -70,13 +70,14 @@ def jpeg_size(data: bytes | memoryview, max_pixels: int | None) -> tuple[int, in
     return None
 
 
-def _pil_pixels(split: ImageSplit, index: int, data: bytes | None = None) -> torch.Tensor:
-    """Image `index` decoded by PIL and converted to RGB, as `ImageDataset` does: uint8 (3, H, W)."""
+def _pil_pixels(split: ImageSplit, index: int) -> torch.Tensor:
+    """Image `index` decoded by PIL and converted to RGB exactly as `ImageDataset` does (the same
+    errors, word for word): uint8 (3, H, W)."""
     from PIL import Image
 
     path = split.paths[index]
     try:
-        source = io.BytesIO(data) if data is not None else (path if split.pack is None else io.BytesIO(split.read_bytes(index)))
+        source = path if split.pack is None else io.BytesIO(split.read_bytes(index))
         with Image.open(source) as im:
             image = np.asarray(im.convert("RGB"))
     except FileNotFoundError:
@@ -108,7 +109,7 @@ class EncodedImages(Dataset):
         if not data:
             raise DatasetError(f"empty image file: {self.split.paths[index]}")
         if jpeg_size(data, self.max_pixels) is None:
-            return None, _pil_pixels(self.split, index, data), int(self.labels[index]), index
+            return None, _pil_pixels(self.split, index), int(self.labels[index]), index
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), None, int(self.labels[index]), index
 
 
@@ -197,7 +198,7 @@ class TensorBatches:
                         decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
                     except RuntimeError:
                         self.cpu_decoded += 1
-                        decoded.append(_pil_pixels(self.dataset.split, items[k][3], data.numpy().tobytes()).to(self.device))
+                        decoded.append(_pil_pixels(self.dataset.split, items[k][3]).to(self.device))
             for k, image in zip(jpegs, decoded):
                 images[k] = image
         return images
