@@ -312,3 +312,27 @@ def test_the_pack_command(tmp_path):
     )
     assert checked.returncode == 0, checked.stderr
     assert "(a pack: shards and index intact): 10 image files" in checked.stdout
+
+
+# ------------------------------------------------------------------------------ in the trainer
+
+
+def test_a_run_trains_on_the_tensor_path_and_reports_the_pil_decodes(tmp_path):
+    from test_folder import make_folder
+
+    from dncml.trainers import divide_and_conquer as dnc
+    from dncml.trainers.seam import Seam
+
+    root = make_folder(tmp_path / "images", classes=16, per_class=4)  # half the files are PNGs
+    base = dict(dataset="folder", data_root=str(root), image_size=32, K=2, d=16, batch_size=8, m=2, epochs=1, steps_per_epoch=3)
+    histories = {}
+    for data_path in ("cpu", "gpu"):
+        spec = from_dict({**base, "data_path": data_path, "device": "cpu", "val_fraction": 0.25})
+        history = []
+        dnc.train(spec, Seam(report=lambda m, c, history=history: history.append(m), checkpoint_root=str(tmp_path / data_path)))
+        histories[data_path] = history[-1]
+    gpu, cpu = histories["gpu"], histories["cpu"]
+    assert "cpu_decoded_images" not in cpu
+    assert 0 < gpu["cpu_decoded_images"] < 24  # the PNGs among the 3 x 8 training images drawn
+    for metrics in (cpu, gpu):
+        assert np.isfinite(metrics["loss"]) and 0 <= metrics["test_recall@1"] <= 1

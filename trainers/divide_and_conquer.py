@@ -74,7 +74,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
         # Training: one learner per step, a batch from that learner's cluster.
         model.train()
         schedule = sampler.epoch(epoch, steps)
-        batches = loader(data.train, spec, train=True, batch_sampler=[step.indices.tolist() for step in schedule])
+        batches = loader(data.train, spec, train=True, batch_sampler=[step.indices.tolist() for step in schedule], device=device)
         train_timer, step_losses = Timer(), []
         with backbone_resting(optimizer, plan.backbone_rests(epoch)):
             for step, (images, _, indices) in zip(schedule, batches):

@@ -17,12 +17,12 @@ from .runtime import autocast, memory_format, resolve_data_path, resolve_device,
 from .spec import RunSpec
 
 
-def loader(split: ImageSplit, spec: RunSpec, train: bool, batch_sampler=None, indices=None):
+def loader(split: ImageSplit, spec: RunSpec, train: bool, batch_sampler=None, indices=None, device: torch.device | None = None):
     """Batches of (images, labels, indices). An in-memory split (glyphs) is gathered and scaled a
     whole batch at a time (`ArrayBatches`); image files go through a DataLoader with the photo
     transforms and `loader_workers` processes: on `data_path` cpu, PIL decodes and augments in
     the workers; on gpu, the workers read bytes and `TensorBatches` decodes and augments whole
-    batches on the run's device."""
+    batches on `device` (None: the spec's)."""
     if batch_sampler is None:
         order = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
         batch_sampler = [order[i : i + spec.eval_batch_size] for i in range(0, len(order), spec.eval_batch_size)]
@@ -35,7 +35,7 @@ def loader(split: ImageSplit, spec: RunSpec, train: bool, batch_sampler=None, in
         return TensorBatches(
             split,
             batch_sampler,
-            resolve_device(spec),
+            device or resolve_device(spec),
             train,
             image_size=size,
             resize=photo_resize(size),
@@ -60,7 +60,7 @@ def embed_split(
     net.eval()
     chunks = []
     with autocast(spec, device):
-        for images, _, _ in loader(split, spec, train=False, indices=indices):
+        for images, _, _ in loader(split, spec, train=False, indices=indices, device=device):
             chunks.append(net.embed(to_device(images, spec, device), space).float().cpu())
     net.train(was_training)
     width = spec.embedding_dim if space == "embedding" else net.backbone.feature_dim
