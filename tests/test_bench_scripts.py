@@ -22,6 +22,17 @@ def test_gpu_benchmark_runs_tiny_on_cpu():
 
 
 @pytest.mark.slow
+def test_datapath_benchmark_runs_tiny_on_cpu():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_datapath.py"), "--tiny", "--train"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cpu: PIL in" in result.stdout and "gpu path on the CPU: decode_jpeg + tensor ops" in result.stdout
+    assert "tensor path on the CPU / PIL workers:" in result.stdout
+    assert "--train needs a GPU" in result.stdout or "end to end / synthetic" in result.stdout
+
+
+@pytest.mark.slow
 def test_ddp_check_keeps_ranks_identical_on_cpu():
     # The same script checks DDP on the GPU (gloo or NCCL); here two CPU ranks over gloo.
     result = subprocess.run(

@@ -90,8 +90,9 @@ def _pil_pixels(split: ImageSplit, index: int) -> torch.Tensor:
 
 
 class EncodedImages(Dataset):
-    """`dataset[i]` -> (encoded JPEG bytes as a uint8 tensor, or None, pixels (uint8 (3, H, W))
-    decoded by PIL where the fast decoder cannot take the file, or None, label, index)."""
+    """`dataset[i]` -> (encoded JPEG bytes as a uint8 tensor, or None; pixels (uint8 (3, H, W))
+    decoded by PIL where the fast decoder cannot take the file, or None; (height, width); label;
+    index)."""
 
     def __init__(self, split: ImageSplit):
         from PIL import Image
@@ -106,11 +107,11 @@ class EncodedImages(Dataset):
     def __getitem__(self, index: int):
         index = int(index)
         data = self.split.read_bytes(index)
-        if not data:
-            raise DatasetError(f"empty image file: {self.split.paths[index]}")
-        if jpeg_size(data, self.max_pixels) is None:
-            return None, _pil_pixels(self.split, index), int(self.labels[index]), index
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8), None, int(self.labels[index]), index
+        size = jpeg_size(data, self.max_pixels)
+        if size is None:
+            pixels = _pil_pixels(self.split, index)
+            return None, pixels, tuple(pixels.shape[-2:]), int(self.labels[index]), index
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), None, size, int(self.labels[index]), index
 
 
 def _keep(items):
@@ -176,53 +177,77 @@ class TensorBatches:
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.cpu_decoded = 0
         self.images = 0
+        self._pool = None
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def _decode(self, items) -> list[torch.Tensor]:
-        """uint8 (3, H, W) images on the device: the JPEGs of the batch in one decode_jpeg call."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        images: list[torch.Tensor | None] = [None if pixels is None else pixels.to(self.device) for _, pixels, _, _ in items]
-        jpegs = [k for k, (data, _, _, _) in enumerate(items) if data is not None]
-        self.cpu_decoded += len(items) - len(jpegs)
-        if jpegs:
-            encoded = [items[k][0] for k in jpegs]
-            try:
-                decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
-            except RuntimeError:  # some file of the batch: decode one by one, PIL for the ones refused
-                decoded = []
-                for k, data in zip(jpegs, encoded):
-                    try:
-                        decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
-                    except RuntimeError:
-                        self.cpu_decoded += 1
-                        decoded.append(_pil_pixels(self.dataset.split, items[k][3]).to(self.device))
-            for k, image in zip(jpegs, decoded):
-                images[k] = image
-        return images
-
-    def _transform(self, images: list[torch.Tensor], rng: np.random.Generator | None) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as F
-
-        size = [self.image_size, self.image_size]
-        out = []
-        flips = []
-        for image in images:
-            height, width = image.shape[-2:]
-            rh, rw = resized_size(height, width, self.resize)
-            if rng is None:  # Resize(resize) -> CenterCrop(image_size)
-                out.append(F.center_crop(F.resize(image, [rh, rw], antialias=True), size))
+    def _boxes(self, items, rng: np.random.Generator | None) -> tuple[list[tuple[int, int, int, int] | None], list[bool]]:
+        """Per image, in batch order: the (top, left, height, width) box of the decoded image to
+        resize to image_size (train), or None (test: Resize then CenterCrop); and the flips."""
+        boxes, flips = [], []
+        for _, _, (height, width), _, _ in items:
+            if rng is None:
+                boxes.append(None)
                 continue
+            rh, rw = resized_size(height, width, self.resize)
             top, left, h, w = crop_params(rh, rw, self.crop_scale, rng)
-            flips.append(rng.random() < 0.5)
+            flips.append(bool(rng.random() < 0.5))
             # the crop drawn on the resized image, taken from the decoded one: one resize, not two
             sy, sx = height / rh, width / rw
             y0, x0 = min(height - 1, round(top * sy)), min(width - 1, round(left * sx))
             y1, x1 = max(y0 + 1, min(height, round((top + h) * sy))), max(x0 + 1, min(width, round((left + w) * sx)))
-            out.append(F.resized_crop(image, y0, x0, y1 - y0, x1 - x0, size, antialias=True))
-        batch = torch.stack(out)
+            boxes.append((y0, x0, y1 - y0, x1 - x0))
+        return boxes, flips
+
+    def _crop(self, image: torch.Tensor, box) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        size = [self.image_size, self.image_size]
+        if box is None:
+            height, width = image.shape[-2:]
+            return F.center_crop(F.resize(image, list(resized_size(height, width, self.resize)), antialias=True), size)
+        return F.resized_crop(image, *box, size, antialias=True)
+
+    def _decode_one(self, item) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        data, pixels, _, _, index = item
+        if data is None:
+            return pixels.to(self.device)
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:  # decode_jpeg refuses it: PIL decides, as on the cpu path
+            self.cpu_decoded += 1
+            return _pil_pixels(self.dataset.split, index).to(self.device)
+
+    def _images(self, items, boxes) -> list[torch.Tensor]:
+        """uint8 (3, image_size, image_size) crops on the device. CUDA: the batch's JPEGs in one
+        nvjpeg call, then one crop-resize kernel each. CPU: each image decoded and cropped in a
+        thread pool (decode_jpeg and the resize release the GIL)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        self.cpu_decoded += sum(item[0] is None for item in items)
+        if self.device.type == "cpu":
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max(1, torch.get_num_threads()))
+            return list(self._pool.map(lambda k: self._crop(self._decode_one(items[k]), boxes[k]), range(len(items))))
+        images: list[torch.Tensor | None] = [None if item[0] is not None else item[1].to(self.device) for item in items]
+        jpegs = [k for k, item in enumerate(items) if item[0] is not None]
+        if jpegs:
+            try:
+                decoded = decode_jpeg([items[k][0] for k in jpegs], mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:  # some file of the batch: one by one, PIL for the ones refused
+                decoded = [self._decode_one(items[k]) for k in jpegs]
+            for k, image in zip(jpegs, decoded):
+                images[k] = image
+        return [self._crop(image, box) for image, box in zip(images, boxes)]
+
+    def _batch(self, items, rng: np.random.Generator | None) -> torch.Tensor:
+        boxes, flips = self._boxes(items, rng)
+        batch = torch.stack(self._images(items, boxes))
         if flips:
             flip = torch.tensor(flips, device=batch.device).view(-1, 1, 1, 1)
             batch = torch.where(flip, batch.flip(-1), batch)
@@ -232,10 +257,15 @@ class TensorBatches:
         self.cpu_decoded = self.images = 0
         epoch_seed = torch.initial_seed()  # `seed_epoch` sets it from (seed, epoch, rank)
         loader = DataLoader(self.dataset, batch_sampler=self.batches, num_workers=self.workers, collate_fn=_keep)
-        for step, items in enumerate(loader):
-            rng = np.random.default_rng([epoch_seed % 2**63, step]) if self.train else None
-            images = self._transform(self._decode(items), rng)
-            self.images += len(items)
-            labels = torch.tensor([item[2] for item in items], dtype=torch.int64)
-            indices = torch.tensor([item[3] for item in items], dtype=torch.int64)
-            yield images, labels, indices
+        try:
+            for step, items in enumerate(loader):
+                rng = np.random.default_rng([epoch_seed % 2**63, step]) if self.train else None
+                images = self._batch(items, rng)
+                self.images += len(items)
+                labels = torch.tensor([item[3] for item in items], dtype=torch.int64)
+                indices = torch.tensor([item[4] for item in items], dtype=torch.int64)
+                yield images, labels, indices
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
