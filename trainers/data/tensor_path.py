@@ -13,7 +13,8 @@ the paper's transforms as tensor operations on the same device:
   within JPEG-decoder and resize rounding (tests/test_tensor_path.py).
 
 The random draws of step s come from a generator seeded by (torch's epoch seed, s), so a run
-resumed at an epoch boundary draws the same crops. A file the fast decoder cannot vouch for (not
+resumed at an epoch boundary draws the same crops. Batch s + 1 is made in a background thread
+(on its own CUDA stream) while the training step uses batch s. A file the fast decoder cannot vouch for (not
 a baseline or progressive 8-bit JPEG with 1 or 3 components, no end-of-image marker, i.e.
 truncated, or more pixels than PIL's decompression-bomb limit) is decoded by PIL in the worker,
 exactly as the cpu path does (same errors: `DatasetError` naming the file); so is a JPEG that
@@ -253,19 +254,48 @@ class TensorBatches:
             batch = torch.where(flip, batch.flip(-1), batch)
         return (batch.float().div_(255.0) - self.mean) / self.std
 
+    def _produce(self, items, rng, stream):
+        """One batch, made on the side stream on CUDA (so that it overlaps the training step)."""
+        if stream is None:
+            return self._batch(items, rng), None
+        with torch.cuda.stream(stream):
+            images = self._batch(items, rng)
+            event = torch.cuda.Event()
+            event.record(stream)
+        return images, event
+
+    def _deliver(self, future, items):
+        images, event = future.result()
+        if event is not None:  # the training stream waits for the side stream's batch
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            images.record_stream(current)
+        self.images += len(items)
+        labels = torch.tensor([item[3] for item in items], dtype=torch.int64)
+        indices = torch.tensor([item[4] for item in items], dtype=torch.int64)
+        return images, labels, indices
+
     def __iter__(self):
+        """Batch s + 1 is decoded and augmented in a background thread while the caller uses batch s."""
+        from concurrent.futures import ThreadPoolExecutor
+
         self.cpu_decoded = self.images = 0
         epoch_seed = torch.initial_seed()  # `seed_epoch` sets it from (seed, epoch, rank)
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         loader = DataLoader(self.dataset, batch_sampler=self.batches, num_workers=self.workers, collate_fn=_keep)
+        prefetch = ThreadPoolExecutor(1)
         try:
+            pending = None
             for step, items in enumerate(loader):
                 rng = np.random.default_rng([epoch_seed % 2**63, step]) if self.train else None
-                images = self._batch(items, rng)
-                self.images += len(items)
-                labels = torch.tensor([item[3] for item in items], dtype=torch.int64)
-                indices = torch.tensor([item[4] for item in items], dtype=torch.int64)
-                yield images, labels, indices
+                future = prefetch.submit(self._produce, items, rng, stream)
+                if pending is not None:
+                    yield self._deliver(*pending)
+                pending = (future, items)
+            if pending is not None:
+                yield self._deliver(*pending)
         finally:
+            prefetch.shutdown(wait=True, cancel_futures=True)
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
