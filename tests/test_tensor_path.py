@@ -272,6 +272,9 @@ def test_a_pack_reads_like_the_tree_on_both_paths(tmp_path, capsys):
     assert packed.group_names == tree.group_names and packed.recall_ks == tree.recall_ks
     subset = packed.train.subset(np.array([1, 0]))
     assert subset.pack is packed.train.pack and subset.read_bytes(1) == packed.train.read_bytes(0)
+    from dncml.trainers.data.preview import save_grid
+
+    assert Path(save_grid(packed.train, tmp_path / "grid.png", classes=2, per_class=2)).read_bytes()[:4] == b"\x89PNG"
     report = check_dataset("sop", pack, verify_images=True)
     assert report["packed"] and report["images"] == 10 and report["splits"] == check_dataset("sop", root)["splits"]
     with pytest.raises(DatasetError, match="holds dataset 'sop', not 'cub'"):

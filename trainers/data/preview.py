@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ def _image(split: ImageSplit, i: int, cell: int, rgb: bool):
     else:
         path = split.paths[i]
         try:
-            with Image.open(path) as f:
+            with Image.open(path if split.pack is None else io.BytesIO(split.read_bytes(i))) as f:
                 img = f.convert("RGB")
         except (OSError, ValueError) as exc:
             raise DatasetError(f"cannot read image {path}: {exc}") from exc

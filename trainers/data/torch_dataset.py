@@ -25,7 +25,8 @@ class ImageDataset(Dataset):
     normalised with mean 0.5 / std 0.5 (range [-1, 1]); otherwise `transform` is applied to the
     [0, 1] tensor (so it must take tensors).
 
-    Path splits (split.paths): the file is opened with PIL and converted to RGB, then `transform`
+    Path splits (split.paths): the file (or its bytes in the split's pack) is opened with PIL and
+    converted to RGB, then `transform`
     is applied (with None: `photo_transforms(train=False)`, i.e. resize 256, centre crop 224,
     ImageNet normalisation). A file that is missing or cannot be decoded raises DatasetError naming
     its path.
