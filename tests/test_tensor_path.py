@@ -327,10 +327,11 @@ def test_a_run_trains_on_the_tensor_path_and_reports_the_pil_decodes(tmp_path):
     from dncml.trainers.seam import Seam
 
     root = make_folder(tmp_path / "images", classes=16, per_class=4)  # half the files are PNGs
-    base = dict(dataset="folder", data_root=str(root), image_size=32, K=2, d=16, batch_size=8, m=2, epochs=1, steps_per_epoch=3)
+    pack_dataset("folder", root, tmp_path / "pack")
+    base = dict(dataset="folder", image_size=32, K=2, d=16, batch_size=8, m=2, epochs=1, steps_per_epoch=3, device="cpu", val_fraction=0.25)
     histories = {}
-    for data_path in ("cpu", "gpu"):
-        spec = from_dict({**base, "data_path": data_path, "device": "cpu", "val_fraction": 0.25})
+    for data_path, data_root in (("cpu", root), ("gpu", tmp_path / "pack")):  # the tensor path trains from the pack
+        spec = from_dict({**base, "data_path": data_path, "data_root": str(data_root)})
         history = []
         dnc.train(spec, Seam(report=lambda m, c, history=history: history.append(m), checkpoint_root=str(tmp_path / data_path)))
         histories[data_path] = history[-1]

@@ -94,4 +94,9 @@ def read_folder(root: str | os.PathLike, verify_images: bool = False, seed: int 
 
 @DATASETS.register("folder")
 def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
-    return read_folder(os.path.expandvars(spec.data_root), seed=spec.dataset_seed)
+    from .pack import is_pack, read_pack
+
+    root = os.path.expandvars(spec.data_root)
+    if is_pack(root):  # `dncml datasets pack folder`: the split as it was drawn when packed
+        return read_pack(root, expected="folder")
+    return read_folder(root, seed=spec.dataset_seed)
