@@ -65,14 +65,26 @@ def write_jpegs(folder: str, count: int, tiny: bool) -> list[str]:
     return paths
 
 
-def timed_pass(batches) -> float:
-    started = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the DataLoader workers, once joined)."""
+    import resource
+
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def timed_pass(batches) -> tuple[float, float]:
+    """(images/s, CPU milliseconds per image, workers included) of one pass."""
+    started, cpu = time.perf_counter(), cpu_seconds()
     count = 0
     for images, _, _ in batches:
         count += len(images)
     if isinstance(images, torch.Tensor) and images.device.type == "cuda":
         torch.cuda.synchronize()
-    return count / (time.perf_counter() - started)
+    del batches, images  # the DataLoader's workers end and are joined: their CPU time counts
+    import gc
+
+    gc.collect()
+    return count / (time.perf_counter() - started), 1000 * (cpu_seconds() - cpu) / count
 
 
 def resnet_rates(paths: list[str], batch: int, steps: int, size: int) -> tuple[float, float]:
@@ -161,15 +173,22 @@ def main(argv=None) -> int:
             paths_to_run["gpu path on CUDA: nvjpeg + tensor ops"] = lambda: TensorBatches(split, batches, "cuda", True, workers=workers)
             timed_pass(paths_to_run["gpu path on CUDA: nvjpeg + tensor ops"]())  # nvjpeg's handle starts once
         rates: dict[str, list[float]] = {name: [] for name in paths_to_run}
+        costs: dict[str, list[float]] = {name: [] for name in paths_to_run}
         for _ in range(repeats):
             for name, make in paths_to_run.items():
-                rates[name].append(timed_pass(make()))
-        print("\n== training transforms (resize 256, random resized crop 224, flip, normalise), images/s")
+                rate, cost = timed_pass(make())
+                rates[name].append(rate)
+                costs[name].append(cost)
+        print("\n== training transforms (resize 256, random resized crop 224, flip, normalise)")
+        print(f"{'':<48}{'images/s':>9}{'CPU ms/image':>14}")
         medians = {name: statistics.median(values) for name, values in rates.items()}
         for name, rate in medians.items():
-            print(f"{name:<48}{rate:>9.0f}   (passes: {', '.join(f'{r:.0f}' for r in rates[name])})")
+            passes = ", ".join(f"{r:.0f}" for r in rates[name])
+            print(f"{name:<48}{rate:>9.0f}{statistics.median(costs[name]):>14.2f}   (passes: {passes} images/s)")
         cpu_name, tensor_name = list(medians)[:2]
-        print(f"tensor path on the CPU / PIL workers: {medians[tensor_name] / medians[cpu_name]:.2f}x")
+        speed = medians[tensor_name] / medians[cpu_name]
+        cost = statistics.median(costs[cpu_name]) / statistics.median(costs[tensor_name])
+        print(f"tensor path on the CPU / PIL workers: {speed:.2f}x the images/s, {cost:.2f}x the images per CPU second")
         if args.train:
             if not cuda:
                 print("--train needs a GPU: skipped")
