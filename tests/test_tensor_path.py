@@ -200,6 +200,8 @@ def bad_files(folder: Path) -> dict[str, str]:
     Image.fromarray(ramp(64, 48)).convert("CMYK").save(files["cmyk"], "JPEG")
     files["pixel"] = str(folder / "pixel.jpg")
     Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(files["pixel"], "JPEG")
+    files["progressive"] = str(folder / "progressive.jpg")
+    Image.fromarray(ramp(120, 90)).save(files["progressive"], "JPEG", progressive=True)
     files["bomb"] = str(folder / "bomb.jpg")
     Image.fromarray(ramp(400, 400)).save(files["bomb"], "JPEG")  # a bomb once the limit below is set
     return files
@@ -217,6 +219,8 @@ def test_bad_files_fail_as_on_the_pil_path_and_in_the_check(tmp_path, monkeypatc
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60_000)  # 400 x 400 > 2 x 60,000 > a 224 x 224 crop: PIL's DecompressionBombError
     files = bad_files(tmp_path)
     assert jpeg_size(Path(files["pixel"]).read_bytes(), None) == (1, 1)
+    assert jpeg_size(Path(files["progressive"]).read_bytes(), None) == (90, 120)  # decode_jpeg takes it
+    assert jpeg_size(Path(files["cmyk"]).read_bytes(), None) is None  # 4 components: PIL converts it
     assert jpeg_size(Path(files["truncated"]).read_bytes(), None) is None  # no end-of-image marker
     assert jpeg_size(Path(files["bomb"]).read_bytes(), 60_000) is None  # over the limit: PIL decides
     expected = {"text": "UnidentifiedImageError", "truncated": "image file is truncated", "bomb": "DecompressionBombError"}
@@ -227,7 +231,7 @@ def test_bad_files_fail_as_on_the_pil_path_and_in_the_check(tmp_path, monkeypatc
         assert pil == tensor, kind  # the same message, naming the file
         if kind in expected:
             assert tensor is not None and expected[kind] in tensor and path in tensor, (kind, tensor)
-        else:  # CMYK and a 1-pixel image decode, on both paths, to the same tensor
+        else:  # CMYK, progressive and 1-pixel images decode, on both paths, to the same tensor
             assert tensor is None
             tensor_image = next(iter(TensorBatches(split, [[0]], "cpu", train=False)))[0][0]
             assert (to_uint8_scale(tensor_image[None]) - to_uint8_scale(ImageDataset(split)[0][0][None])).abs().amax() <= 1.01
@@ -235,10 +239,10 @@ def test_bad_files_fail_as_on_the_pil_path_and_in_the_check(tmp_path, monkeypatc
     with pytest.raises(DatasetError) as info:
         verify_image_files(list(files.values()))
     text = str(info.value)
-    assert text.startswith("3 of 5 image files cannot be decoded")
+    assert text.startswith("3 of 6 image files cannot be decoded")
     for kind in expected:
         assert files[kind] in text
-    assert files["cmyk"] not in text and files["pixel"] not in text
+    assert files["cmyk"] not in text and files["pixel"] not in text and files["progressive"] not in text
 
 
 # ----------------------------------------------------------------------------------- packs
