@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 
 import numpy as np
 import torch
@@ -179,6 +180,7 @@ class TensorBatches:
         self.cpu_decoded = 0
         self.images = 0
         self._pool = None
+        self._count_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -219,7 +221,8 @@ class TensorBatches:
         try:
             return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:  # decode_jpeg refuses it: PIL decides, as on the cpu path
-            self.cpu_decoded += 1
+            with self._count_lock:  # called from the CPU thread pool
+                self.cpu_decoded += 1
             return _pil_pixels(self.dataset.split, index).to(self.device)
 
     def _images(self, items, boxes) -> list[torch.Tensor]:
