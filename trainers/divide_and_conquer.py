@@ -68,6 +68,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
             state.assignment, metrics = divide(spec, seam, net, data, targets, state.assignment, bank, epoch)
         assignment = state.assignment if phase == "divide" else whole_training_set(num_samples)
         blocks = [plan.block_of(c, assignment.num_clusters, epoch) for c in range(assignment.num_clusters)]
+        net.undivided = plan.undivided_at(epoch)
         reset_optimizer_state(optimizer, net.set_learner_blocks(blocks, split=bool(metrics.get("split"))))
         sampler.set_assignment(assignment.clusters, assignment.num_clusters)
 
@@ -152,10 +153,12 @@ def evaluate_selected(
         raise RuntimeError(f"the selected epoch {state.best_epoch + 1}'s weights were not kept; cannot test them")
     final_weights = cpu_copy(net.state_dict())
     net.load_state_dict(state.selected_model)
+    net.undivided = spec.plan.undivided_at(state.best_epoch)  # the selected epoch's form
     try:
         tested = evaluate(net, data, spec, device, validation=False)
     finally:
         net.load_state_dict(final_weights)  # the last checkpoint holds the last epoch's weights
+        net.undivided = spec.plan.undivided_at(epoch)
     return {f"selected_{name}": value for name, value in tested.items()}
 
 

@@ -1,7 +1,9 @@
 """Backbones and the split embedding: K learners as slices of one embedding layer.
 
-The embedding layer `f: R^m -> R^d` is stored as K linear maps of d/K outputs each (its row
-blocks). A learner's embedding is its slice, L2-normalised on its own; the full embedding is the
+The embedding layer `f: R^m -> R^d` is initialised once, as one d-dim layer drawn from the run's
+seed, whatever K and the grouping: a seed means the same initial weights in every row of a
+table. It is stored as K linear maps of d/K outputs each (its row blocks, copied from that one
+init). A learner's embedding is its slice, L2-normalised on its own; the full embedding is the
 concatenation. Storing the slices as separate parameters means a step that uses learner k leaves
 the other slices' `.grad` at None, so Adam does not move them either (a zero gradient would still
 let Adam's momentum move them). The parameter count does not depend on K.
@@ -110,6 +112,22 @@ def resnet50(spec: RunSpec, in_channels: int, progress: bool = True) -> ResNetBa
     return ResNetBackbone(50, in_channels, spec.pretrained)
 
 
+def initial_embedding(feature_dim: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedding layer's initial (weight, bias): one `nn.Linear(feature_dim, d)` drawn from
+    the global RNG (which the trainer seeds with the run's seed). The same draws for every K."""
+    layer = nn.Linear(feature_dim, d)
+    return layer.weight.detach(), layer.bias.detach()
+
+
+def _linear_from(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """A linear layer holding a copy of the given rows (no init of its own: no RNG draws)."""
+    layer = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer
+
+
 class DivideAndConquerNet(nn.Module):
     """Backbone + split embedding + one loss per learner block, as one module.
 
@@ -133,7 +151,12 @@ class DivideAndConquerNet(nn.Module):
         self.num_learners = k
         self.form = spec.embedding_form
         self.backbone = build_backbone(spec, in_channels)
-        self.learner_layers = nn.ModuleList(nn.Linear(self.backbone.feature_dim, d // k) for _ in range(k))
+        weight, bias = initial_embedding(self.backbone.feature_dim, d)
+        self.learner_layers = nn.ModuleList(_linear_from(weight[i : i + d // k], bias[i : i + d // k]) for i in range(0, d, d // k))
+        # Before the first division every row of a table trains (and is evaluated as) the
+        # undivided model: the whole d-dim embedding, normalised as a whole. The trainer sets it
+        # per epoch (`DivisionPlan.undivided_at`).
+        self.undivided = False
         self.learned_masks = spec.masks == "learned" and spec.plan.splits_embedding
         self.mask_regularization = spec.mask_regularization
         if self.learned_masks:
@@ -209,7 +232,12 @@ class DivideAndConquerNet(nn.Module):
         return self.backbone(images)
 
     def raw_embedding(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([layer(features) for layer in self.learner_layers], dim=1)
+        """The whole d-dim output, as one product with the stacked slices (the same arithmetic for
+        every K, so an undivided model computes the same numbers whatever its K)."""
+        layers = self.learner_layers
+        if len(layers) == 1:
+            return layers[0](features)
+        return F.linear(features, torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers]))
 
     def _slices(self, features: torch.Tensor, block: Block) -> torch.Tensor:
         """The block's slices, each L2-normalised on its own, concatenated (norm sqrt(width))."""
@@ -219,13 +247,13 @@ class DivideAndConquerNet(nn.Module):
         """The unit-norm embedding the learner owning `block` trains."""
         if self._masked(block):
             return F.normalize(F.relu(self.masks[block[0]]) * self.raw_embedding(features), dim=1)
-        if self.form == "slices":
+        if self.form == "slices" and not self.undivided:
             return F.normalize(self._slices(features, block), dim=1)
         return F.normalize(self.raw_embedding(features), dim=1)
 
     def full_embedding(self, features: torch.Tensor) -> torch.Tensor:
         """The test-time embedding (see the class docstring for its form)."""
-        if self.form == "slices":
+        if self.form == "slices" and not self.undivided:
             return self._slices(features, (0, self.num_learners))
         return F.normalize(self.raw_embedding(features), dim=1)
 
