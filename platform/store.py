@@ -41,6 +41,7 @@ EPOCH_FIELDS: dict[str, pa.DataType] = {
     "assignment_version": pa.int64(),
     "loss": pa.float64(),
     "steps": pa.int64(),
+    "train_steps": pa.int64(),  # optimiser steps so far, this epoch's included
     "train_seconds": pa.float64(),
     "images_per_second": pa.float64(),
     "lr": pa.float64(),
@@ -75,6 +76,7 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
     "epochs_done": pa.int64(),
     "best_epoch": pa.int64(),
     "wall_seconds": pa.float64(),
+    "train_steps": pa.int64(),
     "train_seconds": pa.float64(),
     "cluster_seconds": pa.float64(),
     "eval_seconds": pa.float64(),
@@ -486,6 +488,7 @@ class TrialRecorder:
         }
         row.update({f"spec_{k}": v for k, v in self.spec.to_dict().items()})
         if self.history:
+            row["train_steps"] = sum(h.get("steps") or 0 for h in self.history)
             row["train_seconds"] = sum(h.get("train_seconds") or 0.0 for h in self.history)
             row["cluster_seconds"] = sum(h.get("cluster_seconds") or 0.0 for h in self.history)
             row["eval_seconds"] = sum(h.get("eval_seconds") or 0.0 for h in self.history)

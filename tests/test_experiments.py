@@ -27,8 +27,9 @@ def test_every_preset_validates(name, preset):
         spec = experiment.run_spec(point)  # every grid point is a valid RunSpec
         if preset == "paper":
             assert spec.backbone == "resnet50" and spec.dataset != "glyphs"
+            assert spec.recipe == "authors_code"  # the procedure behind the paper's numbers
         else:
-            assert spec.dataset == "glyphs"
+            assert spec.dataset == "glyphs" and spec.recipe == "paper"
 
 
 def test_table6_has_the_papers_five_rows():
