@@ -251,7 +251,7 @@ def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
     from dncml.trainers.spec import check_against_data
 
     bundle = load_dataset(spec, progress=True)
-    if spec.dataset != "glyphs":  # every listed image exists (decoding them all: `dncml datasets check --verify-images`)
+    if bundle.train.paths is not None:  # every listed image exists (decoding them all: `dncml datasets check --verify-images`)
         from dncml.trainers.data.benchmarks import bundle_image_paths, check_files_exist
 
         check_files_exist(bundle_image_paths(bundle))

@@ -32,6 +32,16 @@ def test_every_preset_validates(name, preset):
             assert spec.dataset == "glyphs" and spec.recipe == "paper"
 
 
+@pytest.mark.parametrize("name", ["table6_grouping", "budget"])
+@pytest.mark.parametrize("preset", ["sop_shaped", "sop_shaped_authors"])
+def test_the_sop_shaped_presets(name, preset):
+    experiment = load_experiment(name, preset)
+    specs = [experiment.run_spec(point) for point in experiment.grid_points()]
+    assert {s.dataset for s in specs} == {"glyph_families"} and {s.pretrained for s in specs} == {"glyphs"}
+    assert {s.recipe for s in specs} == {"authors_code" if preset.endswith("authors") else "paper"}
+    assert max(s.total_epochs for s in specs) >= 12  # 1,000+ steps per learner at K = 8 (700 steps an epoch)
+
+
 def test_table6_has_the_papers_five_rows():
     experiment = load_experiment("table6_grouping", "quick")
     assert experiment.grid["grouping"] == ["none", "random", "gt_labels", "kmeans_nosplit", "kmeans"]

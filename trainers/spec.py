@@ -116,8 +116,8 @@ class RunSpec:
     # --- data ---
     dataset: str = "glyphs"
     data_root: str | None = None  # the unpacked archive of a benchmark; glyphs ignore it
-    glyph_classes: int | None = None  # glyphs only: None = every eligible code point
-    glyph_instances: int = 24  # glyphs only: 12 faces x augmentations
+    glyph_classes: int | None = None  # glyphs, glyph_families: code points; None = every eligible one
+    glyph_instances: int = 24  # glyphs: 12 faces x augmentations (glyph_families: a third of it per class)
     image_size: int | None = None  # None: 32 for glyphs, 224 for photos
     val_fraction: float = 0.15  # of the training classes, for model selection
     dataset_seed: int = 0
