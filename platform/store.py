@@ -86,6 +86,7 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
     "git_revision": pa.string(),
     "versions": pa.string(),
     "embedding_form": pa.string(),
+    "recipe_settings": pa.string(),  # JSON: each recipe-governed choice as the run resolved it
 }
 STATUSES = ("running", "completed", "failed", "pruned", "interrupted")
 
@@ -485,6 +486,7 @@ class TrialRecorder:
             "git_revision": git_revision(),
             "versions": package_versions(),
             "embedding_form": self.spec.embedding_form,
+            "recipe_settings": json.dumps(self.spec.recipe_settings(), sort_keys=True),  # what the null fields resolved to
         }
         row.update({f"spec_{k}": v for k, v in self.spec.to_dict().items()})
         if self.history:

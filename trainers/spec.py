@@ -210,6 +210,14 @@ class RunSpec:
         value = getattr(self, name)
         return RECIPE_SETTINGS[self.recipe][name] if value is None else value
 
+    def recipe_settings(self) -> dict[str, Any]:
+        """Every recipe-governed choice as this run resolves it (given or the recipe's)."""
+        return {
+            **{name: self.setting(name) for name in RECIPE_SETTINGS[self.recipe]},
+            "full_embedding_from": self.resolved_full_embedding_from,
+            "freeze_bn": self.resolved_freeze_bn,
+        }
+
     @property
     def resolved_full_embedding_from(self) -> int | None:
         """`full_embedding_from`, or the recipe's: never (paper); the authors' `epoch >=
