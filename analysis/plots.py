@@ -434,7 +434,8 @@ def _line_of(fields: list[str], key: str, x_field: str) -> str:
 
 def budget_summary(data: ExperimentData, metric: str | None = None) -> pd.DataFrame:
     """The numbers of the budget plot, one row per (line, budget): `line` (the key of the row
-    fields other than plot.x), `label`, `budget` (epochs), the metric's `mean` and 95 %
+    fields other than plot.x), `label`, `budget` (epochs), `steps` (the trials' mean optimiser
+    steps, from their `train_steps`; NaN for older stores), the metric's `mean` and 95 %
     t-interval over seeds (`low`, `high`, `n`), and the paired difference from the baseline
     setting's line at the same budget (`delta`, `delta low`, `delta high`, `delta n`, `delta
     noise`; n = 0 for the baseline's own line and without a baseline). Values as stored.
@@ -459,11 +460,13 @@ def budget_summary(data: ExperimentData, metric: str | None = None) -> pd.DataFr
             base = base_of.get(line)
             spread = t_interval(y[at & (lines == line)])
             delta = paired_delta(cells.get(line, empty), cells.get(base, empty)) if base not in (None, line) else t_interval([])
+            steps = pd.to_numeric(trials.loc[at & (lines == line), "train_steps"], errors="coerce") if "train_steps" in trials else empty
             records.append(
                 {
                     "line": line,
                     "label": (named_label(data, others, line) if others else metric_label(metric)) + notes.get(line, ""),
                     "budget": float(b),
+                    "steps": float(steps.mean()) if steps.notna().any() else float("nan"),  # optimiser steps: round robin gives D&C more
                     "mean": spread.mean,
                     "low": spread.low,
                     "high": spread.high,

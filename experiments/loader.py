@@ -123,6 +123,7 @@ class Experiment:
             "num_samples": self.num_samples,
             "table": self.table,
             "plot": self.plot,
+            "recipe": self.run.get("recipe", "paper"),
             "base_run": self.run,
             "aliases": dict(runspec.ALIASES),
         }

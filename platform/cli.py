@@ -38,6 +38,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 # ---------------------------------------------------------------------------------- datasets
+EMBEDDED = ("glyphs", "glyph_families")  # rendered here, not read from an archive
+
+
 def _glyph_config(args):
     from dncml.trainers.data.glyphs import GlyphConfig
 
@@ -56,6 +59,9 @@ def cmd_datasets_list(args) -> int:
     print("glyphs     embedded default: Unicode code points x 12 DejaVu faces shipped with matplotlib")
     print(f"           cache: {cache / 'glyphs'}  prepared: {', '.join(prepared) or 'none yet (dncml datasets prepare glyphs)'}")
     print("           Recall@K: 1, 2, 4, 8; group labels: Unicode script / block")
+    print("glyph_families  embedded, shaped like SOP: a class = (code point, DejaVu family: Sans, Serif, Mono), its 4 faces x")
+    print("           (glyph_instances / 12) images; the glyphs render relabelled (the same cache); `dncml datasets check glyph_families`")
+    print("           Recall@K: 1, 2, 4, 8; group labels: Unicode script / block")
     for name, info in BENCHMARKS.items():
         print(f"{name:<10} {info.title}")
         print(f"           unpack: {info.archive}")
@@ -65,9 +71,10 @@ def cmd_datasets_list(args) -> int:
 
 
 def cmd_datasets_prepare(args) -> int:
-    if args.name != "glyphs":
+    if args.name not in EMBEDDED:
         raise UsageError(
-            f"only 'glyphs' is rendered locally; {args.name!r} is read from its archive (dncml datasets check {args.name} --root DIR)"
+            f"only {' and '.join(EMBEDDED)} are rendered locally; {args.name!r} is read from its archive "
+            f"(dncml datasets check {args.name} --root DIR)"
         )
     from dncml.trainers.data.glyphs import glyphs_cache_path, load_glyphs, prepare_glyphs
 
@@ -91,12 +98,24 @@ def _print_summary(summary: dict) -> None:
         print(f"{split:<22}{row['classes']:>9}{row['images']:>10}")
 
 
-def cmd_datasets_check(args) -> int:
-    if args.name == "glyphs":
-        from dncml.trainers.data.glyphs import load_glyphs
+def _embedded_bundle(args):
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    if args.name == "glyph_families":
+        from dncml.trainers.data.glyph_families import load_glyph_families
 
-        bundle = load_glyphs(_glyph_config(args), Path(args.cache_dir) if args.cache_dir else None)
-        _print_summary(bundle.summary())
+        return load_glyph_families(_glyph_config(args), cache_dir)
+    from dncml.trainers.data.glyphs import load_glyphs
+
+    return load_glyphs(_glyph_config(args), cache_dir)
+
+
+def cmd_datasets_check(args) -> int:
+    if args.name in EMBEDDED:
+        bundle = _embedded_bundle(args)
+        if args.name == "glyph_families":
+            _print_shape(bundle, args)
+        else:
+            _print_summary(bundle.summary())
         return 0
     if not args.root:
         raise UsageError(f"dncml datasets check {args.name} needs --root DIR (the unpacked archive)")
@@ -127,13 +146,34 @@ def cmd_datasets_pack(args) -> int:
     return 0
 
 
+def _print_shape(bundle, args) -> None:
+    """The SOP-shaped testbed's figures (the criteria it was chosen by), after carving the
+    validation classes as a run does, and the images per second a training step runs at."""
+    from dncml.trainers.data.base import carve_validation
+    from dncml.trainers.data.glyph_families import shape, training_speed
+
+    bundle.train, val = carve_validation(bundle.train, args.val_fraction, args.seed)
+    _print_summary({**bundle.summary(), "val": {"images": len(val), "classes": val.num_classes}})
+    figures = shape(bundle, batch_size=args.batch_size, epochs=args.epochs)
+    print(
+        f"training classes {figures['train_classes']} (after val_fraction {args.val_fraction}), "
+        f"{figures['images_per_class']:.1f} images per class, {figures['groups']} groups, "
+        f"{figures['test_classes']} test classes (disjoint code points)"
+    )
+    for k, classes in figures["classes_per_learner"].items():
+        print(
+            f"K = {k}: {classes:.0f} training classes per learner; batch {args.batch_size}: "
+            f"{figures['steps_per_epoch']} steps an epoch, {figures['steps_per_learner'][k]:.0f} steps per learner in {args.epochs} epochs"
+        )
+    if not args.no_speed:
+        print(f"training speed: {training_speed(bundle, args.batch_size):.0f} images/s (GlyphNet, margin loss, one thread)")
+
+
 def cmd_datasets_show(args) -> int:
     from dncml.trainers.data.preview import save_grid
 
-    if args.name == "glyphs":
-        from dncml.trainers.data.glyphs import load_glyphs
-
-        bundle = load_glyphs(_glyph_config(args), Path(args.cache_dir) if args.cache_dir else None)
+    if args.name in EMBEDDED:
+        bundle = _embedded_bundle(args)
     else:
         if not args.root:
             raise UsageError(f"dncml datasets show {args.name} needs --root DIR")
@@ -313,13 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="default: $DNCML_CACHE or $XDG_CACHE_HOME/dncml or ~/.cache/dncml")
     p.set_defaults(func=cmd_datasets_list)
     p = action("prepare", "render and cache the embedded glyphs dataset")
-    p.add_argument("name", choices=["glyphs"], help="the embedded dataset")
+    p.add_argument("name", choices=list(EMBEDDED), help="the embedded dataset (glyph_families: the glyphs render)")
     glyph_options(p)
     p.set_defaults(func=cmd_datasets_prepare)
     p = action("check", "validate a dataset directory; print counts per split")
-    p.add_argument("name", help="glyphs, folder, cub, cars, sop, inshop or vehicleid")
+    p.add_argument("name", help="glyphs, glyph_families, folder, cub, cars, sop, inshop or vehicleid")
     p.add_argument("--root", help="the unpacked archive (or, for folder, ROOT/<class>/<images>)")
     p.add_argument("--verify-images", action="store_true", help="decode every image fully (slow)")
+    p.add_argument("--batch-size", type=int, default=32, help="glyph_families: the batch its step figures assume")
+    p.add_argument("--epochs", type=int, default=16, help="glyph_families: the budget its step figures assume")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="glyph_families: validation classes carved, as a run does")
+    p.add_argument("--no-speed", action="store_true", help="glyph_families: skip measuring the training speed")
     glyph_options(p)
     p.set_defaults(func=cmd_datasets_check)
     p = action("pack", "copy a photo dataset's image files into a few large shards with an index (data_root may point at it)")

@@ -41,6 +41,7 @@ EPOCH_FIELDS: dict[str, pa.DataType] = {
     "assignment_version": pa.int64(),
     "loss": pa.float64(),
     "steps": pa.int64(),
+    "train_steps": pa.int64(),  # optimiser steps so far, this epoch's included
     "train_seconds": pa.float64(),
     "images_per_second": pa.float64(),
     "cpu_decoded_images": pa.int64(),  # data_path gpu: training images of the epoch PIL decoded
@@ -76,6 +77,7 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
     "epochs_done": pa.int64(),
     "best_epoch": pa.int64(),
     "wall_seconds": pa.float64(),
+    "train_steps": pa.int64(),
     "train_seconds": pa.float64(),
     "cluster_seconds": pa.float64(),
     "eval_seconds": pa.float64(),
@@ -85,6 +87,7 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
     "git_revision": pa.string(),
     "versions": pa.string(),
     "embedding_form": pa.string(),
+    "recipe_settings": pa.string(),  # JSON: each recipe-governed choice as the run resolved it
 }
 STATUSES = ("running", "completed", "failed", "pruned", "interrupted")
 
@@ -484,9 +487,11 @@ class TrialRecorder:
             "git_revision": git_revision(),
             "versions": package_versions(),
             "embedding_form": self.spec.embedding_form,
+            "recipe_settings": json.dumps(self.spec.recipe_settings(), sort_keys=True),  # what the null fields resolved to
         }
         row.update({f"spec_{k}": v for k, v in self.spec.to_dict().items()})
         if self.history:
+            row["train_steps"] = sum(h.get("steps") or 0 for h in self.history)
             row["train_seconds"] = sum(h.get("train_seconds") or 0.0 for h in self.history)
             row["cluster_seconds"] = sum(h.get("cluster_seconds") or 0.0 for h in self.history)
             row["eval_seconds"] = sum(h.get("eval_seconds") or 0.0 for h in self.history)

@@ -253,7 +253,7 @@ def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
     bundle = load_dataset(spec, progress=True)
     # every listed image exists (decoding them all: `dncml datasets check --verify-images`); a
     # pack's shards and index were checked when it opened
-    if spec.dataset != "glyphs" and bundle.train.pack is None:
+    if bundle.train.paths is not None and bundle.train.pack is None:
         from dncml.trainers.data.benchmarks import bundle_image_paths, check_files_exist
 
         check_files_exist(bundle_image_paths(bundle))

@@ -594,6 +594,7 @@ def budget_store(root: Path, **card) -> Path:
                 spec_epochs=e,
                 spec_seed=s,
                 spec_warmup_epochs=1,
+                train_steps=10 * (1 + e) * (2 if k > 1 else 1),  # round robin: D&C gets more steps
                 **{"best_test_recall@1": v},
             )  # no finetune column: 0
             for (k, e), values in BUDGET_RECALL.items()
@@ -613,6 +614,7 @@ def test_budget_plot_lines_intervals_and_paired_deltas(tmp_path):
     assert one["mean"] == pytest.approx(0.52) and one["n"] == 3
     assert one["high"] - one["mean"] == pytest.approx(t2 * 0.02 / math.sqrt(3))
     assert one["delta n"] == 0 and one["label"] == "K=1"
+    assert one["steps"] == 30 and summary.loc[("4", 5.0)]["steps"] == 100  # the budget in optimiser steps too
     short, long = summary.loc[("4", 3.0)], summary.loc[("4", 5.0)]
     assert short["delta"] == pytest.approx(0.05) and short["delta n"] == 3
     assert short["delta high"] - short["delta"] == pytest.approx(t2 * 0.01 / math.sqrt(3))

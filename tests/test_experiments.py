@@ -27,8 +27,19 @@ def test_every_preset_validates(name, preset):
         spec = experiment.run_spec(point)  # every grid point is a valid RunSpec
         if preset == "paper":
             assert spec.backbone == "resnet50" and spec.dataset != "glyphs"
+            assert spec.recipe == "authors_code"  # the procedure behind the paper's numbers
         else:
-            assert spec.dataset == "glyphs"
+            assert spec.dataset == "glyphs" and spec.recipe == "paper"
+
+
+@pytest.mark.parametrize("name", ["table6_grouping", "budget"])
+@pytest.mark.parametrize("preset", ["sop_shaped", "sop_shaped_authors"])
+def test_the_sop_shaped_presets(name, preset):
+    experiment = load_experiment(name, preset)
+    specs = [experiment.run_spec(point) for point in experiment.grid_points()]
+    assert {s.dataset for s in specs} == {"glyph_families"} and {s.pretrained for s in specs} == {"glyphs"}
+    assert {s.recipe for s in specs} == {"authors_code" if preset.endswith("authors") else "paper"}
+    assert max(s.total_epochs for s in specs) >= 12  # 1,000+ steps per learner at K = 8 (700 steps an epoch)
 
 
 def test_table6_has_the_papers_five_rows():

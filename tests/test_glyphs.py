@@ -308,3 +308,50 @@ def test_save_grid_paths(tmp_path):
     broken = ImageSplit(name="train", labels=np.array([0]), paths=[str(tmp_path / "missing.jpg")])
     with pytest.raises(DatasetError, match="missing.jpg"):
         save_grid(broken, tmp_path / "broken.png")
+
+
+# ------------------------------------------------------------- glyph_families: shaped like SOP
+
+
+def test_glyph_families_classes_are_a_code_point_in_one_family():
+    from dncml.trainers.data.glyph_families import FACES_PER_FAMILY, load_glyph_families, shape
+
+    config = GlyphConfig(num_classes=24, instances_per_class=24, image_size=32, seed=0)
+    families = load_glyph_families(config, progress=False)
+    plain = load_glyphs(config, progress=False)
+    assert families.train.num_classes == 3 * plain.train.num_classes  # every code point in 3 families
+    assert families.tests[0].query.num_classes == 3 * plain.tests[0].query.num_classes
+    np.testing.assert_array_equal(families.train.images, plain.train.images)  # the same render, relabelled
+    assert np.all(families.train.labels // 3 == plain.train.labels)
+    per_class = np.unique(families.train.labels, return_counts=True)[1]
+    assert set(per_class.tolist()) == {8}  # 4 faces x (clean + augmented)
+    arrays = render_glyphs(config)
+    faces = arrays["faces"][arrays["split"][arrays["labels"]] == 0]
+    for label in np.unique(families.train.labels)[:6]:
+        family_faces = set((faces[families.train.labels == label] // FACES_PER_FAMILY).tolist())
+        assert family_faces == {label % 3}  # one family's faces only
+    assert not set(families.train.labels // 3) & set(families.tests[0].query.labels // 3)  # test code points unseen
+    figures = shape(families, batch_size=16, epochs=4)
+    assert figures["classes_per_learner"][8] == families.train.num_classes / 8 and figures["images_per_class"] == 8
+    assert figures["steps_per_learner"][8] == 4 * (len(families.train) // 16) / 8
+
+
+def test_glyph_families_is_listed_and_checked_with_its_shape():
+    import os
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "dncml.platform.cli"]
+    listed = subprocess.run([*cli, "datasets", "list"], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert listed.returncode == 0 and "glyph_families" in listed.stdout
+    checked = subprocess.run(
+        [*cli, "datasets", "check", "glyph_families", "--classes", "48", "--instances", "12", "--image-size", "16", "--batch-size", "16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ.copy(),
+    )
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    assert "4.0 images per class" in checked.stdout
+    assert "K = 8:" in checked.stdout and "steps per learner in 16 epochs" in checked.stdout
+    assert "images/s" in checked.stdout

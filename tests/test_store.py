@@ -61,6 +61,21 @@ def test_a_trial_row_takes_the_selected_weights_test_metrics(tmp_path):
     assert epochs.sort_values("epoch")["selected_test_recall@1"].isna().tolist() == [True, True, False]
 
 
+def test_a_trial_row_records_the_recipe_and_the_steps(tmp_path):
+    store = ResultsStore(tmp_path)
+    spec = SPEC.replace(recipe="authors_code", negatives="distance_weighted")
+    recorder = TrialRecorder(store, "s", "recipe-1", spec)
+    for epoch in range(3):
+        recorder.epoch({**epoch_row(epoch), "steps": 10 + epoch})
+    recorder.finish("completed")
+    row = store.trial_row("s", "recipe-1")
+    assert row["spec_recipe"] == "authors_code" and row["spec_learner_schedule"] is None  # null: the recipe's
+    settings = json.loads(row["recipe_settings"])
+    assert settings["learner_schedule"] == "round_robin" and settings["negatives"] == "distance_weighted"  # given wins
+    assert settings["full_embedding_from"] == 1  # ceil(8/19 x 2)
+    assert row["train_steps"] == 10 + 11 + 12
+
+
 def test_selected_test_metrics_of_every_way_a_run_tests():
     """The one reading of a run's reports that the trial row and `dncml train --local` share."""
     from dncml.platform.store import selected_test_metrics

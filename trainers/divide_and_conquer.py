@@ -6,7 +6,7 @@
             embed the training set, cluster it into K groups        (the grouping service)
             cluster k now belongs to learner k                      (Hungarian-matched to last round)
         for each step:
-            pick a learner k uniformly at random
+            pick a learner k uniformly at random                    (or in turn: `learner_schedule`)
             draw a batch of m images per class from cluster k
             loss_k on learner k's slice of the embedding (d/K dims, L2-normalised)
             update the shared backbone and learner k's slice only
@@ -68,12 +68,16 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
             state.assignment, metrics = divide(spec, seam, net, data, targets, state.assignment, bank, epoch)
         assignment = state.assignment if phase == "divide" else whole_training_set(num_samples)
         blocks = [plan.block_of(c, assignment.num_clusters, epoch) for c in range(assignment.num_clusters)]
+        net.undivided = plan.undivided_at(epoch)
         reset_optimizer_state(optimizer, net.set_learner_blocks(blocks, split=bool(metrics.get("split"))))
         sampler.set_assignment(assignment.clusters, assignment.num_clusters)
 
         # Training: one learner per step, a batch from that learner's cluster.
         model.train()
-        schedule = sampler.epoch(epoch, steps)
+        learner_schedule = spec.setting("learner_schedule")
+        if learner_schedule == "round_robin" and spec.steps_per_epoch is None:
+            steps = sampler.round_robin_steps()  # the authors' epoch: every learner as many steps
+        schedule = sampler.epoch(epoch, steps, learner_schedule)
         batches = loader(data.train, spec, train=True, batch_sampler=[step.indices.tolist() for step in schedule], device=device)
         train_timer, step_losses = Timer(), []
         with backbone_resting(optimizer, plan.backbone_rests(epoch)):
@@ -106,6 +110,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
                 "assignment_version": assignment.version,
                 "loss": float(torch.stack(step_losses).mean()),
                 "steps": len(schedule),
+                "train_steps": sum(h.get("steps", 0) for h in state.history) + len(schedule),
                 "train_seconds": train_seconds,
                 "images_per_second": images_seen / max(train_seconds, 1e-9),
                 **({"cpu_decoded_images": batches.cpu_decoded} if hasattr(batches, "cpu_decoded") else {}),
@@ -153,10 +158,12 @@ def evaluate_selected(
         raise RuntimeError(f"the selected epoch {state.best_epoch + 1}'s weights were not kept; cannot test them")
     final_weights = cpu_copy(net.state_dict())
     net.load_state_dict(state.selected_model)
+    net.undivided = spec.plan.undivided_at(state.best_epoch)  # the selected epoch's form
     try:
         tested = evaluate(net, data, spec, device, validation=False)
     finally:
         net.load_state_dict(final_weights)  # the last checkpoint holds the last epoch's weights
+        net.undivided = spec.plan.undivided_at(epoch)
     return {f"selected_{name}": value for name, value in tested.items()}
 
 
@@ -208,6 +215,7 @@ def divide(
         world_size=seam.world.world_size,
         kmeans_iterations=spec.kmeans_iterations,
         kmeans_sample=spec.kmeans_sample,
+        move_strays=spec.setting("stray_samples") == "repair",
     )
     if request.needs_vectors:
         request.indices, request.vectors = collect_vectors(spec, net, data, seam.world, bank)
@@ -235,10 +243,10 @@ def collect_vectors(spec: RunSpec, net: DivideAndConquerNet, data: DatasetBundle
     pass over the owned samples no worker has seen since the last round."""
     owned = np.arange(world.rank, len(data.train), world.world_size)
     if bank is None or bank.vectors is None:
-        return owned, embed_split(net, data.train, spec, world.device, spec.cluster_space, owned)
+        return owned, embed_split(net, data.train, spec, world.device, spec.setting("cluster_space"), owned)
     unseen = owned[~bank.seen_globally[owned]]
     mine = np.flatnonzero(bank.seen)
-    fresh = embed_split(net, data.train, spec, world.device, spec.cluster_space, unseen)
+    fresh = embed_split(net, data.train, spec, world.device, spec.setting("cluster_space"), unseen)
     return np.concatenate([mine, unseen]), np.concatenate([bank.vectors[mine], fresh])
 
 

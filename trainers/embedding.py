@@ -158,5 +158,7 @@ def embed_checkpoint(directory: str, split_name: str = "test") -> tuple[ImageSpl
         raise ValueError(f"split {split_name!r} is empty or unknown; choose from train, val, test")
     num_classes = len(np.unique(data.train.labels))
     net = DivideAndConquerNet(spec, data.channels, num_classes).to(device, memory_format=memory_format(spec))
-    net.load_state_dict(load_checkpoint(directory, device)["model"])
+    payload = load_checkpoint(directory, device)
+    net.load_state_dict(payload["model"])
+    net.undivided = spec.plan.undivided_at(payload["state"].epoch - 1)  # the checkpoint's epoch
     return split, embed_split(net, split, spec, device)

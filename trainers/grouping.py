@@ -43,6 +43,7 @@ class PartitionRequest:
     world_size: int = 1
     kmeans_iterations: int = 100
     kmeans_sample: int | None = None  # train the centroids on a sample of this many points (None: all)
+    move_strays: bool = True  # a class's stray samples join its main cluster (False: left out for the round)
 
     def __post_init__(self) -> None:
         if self.previous is not None and self.previous_num_clusters < 1:
@@ -103,12 +104,13 @@ def match_to_previous(clusters: np.ndarray, previous: np.ndarray, num_clusters: 
 
 
 def repair(
-    clusters: np.ndarray, labels: np.ndarray, num_clusters: int, min_classes: int = 2, min_per_class: int = 2
+    clusters: np.ndarray, labels: np.ndarray, num_clusters: int, min_classes: int = 2, min_per_class: int = 2, move_strays: bool = True
 ) -> tuple[np.ndarray, int]:
     """Make every cluster able to form batches: >= `min_classes` classes with >= `min_per_class`
     samples each. Stray samples (their class has fewer than `min_per_class` in that cluster) join
-    their class's main cluster; a cluster still short of classes takes whole classes from the
-    cluster that has the most. Returns (clusters, number of samples moved)."""
+    their class's main cluster (unless `move_strays` is False, the authors' code: they stay, and
+    the sampler leaves them out until the next round); a cluster still short of classes takes
+    whole classes from the cluster that has the most. Returns (clusters, number of samples moved)."""
     clusters = clusters.copy()
     original = clusters.copy()
     class_ids, class_of = np.unique(labels, return_inverse=True)
@@ -119,8 +121,9 @@ def repair(
 
     counts = pair_counts()
     home = counts.argmax(axis=0)  # the cluster holding most of each class
-    stray = counts[clusters, class_of] < min_per_class
-    clusters[stray] = home[class_of[stray]]
+    if move_strays:
+        stray = counts[clusters, class_of] < min_per_class
+        clusters[stray] = home[class_of[stray]]
 
     counts = pair_counts()
     for _ in range(num_clusters * num_classes):
@@ -215,7 +218,7 @@ def compute_assignment(request: PartitionRequest, vectors: np.ndarray | None) ->
         )
         clusters, cost = result.assignment, result.objective
     # Every worker takes whole classes of each step's batch: a cluster needs 2 classes per worker.
-    clusters, repaired = repair(clusters, labels, k, min_classes=2 * request.world_size)
+    clusters, repaired = repair(clusters, labels, k, min_classes=2 * request.world_size, move_strays=request.move_strays)
     changed = float("nan")
     if previous is not None and num_previous == k:  # always matched, even when a cluster was empty
         clusters = match_to_previous(clusters, previous, k)

@@ -41,21 +41,55 @@ def build_loss(
     margin_beta: float = 1.2,
     learn_beta: bool = True,
     beta_per_class: bool = False,
+    negatives: str = "distance_weighted",
 ) -> LearnerLoss:
     """The paper's loss families. Labels passed at train time must be 0..num_classes-1."""
     return LOSSES.create(
-        name, embedding_size, num_classes, margin=margin, margin_beta=margin_beta, learn_beta=learn_beta, beta_per_class=beta_per_class
+        name,
+        embedding_size,
+        num_classes,
+        margin=margin,
+        margin_beta=margin_beta,
+        learn_beta=learn_beta,
+        beta_per_class=beta_per_class,
+        negatives=negatives,
     )
 
 
+class NearestNegativesMiner(miners.BaseMiner):
+    """The authors' sampler (`lib/loss/sampler.py` of their code): every (anchor, positive) pair
+    of the batch, each paired with one of the anchor's nearest negatives at distance >= `cutoff`
+    (as many negatives as the anchor has positives: m - 1 in a full class). Where an anchor has
+    too few negatives that far, the nearer ones make up the number; never one of its class."""
+
+    def __init__(self, cutoff: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.cutoff = cutoff
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):
+        distances = self.distance(embeddings, ref_emb)
+        same = labels[:, None] == ref_labels[None, :]
+        positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        # rank the candidates: negatives at >= cutoff by distance, then the nearer ones, then the class
+        key = distances + 1e6 * (distances < self.cutoff) + 2e6 * same
+        nearest = key.argsort(dim=1)
+        anchors, positives = positive.nonzero(as_tuple=True)
+        rank = positive.cumsum(dim=1)[anchors, positives] - 1  # j for the anchor's j-th positive
+        return anchors, positives, nearest[anchors, rank]
+
+
 @LOSSES.register("margin")
-def margin_loss(embedding_size, num_classes, *, margin, margin_beta, learn_beta, beta_per_class) -> LearnerLoss:
-    # Wu et al.: distance-weighted sampling, learnable (optionally class-specific) beta.
+def margin_loss(embedding_size, num_classes, *, margin, margin_beta, learn_beta, beta_per_class, negatives) -> LearnerLoss:
+    # Wu et al.: distance-weighted sampling, learnable (optionally class-specific) beta (paper);
+    # the authors' code: beta fixed, the nearest negatives at distance >= 0.5 (authors_code).
+    miner = (
+        NearestNegativesMiner(cutoff=0.5) if negatives == "nearest" else miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4)
+    )
     return LearnerLoss(
         losses.MarginLoss(
             margin=margin, nu=0.0, beta=margin_beta, learn_beta=learn_beta, num_classes=num_classes if beta_per_class else None
         ),
-        miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4),
+        miner,
     )
 
 

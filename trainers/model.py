@@ -1,7 +1,9 @@
 """Backbones and the split embedding: K learners as slices of one embedding layer.
 
-The embedding layer `f: R^m -> R^d` is stored as K linear maps of d/K outputs each (its row
-blocks). A learner's embedding is its slice, L2-normalised on its own; the full embedding is the
+The embedding layer `f: R^m -> R^d` is initialised once, as one d-dim layer drawn from the run's
+seed, whatever K and the grouping: a seed means the same initial weights in every row of a
+table. It is stored as K linear maps of d/K outputs each (its row blocks, copied from that one
+init). A learner's embedding is its slice, L2-normalised on its own; the full embedding is the
 concatenation. Storing the slices as separate parameters means a step that uses learner k leaves
 the other slices' `.grad` at None, so Adam does not move them either (a zero gradient would still
 let Adam's momentum move them). The parameter count does not depend on K.
@@ -10,6 +12,7 @@ let Adam's momentum move them). The parameter count does not depend on K.
 from __future__ import annotations
 
 import glob
+import math
 import os
 from pathlib import Path
 
@@ -110,6 +113,29 @@ def resnet50(spec: RunSpec, in_channels: int, progress: bool = True) -> ResNetBa
     return ResNetBackbone(50, in_channels, spec.pretrained)
 
 
+def initial_embedding(feature_dim: int, d: int, k: int, init: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedding layer's initial (weight, bias): one `nn.Linear(feature_dim, d)` drawn from
+    the global RNG (which the trainer seeds with the run's seed): the same draws for every K.
+    `xavier_normal` (the authors' `init_splitted`): each slice's rows are Xavier-normal for the
+    slice's shape, from one standard-normal draw of all d rows (so the weights for different K
+    differ only by each slice's scale); the bias stays torch's."""
+    layer = nn.Linear(feature_dim, d)
+    weight, bias = layer.weight.detach(), layer.bias.detach()
+    if init == "xavier_normal":
+        std = math.sqrt(2.0 / (feature_dim + d // k))  # xavier_normal_(gain=1) of a (d/K, m) slice
+        weight = torch.randn(d, feature_dim) * std
+    return weight, bias
+
+
+def _linear_from(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """A linear layer holding a copy of the given rows (no init of its own: no RNG draws)."""
+    layer = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer
+
+
 class DivideAndConquerNet(nn.Module):
     """Backbone + split embedding + one loss per learner block, as one module.
 
@@ -133,7 +159,20 @@ class DivideAndConquerNet(nn.Module):
         self.num_learners = k
         self.form = spec.embedding_form
         self.backbone = build_backbone(spec, in_channels)
-        self.learner_layers = nn.ModuleList(nn.Linear(self.backbone.feature_dim, d // k) for _ in range(k))
+        weight, bias = initial_embedding(self.backbone.feature_dim, d, k, spec.setting("embedding_init"))
+        # `one` (authors_code): the layer is one parameter, its rows the learners' slices: a step
+        # on learner k gives the other rows a zero gradient, and Adam's momentum still moves them.
+        self.shared_embedding = spec.setting("embedding_parameter") == "one"
+        if self.shared_embedding:
+            self.embedding = _linear_from(weight, bias)
+        else:
+            self.learner_layers = nn.ModuleList(_linear_from(weight[i : i + d // k], bias[i : i + d // k]) for i in range(0, d, d // k))
+        dropout = spec.setting("embedding_dropout")
+        self.dropout = nn.Dropout(dropout) if dropout else None  # authors_code: 0.01 before the embedding
+        # Before the first division every row of a table trains (and is evaluated as) the
+        # undivided model: the whole d-dim embedding, normalised as a whole. The trainer sets it
+        # per epoch (`DivisionPlan.undivided_at`).
+        self.undivided = False
         self.learned_masks = spec.masks == "learned" and spec.plan.splits_embedding
         self.mask_regularization = spec.mask_regularization
         if self.learned_masks:
@@ -141,7 +180,7 @@ class DivideAndConquerNet(nn.Module):
             # `masking_init`); a block (first, last) uses the mask of its first slice.
             self.masks = nn.ParameterList(nn.Parameter(torch.ones(d)) for _ in range(k))
             self.active_masks: list[int] = list(range(k))
-        self.cluster_space = spec.cluster_space
+        self.cluster_space = spec.setting("cluster_space")
         self.freeze_bn = spec.resolved_freeze_bn
         if self.freeze_bn == "all":
             for module in self._batch_norms():
@@ -157,7 +196,8 @@ class DivideAndConquerNet(nn.Module):
                 num_classes,
                 margin=spec.margin,
                 margin_beta=spec.margin_beta,
-                learn_beta=spec.learn_beta,
+                learn_beta=spec.setting("learn_beta"),
+                negatives=spec.setting("negatives"),
                 beta_per_class=spec.beta_per_class,
             )
 
@@ -172,7 +212,7 @@ class DivideAndConquerNet(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {
             "backbone": [p for p in self.backbone.parameters() if p.requires_grad],
-            "embedding": list(self.learner_layers.parameters()),
+            "embedding": list((self.embedding if self.shared_embedding else self.learner_layers).parameters()),
             "masks": list(self.masks) if self.learned_masks else [],
             "loss": list(self.losses.parameters()),
         }
@@ -209,23 +249,35 @@ class DivideAndConquerNet(nn.Module):
         return self.backbone(images)
 
     def raw_embedding(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([layer(features) for layer in self.learner_layers], dim=1)
+        """The whole d-dim output, as one product with the stacked slices (the same arithmetic for
+        every K, so an undivided model computes the same numbers whatever its K)."""
+        if self.shared_embedding:
+            return self.embedding(features)
+        layers = self.learner_layers
+        if len(layers) == 1:
+            return layers[0](features)
+        return F.linear(features, torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers]))
 
     def _slices(self, features: torch.Tensor, block: Block) -> torch.Tensor:
         """The block's slices, each L2-normalised on its own, concatenated (norm sqrt(width))."""
+        if self.shared_embedding:
+            width = self.embedding.out_features // self.num_learners
+            rows = slice(block[0] * width, block[1] * width)
+            out = F.linear(features, self.embedding.weight[rows], self.embedding.bias[rows])
+            return F.normalize(out.view(len(out), block[1] - block[0], width), dim=2).flatten(1)
         return torch.cat([F.normalize(self.learner_layers[k](features), dim=1) for k in range(*block)], dim=1)
 
     def learner_embedding(self, features: torch.Tensor, block: Block) -> torch.Tensor:
         """The unit-norm embedding the learner owning `block` trains."""
         if self._masked(block):
             return F.normalize(F.relu(self.masks[block[0]]) * self.raw_embedding(features), dim=1)
-        if self.form == "slices":
+        if self.form == "slices" and not self.undivided:
             return F.normalize(self._slices(features, block), dim=1)
         return F.normalize(self.raw_embedding(features), dim=1)
 
     def full_embedding(self, features: torch.Tensor) -> torch.Tensor:
         """The test-time embedding (see the class docstring for its form)."""
-        if self.form == "slices":
+        if self.form == "slices" and not self.undivided:
             return self._slices(features, (0, self.num_learners))
         return F.normalize(self.raw_embedding(features), dim=1)
 
@@ -257,7 +309,8 @@ class DivideAndConquerNet(nn.Module):
         """Loss of the learner owning `block` on this batch, and the batch's cluster-space
         vectors (detached), which `embedding_source: training_pass` collects for free."""
         features = self.features(images)
-        loss = self.losses[block_key(block)](self.learner_embedding(features, block), labels)
+        trained = features if self.dropout is None else self.dropout(features)
+        loss = self.losses[block_key(block)](self.learner_embedding(trained, block), labels)
         if self._masked(block):
             loss = loss + self.mask_regularization * self.mask_overlap()
         with torch.no_grad():

@@ -86,6 +86,12 @@ class DivisionPlan:
             and self.clusters_in_round(round_index) == 2 * self.clusters_in_round(round_index - 1)
         )
 
+    def undivided_at(self, epoch: int) -> bool:
+        """Before the first division (the warm-up of a dividing run): every row of a table
+        trains and evaluates the same undivided model, the whole embedding normalised as a
+        whole, so that the rows of a seed are identical until they divide."""
+        return self.phase(epoch) == "warmup"
+
     def backbone_rests(self, epoch: int) -> bool:
         """TPAMI: the backbone does not move for `freeze_backbone_epochs` epochs from each
         re-clustering on (the embedding and the losses still train)."""

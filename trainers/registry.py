@@ -60,9 +60,14 @@ class Registry:
         return self.builder(name)(*args, **kwargs)
 
 
-DATASETS = Registry("dataset", ("dncml.trainers.data.glyphs", "dncml.trainers.data.benchmarks", "dncml.trainers.data.folder"))
+DATASETS = Registry(
+    "dataset",
+    ("dncml.trainers.data.glyphs", "dncml.trainers.data.glyph_families", "dncml.trainers.data.benchmarks", "dncml.trainers.data.folder"),
+)
 # test_sets: the prefixes of the evaluation metrics besides `val` (VehicleID has three test sizes).
 DATASETS.declare("glyphs", recall_ks=(1, 2, 4, 8), test_sets=("test",), groups=True, needs_root=False, image_size=32)
+# the SOP-shaped testbed: a class is (code point, type family) of the glyphs render (glyph_families.py)
+DATASETS.declare("glyph_families", recall_ks=(1, 2, 4, 8), test_sets=("test",), groups=True, needs_root=False, image_size=32)
 DATASETS.declare("folder", recall_ks=(1, 2, 4, 8), test_sets=("test",), groups=False, needs_root=True, image_size=224)
 DATASETS.declare("cub", recall_ks=(1, 2, 4, 8), test_sets=("test",), groups=False, needs_root=True, image_size=224)
 DATASETS.declare("cars", recall_ks=(1, 2, 4, 8), test_sets=("test",), groups=False, needs_root=True, image_size=224)

@@ -58,20 +58,28 @@ class ClusterBatchSampler:
     def num_clusters(self) -> int:
         return len(self._members)
 
-    def epoch(self, epoch: int, steps: int) -> list[Step]:
-        """The epoch's steps: a uniformly drawn cluster each, then this worker's part of a
-        global batch of whole classes from that cluster. Deterministic in (seed, epoch)."""
+    def round_robin_steps(self) -> int:
+        """The authors' epoch: K x max_c floor(n_c / B) steps (n_c: cluster c's usable samples),
+        so that every learner gets as many steps as the largest cluster has batches."""
+        largest = max(sum(len(g) for g in members) for members in self._members)
+        return self.num_clusters * max(1, largest // self.batch_size)
+
+    def epoch(self, epoch: int, steps: int, schedule: str = "uniform") -> list[Step]:
+        """The epoch's steps: a uniformly drawn cluster each (`uniform`) or the clusters in turn
+        (`round_robin`, the authors' code: the shorter clusters are drawn from more often than
+        their size), then this worker's part of a global batch of whole classes from that
+        cluster. Deterministic in (seed, epoch)."""
         if not self._members:
             raise RuntimeError("set_assignment() before sampling")
         rng = np.random.default_rng([self.seed, epoch])
-        schedule = []
-        for _ in range(steps):
-            cluster = int(rng.integers(self.num_clusters))
+        schedule_steps = []
+        for step in range(steps):
+            cluster = step % self.num_clusters if schedule == "round_robin" else int(rng.integers(self.num_clusters))
             chunks = self._global_batch(rng, self._members[cluster])
             # whole classes, dealt to the workers in turn (all workers draw the same global batch)
             indices = np.concatenate(chunks[self.rank :: self.world_size] or [np.zeros(0, np.int64)])
-            schedule.append(Step(cluster, indices, np.concatenate(chunks)))
-        return schedule
+            schedule_steps.append(Step(cluster, indices, np.concatenate(chunks)))
+        return schedule_steps
 
     def _global_batch(self, rng: np.random.Generator, members: list[np.ndarray]) -> list[np.ndarray]:
         """Classes in random order, each giving min(m, its images here) distinct images, until

@@ -43,8 +43,47 @@ FREEZE_BN = ("auto", "none", "stats", "all")  # auto: all when the backbone is p
 # every_eval: the test sets at every evaluation too (per-epoch test curves, as the authors log).
 TEST_EVALS = ("selected", "every_eval")
 
+RECIPES = ("paper", "authors_code")
+EMBEDDING_PARAMETERS = ("per_learner", "one")
+LEARNER_SCHEDULES = ("uniform", "round_robin")
+NEGATIVES = ("distance_weighted", "nearest")
+STRAY_SAMPLES = ("repair", "leave_out")
+EMBEDDING_INITS = ("default", "xavier_normal")
+
+# What each recipe chooses for the fields left null (`RunSpec.setting`). `paper`: the CVPR text
+# (dncml's reading of it); `authors_code`: what CompVis/metric-learning-divide-and-conquer does
+# (README, "Two recipes"). `full_embedding_from` and `freeze_bn` are derived in their properties.
+RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "embedding_parameter": "per_learner",  # K parameters: a step on learner k moves only slice k
+        "learner_schedule": "uniform",  # N / B steps, a uniformly drawn learner each
+        "negatives": "distance_weighted",  # margin loss: Wu et al.'s sampling, as the paper says
+        "learn_beta": True,
+        "cluster_space": "embedding",
+        "stray_samples": "repair",  # a class's stray images join the cluster holding most of it
+        "embedding_init": "default",  # torch's Linear init of the one d-dim layer
+        "embedding_dropout": 0.0,
+    },
+    "authors_code": {
+        "embedding_parameter": "one",  # one parameter: Adam's momentum moves the other slices too
+        "learner_schedule": "round_robin",  # K x max_c floor(n_c / B) steps, learners in turn
+        "negatives": "nearest",  # for each anchor the m - 1 nearest negatives at distance >= 0.5
+        "learn_beta": False,  # beta stays 1.2
+        "cluster_space": "backbone",  # normalised backbone features, test transforms
+        "stray_samples": "leave_out",  # a sample alone of its class in a cluster sits the round out
+        "embedding_init": "xavier_normal",  # per slice
+        "embedding_dropout": 0.01,  # before the embedding layer
+    },
+}
+
 # The fields that take one of a fixed set of values, and the values.
 CHOICES = {
+    "recipe": RECIPES,
+    "embedding_parameter": EMBEDDING_PARAMETERS,
+    "learner_schedule": LEARNER_SCHEDULES,
+    "negatives": NEGATIVES,
+    "stray_samples": STRAY_SAMPLES,
+    "embedding_init": EMBEDDING_INITS,
     "dataset": DATASETS,
     "backbone": BACKBONES,
     "grouping": GROUPINGS,
@@ -83,12 +122,16 @@ class RunSpec:
     # --- data ---
     dataset: str = "glyphs"
     data_root: str | None = None  # the unpacked archive of a benchmark; glyphs ignore it
-    glyph_classes: int | None = None  # glyphs only: None = every eligible code point
-    glyph_instances: int = 24  # glyphs only: 12 faces x augmentations
+    glyph_classes: int | None = None  # glyphs, glyph_families: code points; None = every eligible one
+    glyph_instances: int = 24  # glyphs: 12 faces x augmentations (glyph_families: a third of it per class)
     image_size: int | None = None  # None: 32 for glyphs, 224 for photos
     crop_scale: float = 0.16  # photos: the training crop covers crop_scale..1 of the resized image's area
     val_fraction: float = 0.15  # of the training classes, for model selection
     dataset_seed: int = 0
+
+    # --- recipe: paper (the CVPR text) | authors_code (the authors' public code); a null field
+    # below takes the recipe's choice (RECIPE_SETTINGS), a set one overrides it ---
+    recipe: str = "paper"
 
     # --- model ---
     backbone: str = "glyphnet"
@@ -100,30 +143,38 @@ class RunSpec:
     masks: str = "fixed"  # fixed: CVPR slices; learned: TPAMI soft masks
     mask_regularization: float = 0.01  # TPAMI: weight of the masks' mean pairwise cosine similarity
     mask_lr_multiplier: float = 100.0  # TPAMI: the masks' learning rate is this times `lr`
+    embedding_parameter: str | None = None  # per_learner (K parameters) | one (one d-dim parameter)
+    embedding_init: str | None = None  # default | xavier_normal (per slice)
+    embedding_dropout: float | None = None  # dropout on the backbone features, before the embedding
 
     # --- division ---
     grouping: str = "kmeans"
     hierarchy: str = "flat"
     recluster_every: int = 2  # T, in epochs
-    cluster_space: str = "embedding"
+    cluster_space: str | None = None  # embedding | backbone
+    stray_samples: str | None = None  # repair | leave_out: a class's only image in a cluster
     embedding_source: str = "full_pass"
     stale_rounds: int = 1  # training_pass: a vector computed up to this many rounds ago is reused
     kmeans_iterations: int = 100
     kmeans_sample: int | None = None  # train the centroids on this many sampled points (None: all, the paper)
-    full_embedding_from: int | None = None  # epoch from which the loss uses the full embedding (CVPR code: 80)
+    # epoch from which the loss uses the full embedding; null: never (paper), or the authors' rule,
+    # ceil(8/19 x the conquer phase's first epoch) (authors_code: epoch 80 of their 200)
+    full_embedding_from: int | None = None
     freeze_backbone_epochs: int = 0  # TPAMI: epochs the backbone rests from each re-clustering on
 
     # --- loss ---
     loss: str = "margin"
     margin: float = 0.2  # margin loss alpha; also contrastive / triplet margin
     margin_beta: float = 1.2
-    learn_beta: bool = True
+    learn_beta: bool | None = None  # margin loss: beta learned (paper) or fixed (authors_code)
+    negatives: str | None = None  # margin loss: distance_weighted | nearest (m - 1 per anchor, at >= 0.5)
     beta_per_class: bool = False
 
     # --- sampling ---
     batch_size: int = 128
     samples_per_class: int = 4  # m
-    steps_per_epoch: int | None = None  # None: training images // batch size
+    steps_per_epoch: int | None = None  # None: training images // batch size (uniform), K x max_c n_c // B (round_robin)
+    learner_schedule: str | None = None  # uniform (a random learner per step) | round_robin (learners in turn)
 
     # --- schedule (epochs) ---
     warmup_epochs: int = 0  # full embedding, all data, before the first division
@@ -162,6 +213,28 @@ class RunSpec:
     def resolved_image_size(self) -> int:
         return self.image_size or registry.DATASETS.info(self.dataset)["image_size"]
 
+    def setting(self, name: str) -> Any:
+        """A recipe-governed field's value: as given, or the recipe's choice where it is null."""
+        value = getattr(self, name)
+        return RECIPE_SETTINGS[self.recipe][name] if value is None else value
+
+    def recipe_settings(self) -> dict[str, Any]:
+        """Every recipe-governed choice as this run resolves it (given or the recipe's)."""
+        return {
+            **{name: self.setting(name) for name in RECIPE_SETTINGS[self.recipe]},
+            "full_embedding_from": self.resolved_full_embedding_from,
+            "freeze_bn": self.resolved_freeze_bn,
+        }
+
+    @property
+    def resolved_full_embedding_from(self) -> int | None:
+        """`full_embedding_from`, or the recipe's: never (paper); the authors' `epoch >=
+        finetune_epoch x 8 / 19`, with our conquer phase's first epoch as their finetune epoch."""
+        if self.full_embedding_from is not None or self.recipe == "paper":
+            return self.full_embedding_from
+        conquer = self.warmup_epochs + self.epochs
+        return -(-8 * conquer // 19)
+
     @property
     def plan(self) -> DivisionPlan:
         """How this run divides the embedding and the data over time (see `plan.py`)."""
@@ -173,7 +246,7 @@ class RunSpec:
             warmup_epochs=self.warmup_epochs,
             epochs=self.epochs,
             finetune_epochs=self.finetune_epochs,
-            full_embedding_from=self.full_embedding_from,
+            full_embedding_from=self.resolved_full_embedding_from,
             freeze_backbone_epochs=self.freeze_backbone_epochs,
         )
 
@@ -188,10 +261,13 @@ class RunSpec:
 
     @property
     def resolved_freeze_bn(self) -> str:
-        """none | stats | all: `auto` freezes statistics and affine of a pretrained backbone."""
+        """none | stats | all: `auto` freezes a pretrained backbone's statistics and affine
+        (paper) or its statistics only, its affine weights training (authors_code)."""
         if self.freeze_bn != "auto":
             return self.freeze_bn
-        return "all" if self.pretrained is not None else "none"
+        if self.pretrained is None:
+            return "none"
+        return "stats" if self.recipe == "authors_code" else "all"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -310,6 +386,8 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 def _choice(spec: RunSpec, name: str, allowed: tuple[str, ...]) -> None:
     value = getattr(spec, name)
+    if value is None and name in RECIPE_SETTINGS["paper"]:
+        return  # the recipe's choice
     if value not in allowed:
         raise SpecError(f"RunSpec field {name!r} = {value!r}: allowed values are {', '.join(allowed)}")
 
@@ -454,6 +532,8 @@ def _validate(spec: RunSpec) -> None:
         )
     for name in ("margin", "margin_beta"):
         _at_least(spec, name, 0)
+    if spec.embedding_dropout is not None and not 0.0 <= spec.embedding_dropout < 1.0:
+        raise SpecError(f"RunSpec field 'embedding_dropout' = {spec.embedding_dropout}: must be in [0, 1) or null (the recipe's)")
 
 
 def check_against_data(spec: RunSpec, num_train_classes: int, has_groups: bool, world_size: int = 1) -> None:
@@ -492,4 +572,8 @@ def field_help() -> dict[str, str]:
         out[name] = f"{base.__name__}{' | null' if optional else ''} = {default!r}" + (
             f"  (one of: {', '.join(CHOICES[name])})" if name in CHOICES else ""
         )
+        if name in RECIPE_SETTINGS["paper"]:
+            out[name] += "  null: the recipe's, " + ", ".join(f"{r}: {v[name]!r}" for r, v in RECIPE_SETTINGS.items())
+    out["full_embedding_from"] += "  null: the recipe's, paper: never, authors_code: ceil(8/19 x (warmup_epochs + epochs))"
+    out["freeze_bn"] += "  auto with a pretrained backbone: all (paper), stats (authors_code)"
     return out
