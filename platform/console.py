@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -35,6 +36,33 @@ def setup(verbosity: int = NORMAL) -> None:
         for name in ("ray", "ray.tune", "ray.train", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
     os.environ["DNCML_VERBOSITY"] = str(verbosity)
+
+
+_received: dict[str, int] = {}
+
+
+def handle_sigterm() -> None:
+    """SIGTERM (what `kill`, systemd, Kubernetes and batch schedulers send) as Ctrl-C: it goes to
+    whatever handles SIGINT right now (Tune's graceful stop during a sweep, else a
+    KeyboardInterrupt), so that the run records `interrupted` and says how to resume. Installed
+    by the command line and again after `ray.init`, whose own handler exits at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_sigterm(signum, frame):
+        _received["signal"] = signum
+        current = signal.getsignal(signal.SIGINT)
+        if callable(current) and current is not on_sigterm:
+            current(signal.SIGINT, frame)
+        else:  # SIGINT ignored (a background job) or not Python's: still stop like Ctrl-C
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def interrupted_exit_code() -> int:
+    """What a shell reports for a process ended by the signal it got: 143 (SIGTERM), 130 (Ctrl-C)."""
+    return 128 + _received.get("signal", signal.SIGINT)
 
 
 def timeline(event: str, trial: str = "") -> None:

@@ -19,6 +19,7 @@ from dncml.trainers.spec import RunSpec
 
 from .console import log, summary
 from .errors import PlatformError
+from .faults import fault_point
 from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name, selected_test_metrics
 
 
@@ -54,13 +55,17 @@ def train_local(
         id_file = run_dir / "trial_id"
         if not (resume and id_file.is_file()):
             id_file.write_text(new_id(spec.name))
-        trial_id = id_file.read_text().strip()
+        # Read back from disk: the same check as a name from the command line (a tampered id
+        # would send the rows, the events and the clustering state outside the store).
+        trial_id = safe_name(id_file.read_text(errors="replace").strip()[:200], f"the trial id in {id_file}")
         recorder = TrialRecorder(ResultsStore(storage), sweep, trial_id, spec) if storage else None
 
         def report(metrics, checkpoint):
             reporter(metrics, checkpoint)
+            fault_point("local_checkpointed")  # tests crash here: the checkpoint is in place, its epoch row not yet
             if recorder:
                 recorder.epoch(metrics)
+            fault_point("local_recorded")
 
         log.info(
             f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
@@ -69,6 +74,10 @@ def train_local(
         seam = Seam(report=report, world=World(resolve_device(spec)), resume_from=resume_from, checkpoint_root=str(run_dir / "tmp"))
         try:
             state = train(spec, seam)
+        except KeyboardInterrupt:
+            if recorder:
+                recorder.finish("interrupted", error="interrupted (Ctrl-C or SIGTERM) before the run finished")
+            raise
         except BaseException as error:
             if recorder:
                 recorder.fail(error)

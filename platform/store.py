@@ -431,6 +431,8 @@ class TrialRecorder:
     ):
         from dncml.trainers.data.loading import metric_names as expected_metrics
 
+        if store.sweep_dir(sweep).is_symlink():
+            raise StoreError(f"{store.sweep_dir(sweep)} is a symbolic link: refused (a sweep's folder holds its own files only)")
         self.store, self.sweep, self.trial_id, self.spec = store, sweep, trial_id, spec
         self.experiment, self.setting = experiment, setting
         self.metric_names = metric_names or expected_metrics(spec)

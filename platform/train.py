@@ -32,7 +32,7 @@ from .clustering import ActorGroupingService, ClusteringFailed, start_actor
 from .console import log, summary, timeline
 from .errors import PlatformError
 from .faults import fault_point
-from .store import ResultsStore, TrialRecorder, new_id, spec_differences, write_text_atomic
+from .store import ResultsStore, TrialRecorder, new_id, safe_name, spec_differences, write_text_atomic
 
 # Errors that a retry cannot fix: the run fails at once instead of being restarted (a clustering
 # actor that used up its own restarts stays dead for the restarted workers too).
@@ -303,6 +303,9 @@ def fit_run(
     try:
         result = trainer.fit()
         timeline("fit returned", run_id)
+    except KeyboardInterrupt:
+        recorder.finish("interrupted", error="interrupted (Ctrl-C or SIGTERM) before the run finished")
+        raise
     except BaseException as error:
         recorder.fail(error)
         raise
@@ -356,6 +359,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     try:
+        console.handle_sigterm()  # before ray.init too: a SIGTERM while it starts is Ctrl-C as well
         if address in (None, "local"):
             ray.init(
                 address="local",
@@ -366,6 +370,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
             )
         else:
             ray.init(address=address, log_to_driver=console.verbosity() >= console.VERBOSE)
+        console.handle_sigterm()  # ray.init installs a SIGTERM handler that exits at once
     except ConnectionError as error:
         raise PlatformError(f"--address {address}: cannot connect to Ray: {error}") from None
     except Exception as error:
@@ -399,7 +404,7 @@ def train_on_ray(
         if previous is None:
             log.info(f"no run named {spec.name!r} in {store.root / sweep}; starting a new one")
         else:
-            trial_id = str(previous["trial_id"])
+            trial_id = safe_name(str(previous["trial_id"])[:200], f"the trial id of the newest row of {spec.name} in {store.root / sweep}")
             differences = spec_differences(previous, spec)
             if differences:
                 raise PlatformError(

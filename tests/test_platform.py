@@ -328,8 +328,21 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     row_file = store / sweep / "trials" / f"{trial_id}.parquet"
     row_written = row_file.stat().st_mtime_ns
 
+    # Tune's own state, replaced by what a store-sharer could write: a resume unpickles none of it.
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "pwned"))
+
+    for planted in [*(store / "_ray" / sweep / "tune").glob("*.pkl"), store / "_ray" / sweep / "tune" / "tuner.pkl"]:
+        planted.write_bytes(pickle.dumps(Planted()))
     result = run_cli("sweep", str(spec), "--storage", str(store), "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not marker.exists()
+    assert f"resuming sweep {sweep}" in result.stdout
     trials, epochs = read_store(store, sweep)
     assert sorted(trials["status"]) == ["completed"] * 3
     assert trials.set_index("trial_id").loc[trial_id, "started_at"] == started  # not run again

@@ -183,3 +183,20 @@ def check_files_exist(paths: Iterable[str | os.PathLike], what: str = "image fil
     if problems:
         raise DatasetError("\n".join(problems))
     return len(distinct)
+
+
+def read_data_root(data_root: str, reader):
+    """`reader(path)` on `data_root` expanded (`spec.expand_data_root`: the documented variables
+    only); a DatasetError names the root as written, so an expanded value never reaches a
+    message or the results store."""
+    from ..spec import expand_data_root
+
+    expanded = expand_data_root(data_root)
+    try:
+        return reader(expanded)
+    except DatasetError as error:
+        message = str(error)
+        if expanded != data_root:
+            for shown in sorted({expanded, os.path.abspath(expanded)}, key=len, reverse=True):
+                message = message.replace(shown, data_root)
+        raise DatasetError(message) from None

@@ -43,6 +43,7 @@ from dncml.trainers.data.base import (
     EvalSet,
     ImageSplit,
     check_files_exist,
+    read_data_root,
     require_dir,
     require_file,
 )
@@ -661,7 +662,7 @@ BENCHMARKS["folder"] = BenchmarkInfo(
 def _register(name: str) -> None:
     @DATASETS.register(name)
     def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
-        return read_benchmark(name, os.path.expanduser(os.path.expandvars(spec.data_root)))
+        return read_data_root(spec.data_root, lambda root: read_benchmark(name, root))
 
 
 for _name in ("cub", "cars", "sop", "inshop", "vehicleid"):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..registry import DATASETS
-from .base import DatasetBundle, DatasetError, EvalSet, ImageSplit, require_dir
+from .base import DatasetBundle, DatasetError, EvalSet, ImageSplit, read_data_root, require_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 RECALL_KS = DATASETS.info("folder")["recall_ks"]
@@ -94,4 +94,4 @@ def read_folder(root: str | os.PathLike, verify_images: bool = False, seed: int 
 
 @DATASETS.register("folder")
 def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
-    return read_folder(os.path.expandvars(spec.data_root), seed=spec.dataset_seed)
+    return read_data_root(spec.data_root, lambda root: read_folder(root, seed=spec.dataset_seed))
