@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         text = str(error) if isinstance(error, _user_errors()) else f"{type(error).__name__}: {error}"
-        print(f"error: {text[:2000]}", file=sys.stderr)
+        print(f"error: {' '.join(text[:2000].split())}", file=sys.stderr)
         return 2 if bad_input else 1
 
 

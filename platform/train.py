@@ -30,7 +30,7 @@ from dncml.trainers.seam import Seam, World
 from . import console
 from .clustering import ActorGroupingService, ClusteringFailed, start_actor
 from .console import log, summary, timeline
-from .errors import PlatformError
+from .errors import PlatformError, RunFailed
 from .faults import fault_point
 from .store import ResultsStore, TrialRecorder, new_id, safe_name, spec_differences, write_text_atomic
 
@@ -323,10 +323,6 @@ def fit_run(
     timeline("recorded", run_id)
     fault_point("after_completed")  # tests interrupt here: the store is ahead of Tune's bookkeeping
     return result
-
-
-class RunFailed(RuntimeError):
-    """A run ended without every epoch in the store, or with an error no retry can fix."""
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:

@@ -73,6 +73,7 @@ def test_resume_refuses_a_sweep_folder_that_is_a_symlink(tmp_path):
 
 TINY = ["--set", "glyph_classes=48", "--set", "image_size=16", "--set", "embedding_dim=16", "--set", "steps_per_epoch=2"]
 TINY += ["--set", "kmeans_iterations=5", "--set", "eval_every=10", "--set", "epochs=1"]
+NO_WARMUP = ["--set", "warmup_epochs=0", "--set", "finetune_epochs=0"]
 
 
 def test_a_tampered_trial_id_in_a_run_directory_is_refused(tmp_path):
@@ -159,3 +160,119 @@ def test_sigterm_to_a_local_run_records_interrupted_and_prints_the_resume_comman
     assert "Traceback" not in err and "--resume" in err and str(run_dir) in err
     (status,) = pd.read_parquet(store / "train" / "trials")["status"]
     assert status == "interrupted"
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A few hundred bytes of YAML that expand to width ** levels strings."""
+    lines = [f"  - &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"  - &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bombs_are_refused_at_once_in_one_short_line(tmp_path):
+    import pytest
+
+    from dncml.experiments.loader import ExperimentError, load_experiment
+
+    run = tmp_path / "bomb_run.yaml"
+    run.write_text("pretrained:\n" + alias_bomb())
+    started = time.time()
+    result = dncml("train", str(run), "--local", timeout=60)
+    assert result.returncode == 2 and "expands to more than" in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr) < 1000 and time.time() - started < 30
+    experiment = tmp_path / "bomb_experiment.yaml"
+    experiment.write_text(f"name: bomb\nbase: {SMOKE}\ngrid: {{seed: [0]}}\ndescription:\n" + alias_bomb())
+    with pytest.raises(ExperimentError, match="expands to more than") as error:
+        load_experiment(experiment)
+    assert len(str(error.value)) < 1000
+
+
+def test_every_numeric_field_is_bounded_and_a_huge_prime_d_fails_at_once():
+    import pytest
+
+    from dncml.trainers import spec as runspec
+
+    started = time.time()
+    with pytest.raises(runspec.SpecError, match="'embedding_dim' = 1000000007: must be <= 8192"):
+        runspec.from_dict({}, runspec.parse_overrides(["d=1000000007", "K=3"]))
+    assert time.time() - started < 1
+    for field, value in [
+        ("seed", 2**64),
+        ("dataset_seed", 2**63),
+        ("glyph_classes", 10**9),
+        ("glyph_instances", 12 * 10**6),
+        ("num_learners", 131072),
+        ("batch_size", 10**9),
+        ("epochs", 10**9),
+    ]:
+        with pytest.raises(runspec.SpecError, match=f"'{field}' = .*must be <="):
+            runspec.from_dict({field: value})
+    with pytest.raises(runspec.SpecError, match="glyphs are rendered at most 256 pixels"):
+        runspec.from_dict({"image_size": 512})
+    # a d with many divisors lists the first 24 (8190 = 2 x 3^2 x 5 x 7 x 13 has 48)
+    with pytest.raises(runspec.SpecError, match=r"allowed K: 1, 2, 3, 5, 6, 7, 9, 10, 13, 14, .*, 90, \.\.\.$"):
+        runspec.from_dict({"embedding_dim": 8190, "num_learners": 4})
+    assert runspec.from_dict({"seed": 2**63 - 1, "embedding_dim": 8192, "num_learners": 8}).seed == 2**63 - 1
+
+
+def test_cli_errors_are_one_line_exit_2_for_bad_input_and_1_for_a_machine_failure(tmp_path):
+    # A checkpoint of pickled objects: refused (ValueError), one line, exit 2, and it ran nothing.
+    marker = tmp_path / "pwned"
+    planted = tmp_path / "checkpoint"
+    plant_pickle(planted / "state.pt", marker)
+    (planted / "spec.yaml").write_text(SMOKE.read_text())
+    result = dncml("embed", str(planted), "--out", str(tmp_path / "e.parquet"))
+    assert result.returncode == 2 and "refused" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+    # An OSError that is no missing input (the output's folder is a file): one line, exit 1 ...
+    out = tmp_path / "a-file" / "grid.png"
+    out.parent.write_text("")
+    glyphs = ["datasets", "show", "glyphs", "--classes", "48", "--image-size", "16", "--rows", "2", "--out", str(out)]
+    result = dncml(*glyphs)
+    assert result.returncode == 1 and "Error: [Errno" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
+    # ... and the whole trace with -v.
+    result = dncml("-v", *glyphs)
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
+    (tmp_path / "store").mkdir()
+    process = subprocess.Popen([*CLI, "status", str(tmp_path / "store")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before anything is printed, as after `| head -0`
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 141 and b"Traceback" not in err and b"BrokenPipe" not in err, err[-2000:]
+
+
+def test_a_crash_between_the_last_checkpoint_and_its_epoch_row_is_repaired_by_resume(tmp_path):
+    import pandas as pd
+
+    run_dir, store = tmp_path / "run", tmp_path / "store"
+    args = ["train", str(SMOKE), "--local", *TINY, "--set", "epochs=2", *NO_WARMUP, "--run-dir", str(run_dir), "--storage", str(store)]
+    crashed = dncml(*args, env={"DNCML_CRASH_AT": "local_checkpointed_e1"})
+    assert crashed.returncode == 70, crashed.stderr[-2000:]  # died as a kill would, after epoch 2's checkpoint
+    assert (run_dir / "checkpoints" / "epoch-0001").is_dir()
+    assert sorted(pd.read_parquet(store / "train" / "epochs")["epoch"]) == [0]  # its row never written
+    resumed = dncml(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "re-recorded epoch(s) 2" in resumed.stdout and "already completed" not in resumed.stdout
+    assert sorted(pd.read_parquet(store / "train" / "epochs")["epoch"]) == [0, 1]
+    (status,) = pd.read_parquet(store / "train" / "trials")["status"]
+    assert status == "completed"
+
+
+def test_a_truncated_newest_checkpoint_is_passed_over_for_the_newest_good_one(tmp_path):
+    import pandas as pd
+
+    run_dir, store = tmp_path / "run", tmp_path / "store"
+    args = ["train", str(SMOKE), "--local", *TINY, "--set", "epochs=2", *NO_WARMUP, "--run-dir", str(run_dir), "--storage", str(store)]
+    crashed = dncml(*args, env={"DNCML_CRASH_AT": "local_checkpointed_e1"})
+    assert crashed.returncode == 70, crashed.stderr[-2000:]
+    newest = run_dir / "checkpoints" / "epoch-0001" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # what a crash mid-write of an unsynced file leaves
+    resumed = dncml(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "epoch-0001 cannot be read" in resumed.stdout and "passed over" in resumed.stdout
+    epochs = pd.read_parquet(store / "train" / "epochs")
+    assert sorted(epochs["epoch"]) == [0, 1] and pd.read_parquet(store / "train" / "trials")["status"].tolist() == ["completed"]

@@ -127,8 +127,9 @@ def shown(value: Any) -> str:
     """A value as a message shows it: its repr, at most 200 characters."""
     import reprlib
 
-    text = reprlib.Repr(maxlevel=3, maxdict=8, maxlist=8, maxtuple=8, maxstring=120, maxother=120).repr(value)
-    return text[:200]
+    short = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    short.maxlevel, short.maxdict, short.maxlist, short.maxtuple, short.maxstring, short.maxother = 3, 8, 8, 8, 120, 120
+    return short.repr(value)[:200]
 
 
 # Upper bounds a real run can need (the paper's largest settings with room to spare): beyond
