@@ -9,6 +9,7 @@ spec, and a lease refuses a second process on the same directory.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from dncml.trainers.checkpoints import load_checkpoint, load_checkpoint_spec
@@ -62,48 +63,52 @@ def train_local(
         if last and (store is None or store.finished_trial(sweep, trial_id, spec.total_epochs)):
             summary.info(f"run in {run_dir} is already completed ({spec.total_epochs} epochs): nothing to resume")
             return None
-        recorder = TrialRecorder(store, sweep, trial_id, spec) if store else None
-        if recorder and resume_from is not None:
-            rerecord(recorder, resume_from)
+        leases = contextlib.ExitStack()
+        if store:  # in the store too: `dncml status` sees the run live, and a second resume of it is refused
+            leases.enter_context(store.lease(sweep, trial_id))
+        with leases:
+            recorder = TrialRecorder(store, sweep, trial_id, spec) if store else None
+            if recorder and resume_from is not None:
+                rerecord(recorder, resume_from)
 
-        def report(metrics, checkpoint):
-            reporter(metrics, checkpoint)
-            # tests crash here (`local_checkpointed_e<epoch>`): the checkpoint is in place, its epoch row not yet
-            fault_point(f"local_checkpointed_e{metrics['epoch']}")
-            if recorder:
-                recorder.epoch(metrics)
-            fault_point("local_recorded")
+            def report(metrics, checkpoint):
+                reporter(metrics, checkpoint)
+                # tests crash here (`local_checkpointed_e<epoch>`): the checkpoint is in place, its epoch row not yet
+                fault_point(f"local_checkpointed_e{metrics['epoch']}")
+                if recorder:
+                    recorder.epoch(metrics)
+                fault_point("local_recorded")
 
-        log.info(
-            f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
-            f"T={spec.recluster_every}, loss {spec.loss}, {spec.total_epochs} epochs; run dir {run_dir}"
-        )
-        seam = Seam(report=report, world=World(resolve_device(spec)), resume_from=resume_from, checkpoint_root=str(run_dir / "tmp"))
-        try:
-            state = train(spec, seam)
-        except KeyboardInterrupt:
+            log.info(
+                f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
+                f"T={spec.recluster_every}, loss {spec.loss}, {spec.total_epochs} epochs; run dir {run_dir}"
+            )
+            seam = Seam(report=report, world=World(resolve_device(spec)), resume_from=resume_from, checkpoint_root=str(run_dir / "tmp"))
+            try:
+                state = train(spec, seam)
+            except KeyboardInterrupt:
+                if recorder:
+                    recorder.finish("interrupted", error="interrupted (Ctrl-C or SIGTERM) before the run finished")
+                raise
+            except BaseException as error:
+                if recorder:
+                    try:
+                        recorder.fail(error)
+                    except OSError as unrecorded:
+                        # a full disk: the row stays `running`, which `status` shows as `interrupted?` (no
+                        # live lease) and `--resume` continues
+                        log.warning(f"the failure could not be recorded in the store ({unrecorded}); `--resume` continues the run")
+                raise
             if recorder:
-                recorder.finish("interrupted", error="interrupted (Ctrl-C or SIGTERM) before the run finished")
-            raise
-        except BaseException as error:
-            if recorder:
-                try:
-                    recorder.fail(error)
-                except (
-                    OSError
-                ) as unrecorded:  # a full disk: the row stays `running`, which `status` shows as interrupted? and --resume continues
-                    log.warning(f"the failure could not be recorded in the store ({unrecorded}); `--resume` continues the run")
-            raise
-        if recorder:
-            if recorder.finish("completed") != "completed":
-                raise RunFailed(f"run {trial_id}: {recorder.store.trial_row(sweep, trial_id)['error']}")
-            summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
-        tested = selected_test_metrics(state.history)
-        summary.info(
-            f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
-            + "  ".join(f"{k} {v:.4f}" for k, v in tested.items() if isinstance(v, float))
-        )
-        summary.info(f"checkpoints: {reporter.checkpoints} (the selected epoch's: {reporter.checkpoints / 'best'})")
+                if recorder.finish("completed") != "completed":
+                    raise RunFailed(f"run {trial_id}: {recorder.store.trial_row(sweep, trial_id)['error']}")
+                summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
+            tested = selected_test_metrics(state.history)
+            summary.info(
+                f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
+                + "  ".join(f"{k} {v:.4f}" for k, v in tested.items() if isinstance(v, float))
+            )
+            summary.info(f"checkpoints: {reporter.checkpoints} (the selected epoch's: {reporter.checkpoints / 'best'})")
     return trial_id
 
 

@@ -151,6 +151,10 @@ def test_sigterm_to_a_local_run_records_interrupted_and_prints_the_resume_comman
         while not marker.exists() and time.time() < deadline and process.poll() is None:
             time.sleep(0.2)
         assert marker.exists(), process.communicate(timeout=30)
+        from dncml.analysis.status import render_status
+
+        shown = render_status(store)  # the run is live: its lease is in the store as well as in its run directory
+        assert ": running (pid" in shown and "interrupted?" not in shown, shown
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
     finally:
@@ -276,3 +280,32 @@ def test_a_truncated_newest_checkpoint_is_passed_over_for_the_newest_good_one(tm
     assert "epoch-0001 cannot be read" in resumed.stdout and "passed over" in resumed.stdout
     epochs = pd.read_parquet(store / "train" / "epochs")
     assert sorted(epochs["epoch"]) == [0, 1] and pd.read_parquet(store / "train" / "trials")["status"].tolist() == ["completed"]
+
+
+def test_status_and_table_skip_and_name_a_truncated_card_and_a_trial_file_without_trial_columns(tmp_path):
+    import warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dncml.analysis.status import render_status
+    from dncml.analysis.store import list_experiments
+
+    store = tmp_path / "store"
+    good, broken, odd = (store / name for name in ("good-default-20260101-000000-aaaaaa", "broken-default-20260101-000000-bbbbbb", "train"))
+    for sweep in (good, broken):
+        (sweep / "trials").mkdir(parents=True)
+        row = {"trial_id": f"{sweep.name[:4]}_00000", "status": "completed", "spec_epochs": 1}
+        pq.write_table(pa.table({k: [v] for k, v in row.items()}), sweep / "trials" / "t.parquet")
+    (good / "experiment.json").write_text(json.dumps({"experiment": "good", "preset": "default", "metric": "val_recall@1"}))
+    (broken / "experiment.json").write_text('{"experiment": "broken", "pre')  # truncated by a full disk
+    (odd / "trials").mkdir(parents=True)
+    pq.write_table(pa.table({"something": [1]}), odd / "trials" / "foreign.parquet")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert list(list_experiments(store)) == ["good"]
+    assert any("skipped sweep broken-default" in str(w.message) for w in caught)
+    shown = render_status(store)
+    assert "good_00000" in shown and "brok_00000" in shown  # every sweep shown ...
+    assert "skipped:" in shown and "cannot read the experiment card" in shown  # ... and what could not be read named
+    assert "without a trial_id column" in shown
