@@ -41,20 +41,21 @@ def setup(verbosity: int = NORMAL) -> None:
 _received: dict[str, int] = {}
 
 
-def handle_sigterm() -> None:
-    """SIGTERM (what `kill`, systemd, Kubernetes and batch schedulers send) as Ctrl-C: it goes to
-    whatever handles SIGINT right now (Tune's graceful stop during a sweep, else a
-    KeyboardInterrupt), so that the run records `interrupted` and says how to resume. Installed
-    by the command line and again after `ray.init`, whose own handler exits at once."""
+def handle_sigterm(graceful: bool = False) -> None:
+    """SIGTERM (what `kill`, systemd, Kubernetes and batch schedulers send) as Ctrl-C: a
+    KeyboardInterrupt, so that the run records `interrupted` and says how to resume; with
+    `graceful` (a sweep's driver, around `tuner.fit`) it goes to whatever handles SIGINT right
+    now: Tune's graceful stop. Installed by the command line and again after `ray.init`, whose own
+    handler exits at once."""
     if threading.current_thread() is not threading.main_thread():
         return
 
     def on_sigterm(signum, frame):
         _received["signal"] = signum
         current = signal.getsignal(signal.SIGINT)
-        if callable(current) and current is not on_sigterm:
+        if graceful and callable(current) and current is not on_sigterm:
             current(signal.SIGINT, frame)
-        else:  # SIGINT ignored (a background job) or not Python's: still stop like Ctrl-C
+        else:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -31,6 +31,7 @@ from ray import tune
 from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid
 from dncml.trainers.spec import SpecError, valid_name
 
+from . import console
 from .console import Progress, duration, epoch_line, log, timeline
 from .console import summary as outcome
 from .errors import PlatformError
@@ -374,7 +375,11 @@ def run_sweep(
     with store.lease(sweep, "sweep"):  # a second `--resume` of this sweep is refused while it runs
         store.write_card(sweep, experiment.card(sweep))
         if total:
-            tuner.fit()
+            console.handle_sigterm(graceful=True)  # SIGTERM stops Tune as Ctrl-C does: trials end, state is saved
+            try:
+                tuner.fit()
+            finally:
+                console.handle_sigterm()
     summary = reconcile(store, sweep, experiment, monitor, claimed(claims))
     if monitor.triggered:
         summary["stopped early"] = 1

@@ -208,6 +208,13 @@ def lean_trainer(base: type) -> type:
                 drop.add("DatasetsCallback")
             return [callback for callback in callbacks if type(callback).__name__ not in drop]
 
+        def _register_sigint_handler(self, controller):
+            # Ray Train's own Ctrl-C handler aborts the controller and then exits the driver with
+            # SystemExit (recorded as `failed`): without it, Ctrl-C and SIGTERM are a
+            # KeyboardInterrupt that `fit_run` records as `interrupted` (the controller goes with
+            # the driver).
+            return None
+
         def _initialize_and_run_controller(self, **controller_init_kwargs):
             # Ray Train hands the controller the RAY_TRAIN_* variables set in this process, so
             # they are set for this run only (the caller's own Ray Train runs keep its settings).
@@ -255,6 +262,8 @@ def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
         from dncml.trainers.data.benchmarks import bundle_image_paths, check_files_exist
 
         check_files_exist(bundle_image_paths(bundle))
+    for note in bundle.notes:
+        log.warning(f"dataset {spec.dataset}: {note}")
     check_against_data(spec, len(np.unique(bundle.train.labels)), bundle.train.has_groups, num_workers)
     build_backbone(spec, bundle.channels)  # weights that cannot load fail here; `pretrained: glyphs` is trained once, here
     return bundle

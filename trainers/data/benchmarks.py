@@ -43,6 +43,7 @@ from dncml.trainers.data.base import (
     EvalSet,
     ImageSplit,
     check_files_exist,
+    open_rgb,
     read_data_root,
     require_dir,
     require_file,
@@ -150,11 +151,10 @@ def _decode_error(path: str) -> str | None:
     """None if PIL decodes every pixel of path as `ImageDataset` does (open, convert to RGB),
     else "<ErrorType>: <message>". Never tolerates truncation (ImageFile.LOAD_TRUNCATED_IMAGES
     is left as it is, False unless a caller sets it)."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            im.convert("RGB")
+        open_rgb(path)
+    except DatasetError as exc:  # too large to decode
+        return str(exc)
     except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -715,7 +715,7 @@ def check_dataset(
         f"{row}: {splits[row]['classes']} classes, the full release has {n}"
         for row, n in info.expected_classes.items()
         if row in splits and splits[row]["classes"] != n
-    ]
+    ] + list(bundle.notes)
     groups = np.unique(bundle.train.groups[bundle.train.groups >= 0])
     return {
         "name": info.name,

@@ -58,12 +58,13 @@ class ImageDataset(Dataset):
         return self.transform(x)
 
     def _path_item(self, index: int):
-        from PIL import Image
+        from .base import open_rgb
 
         path = self.paths[index]
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
+            image = open_rgb(path)
+        except DatasetError:
+            raise
         except FileNotFoundError:
             raise DatasetError(f"missing image file: {path}") from None
         except Exception as exc:  # UnidentifiedImageError, truncated data, ...
