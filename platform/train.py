@@ -334,6 +334,13 @@ def fit_run(
     return result
 
 
+def local_ray_options(**extra) -> dict:
+    """`ray.init` arguments of a private local Ray that only this machine can reach: the node's
+    address is the loopback, so the GCS, the raylet, the workers and the agents bind 127.0.0.1
+    (by default they bind every interface or the node's address), and the dashboard too."""
+    return {"address": "local", "include_dashboard": True, "dashboard_host": "127.0.0.1", "_node_ip_address": "127.0.0.1", **extra}
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> None:
     """Join the Ray cluster at `address`. None: the cluster named by RAY_ADDRESS (which `ray job
     submit` sets for its driver, so a submitted sweep runs on the cluster it was submitted to, with
@@ -366,13 +373,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     try:
         console.handle_sigterm()  # before ray.init too: a SIGTERM while it starts is Ctrl-C as well
         if address in (None, "local"):
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                log_to_driver=console.verbosity() >= console.VERBOSE,
-            )
+            ray.init(**local_ray_options(num_cpus=num_cpus, log_to_driver=console.verbosity() >= console.VERBOSE))
         else:
             ray.init(address=address, log_to_driver=console.verbosity() >= console.VERBOSE)
         console.handle_sigterm()  # ray.init installs a SIGTERM handler that exits at once

@@ -28,8 +28,10 @@ def ray_session():
     """One private local Ray runtime for all in-process Ray tests (started on first use)."""
     import ray
 
+    from dncml.platform.train import local_ray_options
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        ray.init(**local_ray_options(num_cpus=2, log_to_driver=False))  # on the loopback only, as `dncml` starts one
     yield ray
     ray.shutdown()
 
@@ -38,6 +40,8 @@ def ray_session():
 def ray_local(ray_session):
     import ray
 
+    from dncml.platform.train import local_ray_options
+
     if not ray.is_initialized():  # a test that needed Ray down (multi-node) shut it
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        ray.init(**local_ray_options(num_cpus=2, log_to_driver=False))
     return ray

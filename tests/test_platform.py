@@ -103,6 +103,29 @@ def epoch_files(store: Path, sweep: str = "train") -> list[Path]:
 
 
 # ------------------------------------------------------------------------------- Ray Train
+def test_a_local_ray_listens_on_the_loopback_only(ray_local):
+    """What `dncml` starts (`local_ray_options`, as this session's Ray): the GCS, the raylet, the
+    workers, an actor, the agents and the dashboard listen on 127.0.0.1, none beyond it."""
+    import psutil
+
+    @ray_local.remote
+    class Probe:
+        def pid(self):
+            return os.getpid()
+
+    probe = Probe.remote()
+    ray_local.get(probe.pid.remote())  # a worker process and an actor are up
+    listening = set()
+    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            listening |= {(c.laddr.ip, c.laddr.port, process.name()) for c in process.net_connections("inet") if c.status == "LISTEN"}
+        except psutil.Error:
+            continue
+    ray_local.kill(probe)
+    assert len(listening) >= 4, listening  # GCS, raylet, dashboard, agents at least
+    assert {ip for ip, _, _ in listening} <= {"127.0.0.1", "::1"}, sorted(listening)
+
+
 def test_lean_trainer_leaves_out_the_dataset_manager_and_on_one_node_the_cleaner(ray_local, monkeypatch):
     """Ray Train's defaults minus the callbacks that start a DatasetManager (no Ray Datasets
     here) and, on a one-node Ray, the placement-group cleaner and the preemption watcher;
