@@ -309,3 +309,26 @@ def test_status_and_table_skip_and_name_a_truncated_card_and_a_trial_file_withou
     assert "good_00000" in shown and "brok_00000" in shown  # every sweep shown ...
     assert "skipped:" in shown and "cannot read the experiment card" in shown  # ... and what could not be read named
     assert "without a trial_id column" in shown
+
+
+def test_a_resumed_search_settles_its_study_from_the_store(tmp_path):
+    """The study the interrupted search left: a trial the store holds as completed is told its
+    value, the others fail (the resumed sweep evaluates their points again)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from dncml.platform.tracking import optuna_storage, resume_study
+
+    study = optuna.create_study(study_name="s", storage=optuna_storage(tmp_path), direction="maximize")
+    done, cut = (
+        study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)}),
+        study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)}),
+    )
+    rows = [
+        {"trial_id": "a_1", "status": "completed", "spec_lr": done.params["lr"], "best_val_recall@1": 0.75},
+        {"trial_id": "a_2", "status": "running", "spec_lr": cut.params["lr"], "best_val_recall@1": None},
+    ]
+    resume_study(tmp_path, "s", rows, "best_val_recall@1")
+    trials = {t.number: t for t in optuna.load_study(study_name="s", storage=optuna_storage(tmp_path)).get_trials()}
+    assert trials[done.number].state == TrialState.COMPLETE and trials[done.number].value == 0.75
+    assert trials[cut.number].state == TrialState.FAIL
