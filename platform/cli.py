@@ -386,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _starts_local_ray(args) -> bool:
+    """Whether the command starts a private local Ray (no cluster named by --address or RAY_ADDRESS)."""
+    if args.command not in ("sweep", "train") or getattr(args, "local", False) or getattr(args, "help_spec", False):
+        return False
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    return address in (None, "", "local")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     args = build_parser().parse_args(argv)
@@ -393,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
 
     console.setup(console.VERBOSE if args.verbose else console.QUIET if args.quiet else console.NORMAL)
     console.handle_sigterm()
+    if _starts_local_ray(args):
+        os.environ.setdefault(*console.LOOPBACK_RAY_ENV)  # before ray is imported: the local Ray binds the loopback only
     try:
         return args.func(args)
     except BrokenPipeError:

@@ -38,6 +38,13 @@ def setup(verbosity: int = NORMAL) -> None:
     os.environ["DNCML_VERBOSITY"] = str(verbosity)
 
 
+# Ray's own switch that makes a local node's address the loopback (it is read when ray is
+# imported): set, a Ray started here binds 127.0.0.1 only; `ray.init(_node_ip_address=
+# "127.0.0.1")` alone is turned back into the machine's address. Set by the command line before
+# it imports ray, for the commands that start a private local Ray (never for a cluster: `ray
+# start` refuses it, and a driver on a cluster must be reachable from the other nodes).
+LOOPBACK_RAY_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 _received: dict[str, int] = {}
 
 

@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# The session's local Ray binds the loopback only, as one `dncml` starts (`console.LOOPBACK_RAY_ENV`;
+# read when ray is imported). The multi-node test removes it for its `ray start` nodes.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

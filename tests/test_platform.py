@@ -556,7 +556,7 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
         ray.shutdown()  # one Ray instance at a time on this machine keeps Ray's own tools unambiguous
     gcs_port, dashboard_port = _free_port(), _free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},  # a cluster: not the loopback only
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
