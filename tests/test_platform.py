@@ -123,7 +123,7 @@ def test_a_local_ray_listens_on_the_loopback_only(ray_local):
             continue
     ray_local.kill(probe)
     assert len(listening) >= 4, listening  # GCS, raylet, dashboard, agents at least
-    assert {ip for ip, _, _ in listening} <= {"127.0.0.1", "::1"}, sorted(listening)
+    assert {ip for ip, _, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, sorted(listening)
 
 
 def test_lean_trainer_leaves_out_the_dataset_manager_and_on_one_node_the_cleaner(ray_local, monkeypatch):
