@@ -61,10 +61,21 @@ def _duration(seconds: float) -> str:
 
 def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
     """(summary, one row per trial) of one sweep directory."""
-    card = _read_card(sweep_dir) if (sweep_dir / "experiment.json").is_file() else {}
+    problems = []
+    try:
+        card = _read_card(sweep_dir) if (sweep_dir / "experiment.json").is_file() else {}
+    except StoreError as error:  # shown, and the sweep's trials still are
+        card = {}
+        problems.append(str(error))
     metric = str(card.get("metric") or "val_recall@1")
     mode = str(card.get("mode") or "max")
-    trials, epochs = read_parquet_dir(sweep_dir / "trials"), read_parquet_dir(sweep_dir / "epochs")
+    trials, epochs = read_parquet_dir(sweep_dir / "trials", problems), read_parquet_dir(sweep_dir / "epochs", problems)
+    if len(trials) and "trial_id" not in trials:
+        problems.append(f"{sweep_dir / 'trials'}: files without a trial_id column, not shown")
+        trials = pd.DataFrame()
+    if len(epochs) and not {"trial_id", "epoch"} <= set(epochs):
+        problems.append(f"{sweep_dir / 'epochs'}: files without trial_id and epoch columns, not counted")
+        epochs = pd.DataFrame()
     live = _live_leases(sweep_dir)
     rows = []
     for _, trial in trials.iterrows():
@@ -111,6 +122,7 @@ def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
         "state": state,
         "counts": counts,
         "holders": live,
+        "problems": problems,
     }, table
 
 
@@ -131,5 +143,6 @@ def render_status(store: str | Path) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
         head = f"{summary['sweep']} ({what}): {summary['state']}{f' ({holders})' if holders else ''}: {counts}"
         body = table.to_string(index=False, float_format=lambda v: f"{v:.4f}") if len(table) else "  (no trial yet)"
-        blocks.append(head + "\n" + "\n".join("  " + line for line in body.splitlines()))
+        notes = [f"  skipped: {problem}" for problem in summary["problems"]]
+        blocks.append(head + "\n" + "\n".join(["  " + line for line in body.splitlines()] + notes))
     return "\n\n".join(blocks)

@@ -164,7 +164,12 @@ def _scan(root: Path) -> tuple[dict[str, list[str]], dict[str, dict], list[str]]
             if (directory / "trials").is_dir() or (directory / "epochs").is_dir():
                 uncarded.append(directory.name)
             continue
-        card = _read_card(directory)
+        try:
+            card = _read_card(directory)
+        except StoreError as error:  # one truncated card must not hide every other sweep
+            warnings.warn(f"skipped sweep {directory.name}: {error}", stacklevel=2)
+            uncarded.append(directory.name)
+            continue
         name = str(card.get("experiment") or directory.name)
         cards[directory.name] = card
         experiments.setdefault(name, []).append(directory.name)

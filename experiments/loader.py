@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dncml.trainers import spec as runspec
 
 HERE = Path(__file__).resolve().parent
@@ -163,9 +161,9 @@ def list_experiments() -> list[str]:
 def load_experiment(name_or_path: str | os.PathLike, preset: str | None = None) -> Experiment:
     path = experiment_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ExperimentError(f"{path}: not valid YAML: {error}") from None
+        raw = runspec.load_yaml(path.read_text(), str(path)) or {}
+    except runspec.SpecError as error:
+        raise ExperimentError(str(error)) from None
     try:
         return _resolve(raw, path, preset)
     except runspec.SpecError as error:
@@ -198,9 +196,9 @@ def _resolve(raw: dict, path: Path, preset: str | None) -> Experiment:
         if not base_path.is_file():
             raise ExperimentError(f"{path}: base run {base!r} not found at {base_path}")
         try:
-            run.update(_canonical(yaml.safe_load(base_path.read_text()) or {}, f"{base_path}"))
-        except yaml.YAMLError as error:
-            raise ExperimentError(f"{path}: base run {base!r}: not valid YAML: {error}") from None
+            run.update(_canonical(runspec.load_yaml(base_path.read_text(), f"{path}: base run {base!r}") or {}, f"{base_path}"))
+        except runspec.SpecError as error:
+            raise ExperimentError(str(error)) from None
     run.update(_canonical(raw.get("run") or {}, "run"))
     run.update(_canonical(layer.get("run") or {}, f"presets.{preset}.run"))
     run.setdefault("name", name)

@@ -8,7 +8,8 @@
     dncml plot STORE --experiment NAME --out FILE.png
 
 Heavy imports (torch, ray) happen inside the subcommands, so `dncml datasets list` is instant.
-Errors a user can fix are printed as one line on stderr with exit status 2, never a traceback.
+Errors are printed as one line on stderr, never a traceback (the trace with -v): exit status 2 for
+input a user can fix, 1 for a run that failed, 130 / 143 after Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -276,9 +277,12 @@ def cmd_sweep(args) -> int:
         resume=args.resume,
         max_concurrent=args.max_concurrent,
         mlflow_uri=args.mlflow,
+        sweep_id=args.sweep,
     )
     if summary.get("interrupted sweep"):
-        return 130  # as a shell reports a process ended by Ctrl-C
+        from dncml.platform.console import interrupted_exit_code
+
+        return interrupted_exit_code()  # as a shell reports a process ended by Ctrl-C (130) or SIGTERM (143)
     if summary.get("completed"):
         from dncml.analysis.tables import render_table
 
@@ -419,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster (None: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", default="results", help="results store directory")
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted sweep of this experiment")
+    p.add_argument("--sweep", default=None, metavar="ID", help="with --resume: the sweep to continue (None: the newest of this experiment)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (None: as many as the cluster fits)")
     p.add_argument("--mlflow", default=None, metavar="URI", help="also log every trial to MLflow (e.g. sqlite:///mlflow.db)")
     p.set_defaults(func=cmd_sweep)
@@ -446,26 +451,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _starts_local_ray(args) -> bool:
+    """Whether the command starts a private local Ray (no cluster named by --address or RAY_ADDRESS)."""
+    if args.command not in ("sweep", "train") or getattr(args, "local", False) or getattr(args, "help_spec", False):
+        return False
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    return address in (None, "", "local")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     args = build_parser().parse_args(argv)
     from dncml.platform import console
 
     console.setup(console.VERBOSE if args.verbose else console.QUIET if args.quiet else console.NORMAL)
+    console.handle_sigterm()
+    if _starts_local_ray(args):
+        os.environ.setdefault(*console.LOOPBACK_RAY_ENV)  # before ray is imported: the local Ray binds the loopback only
     try:
         return args.func(args)
-    except ValueError as error:
-        # GlyphConfig and the readers raise ValueError subclasses naming the field or the path.
-        if isinstance(error, _user_errors()) or args.command == "datasets":
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        raise
-    except _user_errors() as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        # `dncml status | head`: the reader left. Nothing more to say, and nothing at exit either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        if args.command == "train":
+            import shlex
+
+            words = ["dncml", *(sys.argv[1:] if argv is None else argv)]
+            print(f"resume it with:\n  {shlex.join(words + ([] if '--resume' in words else ['--resume']))}", file=sys.stderr)
+        return console.interrupted_exit_code()
+    except Exception as error:
+        # One line, never a traceback (the whole trace with -v): exit 2 for input the user can
+        # fix (a spec, a path, a name, a checkpoint refused), 1 for a run or a machine that failed
+        # (a run's error, a full disk, a locked or corrupt database, memory).
+        bad_input = isinstance(error, (ValueError, KeyError, *_user_errors()))
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        text = str(error) if isinstance(error, _user_errors()) else f"{type(error).__name__}: {error}"
+        print(f"error: {' '.join(text[:2000].split())}", file=sys.stderr)
+        return 2 if bad_input else 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -35,6 +36,41 @@ def setup(verbosity: int = NORMAL) -> None:
         for name in ("ray", "ray.tune", "ray.train", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
     os.environ["DNCML_VERBOSITY"] = str(verbosity)
+
+
+# Ray's own switch that makes a local node's address the loopback (it is read when ray is
+# imported): set, a Ray started here binds 127.0.0.1 only; `ray.init(_node_ip_address=
+# "127.0.0.1")` alone is turned back into the machine's address. Set by the command line before
+# it imports ray, for the commands that start a private local Ray (never for a cluster: `ray
+# start` refuses it, and a driver on a cluster must be reachable from the other nodes).
+LOOPBACK_RAY_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+_received: dict[str, int] = {}
+
+
+def handle_sigterm(graceful: bool = False) -> None:
+    """SIGTERM (what `kill`, systemd, Kubernetes and batch schedulers send) as Ctrl-C: a
+    KeyboardInterrupt, so that the run records `interrupted` and says how to resume; with
+    `graceful` (a sweep's driver, around `tuner.fit`) it goes to whatever handles SIGINT right
+    now: Tune's graceful stop. Installed by the command line and again after `ray.init`, whose own
+    handler exits at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_sigterm(signum, frame):
+        _received["signal"] = signum
+        current = signal.getsignal(signal.SIGINT)
+        if graceful and callable(current) and current is not on_sigterm:
+            current(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def interrupted_exit_code() -> int:
+    """What a shell reports for a process ended by the signal it got: 143 (SIGTERM), 130 (Ctrl-C)."""
+    return 128 + _received.get("signal", signal.SIGINT)
 
 
 def timeline(event: str, trial: str = "") -> None:

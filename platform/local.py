@@ -9,16 +9,18 @@ spec, and a lease refuses a second process on the same directory.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-from dncml.trainers.checkpoints import load_checkpoint_spec
+from dncml.trainers.checkpoints import load_checkpoint, load_checkpoint_spec
 from dncml.trainers.divide_and_conquer import train
 from dncml.trainers.runtime import resolve_device
 from dncml.trainers.seam import LocalRun, Seam, World
 from dncml.trainers.spec import RunSpec
 
 from .console import log, summary
-from .errors import PlatformError
+from .errors import PlatformError, RunFailed
+from .faults import fault_point
 from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name, selected_test_metrics
 
 
@@ -47,38 +49,76 @@ def train_local(
                     + "; ".join(differences)
                     + "); resume with the same spec, or use another --run-dir"
                 )
-            if Path(resume_from).name == f"epoch-{spec.total_epochs - 1:04d}":
-                summary.info(f"run in {run_dir} is already completed ({spec.total_epochs} epochs): nothing to resume")
-                return None
         # One trial id per run directory, so a resumed run replaces its own rows instead of adding some.
         id_file = run_dir / "trial_id"
         if not (resume and id_file.is_file()):
             id_file.write_text(new_id(spec.name))
-        trial_id = id_file.read_text().strip()
-        recorder = TrialRecorder(ResultsStore(storage), sweep, trial_id, spec) if storage else None
+        # Read back from disk: the same check as a name from the command line (a tampered id
+        # would send the rows, the events and the clustering state outside the store).
+        trial_id = safe_name(id_file.read_text(errors="replace").strip()[:200], f"the trial id in {id_file}")
+        store = ResultsStore(storage) if storage else None
+        # The store, not the checkpoint's name, says whether the run is completed: a crash between
+        # the last checkpoint and its epoch row leaves the run unfinished there.
+        last = resume_from is not None and Path(resume_from).name == f"epoch-{spec.total_epochs - 1:04d}"
+        if last and (store is None or store.finished_trial(sweep, trial_id, spec.total_epochs)):
+            summary.info(f"run in {run_dir} is already completed ({spec.total_epochs} epochs): nothing to resume")
+            return None
+        leases = contextlib.ExitStack()
+        if store:  # in the store too: `dncml status` sees the run live, and a second resume of it is refused
+            leases.enter_context(store.lease(sweep, trial_id))
+        with leases:
+            recorder = TrialRecorder(store, sweep, trial_id, spec) if store else None
+            if recorder and resume_from is not None:
+                rerecord(recorder, resume_from)
 
-        def report(metrics, checkpoint):
-            reporter(metrics, checkpoint)
-            if recorder:
-                recorder.epoch(metrics)
+            def report(metrics, checkpoint):
+                reporter(metrics, checkpoint)
+                # tests crash here (`local_checkpointed_e<epoch>`): the checkpoint is in place, its epoch row not yet
+                fault_point(f"local_checkpointed_e{metrics['epoch']}")
+                if recorder:
+                    recorder.epoch(metrics)
+                fault_point("local_recorded")
 
-        log.info(
-            f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
-            f"T={spec.recluster_every}, loss {spec.loss}, {spec.total_epochs} epochs; run dir {run_dir}"
-        )
-        seam = Seam(report=report, world=World(resolve_device(spec)), resume_from=resume_from, checkpoint_root=str(run_dir / "tmp"))
-        try:
-            state = train(spec, seam)
-        except BaseException as error:
+            log.info(
+                f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
+                f"T={spec.recluster_every}, loss {spec.loss}, {spec.total_epochs} epochs; run dir {run_dir}"
+            )
+            seam = Seam(report=report, world=World(resolve_device(spec)), resume_from=resume_from, checkpoint_root=str(run_dir / "tmp"))
+            try:
+                state = train(spec, seam)
+            except KeyboardInterrupt:
+                if recorder:
+                    recorder.finish("interrupted", error="interrupted (Ctrl-C or SIGTERM) before the run finished")
+                raise
+            except BaseException as error:
+                if recorder:
+                    try:
+                        recorder.fail(error)
+                    except OSError as unrecorded:
+                        # a full disk: the row stays `running`, which `status` shows as `interrupted?` (no
+                        # live lease) and `--resume` continues
+                        log.warning(f"the failure could not be recorded in the store ({unrecorded}); `--resume` continues the run")
+                raise
             if recorder:
-                recorder.fail(error)
-            raise
-        if recorder and recorder.finish("completed") == "completed":
-            summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
-        tested = selected_test_metrics(state.history)
-        summary.info(
-            f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
-            + "  ".join(f"{k} {v:.4f}" for k, v in tested.items() if isinstance(v, float))
-        )
-        summary.info(f"checkpoints: {reporter.checkpoints} (the selected epoch's: {reporter.checkpoints / 'best'})")
+                if recorder.finish("completed") != "completed":
+                    raise RunFailed(f"run {trial_id}: {recorder.store.trial_row(sweep, trial_id)['error']}")
+                summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
+            tested = selected_test_metrics(state.history)
+            summary.info(
+                f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "
+                + "  ".join(f"{k} {v:.4f}" for k, v in tested.items() if isinstance(v, float))
+            )
+            summary.info(f"checkpoints: {reporter.checkpoints} (the selected epoch's: {reporter.checkpoints / 'best'})")
     return trial_id
+
+
+def rerecord(recorder: TrialRecorder, checkpoint: str) -> None:
+    """Write the epoch rows that the checkpoint's history holds and the store lacks: a crash
+    between a checkpoint and its epoch row would otherwise lose that epoch for good (the resumed
+    run continues after the checkpoint)."""
+    recorded = {row["epoch"] for row in recorder.store.epoch_rows(recorder.sweep, recorder.trial_id)}
+    missing = [h for h in load_checkpoint(checkpoint)["state"].history if h["epoch"] not in recorded]
+    for metrics in missing:
+        recorder.epoch(metrics)
+    if missing:
+        log.info(f"re-recorded epoch(s) {', '.join(str(h['epoch'] + 1) for h in missing)} from {checkpoint}: the store lacked them")

@@ -320,8 +320,17 @@ class ResultsStore:
             )
         return path
 
+    def own_sweep_dir(self, sweep: str) -> Path:
+        """The sweep's folder, refused (StoreError) when it is a symbolic link: every write would
+        follow it somewhere else."""
+        path = self.sweep_dir(sweep)
+        if path.is_symlink():
+            raise StoreError(f"{path} is a symbolic link: refused (a sweep's folder holds its own files only)")
+        return path
+
     def lease(self, sweep: str, name: str) -> Lease:
         """The lease that says a sweep (name `sweep`) or one run of it is being run."""
+        self.own_sweep_dir(sweep)
         return Lease(self.sweep_dir(sweep) / ".leases" / f"{name}.json", f"{sweep}/{name}")
 
     def finished_trial(self, sweep: str, trial_id: str, total_epochs: int) -> list[dict[str, Any]] | None:
@@ -435,6 +444,7 @@ class TrialRecorder:
     ):
         from dncml.trainers.data.loading import metric_names as expected_metrics
 
+        store.own_sweep_dir(sweep)
         self.store, self.sweep, self.trial_id, self.spec = store, sweep, trial_id, spec
         self.experiment, self.setting = experiment, setting
         self.metric_names = metric_names or expected_metrics(spec)

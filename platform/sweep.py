@@ -5,14 +5,23 @@ function that builds and fits a TorchTrainer (`fit_run`), with `TuneReportCallba
 the workers' reports to Tune (one `training_iteration` per epoch, which ASHA uses). Grids (the
 ablations) run with Tune's default variant generator; searches run with a seeded OptunaSearch
 (the two cannot be mixed). Every epoch of every trial lands in the results store under
-STORE/<sweep>/, and `--resume` continues an interrupted sweep with `Tuner.restore` without
-re-running finished trials.
+STORE/<sweep>/, and `--resume` continues an interrupted sweep without re-running finished trials.
+
+`--resume` unpickles nothing from the store (anyone who shares it could have written Tune's
+`tuner.pkl` or the searcher's state): it rebuilds the sweep from what the store holds as data.
+The experiment card (`experiment.json`) must exist and match the spec; a fresh Tuner runs the
+sweep again, each trial claims the stored trial of its configuration (`claim_trial`): a completed
+one reports its recorded result, failed and pruned ones keep their verdict, and the rest continue
+from their Ray Train checkpoints (JSON bookkeeping, `torch.load(weights_only=True)` weights). A
+search reopens its Optuna study (`tracking.resume_study`), evaluates the unfinished trials' points
+first and samples only what is left of `num_samples`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -20,8 +29,9 @@ import ray
 from ray import tune
 
 from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid
-from dncml.trainers.spec import SpecError
+from dncml.trainers.spec import SpecError, valid_name
 
+from . import console
 from .console import Progress, duration, epoch_line, log, timeline
 from .console import summary as outcome
 from .errors import PlatformError
@@ -46,7 +56,49 @@ def _search_space(experiment: Experiment) -> dict:
     return space
 
 
-def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: Resources):
+def spec_key(values: dict) -> str:
+    """A RunSpec's fields as one comparable string (the key a resumed trial finds its row by)."""
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def stored_trials(store: ResultsStore, sweep: str) -> dict[str, list[dict]]:
+    """The store's trial rows of a sweep by their RunSpec (`spec_key`), oldest first."""
+    found: dict[str, list[dict]] = {}
+    rows = sorted(store.trial_rows(sweep), key=lambda row: (row.get("started_at") or "", str(row.get("trial_id"))))
+    for row in rows:
+        if not valid_name(row.get("trial_id")):
+            log.warning(f"sweep {sweep}: a trial row with the trial id {str(row.get('trial_id'))[:80]!r} is not resumed (not a valid name)")
+            continue
+        values = {name[len("spec_") :]: value for name, value in row.items() if name.startswith("spec_")}
+        found.setdefault(spec_key(values), []).append(row)
+    return found
+
+
+def claim_trial(claims: Path, candidates: list[dict], tune_id: str) -> dict | None:
+    """The first stored trial of this configuration that no other trial of this attempt has
+    taken (an O_EXCL file per stored trial, naming the Tune trial that took it), or None."""
+    claims.mkdir(parents=True, exist_ok=True)
+    for row in candidates:
+        try:
+            handle = os.open(claims / row["trial_id"], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(handle, "w") as out:
+            out.write(tune_id)
+        return row
+    return None
+
+
+def claimed(claims: Path) -> dict[str, str]:
+    """Tune trial id -> the stored trial id it continues, for one attempt."""
+    if not claims.is_dir():
+        return {}
+    return {path.read_text().strip(): path.name for path in claims.iterdir() if valid_name(path.name)}
+
+
+def make_trial(
+    experiment: Experiment, store_root: str, sweep: str, resources: Resources, stored: dict | None = None, claims: Path | None = None
+):
     def trial(config: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -56,6 +108,11 @@ def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: R
         reason = sample_is_valid(experiment, overrides)
         store = ResultsStore(store_root)
         spec = experiment.run_spec() if reason else experiment.run_spec(overrides)
+        previous = claim_trial(claims, stored.get(spec_key(spec.to_dict()), []), trial_id) if stored and claims else None
+        if previous is not None:
+            trial_id = previous["trial_id"]  # a resumed sweep continues the store's trial of this configuration
+            if previous.get("status") in ("failed", "pruned"):
+                return  # its recorded end stands (as it did for Tune: an errored trial is not run again)
         finished = None if reason else store.finished_trial(sweep, trial_id, spec.total_epochs)
         if finished:
             # A resumed sweep: the store already holds this trial, complete. Hand Tune the
@@ -175,16 +232,35 @@ class StopWhen(tune.stopper.Stopper):
         return self.monitor.triggered
 
 
-def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool) -> str:
+def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool, chosen: str | None = None) -> str:
     prefix = f"{safe_name(experiment.name, 'experiment name')}-{experiment.preset or 'default'}-"
+    if chosen and not resume:
+        raise PlatformError("--sweep ID names the sweep to continue: it needs --resume")
     if resume:
-        candidates = store.sweeps_of(prefix, with_ray_dir=TUNE_DIR)
-        if not candidates:
-            raise PlatformError(f"--resume: no sweep of {experiment.name} (preset {experiment.preset}) in {store.root} to resume")
-        sweep = candidates[-1]
+        if chosen:
+            safe_name(chosen, "--sweep")
+            if not store.sweep_dir(chosen).is_dir():
+                raise PlatformError(f"--resume --sweep {chosen}: no such sweep in {store.root}")
+            sweep = chosen
+        else:
+            # Only sweeps that this store's own card describes: a folder without experiment.json
+            # (or one planted beside them) is nothing this store started.
+            candidates = [s for s in store.sweeps_of(prefix) if (store.sweep_dir(s) / "experiment.json").is_file()]
+            if not candidates:
+                raise PlatformError(f"--resume: no sweep of {experiment.name} (preset {experiment.preset}) in {store.root} to resume")
+            sweep = candidates[-1]
+        refuse_links(store, sweep)
         check_same_experiment(store, sweep, experiment)
+        log.info(f"resuming sweep {sweep} (choose another with --sweep ID)")
         return sweep
     return new_id(prefix.rstrip("-"))
+
+
+def refuse_links(store: ResultsStore, sweep: str) -> None:
+    """A sweep's folders must be its own: a symlink would send every write somewhere else."""
+    for path in (store.sweep_dir(sweep), store.root.resolve() / "_ray", store.ray_dir(sweep)):
+        if path.is_symlink():
+            raise PlatformError(f"{path} is a symbolic link: refused (a sweep's folders hold its own files only)")
 
 
 CARD_KEYS = ("base_run", "grid", "search", "num_samples", "metric", "mode")
@@ -193,9 +269,12 @@ CARD_KEYS = ("base_run", "grid", "search", "num_samples", "metric", "mode")
 def check_same_experiment(store: ResultsStore, sweep: str, experiment: Experiment) -> None:
     """`--resume` continues the sweep it started, not a changed one: the runs, axes and search
     must be those of the stored experiment card."""
-    stored = store.read_card(sweep)
-    if stored is None:
-        return
+    try:
+        stored = store.read_card(sweep)
+    except (OSError, ValueError) as error:
+        raise PlatformError(f"--resume: the experiment card of sweep {sweep} cannot be read ({str(error)[:200]}): refused") from None
+    if not isinstance(stored, dict):
+        raise PlatformError(f"--resume: sweep {sweep} has no experiment card (experiment.json): nothing this store started, refused")
     current = json.loads(json.dumps(experiment.card(sweep), default=str))
     changed = [key for key in CARD_KEYS if stored.get(key) != current.get(key)]
     if changed:
@@ -239,21 +318,40 @@ def run_sweep(
     max_concurrent: int | None = None,
     num_cpus: int | None = None,
     mlflow_uri: str | None = None,
+    sweep_id: str | None = None,
 ):
     started = time.time()
     experiment = load_experiment(spec_path, preset)  # every grid point validated here
     store = ResultsStore(storage)
-    sweep = _sweep_id(experiment, store, resume)
+    sweep = _sweep_id(experiment, store, resume, sweep_id)
     resources = Resources.from_dict(experiment.resources)
     connect(address, num_cpus=num_cpus)
     limit = concurrency(experiment, resources, max_concurrent)
     prepare_data(experiment.run_spec(), resources.num_workers)  # render / check the base dataset once, on the driver
     tune_root = store.ray_dir(sweep)
-    trainable = tune.with_resources(make_trial(experiment, str(store.root.resolve()), sweep, resources), {"CPU": TRIAL_CPU})
-    total = experiment.trial_count
+    # A resumed sweep is a fresh Tune experiment of its own (nothing of the last attempt's Tune
+    # state is read back); its trials find their stored rows through `claims`.
+    attempt = TUNE_DIR if not resume else f"{TUNE_DIR}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    claims = tune_root / f"claims-{attempt}"
+    stored = stored_trials(store, sweep) if resume else None
+    num_samples, points, done = experiment.num_samples, [], 0
+    if resume and experiment.search:
+        rows = [row for group in stored.values() for row in group]
+        unfinished = [row for row in rows if row.get("status") in ("running", "interrupted")]
+        done = len(rows) - len(unfinished)
+        points = [{name: row.get(f"spec_{runspec_field(name)}") for name in experiment.search} for row in unfinished]
+        num_samples = max(0, experiment.num_samples - done)
+        from .tracking import resume_study
+
+        resume_study(store.sweep_dir(sweep), sweep, rows, f"best_{experiment.metric}")
+    trainable = tune.with_resources(
+        make_trial(experiment, str(store.root.resolve()), sweep, resources, stored, claims if resume else None), {"CPU": TRIAL_CPU}
+    )
+    total = num_samples if experiment.search else experiment.trial_count
     log.info(
-        f"sweep {sweep}: {experiment.name}, preset {experiment.preset}, {total} trial(s), "
-        f"{limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}"
+        f"sweep {sweep}: {experiment.name}, preset {experiment.preset}, {total} trial(s)"
+        + (f" ({done} finished before, not sampled again)" if done else "")
+        + f", {limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}"
     )
     monitor = SweepMonitor(threshold=min(total, max(2, limit)))
     callbacks = [ProgressPrinter(experiment, total, limit), monitor]
@@ -261,32 +359,28 @@ def run_sweep(
         from .tracking import MLflowCallback
 
         callbacks.append(MLflowCallback(mlflow_uri, experiment, sweep))
-    if resume:
-        tuner = tune.Tuner.restore(
-            str(tune_root / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
-        )
-        # The restored run config carries the callbacks pickled with the interrupted sweep (their
-        # counters and clocks stale): this run's own replace them.
-        run_config = tuner._local_tuner.get_run_config()
-        run_config.callbacks, run_config.stop = callbacks, monitor.stopper()
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(experiment),
-            tune_config=_tune_config(experiment, limit, store.sweep_dir(sweep)),
-            run_config=tune.RunConfig(
-                name=TUNE_DIR,
-                storage_path=str(tune_root),
-                callbacks=callbacks,
-                verbose=0,
-                stop=monitor.stopper(),
-                failure_config=tune.FailureConfig(fail_fast=False),
-            ),
-        )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=_param_space(experiment),
+        tune_config=_tune_config(experiment, limit, store.sweep_dir(sweep), num_samples, points, seed_offset=done),
+        run_config=tune.RunConfig(
+            name=attempt,
+            storage_path=str(tune_root),
+            callbacks=callbacks,
+            verbose=0,
+            stop=monitor.stopper(),
+            failure_config=tune.FailureConfig(fail_fast=False),
+        ),
+    )
     with store.lease(sweep, "sweep"):  # a second `--resume` of this sweep is refused while it runs
         store.write_card(sweep, experiment.card(sweep))
-        tuner.fit()
-    summary = reconcile(store, sweep, experiment, monitor)
+        if total:
+            console.handle_sigterm(graceful=True)  # SIGTERM stops Tune as Ctrl-C does: trials end, state is saved
+            try:
+                tuner.fit()
+            finally:
+                console.handle_sigterm()
+    summary = reconcile(store, sweep, experiment, monitor, claimed(claims))
     if monitor.triggered:
         summary["stopped early"] = 1
         outcome.warning(
@@ -298,7 +392,7 @@ def run_sweep(
         outcome.warning(
             f"sweep {sweep} interrupted. Resume it with:\n  dncml sweep {spec_path}"
             + (f" --preset {experiment.preset}" if experiment.preset else "")
-            + f" --storage {store.root} --resume"
+            + f" --storage {store.root} --resume --sweep {sweep}"
         )
     else:
         outcome.info(
@@ -323,7 +417,15 @@ def _param_space(experiment: Experiment) -> dict:
     return {axis: tune.grid_search(values) for axis, values in experiment.grid.items()}
 
 
-def _tune_config(experiment: Experiment, limit: int, sweep_dir: Path) -> tune.TuneConfig:
+def runspec_field(name: str) -> str:
+    from dncml.trainers.spec import ALIASES
+
+    return ALIASES.get(name, name)
+
+
+def _tune_config(
+    experiment: Experiment, limit: int, sweep_dir: Path, num_samples: int, points: list[dict] = (), seed_offset: int = 0
+) -> tune.TuneConfig:
     scheduler = None
     if experiment.asha:
         from ray.tune.schedulers import ASHAScheduler
@@ -350,25 +452,28 @@ def _tune_config(experiment: Experiment, limit: int, sweep_dir: Path) -> tune.Tu
         search = OptunaSearch(
             metric=f"best_{experiment.metric}",
             mode=experiment.mode,
-            seed=int(experiment.run.get("seed", 0)),
+            # a resumed search samples on from a new seed (the old one would repeat its first picks)
+            seed=int(experiment.run.get("seed", 0)) + seed_offset,
             study_name=sweep_dir.name,
             storage=optuna_storage(sweep_dir),
+            points_to_evaluate=list(points) or None,
         )
         return tune.TuneConfig(
-            search_alg=search, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True
+            search_alg=search, num_samples=num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True
         )
     metric = {} if scheduler else {"metric": f"best_{experiment.metric}", "mode": experiment.mode}
-    return tune.TuneConfig(
-        **metric, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True
-    )
+    return tune.TuneConfig(**metric, num_samples=num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True)
 
 
-def reconcile(store: ResultsStore, sweep: str, experiment: Experiment, monitor: SweepMonitor) -> dict[str, int]:
+def reconcile(
+    store: ResultsStore, sweep: str, experiment: Experiment, monitor: SweepMonitor, ids: dict[str, str] | None = None
+) -> dict[str, int]:
     """Make the store's trial rows agree with how Tune left each trial. A row still `running`
     (or missing) belongs to a trial that Tune ended in error ('failed': it died before recording
     its failure), stopped early ('pruned' by ASHA; 'interrupted' when the whole sweep was stopped)
     or never let finish (Ctrl-C: 'interrupted', and `--resume` runs it again)."""
-    for trial_id, (status, config, error) in monitor.ended().items():
+    for tune_id, (status, config, error) in monitor.ended().items():
+        trial_id = (ids or {}).get(tune_id, tune_id)  # a resumed trial continues a stored one
         row = store.trial_row(sweep, trial_id)
         if row is not None and row.get("status") != "running":
             continue  # the trial recorded its own end

@@ -53,3 +53,34 @@ def optuna_storage(sweep_dir: Path):
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}")
+
+
+def resume_study(sweep_dir: Path, study_name: str, rows: list[dict], metric: str) -> None:
+    """Settle a resumed search's study, the one access to it (`optuna.db` in the sweep folder):
+    a trial the interrupted sweep left RUNNING or WAITING in it is told what the store says (a
+    completed trial row with the same parameters: COMPLETE with its `metric`; anything else:
+    FAIL, and the resumed sweep evaluates its point again)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = optuna_storage(sweep_dir)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return  # the sweep never asked its searcher for a trial
+    completed = [row for row in rows if row.get("status") == "completed" and row.get(metric) is not None]
+    told = set()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        match = next(
+            (
+                row
+                for row in completed
+                if row["trial_id"] not in told and all(row.get(f"spec_{name}") == value for name, value in trial.params.items())
+            ),
+            None,
+        )
+        if match is not None and trial.state == TrialState.RUNNING and trial.params:
+            told.add(match["trial_id"])
+            storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, values=[float(match[metric])])
+        else:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)

@@ -30,9 +30,9 @@ from dncml.trainers.seam import Seam, World
 from . import console
 from .clustering import ActorGroupingService, ClusteringFailed, start_actor
 from .console import log, summary, timeline
-from .errors import PlatformError
+from .errors import PlatformError, RunFailed
 from .faults import fault_point
-from .store import ResultsStore, TrialRecorder, new_id, spec_differences, write_text_atomic
+from .store import ResultsStore, TrialRecorder, new_id, safe_name, spec_differences, write_text_atomic
 
 # Errors that a retry cannot fix: the run fails at once instead of being restarted (a clustering
 # actor that used up its own restarts stays dead for the restarted workers too).
@@ -208,6 +208,13 @@ def lean_trainer(base: type) -> type:
                 drop.add("DatasetsCallback")
             return [callback for callback in callbacks if type(callback).__name__ not in drop]
 
+        def _register_sigint_handler(self, controller):
+            # Ray Train's own Ctrl-C handler aborts the controller and then exits the driver with
+            # SystemExit (recorded as `failed`): without it, Ctrl-C and SIGTERM are a
+            # KeyboardInterrupt that `fit_run` records as `interrupted` (the controller goes with
+            # the driver).
+            return None
+
         def _initialize_and_run_controller(self, **controller_init_kwargs):
             # Ray Train hands the controller the RAY_TRAIN_* variables set in this process, so
             # they are set for this run only (the caller's own Ray Train runs keep its settings).
@@ -257,6 +264,8 @@ def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
         from dncml.trainers.data.benchmarks import bundle_image_paths, check_files_exist
 
         check_files_exist(bundle_image_paths(bundle))
+    for note in bundle.notes:
+        log.warning(f"dataset {spec.dataset}: {note}")
     check_against_data(spec, len(np.unique(bundle.train.labels)), bundle.train.has_groups, num_workers)
     build_backbone(spec, bundle.channels)  # weights that cannot load fail here; `pretrained: glyphs` is trained once, here
     return bundle
@@ -305,6 +314,9 @@ def fit_run(
     try:
         result = trainer.fit()
         timeline("fit returned", run_id)
+    except KeyboardInterrupt:
+        recorder.finish("interrupted", error="interrupted (Ctrl-C or SIGTERM) before the run finished")
+        raise
     except BaseException as error:
         recorder.fail(error)
         raise
@@ -324,8 +336,11 @@ def fit_run(
     return result
 
 
-class RunFailed(RuntimeError):
-    """A run ended without every epoch in the store, or with an error no retry can fix."""
+def local_ray_options(**extra) -> dict:
+    """`ray.init` arguments of a private local Ray that only this machine can reach: the node's
+    address is the loopback, so the GCS, the raylet, the workers and the agents bind 127.0.0.1
+    (by default they bind every interface or the node's address), and the dashboard too."""
+    return {"address": "local", "include_dashboard": True, "dashboard_host": "127.0.0.1", "_node_ip_address": "127.0.0.1", **extra}
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -358,16 +373,12 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     try:
+        console.handle_sigterm()  # before ray.init too: a SIGTERM while it starts is Ctrl-C as well
         if address in (None, "local"):
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                log_to_driver=console.verbosity() >= console.VERBOSE,
-            )
+            ray.init(**local_ray_options(num_cpus=num_cpus, log_to_driver=console.verbosity() >= console.VERBOSE))
         else:
             ray.init(address=address, log_to_driver=console.verbosity() >= console.VERBOSE)
+        console.handle_sigterm()  # ray.init installs a SIGTERM handler that exits at once
     except ConnectionError as error:
         raise PlatformError(f"--address {address}: cannot connect to Ray: {error}") from None
     except Exception as error:
@@ -401,7 +412,7 @@ def train_on_ray(
         if previous is None:
             log.info(f"no run named {spec.name!r} in {store.root / sweep}; starting a new one")
         else:
-            trial_id = str(previous["trial_id"])
+            trial_id = safe_name(str(previous["trial_id"])[:200], f"the trial id of the newest row of {spec.name} in {store.root / sweep}")
             differences = spec_differences(previous, spec)
             if differences:
                 raise PlatformError(

@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# The session's local Ray binds the loopback only, as one `dncml` starts (`console.LOOPBACK_RAY_ENV`;
+# read when ray is imported). The multi-node test removes it for its `ray start` nodes.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,8 +31,10 @@ def ray_session():
     """One private local Ray runtime for all in-process Ray tests (started on first use)."""
     import ray
 
+    from dncml.platform.train import local_ray_options
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        ray.init(**local_ray_options(num_cpus=2, log_to_driver=False))  # on the loopback only, as `dncml` starts one
     yield ray
     ray.shutdown()
 
@@ -38,6 +43,8 @@ def ray_session():
 def ray_local(ray_session):
     import ray
 
+    from dncml.platform.train import local_ray_options
+
     if not ray.is_initialized():  # a test that needed Ray down (multi-node) shut it
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        ray.init(**local_ray_options(num_cpus=2, log_to_driver=False))
     return ray

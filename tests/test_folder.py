@@ -114,3 +114,21 @@ def test_the_readme_python_api_runs_on_a_folder(tmp_path, monkeypatch):
     assert trials.loc[namespace["trial_id"], "status"] == "completed"
     assert sorted(namespace["epochs"]["epoch"]) == [0, 1]
     assert (tmp_path / "runs" / "mine" / "checkpoints" / "best").is_dir()
+
+
+def test_a_left_out_class_is_named_and_a_huge_image_is_refused_before_decoding(tmp_path):
+    from dncml.trainers.data.base import MAX_DECODED_PIXELS, open_rgb
+    from dncml.trainers.data.benchmarks import check_dataset, verify_image_files
+
+    root = make_folder(tmp_path / "images")
+    report = check_dataset("folder", root)
+    assert any("class_lonely" in w and "fewer than 2 images" in w for w in report["warnings"]), report["warnings"]
+    # 13,000 x 13,000 pixels: under twice PIL's bomb limit (a warning only), 500 MB decoded as RGB.
+    huge = tmp_path / "huge.png"
+    Image.new("1", (13_000, 13_000)).save(huge)  # a bilevel image: a small file, and cheap to write
+    assert MAX_DECODED_PIXELS < 13_000**2
+    with pytest.raises(DatasetError, match="13000 x 13000 pixels.*refused"):
+        open_rgb(str(huge))
+    with pytest.raises(DatasetError, match="huge.png"):
+        verify_image_files([str(huge)])
+    assert open_rgb(next(iter(sorted((root / "class_00").iterdir())))).mode == "RGB"

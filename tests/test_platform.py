@@ -103,6 +103,29 @@ def epoch_files(store: Path, sweep: str = "train") -> list[Path]:
 
 
 # ------------------------------------------------------------------------------- Ray Train
+def test_a_local_ray_listens_on_the_loopback_only(ray_local):
+    """What `dncml` starts (`local_ray_options`, as this session's Ray): the GCS, the raylet, the
+    workers, an actor, the agents and the dashboard listen on 127.0.0.1, none beyond it."""
+    import psutil
+
+    @ray_local.remote
+    class Probe:
+        def pid(self):
+            return os.getpid()
+
+    probe = Probe.remote()
+    ray_local.get(probe.pid.remote())  # a worker process and an actor are up
+    listening = set()
+    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            listening |= {(c.laddr.ip, c.laddr.port, process.name()) for c in process.net_connections("inet") if c.status == "LISTEN"}
+        except psutil.Error:
+            continue
+    ray_local.kill(probe)
+    assert len(listening) >= 4, listening  # GCS, raylet, dashboard, agents at least
+    assert {ip for ip, _, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, sorted(listening)
+
+
 def test_lean_trainer_leaves_out_the_dataset_manager_and_on_one_node_the_cleaner(ray_local, monkeypatch):
     """Ray Train's defaults minus the callbacks that start a DatasetManager (no Ray Datasets
     here) and, on a one-node Ray, the placement-group cleaner and the preemption watcher;
@@ -301,18 +324,18 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     try:
         wait_for(marker.exists, 400, "the first trial to record `completed` and pause")
     finally:
-        # SIGINT to the driver alone: Tune saves its state (the paused trial still running in
-        # it) and stops. (Ctrl-C in a terminal would also reach the trial's worker process and
-        # end it with an error, which Tune records: not the race.)
-        os.kill(process.pid, signal.SIGINT)
+        # SIGTERM (what kill, systemd and schedulers send) to the driver alone, handled as Ctrl-C:
+        # Tune stops (the paused trial still running in it). (Ctrl-C in a terminal would also
+        # reach the trial's worker process and end it with an error, which Tune records: not the race.)
+        os.kill(process.pid, signal.SIGTERM)
         try:
             process.wait(90)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
-    assert process.returncode == 130  # an interrupted sweep is not a success
+    assert process.returncode == 143  # an interrupted sweep is not a success; 143: ended by SIGTERM
     printed = log.read_text()
-    assert "interrupted. Resume it with:" in printed and "--resume" in printed
+    assert "interrupted. Resume it with:" in printed and "--resume" in printed and "Traceback" not in printed
     # The console: one line per epoch labelled with the trial's setting, a progress line, no Ray chatter.
     # (The paused trial is still running for Tune, so no progress line can count it done yet.)
     assert "[seed=0] epoch 1/2" in printed, printed[-3000:]
@@ -328,8 +351,22 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     row_file = store / sweep / "trials" / f"{trial_id}.parquet"
     row_written = row_file.stat().st_mtime_ns
 
+    # Tune's own state, replaced by what a store-sharer could write: a resume unpickles none of it.
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "pwned"))
+
+    for planted in [*(store / "_ray" / sweep / "tune").glob("*.pkl"), store / "_ray" / sweep / "tune" / "tuner.pkl"]:
+        planted.write_bytes(pickle.dumps(Planted()))
     result = run_cli("sweep", str(spec), "--storage", str(store), "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not marker.exists()
+    assert f"resuming sweep {sweep}" in result.stdout
+    assert set(before["status"]) <= {"completed", "interrupted"}  # no row left `running`
     trials, epochs = read_store(store, sweep)
     assert sorted(trials["status"]) == ["completed"] * 3
     assert trials.set_index("trial_id").loc[trial_id, "started_at"] == started  # not run again
@@ -340,6 +377,31 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert row_file.stat().st_mtime_ns == row_written
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert len(epochs) == 3 * 2  # three trials x (epochs 1 + finetune 1), nothing lost
+
+
+def test_sigterm_to_dncml_train_on_ray_records_interrupted_and_the_resume_command_completes_it(tmp_path):
+    store = tmp_path / "store"
+    args = ["train", str(SMOKE), "--set", "glyph_classes=64", "--set", "steps_per_epoch=4", "--set", "epochs=4"]
+    args += ["--set", "warmup_epochs=0", "--set", "finetune_epochs=0", "--storage", str(store)]
+    process = subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: epoch_files(store) or process.poll() is not None, 400, "the run's first epoch row")
+        os.kill(process.pid, signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # what is left of its Ray, by our group only
+        except ProcessLookupError:
+            pass
+    assert process.returncode == 143, (out + err)[-3000:]
+    assert "Traceback" not in err and "resume it with:" in err
+    assert pd.read_parquet(store / "train" / "trials")["status"].tolist() == ["interrupted"]
+    resume = err.split("resume it with:")[1].strip().splitlines()[0].split()
+    assert resume[0] == "dncml" and resume[-1] == "--resume"
+    result = run_cli(*resume[1:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials, epochs = read_store(store, "train")
+    assert trials["status"].tolist() == ["completed"] and sorted(epochs["epoch"]) == [0, 1, 2, 3]
 
 
 def _orphaned_trainers(names=("RayTrainWorker", "TrainController", "ImplicitFunc", "ClusteringActor")) -> list[int]:
@@ -494,7 +556,7 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
         ray.shutdown()  # one Ray instance at a time on this machine keeps Ray's own tools unambiguous
     gcs_port, dashboard_port = _free_port(), _free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},  # a cluster: not the loopback only
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,10 +94,36 @@ def _atomic(path: Path, write) -> None:
     os.close(descriptor)
     try:
         write(temporary)
+        with open(temporary, "rb+") as handle:  # on disk before it takes the name: a crash leaves the old file or the new one
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    try:
+        directory = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(directory)  # the rename itself
+    finally:
+        os.close(directory)
+
+
+def readable_checkpoint(directory: str | Path) -> str | None:
+    """Why a checkpoint directory cannot be resumed from (None: it can): its files are there and
+    `state.pt` opens as tensors and plain data (memory-mapped: nothing is read in full)."""
+    path = Path(directory)
+    if not (path / "spec.yaml").is_file():
+        return "spec.yaml is missing"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            torch.load(path / "state.pt", map_location="cpu", weights_only=True, mmap=True)
+        load_checkpoint_spec(str(path))
+    except Exception as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+    return None
 
 
 def save_checkpoint(directory: str, spec: RunSpec, net: torch.nn.Module, optimizer, scheduler, state: TrainState, bank=None) -> str:
@@ -121,9 +148,12 @@ def load_checkpoint(directory: str, map_location: str | torch.device = "cpu") ->
     if not path.is_file():
         raise FileNotFoundError(f"not a dncml checkpoint: {path} is missing")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns at length about what it refuses: the error says it
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # pickle.UnpicklingError for anything beyond tensors and plain data
-        raise ValueError(f"{path}: not a dncml checkpoint of tensors and plain data, refused ({error})") from None
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ValueError(f"{path}: not a dncml checkpoint of tensors and plain data, refused ({reason[:300]})") from None
     payload["state"] = TrainState.from_plain(payload["state"])
     payload["state"].selected_model = payload.get("selected_model")
     if payload.get("bank") is not None:

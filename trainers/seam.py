@@ -95,8 +95,18 @@ class LocalRun:
             shutil.rmtree(old, ignore_errors=True)
 
     def latest_checkpoint(self) -> str | None:
+        """The newest checkpoint that can be resumed from; a newer one that cannot (truncated by
+        a crash or a full disk) is passed over, and the printer says so."""
+        from .checkpoints import readable_checkpoint
+
         epochs = sorted(p for p in self.checkpoints.glob("epoch-*") if (p / "state.pt").is_file())
-        return str(epochs[-1]) if epochs else None
+        for newest in reversed(epochs):
+            problem = readable_checkpoint(newest)
+            if problem is None:
+                return str(newest)
+            if self.printer:
+                self.printer(f"checkpoint {newest} cannot be read ({problem}): passed over for an older one")
+        return None
 
 
 def format_epoch(metrics: dict) -> str:

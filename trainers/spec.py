@@ -111,6 +111,104 @@ def valid_name(value: object) -> bool:
     return isinstance(value, str) and bool(NAME.match(value)) and ".." not in value
 
 
+# The environment variables `data_root` may name (`${DNCML_DATA}/cub`, `~` for HOME): no other
+# one is expanded, so a spec cannot pull a secret into a path, an error message or the store.
+DATA_ROOT_VARIABLES = ("DNCML_DATA", "HOME")
+_VARIABLE = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def data_root_variables(value: str) -> list[str]:
+    """The variables `value` names, in order."""
+    return [braced if braced is not None else bare for braced, bare in _VARIABLE.findall(value)]
+
+
+def expand_data_root(value: str) -> str:
+    """`data_root` with `~` and the documented variables expanded (the others stay as written;
+    `validate` refuses them)."""
+
+    def substitute(match: re.Match) -> str:
+        name = match.group(1) if match.group(1) is not None else match.group(2)
+        return os.environ.get(name, match.group(0)) if name in DATA_ROOT_VARIABLES else match.group(0)
+
+    return os.path.expanduser(_VARIABLE.sub(substitute, value))
+
+
+# A spec's YAML, once its aliases are expanded: a real spec has a few hundred values. An alias
+# bomb (`a: &a [x, x]`, `b: &b [*a, *a]`, ...) of a few hundred bytes expands to 10^9 values
+# (66 s and 3 GB to fail, an experiment card of 608 MB): refused by counting, never expanded.
+YAML_MAX_VALUES = 20_000
+YAML_MAX_CHARACTERS = 1_000_000
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load(text)`, refused (SpecError) when the document it describes is larger than
+    YAML_MAX_VALUES values or YAML_MAX_CHARACTERS characters of text once aliases are expanded."""
+    if len(text) > YAML_MAX_CHARACTERS:
+        raise SpecError(f"{where}: {len(text)} characters of YAML, at most {YAML_MAX_CHARACTERS}")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{where}: not valid YAML: {str(error)[:500]}") from None
+    values, characters, stack = 0, 0, [document]
+    while stack:  # counts the expanded tree without building it: stops at the bound
+        value = stack.pop()
+        values += 1
+        if isinstance(value, str):
+            characters += len(value)
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+        if values > YAML_MAX_VALUES or characters > YAML_MAX_CHARACTERS:
+            raise SpecError(
+                f"{where}: the YAML expands to more than {YAML_MAX_VALUES} values or {YAML_MAX_CHARACTERS} "
+                "characters (aliases repeated into a bomb?): refused"
+            )
+    return document
+
+
+def shown(value: Any) -> str:
+    """A value as a message shows it: its repr, at most 200 characters."""
+    import reprlib
+
+    short = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    short.maxlevel, short.maxdict, short.maxlist, short.maxtuple, short.maxstring, short.maxother = 3, 8, 8, 8, 120, 120
+    return short.repr(value)[:200]
+
+
+# Upper bounds a real run can need (the paper's largest settings with room to spare): beyond
+# them a typo or a hostile spec would hang (listing divisors of a prime d), build 10^5 layers or
+# allocate gigabytes before failing.
+UPPER_BOUNDS: dict[str, int] = {
+    "glyph_classes": 100_000,
+    "glyph_instances": 1_200,
+    "image_size": 1_024,
+    "dataset_seed": 2**63 - 1,
+    "embedding_dim": 8_192,
+    "num_learners": 1_024,
+    "recluster_every": 10_000,
+    "stale_rounds": 10_000,
+    "kmeans_iterations": 100_000,
+    "kmeans_sample": 100_000_000,
+    "full_embedding_from": 100_000,
+    "freeze_backbone_epochs": 10_000,
+    "batch_size": 65_536,
+    "samples_per_class": 4_096,
+    "steps_per_epoch": 10_000_000,
+    "warmup_epochs": 10_000,
+    "epochs": 100_000,
+    "finetune_epochs": 10_000,
+    "lr_decay_every": 100_000,
+    "eval_every": 100_000,
+    "eval_batch_size": 65_536,
+    "seed": 2**63 - 1,
+    "loader_workers": 256,
+    "checkpoint_every": 100_000,
+}
+GLYPH_IMAGE_SIZE = 256  # glyphs are rendered: beyond this the render cache alone is gigabytes
+
+
 class SpecError(ValueError):
     """An invalid RunSpec; the message names the field and what it allows."""
 
@@ -339,7 +437,7 @@ def coerce(name: str, value: Any) -> Any:
         pass
     else:
         return value
-    raise SpecError(f"RunSpec field {name!r} must be {base.__name__}{' or null' if optional else ''}, got {value!r}")
+    raise SpecError(f"RunSpec field {name!r} must be {base.__name__}{' or null' if optional else ''}, got {shown(value)}")
 
 
 def from_dict(values: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> RunSpec:
@@ -360,10 +458,7 @@ def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Ru
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"RunSpec file not found: {path}")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    values = load_yaml(path.read_text(), str(path)) or {}
     if isinstance(values, dict) and "run" in values and isinstance(values["run"], dict):
         values = values["run"]  # allow `run:` as a top-level key
     try:
@@ -379,7 +474,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise SpecError(f"--set expects field=value, got {item!r}")
         key, raw = item.split("=", 1)
-        result[canonical_field(key.strip())] = yaml.safe_load(raw) if raw.strip() else None
+        result[canonical_field(key.strip())] = load_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
     return result
 
 
@@ -405,8 +500,28 @@ def _finite(spec: RunSpec) -> None:
             raise SpecError(f"RunSpec field {name!r} = {value}: must be a finite number")
 
 
+def _bounded(spec: RunSpec) -> None:
+    for name, maximum in UPPER_BOUNDS.items():
+        value = getattr(spec, name)
+        if value is not None and value > maximum:
+            raise SpecError(f"RunSpec field {name!r} = {str(value)[:40]}: must be <= {maximum}")
+    if spec.dataset == "glyphs" and spec.image_size is not None and spec.image_size > GLYPH_IMAGE_SIZE:
+        raise SpecError(f"RunSpec field 'image_size' = {spec.image_size}: glyphs are rendered at most {GLYPH_IMAGE_SIZE} pixels")
+    if spec.data_root is not None:
+        if len(spec.data_root) > 4096:
+            raise SpecError(f"RunSpec field 'data_root': {len(spec.data_root)} characters, at most 4096")
+        others = [name for name in data_root_variables(spec.data_root) if name not in DATA_ROOT_VARIABLES]
+        if others:
+            raise SpecError(
+                f"RunSpec field 'data_root' names ${{{others[0][:40]}}}: only "
+                + ", ".join(f"${{{name}}}" for name in DATA_ROOT_VARIABLES)
+                + " and ~ are expanded"
+            )
+
+
 def _validate(spec: RunSpec) -> None:
     _finite(spec)
+    _bounded(spec)
     if not valid_name(spec.name):
         raise SpecError(
             f"RunSpec field 'name' = {spec.name!r}: use letters, digits, '.', '_' and '-' (at most 128, "
@@ -446,10 +561,11 @@ def _validate(spec: RunSpec) -> None:
         raise SpecError("RunSpec: warmup_epochs + epochs + finetune_epochs must be >= 1")
     d, k = spec.embedding_dim, spec.num_learners
     if d % k:
-        divisors = [i for i in range(1, d + 1) if d % i == 0]
+        small = [i for i in range(1, math.isqrt(d) + 1) if d % i == 0]  # d <= 8192: at most 91 steps
+        divisors = sorted({*small, *(d // i for i in small)})
+        shown = ", ".join(map(str, divisors[:24])) + (", ..." if len(divisors) > 24 else "")
         raise SpecError(
-            f"RunSpec field 'num_learners' (K) = {k}: K must divide the embedding size "
-            f"embedding_dim (d) = {d}; allowed K: {', '.join(map(str, divisors))}"
+            f"RunSpec field 'num_learners' (K) = {k}: K must divide the embedding size embedding_dim (d) = {d}; allowed K: {shown}"
         )
     if spec.hierarchy == "binary" and k & (k - 1):
         raise SpecError(f"RunSpec field 'num_learners' (K) = {k}: hierarchy 'binary' doubles K, so K must be a power of 2")

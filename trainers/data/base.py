@@ -109,6 +109,7 @@ class DatasetBundle:
     channels: int = 3
     group_names: dict[int, str] = field(default_factory=dict)
     val: EvalSet | None = None
+    notes: list[str] = field(default_factory=list)  # what the reader left out, and why (`datasets check` shows them)
 
     def summary(self) -> dict:
         rows = {"train": (len(self.train), self.train.num_classes)}
@@ -199,3 +200,42 @@ def check_files_exist(paths: Iterable[str | os.PathLike], what: str = "image fil
     if problems:
         raise DatasetError("\n".join(problems))
     return len(distinct)
+
+
+def read_data_root(data_root: str, reader):
+    """`reader(path)` on `data_root` expanded (`spec.expand_data_root`: the documented variables
+    only); a DatasetError names the root as written, so an expanded value never reaches a
+    message or the results store."""
+    from ..spec import expand_data_root
+
+    expanded = expand_data_root(data_root)
+    try:
+        return reader(expanded)
+    except DatasetError as error:
+        message = str(error)
+        if expanded != data_root:
+            for shown in sorted({expanded, os.path.abspath(expanded)}, key=len, reverse=True):
+                message = message.replace(shown, data_root)
+        raise DatasetError(message) from None
+
+
+# Decoded images larger than this are refused: PIL's own bomb limit (about 89 megapixels, an
+# error only past twice that) lets a 13,000 x 13,000 file decode in full (500 MB as RGB). The
+# benchmarks' largest photos are a few megapixels; a 48-megapixel phone photo passes.
+MAX_DECODED_PIXELS = 64_000_000
+
+
+def open_rgb(path, name: str | None = None):
+    """An image file (a path or a file object; `name` in messages) decoded as RGB (PIL), refused
+    (DatasetError) before decoding when its size exceeds MAX_DECODED_PIXELS."""
+    from PIL import Image
+
+    name = name or str(path)
+    with Image.open(path) as image:
+        width, height = image.size
+        if width * height > MAX_DECODED_PIXELS:
+            raise DatasetError(
+                f"image {name} is {width} x {height} pixels, more than {MAX_DECODED_PIXELS:,} decoded: "
+                "refused (shrink it first, e.g. to 1024 pixels on its long side)"
+            )
+        return image.convert("RGB")

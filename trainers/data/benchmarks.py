@@ -43,6 +43,8 @@ from dncml.trainers.data.base import (
     EvalSet,
     ImageSplit,
     check_files_exist,
+    open_rgb,
+    read_data_root,
     require_dir,
     require_file,
 )
@@ -154,11 +156,10 @@ def _decode_error(path: str, read: Callable[[str], bytes] | None = None) -> str 
     `read`); None: the file at path."""
     import io
 
-    from PIL import Image
-
     try:
-        with Image.open(path if read is None else io.BytesIO(read(path))) as im:
-            im.convert("RGB")
+        open_rgb(path if read is None else io.BytesIO(read(path)), name=path)
+    except DatasetError as exc:  # too large to decode
+        return str(exc)
     except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -681,7 +682,7 @@ BENCHMARKS["folder"] = BenchmarkInfo(
 def _register(name: str) -> None:
     @DATASETS.register(name)
     def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
-        return read_benchmark(name, os.path.expanduser(os.path.expandvars(spec.data_root)))
+        return read_data_root(spec.data_root, lambda root: read_benchmark(name, root))
 
 
 for _name in ("cub", "cars", "sop", "inshop", "vehicleid"):
@@ -750,7 +751,7 @@ def check_dataset(
         f"{row}: {splits[row]['classes']} classes, the full release has {n}"
         for row, n in info.expected_classes.items()
         if row in splits and splits[row]["classes"] != n
-    ]
+    ] + list(bundle.notes)
     groups = np.unique(bundle.train.groups[bundle.train.groups >= 0])
     return {
         "name": info.name,

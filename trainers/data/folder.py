@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..registry import DATASETS
-from .base import DatasetBundle, DatasetError, EvalSet, ImageSplit, require_dir
+from .base import DatasetBundle, DatasetError, EvalSet, ImageSplit, read_data_root, require_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 RECALL_KS = DATASETS.info("folder")["recall_ks"]
@@ -64,6 +64,9 @@ def read_folder(root: str | os.PathLike, verify_images: bool = False, seed: int 
     base = require_dir(Path(os.path.abspath(os.path.expanduser(os.fspath(root)))), "image folder (one sub-folder per class)")
     found = class_folders(base)
     classes = sorted(name for name, images in found.items() if len(images) >= 2)
+    lonely = sorted(name for name, images in found.items() if len(images) < 2)
+    shown = ", ".join(lonely[:10]) + (", ..." if len(lonely) > 10 else "")
+    notes = [f"left out {len(lonely)} class folder(s) with fewer than 2 images (no positive pair): {shown}"] if lonely else []
     if len(classes) < 4:
         raise DatasetError(
             f"{base}: {len(classes)} class folders with >= 2 images; need at least 4 "
@@ -84,7 +87,7 @@ def read_folder(root: str | os.PathLike, verify_images: bool = False, seed: int 
 
     train = split("train", [c for c in classes if c not in test_classes])
     test = split("test", [c for c in classes if c in test_classes])
-    bundle = DatasetBundle(name="folder", train=train, tests=[EvalSet("test", test, None, RECALL_KS)], recall_ks=RECALL_KS)
+    bundle = DatasetBundle(name="folder", train=train, tests=[EvalSet("test", test, None, RECALL_KS)], recall_ks=RECALL_KS, notes=notes)
     if verify_images:
         from .benchmarks import bundle_image_paths, verify_image_files
 
@@ -96,7 +99,9 @@ def read_folder(root: str | os.PathLike, verify_images: bool = False, seed: int 
 def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
     from .pack import is_pack, read_pack
 
-    root = os.path.expandvars(spec.data_root)
-    if is_pack(root):  # `dncml datasets pack folder`: the split as it was drawn when packed
-        return read_pack(root, expected="folder")
-    return read_folder(root, seed=spec.dataset_seed)
+    def read(root: str) -> DatasetBundle:
+        if is_pack(root):  # `dncml datasets pack folder`: the split as it was drawn when packed
+            return read_pack(root, expected="folder")
+        return read_folder(root, seed=spec.dataset_seed)
+
+    return read_data_root(spec.data_root, read)

@@ -75,13 +75,12 @@ def jpeg_size(data: bytes | memoryview, max_pixels: int | None) -> tuple[int, in
 def _pil_pixels(split: ImageSplit, index: int) -> torch.Tensor:
     """Image `index` decoded by PIL and converted to RGB exactly as `ImageDataset` does (the same
     errors, word for word): uint8 (3, H, W)."""
-    from PIL import Image
+    from .base import open_rgb
 
     path = split.paths[index]
     try:
         source = path if split.pack is None else io.BytesIO(split.read_bytes(index))
-        with Image.open(source) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = np.asarray(open_rgb(source, name=path))
     except FileNotFoundError:
         raise DatasetError(f"missing image file: {path}") from None
     except DatasetError:
@@ -97,11 +96,11 @@ class EncodedImages(Dataset):
     index)."""
 
     def __init__(self, split: ImageSplit):
-        from PIL import Image
+        from .base import MAX_DECODED_PIXELS
 
         self.split = split
         self.labels = np.asarray(split.labels, dtype=np.int64)
-        self.max_pixels = Image.MAX_IMAGE_PIXELS
+        self.max_pixels = MAX_DECODED_PIXELS  # larger files go to PIL, which refuses them as the PIL path does
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -61,13 +61,14 @@ class ImageDataset(Dataset):
         return self.transform(x)
 
     def _path_item(self, index: int):
-        from PIL import Image
+        from .base import open_rgb
 
         path = self.paths[index]
         source = path if self.split.pack is None else io.BytesIO(self.split.read_bytes(index))
         try:
-            with Image.open(source) as im:
-                image = im.convert("RGB")
+            image = open_rgb(source, name=path)
+        except DatasetError:
+            raise
         except FileNotFoundError:
             raise DatasetError(f"missing image file: {path}") from None
         except Exception as exc:  # UnidentifiedImageError, truncated data, ...
