@@ -55,7 +55,10 @@ def train_local(
         if not (resume and id_file.is_file()):
             id_file.write_text(new_id(spec.name))
         trial_id = id_file.read_text().strip()
-        recorder = TrialRecorder(ResultsStore(storage), sweep, trial_id, spec) if storage else None
+        store = ResultsStore(storage) if storage else None
+        if store is not None:
+            store.check()
+        recorder = TrialRecorder(store, sweep, trial_id, spec) if store else None
 
         def report(metrics, checkpoint):
             reporter(metrics, checkpoint)
@@ -74,7 +77,7 @@ def train_local(
                 recorder.fail(error)
             raise
         if recorder and recorder.finish("completed") == "completed":
-            summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
+            summary.info(f"results appended to {recorder.store.where(recorder.sweep)}")
         tested = selected_test_metrics(state.history)
         summary.info(
             f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 
 import ray
 from ray import tune
@@ -46,7 +45,7 @@ def _search_space(experiment: Experiment) -> dict:
     return space
 
 
-def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: Resources):
+def make_trial(experiment: Experiment, store_address: str, sweep: str, resources: Resources):
     def trial(config: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -54,7 +53,7 @@ def make_trial(experiment: Experiment, store_root: str, sweep: str, resources: R
         timeline("trial start", trial_id)
         overrides = dict(config)
         reason = sample_is_valid(experiment, overrides)
-        store = ResultsStore(store_root)
+        store = ResultsStore(store_address)
         spec = experiment.run_spec() if reason else experiment.run_spec(overrides)
         finished = None if reason else store.finished_trial(sweep, trial_id, spec.total_epochs)
         if finished:
@@ -162,6 +161,23 @@ class SweepMonitor(tune.Callback):
         return StopWhen(self)
 
 
+class StudyCopy(tune.Callback):
+    """After every finished trial, the search's Optuna study copied into the store
+    (`ResultsStore.save_study`: a no-op where the study already lives in the store)."""
+
+    def __init__(self, store: ResultsStore, sweep: str, given: str | None):
+        self.store, self.sweep, self.given = store, sweep, given
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.store.save_study(self.sweep, self.given)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.store.save_study(self.sweep, self.given)
+
+    def on_experiment_end(self, trials, **info):
+        self.store.save_study(self.sweep, self.given)
+
+
 class StopWhen(tune.stopper.Stopper):
     """Tune's way to end a whole sweep: `stop_all` as soon as the monitor has triggered."""
 
@@ -180,7 +196,7 @@ def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool) -> str:
     if resume:
         candidates = store.sweeps_of(prefix, with_ray_dir=TUNE_DIR)
         if not candidates:
-            raise PlatformError(f"--resume: no sweep of {experiment.name} (preset {experiment.preset}) in {store.root} to resume")
+            raise PlatformError(f"--resume: no sweep of {experiment.name} (preset {experiment.preset}) in {store.where()} to resume")
         sweep = candidates[-1]
         check_same_experiment(store, sweep, experiment)
         return sweep
@@ -239,21 +255,24 @@ def run_sweep(
     max_concurrent: int | None = None,
     num_cpus: int | None = None,
     mlflow_uri: str | None = None,
+    optuna_storage: str | None = None,
 ):
     started = time.time()
     experiment = load_experiment(spec_path, preset)  # every grid point validated here
     store = ResultsStore(storage)
+    store.check()  # an unreachable store, a missing bucket: one line, before Ray starts
     sweep = _sweep_id(experiment, store, resume)
+    lease = store.lease(sweep, "sweep")  # a filesystem without a safe lease is refused here
     resources = Resources.from_dict(experiment.resources)
     connect(address, num_cpus=num_cpus)
     limit = concurrency(experiment, resources, max_concurrent)
     prepare_data(experiment.run_spec(), resources.num_workers)  # render / check the base dataset once, on the driver
-    tune_root = store.ray_dir(sweep)
-    trainable = tune.with_resources(make_trial(experiment, str(store.root.resolve()), sweep, resources), {"CPU": TRIAL_CPU})
+    storage_path, storage_filesystem = store.ray_storage(sweep)
+    trainable = tune.with_resources(make_trial(experiment, store.address, sweep, resources), {"CPU": TRIAL_CPU})
     total = experiment.trial_count
     log.info(
         f"sweep {sweep}: {experiment.name}, preset {experiment.preset}, {total} trial(s), "
-        f"{limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}"
+        f"{limit} at a time, {resources.num_workers} worker(s) each; store {store.where(sweep)}"
     )
     monitor = SweepMonitor(threshold=min(total, max(2, limit)))
     callbacks = [ProgressPrinter(experiment, total, limit), monitor]
@@ -261,9 +280,18 @@ def run_sweep(
         from .tracking import MLflowCallback
 
         callbacks.append(MLflowCallback(mlflow_uri, experiment, sweep))
+    if experiment.search:
+        callbacks.append(StudyCopy(store, sweep, optuna_storage))
+        if resume:
+            store.restore_study(sweep, optuna_storage)  # a resume on another machine: the study from the store
     if resume:
         tuner = tune.Tuner.restore(
-            str(tune_root / TUNE_DIR), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+            f"{storage_path}/{TUNE_DIR}",
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+            storage_filesystem=storage_filesystem,
         )
         # The restored run config carries the callbacks pickled with the interrupted sweep (their
         # counters and clocks stale): this run's own replace them.
@@ -273,17 +301,18 @@ def run_sweep(
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(experiment),
-            tune_config=_tune_config(experiment, limit, store.sweep_dir(sweep)),
+            tune_config=_tune_config(experiment, limit, store, sweep, optuna_storage),
             run_config=tune.RunConfig(
                 name=TUNE_DIR,
-                storage_path=str(tune_root),
+                storage_path=storage_path,
+                storage_filesystem=storage_filesystem,
                 callbacks=callbacks,
                 verbose=0,
                 stop=monitor.stopper(),
                 failure_config=tune.FailureConfig(fail_fast=False),
             ),
         )
-    with store.lease(sweep, "sweep"):  # a second `--resume` of this sweep is refused while it runs
+    with lease:  # a second `--resume` of this sweep is refused while it runs
         store.write_card(sweep, experiment.card(sweep))
         tuner.fit()
     summary = reconcile(store, sweep, experiment, monitor)
@@ -298,13 +327,13 @@ def run_sweep(
         outcome.warning(
             f"sweep {sweep} interrupted. Resume it with:\n  dncml sweep {spec_path}"
             + (f" --preset {experiment.preset}" if experiment.preset else "")
-            + f" --storage {store.root} --resume"
+            + f" --storage {store.uri} --resume"
         )
     else:
         outcome.info(
             f"sweep {sweep} done in {duration(time.time() - started)}: " + ", ".join(f"{n} {status}" for status, n in summary.items() if n)
         )
-    outcome.info(f"results: {store.root / sweep}  (dncml table {store.root} --experiment {experiment.name})")
+    outcome.info(f"results: {store.where(sweep)}  (dncml table {store.uri} --experiment {experiment.name})")
     return sweep, summary
 
 
@@ -323,7 +352,7 @@ def _param_space(experiment: Experiment) -> dict:
     return {axis: tune.grid_search(values) for axis, values in experiment.grid.items()}
 
 
-def _tune_config(experiment: Experiment, limit: int, sweep_dir: Path) -> tune.TuneConfig:
+def _tune_config(experiment: Experiment, limit: int, store: ResultsStore, sweep: str, optuna_storage_url: str | None) -> tune.TuneConfig:
     scheduler = None
     if experiment.asha:
         from ray.tune.schedulers import ASHAScheduler
@@ -345,14 +374,18 @@ def _tune_config(experiment: Experiment, limit: int, sweep_dir: Path) -> tune.Tu
         # the search space is given to Tune.
         from .tracking import optuna_storage
 
+        given = optuna_storage_url
+
         # The study lives in the store (SQLite), under the sweep's id: `optuna.load_study` and
-        # optuna-dashboard open it, and `dncml plot` draws Optuna's own figures from it.
+        # optuna-dashboard open it, and `dncml plot` draws Optuna's own figures from it. A store
+        # on object storage keeps it on this machine's disk (or at --optuna-storage) and gets a
+        # copy after every finished trial (StudyCopy).
         search = OptunaSearch(
             metric=f"best_{experiment.metric}",
             mode=experiment.mode,
             seed=int(experiment.run.get("seed", 0)),
-            study_name=sweep_dir.name,
-            storage=optuna_storage(sweep_dir),
+            study_name=sweep,
+            storage=optuna_storage(store.prepare_study(sweep, given)),
         )
         return tune.TuneConfig(
             search_alg=search, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True
