@@ -241,30 +241,36 @@ def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
 
 def _row_table(row: dict[str, Any], types: dict[str, pa.DataType]) -> pa.Table:
     """One row with every column of `types` (missing -> typed null); extra keys typed by value."""
-    columns, fields = {}, []
-    for name, value in row.items():
-        if name not in types:
-            types = {
-                **types,
-                name: pa.float64()
-                if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-                else pa.bool_()
-                if isinstance(value, bool)
-                else pa.string(),
-            }
-    for name, kind in types.items():
-        value = row.get(name)
-        if isinstance(value, (np.floating, np.integer)):
-            value = value.item()
-        if value is not None and kind == pa.float64():
-            value = float(value)
-        elif value is not None and kind == pa.int64():
-            value = int(value)
-        elif value is not None and kind == pa.string() and not isinstance(value, str):
-            value = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-        columns[name] = pa.array([value], type=kind)
-        fields.append(pa.field(name, kind))
-    return pa.Table.from_pydict(columns, schema=pa.schema(fields))
+    return _rows_table([row], types)
+
+
+def _cell(value: Any, kind: pa.DataType) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if value is not None and kind == pa.float64():
+        value = float(value)
+    elif value is not None and kind == pa.int64():
+        value = int(value)
+    elif value is not None and kind == pa.string() and not isinstance(value, str):
+        value = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return value
+
+
+def _rows_table(rows: list[dict[str, Any]], types: dict[str, pa.DataType]) -> pa.Table:
+    """Rows with every column of `types` (missing -> typed null); extra keys typed by value."""
+    for row in rows:
+        for name, value in row.items():
+            if name not in types:
+                types = {
+                    **types,
+                    name: pa.float64()
+                    if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+                    else pa.bool_()
+                    if isinstance(value, bool)
+                    else pa.string(),
+                }
+    columns = {name: pa.array([_cell(row.get(name), kind) for row in rows], type=kind) for name, kind in types.items()}
+    return pa.Table.from_pydict(columns, schema=pa.schema([pa.field(name, kind) for name, kind in types.items()]))
 
 
 COMPACTED = "-all.parquet"  # epochs/<trial_id>-all.parquet: a trial's epochs, once it ended
@@ -454,16 +460,26 @@ class ResultsStore:
             types.update({prefix + name: pa.float64() for name in metric_names})
         self.write_table(_row_table(row, types), self.path(sweep, "trials", f"{row['trial_id']}.parquet"))
 
-    def write_epoch(self, sweep: str, trial_id: str, metrics: dict[str, Any], metric_names: list[str]) -> None:
+    @staticmethod
+    def _epoch_types(metric_names: list[str]) -> dict[str, pa.DataType]:
         types = {"sweep": pa.string(), "trial_id": pa.string(), **EPOCH_FIELDS}
         types.update({name: pa.float64() for name in metric_names})
         # `test_eval: selected`: the last epoch carries the selected weights' test metrics; every
         # row has their columns, so that one schema reads the whole sweep
         types.update({f"selected_{name}": pa.float64() for name in metric_names if not name.startswith("val_")})
+        return types
+
+    def write_epoch(self, sweep: str, trial_id: str, metrics: dict[str, Any], metric_names: list[str]) -> None:
         row = {**metrics, "sweep": sweep, "trial_id": trial_id}
         name = f"{trial_id}-e{int(metrics['epoch']):04d}.parquet"
-        self.write_table(_row_table(row, types), self.path(sweep, "epochs", name))
+        self.write_table(_row_table(row, self._epoch_types(metric_names)), self.path(sweep, "epochs", name))
         self.tensorboard(sweep, trial_id, metrics)
+
+    def write_epochs(self, sweep: str, trial_id: str, rows: list[dict[str, Any]], metric_names: list[str]) -> None:
+        """A whole finished trial's epoch rows at once, in the compacted form a trial ends in
+        (`<trial>-all.parquet`; no TensorBoard events): what imports and benchmarks write."""
+        rows = [{**metrics, "sweep": sweep, "trial_id": trial_id} for metrics in rows]
+        self.write_table(_rows_table(rows, self._epoch_types(metric_names)), self.path(sweep, "epochs", trial_id + COMPACTED))
 
     def tensorboard(self, sweep: str, trial_id: str, metrics: dict[str, Any]) -> None:
         """The epoch's scalars as TensorBoard events in STORE/<sweep>/tensorboard/<trial>/: written
