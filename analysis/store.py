@@ -218,7 +218,10 @@ def _check_store(store: str | os.PathLike | StoreRoot) -> StoreRoot:
     try:
         kind = root.info(root.path).type
     except OSError as error:
-        raise StoreError(f"results store {root}: cannot reach it ({str(error).strip().splitlines()[0][:300]})") from None
+        text = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        refused = any(word in text for word in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"))
+        why = f"the credentials were refused ({text})" if refused else f"cannot reach it ({text})"
+        raise StoreError(f"results store {root}: {why}") from None
     if kind == pafs.FileType.NotFound:
         raise StoreError(f"results store {root} does not exist (dncml sweep ... --storage {root} creates it)")
     if kind != pafs.FileType.Directory:

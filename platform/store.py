@@ -158,6 +158,17 @@ def _first_line(error: BaseException) -> str:
     return (text.splitlines()[0] if text else type(error).__name__)[:500]
 
 
+def _unreachable(error: BaseException) -> str:
+    """Why a store on object storage cannot be used, in one line: credentials refused, or not reached."""
+    text = _first_line(error)
+    if any(word in text for word in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden")):
+        return (
+            f"the credentials were refused ({text}); they come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE or ~/.aws/credentials"
+        )
+    return f"cannot reach it ({text})"
+
+
 def store_location(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path in it) of a store named by a local path or by any URI that
     `pyarrow.fs.FileSystem.from_uri` resolves (s3://, gs://, file://, hdfs://)."""
@@ -323,7 +334,7 @@ class ResultsStore:
                 raise StoreError(f"results store {self.uri}: bucket {bucket!r} does not exist (create it first)")
             self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True, recursive=False))
         except OSError as error:
-            raise StoreError(f"results store {self.uri}: cannot reach it ({_first_line(error)})") from None
+            raise StoreError(f"results store {self.uri}: {_unreachable(error)}") from None
 
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -569,6 +580,7 @@ class ResultsStore:
         if self.local:
             return path
         target = Path(into) / path.rstrip("/").rsplit("/", 1)[-1]
+        target.mkdir(parents=True, exist_ok=True)
         pafs.copy_files(path, str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return str(target)
 

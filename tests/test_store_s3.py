@@ -5,9 +5,12 @@ Optuna study's copy, and bad store URIs. No Ray runtime is started here."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -203,3 +206,50 @@ def test_analysis_reads_a_bucket_as_it_reads_a_directory(s3_store, tmp_path):
             recorder.finish("completed")
         frames.append(load_experiment(uri, "e").epochs.sort_values(["trial_id", "epoch"]).reset_index(drop=True))
     pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_a_checkpoint_comes_back_from_the_bucket(s3_store, tmp_path):
+    """`dncml embed --trial` and `train --resume` on another machine read a checkpoint back."""
+    store = ResultsStore(s3_store)
+    for name in ("state.pt", "spec.yaml"):
+        store.publish(store.path("_ray", "s", "t", "checkpoint_1", name), name.encode())
+    local = Path(store.local_checkpoint(store.path("_ray", "s", "t", "checkpoint_1"), tmp_path))
+    assert sorted(p.name for p in local.iterdir()) == ["spec.yaml", "state.pt"] and (local / "spec.yaml").read_text() == "spec.yaml"
+
+
+def test_refused_credentials_give_one_line(tmp_path, monkeypatch):
+    """A server that checks credentials (moto's, with its IAM checks on) refuses unknown keys:
+    one line that says so, for the platform and for analysis."""
+    import socket
+
+    from dncml.analysis.store import StoreError as ReadError
+    from dncml.analysis.store import load_experiment
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        with pytest.raises(StoreError, match="the credentials were refused .*ACCESS_DENIED"):
+            ResultsStore("s3://any-bucket/prefix").check()
+        with pytest.raises(ReadError, match="the credentials were refused"):
+            load_experiment("s3://any-bucket/prefix", "e")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(10)
