@@ -74,8 +74,9 @@ def sweep_status(root: StoreRoot | str, sweep: str | None = None) -> tuple[dict,
     card = _read_card(root, sweep) if root.is_file(root.join(sweep, CARD)) else {}
     metric = str(card.get("metric") or "val_recall@1")
     mode = str(card.get("mode") or "max")
-    trials = read_parquet_dir(root.join(sweep, "trials"), root=root)
-    epochs = read_parquet_dir(root.join(sweep, "epochs"), root=root)
+    spans = [f"spec_{name}" for name in ("warmup_epochs", "epochs", "finetune_epochs")]
+    trials = read_parquet_dir(root.join(sweep, "trials"), root=root, columns=["trial_id", "status", "setting", *spans])
+    epochs = read_parquet_dir(root.join(sweep, "epochs"), root=root, columns=["trial_id", "epoch", metric, "epoch_seconds"])
     live = _live_leases(root, sweep)
     if len(trials) and "trial_id" not in trials:
         trials = trials.iloc[:0]

@@ -253,21 +253,30 @@ def list_experiments(store: str | Path) -> dict[str, list[str]]:
     return _scan(_check_store(store))[0]
 
 
-def _dataset_table(filesystem: pafs.FileSystem, paths: list[str]) -> pa.Table:
+def _dataset_table(filesystem: pafs.FileSystem, paths: list[str], columns: list[str] | None = None) -> pa.Table:
     """The files as one table, one `pyarrow.dataset` scan: schemas unified (missing columns
-    null, int64 + double -> double), each row's file in `__filename`."""
-    factory = pads.FileSystemDatasetFactory(filesystem, paths, pads.ParquetFileFormat())
-    schema = factory.inspect(promote_options="permissive", fragments=None)
-    return factory.finish(schema).to_table(columns=[*schema.names, "__filename"])
+    null, int64 + double -> double), each row's file in `__filename`; only `columns` (those
+    that exist) if given. The footers are read side by side first (Arrow's own inspection reads
+    them one after another: on a bucket, one round trip each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        schemas = list(pool.map(lambda path: pq.read_schema(path, filesystem=filesystem), paths))
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    names = schema.names if columns is None else [c for c in schema.names if c in set(columns)]
+    dataset = pads.FileSystemDataset.from_paths(paths, schema=schema, format=pads.ParquetFileFormat(), filesystem=filesystem)
+    return dataset.to_table(columns=[*names, "__filename"])
 
 
-def read_parquet_dir(directory: str | Path, skipped: list[str] | None = None, root: StoreRoot | None = None) -> pd.DataFrame:
+def read_parquet_dir(
+    directory: str | Path, skipped: list[str] | None = None, root: StoreRoot | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
     """Every visible Parquet file of a directory (a local path, or a path in `root`'s filesystem)
     as one DataFrame, schemas unified (missing columns -> null, int64 + double -> double); an
     empty DataFrame when there is none. One `pyarrow.dataset` scan reads them all. A file that
     cannot be read (corrupt, truncated by a full disk or a killed copy) is left out with a warning
     naming it, and "path: error" appended to `skipped`: one bad file must not hide the results of
-    every other trial. Where a trial's compacted epochs (`<trial>-all.parquet`) and a per-epoch
+    every other trial. `columns`: only those (the ones that exist). Where a trial's compacted epochs (`<trial>-all.parquet`) and a per-epoch
     file hold the same epoch (a resumed trial re-ran it), the per-epoch row wins."""
     root = root or store_root(Path(directory).parent)
     path = str(directory) if not root.local else str(Path(directory).absolute())
@@ -275,9 +284,11 @@ def read_parquet_dir(directory: str | Path, skipped: list[str] | None = None, ro
     if not files:
         return pd.DataFrame()
     try:
-        frame = _dataset_table(root.fs, files).to_pandas()
+        frame = _dataset_table(root.fs, files, columns).to_pandas()
     except (OSError, pa.ArrowException):
         frame = _read_one_by_one(root, files, skipped)
+        if columns is not None and len(frame):
+            frame = frame[[c for c in frame.columns if c in set(columns) or c == "__filename"]]
     if "__filename" not in frame:
         return frame
     compacted = frame["__filename"].str.endswith(COMPACTED)
@@ -327,9 +338,15 @@ def _require_completed(trials: pd.DataFrame, experiment: str, sweeps: list[str],
 
 
 def load_experiment(
-    store: str | Path, experiment: str, sweep: str | None = None, require_completed: bool = True, include_running: bool = False
+    store: str | Path,
+    experiment: str,
+    sweep: str | None = None,
+    require_completed: bool = True,
+    include_running: bool = False,
+    epochs: bool = True,
 ) -> ExperimentData:
-    """One experiment's card, trials and epochs.
+    """One experiment's card, trials and epochs (epochs=False: an empty epochs frame, for a table
+    of finished trials, which needs only the trial rows).
 
     sweep: None -> the newest sweep of the experiment; "all" -> every sweep of the experiment with
     the newest one's preset, concatenated (the newest sweep's card is used); otherwise a sweep id.
@@ -366,9 +383,9 @@ def load_experiment(
 
     skipped: list[str] = []
     trials = [read_parquet_dir(root.join(s, "trials"), skipped, root) for s in chosen]
-    epochs = [read_parquet_dir(root.join(s, "epochs"), skipped, root) for s in chosen]
+    epoch_frames = [read_parquet_dir(root.join(s, "epochs"), skipped, root) if epochs else pd.DataFrame() for s in chosen]
     trials_df = _concat(trials, chosen)
-    epochs_df = _concat(epochs, chosen)
+    epochs_df = _concat(epoch_frames, chosen)
     if require_completed:
         _require_completed(trials_df, experiment, chosen, include_running)
     card = dict(cards[chosen[-1]])
