@@ -338,15 +338,9 @@ def _require_completed(trials: pd.DataFrame, experiment: str, sweeps: list[str],
 
 
 def load_experiment(
-    store: str | Path,
-    experiment: str,
-    sweep: str | None = None,
-    require_completed: bool = True,
-    include_running: bool = False,
-    epochs: bool = True,
+    store: str | Path, experiment: str, sweep: str | None = None, require_completed: bool = True, include_running: bool = False
 ) -> ExperimentData:
-    """One experiment's card, trials and epochs (epochs=False: an empty epochs frame, for a table
-    of finished trials, which needs only the trial rows).
+    """One experiment's card, trials and epochs.
 
     sweep: None -> the newest sweep of the experiment; "all" -> every sweep of the experiment with
     the newest one's preset, concatenated (the newest sweep's card is used); otherwise a sweep id.
@@ -383,7 +377,7 @@ def load_experiment(
 
     skipped: list[str] = []
     trials = [read_parquet_dir(root.join(s, "trials"), skipped, root) for s in chosen]
-    epoch_frames = [read_parquet_dir(root.join(s, "epochs"), skipped, root) if epochs else pd.DataFrame() for s in chosen]
+    epoch_frames = [read_parquet_dir(root.join(s, "epochs"), skipped, root) for s in chosen]
     trials_df = _concat(trials, chosen)
     epochs_df = _concat(epoch_frames, chosen)
     if require_completed:

@@ -433,11 +433,7 @@ def render_table(
     include_running: also the running and interrupted trials, their rows marked partial."""
     if fmt not in FORMATS:
         raise StoreError(f"unknown table format {fmt!r}; one of {', '.join(FORMATS)}")
-    data = (
-        store
-        if isinstance(store, ExperimentData)
-        else load_experiment(store, experiment, sweep=sweep, include_running=include_running, epochs=include_running)
-    )
+    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep, include_running=include_running)
     data = with_running(data, include_running)
     table = experiment_table(data, metrics)
     caption = _caption(data, table, data.shown())
