@@ -418,6 +418,10 @@ class ResultsStore:
         absolute: Ray hands it to processes with other working directories."""
         return self.path("_ray", sweep, *([run_id] if run_id else []))
 
+    def run_path(self, sweep: str, run_id: str, *parts: str) -> str:
+        """A file of one run beside Ray's own (its fatal error, its clustering actor's rounds)."""
+        return self.path("_ray", sweep, run_id, *parts)
+
     def ray_storage(self, sweep: str) -> tuple[str, pafs.FileSystem | None]:
         """(storage_path, storage_filesystem) for Ray's RunConfig: the store's own place."""
         return self.ray_dir(sweep), (None if self.local else self.fs)

@@ -286,7 +286,7 @@ def run_sweep(
             store.restore_study(sweep, optuna_storage)  # a resume on another machine: the study from the store
     if resume:
         tuner = tune.Tuner.restore(
-            f"{storage_path}/{TUNE_DIR}",
+            store.path("_ray", sweep, TUNE_DIR),
             trainable=trainable,
             resume_unfinished=True,
             resume_errored=False,

@@ -273,10 +273,9 @@ def fit_run(
     The same name and storage path resume the run from its newest checkpoint (Ray Train V2)."""
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    run_dir = store.ray_dir(sweep, run_id)
-    fatal_file = f"{run_dir}/fatal.txt"
+    fatal_file = store.run_path(sweep, run_id, "fatal.txt")
     store.delete(fatal_file)  # a resumed run starts without its last attempt's verdict
-    actor = start_actor(run_id, store.address, state_dir=f"{run_dir}/clustering", num_gpus=resources.actor_gpus)
+    actor = start_actor(run_id, store.address, state_dir=store.run_path(sweep, run_id, "clustering"), num_gpus=resources.actor_gpus)
     storage_path, storage_filesystem = store.ray_storage(sweep)
     scaling = ray.train.ScalingConfig(
         num_workers=resources.num_workers,
