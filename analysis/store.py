@@ -154,7 +154,7 @@ class StoreRoot:
 
     def where(self, *parts: str) -> str:
         if self.local:
-            return str(Path(self.uri, *parts))
+            return str(Path(self.uri if "://" not in self.uri else self.path, *parts))
         return f"{self.uri.split('://', 1)[0]}://{self.join(*parts)}"
 
     def __str__(self) -> str:

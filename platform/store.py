@@ -298,7 +298,8 @@ class ResultsStore:
         self.uri = os.fspath(root)
         self.fs, self.base = store_location(root)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.root = Path(self.uri) if self.local else self.uri  # as named (messages, hints)
+        # as named (messages, hints): a local path as given, a URI as it is
+        self.root = Path(self.uri if "://" not in self.uri else self.base) if self.local else self.uri
 
     @property
     def address(self) -> str:
@@ -316,7 +317,7 @@ class ResultsStore:
     def where(self, *parts: str) -> str:
         """A path of the store as a user names it (the URI's scheme kept)."""
         if self.local:
-            return str(Path(self.uri, *parts))
+            return str(Path(self.root, *parts))
         scheme = self.uri.split("://", 1)[0]
         return f"{scheme}://{self.path(*parts)}"
 
