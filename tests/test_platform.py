@@ -397,66 +397,6 @@ def test_killed_sweep_driver_resumes_every_trial_exactly_once(tmp_path):
     assert sorted(epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[0, 1, 2, 3]] * 2
 
 
-def test_a_sweep_on_a_bucket_killed_and_resumed_then_tabled_and_embedded(tmp_path, s3_store, s3_server):
-    """The store only in a bucket (a local S3 server): a sweep's driver killed -9 mid-trial,
-    `--resume` from a fresh process finishes every trial exactly once, `dncml table s3://...`
-    and `dncml status` read it, `dncml embed --trial` reads the selected checkpoint back from
-    the bucket, and nothing in the bucket holds the secret key."""
-    import boto3
-    import pyarrow.fs as pafs
-
-    from dncml.analysis.store import load_experiment
-
-    spec = write_experiment(tmp_path, "bucketed", {"seed": [0, 1]}, run={"epochs": 3}, max_concurrent=1)
-    filesystem, base = pafs.FileSystem.from_uri(s3_store)
-
-    def epoch_objects() -> int:
-        found = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        return sum("/epochs/" in info.path for info in found)
-
-    process = subprocess.Popen(
-        [*CLI, "sweep", str(spec), "--storage", s3_store],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: epoch_objects() >= 2, 400, "two epochs of the first trial in the bucket")
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(30)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # what is left of its Ray, by our group only
-        except ProcessLookupError:
-            pass
-    time.sleep(5)  # the epoch in flight, if any, lands (the raylet notices its driver is gone)
-    result = run_cli("sweep", str(spec), "--storage", s3_store, "--resume")
-    assert result.returncode == 0, result.stderr[-3000:]
-    data = load_experiment(s3_store, "bucketed")
-    assert sorted(data.trials["status"]) == ["completed"] * 2
-    assert not data.epochs.duplicated(["trial_id", "epoch"]).any()
-    assert sorted(data.epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[0, 1, 2, 3]] * 2
-    table = run_cli("table", s3_store, "--experiment", "bucketed")
-    assert table.returncode == 0 and "| seed" in table.stdout, table.stderr[-2000:]
-    assert "finished" in run_cli("status", s3_store).stdout
-    trial = data.trials["trial_id"].iloc[0]
-    out = tmp_path / "embeddings.parquet"
-    embedded = run_cli("embed", "--trial", trial, "--storage", s3_store, "--sweep", data.sweeps[0], "--out", str(out))
-    assert embedded.returncode == 0, embedded.stderr[-2000:]
-    assert len(pd.read_parquet(out)) > 0
-    client = boto3.client("s3")
-    prefix = s3_store.split("/", 3)[3]
-    keys = [
-        o["Key"]
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket, Prefix=prefix)
-        for o in page["Contents"]
-    ]
-    assert any("/_ray/" in key and key.endswith("state.pt") for key in keys)  # Ray's checkpoints went to the bucket too
-    for key in keys:
-        assert s3_server.secret.encode() not in client.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read(), key
-
-
 def test_crash_looping_clustering_actor_fails_the_run_instead_of_hanging(tmp_path):
     store = tmp_path / "store"
     started = time.time()
@@ -690,7 +630,9 @@ def test_two_nodes_that_share_no_directory_run_a_sweep_from_a_bucket(tmp_path, r
     variables in every node's environment). A sweep submitted with `ray job submit
     --working-dir` completes with trials on both nodes; a second sweep's driver is killed -9 and
     `--resume` from a fresh process finishes every trial exactly once; `dncml table s3://...`
-    prints the table."""
+    and `dncml status` read the bucket, `dncml embed --trial` reads a selected checkpoint back
+    from it, and no object in it holds the secret key."""
+    import boto3
     import ray
 
     from dncml.analysis.store import load_experiment
@@ -803,9 +745,22 @@ def test_two_nodes_that_share_no_directory_run_a_sweep_from_a_bucket(tmp_path, r
         assert sorted(killed.trials["status"]) == ["completed"] * 2
         assert not killed.epochs.duplicated(["trial_id", "epoch"]).any()
         assert sorted(killed.epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[0, 1, 2, 3]] * 2
+        assert "finished" in run_cli("status", second).stdout
     finally:
         for node in reversed(nodes):
             _stop(node)
+    out = tmp_path / "embeddings.parquet"
+    trial = killed.trials["trial_id"].iloc[0]
+    embedded = run_cli("embed", "--trial", trial, "--storage", second, "--sweep", killed.sweeps[0], "--out", str(out))
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
+    assert len(pd.read_parquet(out)) > 0
+    client = boto3.client("s3")
+    prefix = s3_store.split("/", 3)[3]
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket, Prefix=prefix)
+    keys = [o["Key"] for page in pages for o in page["Contents"]]
+    assert any("/_ray/" in key and key.endswith("state.pt") for key in keys)  # Ray's checkpoints went to the bucket too
+    for key in keys:
+        assert s3_server.secret.encode() not in client.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read(), key
 
 
 def pafs_from(uri: str):
