@@ -14,33 +14,35 @@ import math
 import os
 import socket
 import time
-from pathlib import Path
 
 import pandas as pd
+import pyarrow.fs as pafs
 
-from .store import StoreError, _read_card, _sweep_order, _visible, read_parquet_dir
+from .store import CARD, StoreError, StoreRoot, _check_store, _read_card, _sweep_order, _visible, read_parquet_dir
 
 STALE_LEASE = 60.0  # seconds without a heartbeat after which a lease no longer counts
 
 
-def _live_leases(sweep_dir: Path) -> list[dict]:
+def _live_leases(root: StoreRoot, sweep: str) -> list[dict]:
     live = []
-    for path in sorted((sweep_dir / ".leases").glob("*.json")):
+    leases = root.listdir(root.join(sweep, ".leases"))
+    for path in sorted(i.path for i in leases if i.type == pafs.FileType.File and i.base_name.endswith(".json")):
         try:
-            record = json.loads(path.read_text())
-            age = time.time() - path.stat().st_mtime
-        except (OSError, ValueError):
+            info = root.info(path)
+            record = json.loads(root.read_text(path))
+            age = time.time() - info.mtime.timestamp()
+        except (OSError, ValueError, AttributeError):
             continue
-        if age > STALE_LEASE:
+        if age > STALE_LEASE or not isinstance(record, dict):
             continue
         if record.get("host") == socket.gethostname():
             try:
                 os.kill(int(record.get("pid", -1)), 0)
-            except (ProcessLookupError, ValueError):
+            except (ProcessLookupError, ValueError, TypeError):
                 continue
             except PermissionError:
                 pass
-        live.append({**record, "name": path.stem})
+        live.append({**record, "name": path.rsplit("/", 1)[-1].removesuffix(".json")})
     return live
 
 
@@ -59,53 +61,59 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
-    """(summary, one row per trial) of one sweep directory."""
-    problems = []
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    return pd.to_numeric(frame[name], errors="coerce") if name in frame else pd.Series(float("nan"), index=frame.index)
+
+
+def sweep_status(root: StoreRoot | str, sweep: str | None = None) -> tuple[dict, pd.DataFrame]:
+    """(summary, one row per trial) of one sweep of a store (or, given one argument, of the
+    sweep directory it names)."""
+    if sweep is None:  # sweep_status(STORE/<sweep>)
+        text = os.fspath(root)
+        root, sweep = _check_store(text.rstrip("/").rsplit("/", 1)[0] or "/"), text.rstrip("/").rsplit("/", 1)[-1]
+    problems: list[str] = []
     try:
-        card = _read_card(sweep_dir) if (sweep_dir / "experiment.json").is_file() else {}
+        card = _read_card(root, sweep) if root.is_file(root.join(sweep, CARD)) else {}
     except StoreError as error:  # shown, and the sweep's trials still are
         card = {}
         problems.append(str(error))
     metric = str(card.get("metric") or "val_recall@1")
     mode = str(card.get("mode") or "max")
-    trials, epochs = read_parquet_dir(sweep_dir / "trials", problems), read_parquet_dir(sweep_dir / "epochs", problems)
+    spans = [f"spec_{name}" for name in ("warmup_epochs", "epochs", "finetune_epochs")]
+    trials_dir, epochs_dir = root.join(sweep, "trials"), root.join(sweep, "epochs")
+    trials = read_parquet_dir(trials_dir, problems, root=root, columns=["trial_id", "status", "setting", *spans])
+    epochs = read_parquet_dir(epochs_dir, problems, root=root, columns=["trial_id", "epoch", metric, "epoch_seconds"])
+    live = _live_leases(root, sweep)
     if len(trials) and "trial_id" not in trials:
-        problems.append(f"{sweep_dir / 'trials'}: files without a trial_id column, not shown")
-        trials = pd.DataFrame()
-    if len(epochs) and not {"trial_id", "epoch"} <= set(epochs):
-        problems.append(f"{sweep_dir / 'epochs'}: files without trial_id and epoch columns, not counted")
-        epochs = pd.DataFrame()
-    live = _live_leases(sweep_dir)
-    rows = []
-    for _, trial in trials.iterrows():
-        own = epochs[epochs["trial_id"] == trial["trial_id"]] if len(epochs) else pd.DataFrame()
-        total = (
-            int(trial.get("spec_warmup_epochs", 0) or 0)
-            + int(trial.get("spec_epochs", 0) or 0)
-            + int(trial.get("spec_finetune_epochs", 0) or 0)
-        )
-        done = int(own["epoch"].nunique()) if len(own) else 0
-        values = pd.to_numeric(own.get(metric, pd.Series(dtype=float)), errors="coerce").dropna()
-        best = (values.max() if mode == "max" else values.min()) if len(values) else math.nan
-        status = str(trial.get("status"))
-        eta = math.nan
-        if status == "running":
-            if not live:
-                status = "interrupted?"
-            elif len(own) and "epoch_seconds" in own:
-                eta = float(pd.to_numeric(own["epoch_seconds"], errors="coerce").mean()) * (total - done)
-        rows.append(
+        problems.append(f"{trials_dir}: files without a trial_id column, not shown")
+        trials = trials.iloc[:0]
+    if len(epochs) and not {"trial_id", "epoch"} <= set(epochs.columns):
+        problems.append(f"{epochs_dir}: files without trial_id and epoch columns, not counted")
+    if len(epochs) and {"trial_id", "epoch"} <= set(epochs.columns):
+        groups = epochs.assign(_metric=_column(epochs, metric), _seconds=_column(epochs, "epoch_seconds")).groupby("trial_id")
+        done = groups["epoch"].nunique()
+        best = groups["_metric"].max() if mode == "max" else groups["_metric"].min()
+        seconds = groups["_seconds"].mean()
+    else:
+        done = best = seconds = pd.Series(dtype=float)
+    table = pd.DataFrame({"trial": trials["trial_id"]} if len(trials) else {"trial": []})
+    if len(trials):
+        total = sum(_column(trials, f"spec_{name}").fillna(0).astype(int) for name in ("warmup_epochs", "epochs", "finetune_epochs"))
+        ids = trials["trial_id"]
+        n_done = ids.map(done).fillna(0).astype(int)
+        status = trials["status"].astype(str) if "status" in trials else pd.Series("None", index=trials.index)
+        running = status == "running"
+        eta = (ids.map(seconds) * (total - n_done)).where(running & bool(live), float("nan"))
+        table = pd.DataFrame(
             {
-                "trial": trial["trial_id"],
-                "setting": trial.get("setting") or "",
-                "status": status,
-                "epochs": f"{done}/{total}",
-                f"best {metric}": best,
-                "ETA": _duration(eta),
+                "trial": ids,
+                "setting": trials["setting"].fillna("") if "setting" in trials else "",
+                "status": status.where(~running | bool(live), "interrupted?"),
+                "epochs": n_done.astype(str) + "/" + total.astype(str),
+                f"best {metric}": ids.map(best).astype(float),
+                "ETA": eta.map(_duration),
             }
-        )
-    table = pd.DataFrame(rows)
+        ).reset_index(drop=True)
     planned = _planned_trials(card)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     if planned and planned > len(table):
@@ -116,7 +124,7 @@ def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
         else ("interrupted" if counts.get("interrupted?") or counts.get("interrupted") or counts.get("not started") else "finished")
     )
     return {
-        "sweep": sweep_dir.name,
+        "sweep": sweep,
         "experiment": card.get("experiment", ""),
         "preset": card.get("preset", ""),
         "state": state,
@@ -126,18 +134,26 @@ def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
     }, table
 
 
-def render_status(store: str | Path) -> str:
-    root = Path(store)
-    if not root.is_dir():
-        raise StoreError(f"results store {root} does not exist")
+def render_status(store: str | os.PathLike) -> str:
+    try:
+        root = _check_store(store)
+    except StoreError as error:
+        if "does not exist" in str(error):
+            raise StoreError(f"results store {store} does not exist") from None
+        raise
     sweeps = sorted(
-        (p for p in root.iterdir() if p.is_dir() and _visible(p) and (p / "trials").is_dir()), key=lambda p: _sweep_order(p.name)
+        (
+            i.base_name
+            for i in root.listdir(root.path)
+            if i.type == pafs.FileType.Directory and _visible(i.base_name) and root.is_dir(root.join(i.base_name, "trials"))
+        ),
+        key=_sweep_order,
     )
     if not sweeps:
         return f"{root}: no sweeps or runs yet"
     blocks = []
-    for sweep_dir in sweeps:
-        summary, table = sweep_status(sweep_dir)
+    for sweep in sweeps:
+        summary, table = sweep_status(root, sweep)
         what = f"{summary['experiment']}, preset {summary['preset']}" if summary["experiment"] else "runs of dncml train"
         holders = "; ".join(f"pid {h.get('pid')} on {h.get('host')}" for h in summary["holders"])
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())

@@ -2,9 +2,13 @@
 
     STORE/<sweep>/experiment.json        the experiment card (rows, metric, table, plot, ...)
     STORE/<sweep>/trials/*.parquet       one row per trial
-    STORE/<sweep>/epochs/*.parquet       one row per (trial, epoch)
+    STORE/<sweep>/epochs/*.parquet       one row per (trial, epoch); a finished trial's in one file
     STORE/<sweep>/optuna.db              a search's Optuna study (SQLite; study name = sweep id)
     STORE/_ray/...                       Ray's own files (never read)
+
+STORE is a local directory or a URI that `pyarrow.fs.FileSystem.from_uri` resolves
+(`s3://bucket/prefix`; endpoint and credentials from the standard AWS variables). A sweep's
+trials, and its epochs, are each read with one `pyarrow.dataset` scan.
 
 Sweep ids end in a timestamp and a random suffix (`<experiment>-<preset>-YYYYmmdd-HHMMSS-xxxxxx`); the newest sweep of an
 experiment is the default. Files are read with pyarrow and their schemas unified, so trials
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import tempfile
 import urllib.parse
 import warnings
 from pathlib import Path
@@ -26,10 +32,13 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 CARD = "experiment.json"
 STUDY = "optuna.db"
+COMPACTED = "-all.parquet"  # epochs/<trial>-all.parquet: the platform's compacted epochs of a trial
 # Trials without a final row yet: still running, or stopped before their end (the platform marks
 # those it will not resume `interrupted`). Shown on request, at their best epoch so far.
 PARTIAL = ("running", "interrupted")
@@ -50,7 +59,7 @@ class ExperimentData:
     trials: pd.DataFrame
     epochs: pd.DataFrame
     sweeps: list[str]
-    store: Path | None = None
+    store: Path | str | None = None  # a local path, or the store's URI
     include_running: bool = False
     skipped: list[str] = dataclasses.field(default_factory=list)
 
@@ -126,8 +135,51 @@ def best_so_far(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mode: s
     return out
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith((".", "_"))
+def _visible(path) -> bool:
+    name = path.name if isinstance(path, Path) else str(path).rsplit("/", 1)[-1]
+    return not name.startswith((".", "_"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreRoot:
+    """Where a results store is: a `pyarrow.fs` filesystem and the store's path in it."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+    local: bool
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.path, *parts])
+
+    def where(self, *parts: str) -> str:
+        if self.local:
+            return str(Path(self.uri if "://" not in self.uri else self.path, *parts))
+        return f"{self.uri.split('://', 1)[0]}://{self.join(*parts)}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def info(self, path: str) -> pafs.FileInfo:
+        return self.fs.get_file_info(path)
+
+    def is_dir(self, path: str) -> bool:
+        return self.info(path).type == pafs.FileType.Directory
+
+    def is_file(self, path: str) -> bool:
+        return self.info(path).type == pafs.FileType.File
+
+    def listdir(self, path: str) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+
+    def files(self, path: str, suffix: str = ".parquet") -> list[str]:
+        return sorted(
+            i.path for i in self.listdir(path) if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and _visible(i.base_name)
+        )
+
+    def read_text(self, path: str) -> str:
+        with self.fs.open_input_stream(path) as stream:
+            return stream.read().decode()
 
 
 def _sweep_order(sweep: str) -> tuple[str, str]:
@@ -135,44 +187,67 @@ def _sweep_order(sweep: str) -> tuple[str, str]:
     return (match.group(1) if match else "", sweep)
 
 
-def _read_card(directory: Path) -> dict[str, Any]:
+def _read_card(root: StoreRoot, sweep: str) -> dict[str, Any]:
+    where = root.where(sweep, CARD)
     try:
-        card = json.loads((directory / CARD).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise StoreError(f"{directory / CARD}: cannot read the experiment card ({error})") from None
+        card = json.loads(root.read_text(root.join(sweep, CARD)))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StoreError(f"{where}: cannot read the experiment card ({error})") from None
     if not isinstance(card, dict):
-        raise StoreError(f"{directory / CARD}: the experiment card is not a JSON object")
+        raise StoreError(f"{where}: the experiment card is not a JSON object")
     return card
 
 
-def _check_store(store: str | Path) -> Path:
-    root = Path(store)
-    if not root.exists():
+def store_root(store: str | os.PathLike | StoreRoot) -> StoreRoot:
+    """A store named by a local path or a URI, as a filesystem and a path (nothing checked)."""
+    if isinstance(store, StoreRoot):
+        return store
+    text = os.fspath(store)
+    if "://" not in text:
+        return StoreRoot(pafs.LocalFileSystem(), str(Path(text).expanduser().absolute()), text, True)
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(text)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise StoreError(f"results store {text}: {first} (a local path, or a URI pyarrow.fs knows: s3://BUCKET/PREFIX)") from None
+    return StoreRoot(filesystem, path.rstrip("/"), text, isinstance(filesystem, pafs.LocalFileSystem))
+
+
+def _check_store(store: str | os.PathLike | StoreRoot) -> StoreRoot:
+    root = store_root(store)
+    try:
+        kind = root.info(root.path).type
+    except OSError as error:
+        text = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        refused = any(word in text for word in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"))
+        why = f"the credentials were refused ({text})" if refused else f"cannot reach it ({text})"
+        raise StoreError(f"results store {root}: {why}") from None
+    if kind == pafs.FileType.NotFound:
         raise StoreError(f"results store {root} does not exist (dncml sweep ... --storage {root} creates it)")
-    if not root.is_dir():
+    if kind != pafs.FileType.Directory:
         raise StoreError(f"results store {root} is not a directory")
     return root
 
 
-def _scan(root: Path) -> tuple[dict[str, list[str]], dict[str, dict], list[str]]:
+def _scan(root: StoreRoot) -> tuple[dict[str, list[str]], dict[str, dict], list[str]]:
     """experiment -> sweep ids (oldest first), sweep id -> card, and sweep dirs without a card."""
     experiments: dict[str, list[str]] = {}
     cards: dict[str, dict] = {}
     uncarded: list[str] = []
-    for directory in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p)):
-        if not (directory / CARD).is_file():
-            if (directory / "trials").is_dir() or (directory / "epochs").is_dir():
-                uncarded.append(directory.name)
+    for directory in sorted(i.base_name for i in root.listdir(root.path) if i.type == pafs.FileType.Directory and _visible(i.base_name)):
+        if not root.is_file(root.join(directory, CARD)):
+            if root.is_dir(root.join(directory, "trials")) or root.is_dir(root.join(directory, "epochs")):
+                uncarded.append(directory)
             continue
         try:
-            card = _read_card(directory)
+            card = _read_card(root, directory)
         except StoreError as error:  # one truncated card must not hide every other sweep
-            warnings.warn(f"skipped sweep {directory.name}: {error}", stacklevel=2)
-            uncarded.append(directory.name)
+            warnings.warn(f"skipped sweep {directory}: {error}", stacklevel=2)
+            uncarded.append(directory)
             continue
-        name = str(card.get("experiment") or directory.name)
-        cards[directory.name] = card
-        experiments.setdefault(name, []).append(directory.name)
+        name = str(card.get("experiment") or directory)
+        cards[directory] = card
+        experiments.setdefault(name, []).append(directory)
     for sweeps in experiments.values():
         sweeps.sort(key=_sweep_order)
     return experiments, cards, uncarded
@@ -183,20 +258,61 @@ def list_experiments(store: str | Path) -> dict[str, list[str]]:
     return _scan(_check_store(store))[0]
 
 
-def read_parquet_dir(directory: Path, skipped: list[str] | None = None) -> pd.DataFrame:
-    """Every visible Parquet file of a directory as one DataFrame, schemas unified (missing
-    columns -> null, int64 + double -> double); an empty DataFrame when there is none.
-    A file that cannot be read (corrupt, truncated by a full disk or a killed copy) is left out
-    with a warning naming it, and "path: error" appended to `skipped`: one bad file must not
-    hide the results of every other trial."""
-    files = sorted(p for p in directory.glob("*.parquet") if _visible(p)) if directory.is_dir() else []
+def _dataset_table(filesystem: pafs.FileSystem, paths: list[str], columns: list[str] | None = None) -> pa.Table:
+    """The files as one table, one `pyarrow.dataset` scan: schemas unified (missing columns
+    null, int64 + double -> double), each row's file in `__filename`; only `columns` (those
+    that exist) if given. The footers are read side by side first (Arrow's own inspection reads
+    them one after another: on a bucket, one round trip each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        schemas = list(pool.map(lambda path: pq.read_schema(path, filesystem=filesystem), paths))
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    names = schema.names if columns is None else [c for c in schema.names if c in set(columns)]
+    dataset = pads.FileSystemDataset.from_paths(paths, schema=schema, format=pads.ParquetFileFormat(), filesystem=filesystem)
+    return dataset.to_table(columns=[*names, "__filename"])
+
+
+def read_parquet_dir(
+    directory: str | Path, skipped: list[str] | None = None, root: StoreRoot | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Every visible Parquet file of a directory (a local path, or a path in `root`'s filesystem)
+    as one DataFrame, schemas unified (missing columns -> null, int64 + double -> double); an
+    empty DataFrame when there is none. One `pyarrow.dataset` scan reads them all. A file that
+    cannot be read (corrupt, truncated by a full disk or a killed copy) is left out with a warning
+    naming it, and "path: error" appended to `skipped`: one bad file must not hide the results of
+    every other trial. `columns`: only those (the ones that exist). Where a trial's compacted epochs (`<trial>-all.parquet`) and a per-epoch
+    file hold the same epoch (a resumed trial re-ran it), the per-epoch row wins."""
+    root = root or store_root(Path(directory).parent)
+    path = str(directory) if not root.local else str(Path(directory).absolute())
+    files = root.files(path)
+    if not files:
+        return pd.DataFrame()
+    try:
+        frame = _dataset_table(root.fs, files, columns).to_pandas()
+    except (OSError, pa.ArrowException):
+        frame = _read_one_by_one(root, files, skipped)
+        if columns is not None and len(frame):
+            frame = frame[[c for c in frame.columns if c in set(columns) or c == "__filename"]]
+    if "__filename" not in frame:
+        return frame
+    compacted = frame["__filename"].str.endswith(COMPACTED)
+    keys = ["trial_id", "epoch"]
+    if compacted.any() and not compacted.all() and set(keys) <= set(frame.columns) and frame.duplicated(keys).any():
+        frame = frame.assign(_compacted=compacted).sort_values("_compacted", kind="stable").drop_duplicates(keys)
+        frame = frame.drop(columns="_compacted").sort_index().reset_index(drop=True)
+    return frame.drop(columns="__filename")
+
+
+def _read_one_by_one(root: StoreRoot, files: list[str], skipped: list[str] | None) -> pd.DataFrame:
     tables = []
     for path in files:
         try:
-            tables.append(pq.read_table(path))
+            table = pq.read_table(path, filesystem=root.fs)
+            tables.append(table.append_column("__filename", pa.array([path] * len(table), pa.string())))
         except (OSError, pa.ArrowException) as error:
-            note = f"{path}: {error}"
-            warnings.warn(f"skipped unreadable Parquet file {note}", stacklevel=2)
+            note = f"{root.where(path[len(root.path) + 1 :]) if path.startswith(root.path + '/') else path}: {error}"
+            warnings.warn(f"skipped unreadable Parquet file {note}", stacklevel=3)
             if skipped is not None:
                 skipped.append(note)
     if not tables:
@@ -241,7 +357,7 @@ def load_experiment(
     root = _check_store(store)
     experiments, cards, uncarded = _scan(root)
     if sweep not in (None, "all") and sweep not in cards:
-        if (root / sweep).is_dir():
+        if root.is_dir(root.join(sweep)):
             raise StoreError(f"sweep {sweep!r} in {root} has no {CARD} (was it written by `dncml sweep`?)")
         known = ", ".join(experiments.get(experiment, [])) or "none"
         raise StoreError(f"no sweep {sweep!r} in {root}; sweeps of {experiment!r}: {known}")
@@ -265,16 +381,22 @@ def load_experiment(
         chosen = [sweep]
 
     skipped: list[str] = []
-    trials = [read_parquet_dir(root / s / "trials", skipped) for s in chosen]
-    epochs = [read_parquet_dir(root / s / "epochs", skipped) for s in chosen]
+    trials = [read_parquet_dir(root.join(s, "trials"), skipped, root) for s in chosen]
+    epoch_frames = [read_parquet_dir(root.join(s, "epochs"), skipped, root) for s in chosen]
     trials_df = _concat(trials, chosen)
-    epochs_df = _concat(epochs, chosen)
+    epochs_df = _concat(epoch_frames, chosen)
     if require_completed:
         _require_completed(trials_df, experiment, chosen, include_running)
     card = dict(cards[chosen[-1]])
     card.setdefault("experiment", experiment)
     return ExperimentData(
-        card=card, trials=trials_df, epochs=epochs_df, sweeps=chosen, store=root, include_running=include_running, skipped=skipped
+        card=card,
+        trials=trials_df,
+        epochs=epochs_df,
+        sweeps=chosen,
+        store=Path(root.uri) if root.local else root.uri,
+        include_running=include_running,
+        skipped=skipped,
     )
 
 
@@ -294,34 +416,47 @@ def load_study(store: str | Path, sweep: str):
     """The Optuna study of a search sweep (STORE/<sweep>/optuna.db, SQLite, study name = the
     sweep id), opened read-only; None when the sweep has none. A database that cannot be read
     or lacks the study also gives None, with a warning: the study only adds figures."""
-    path = _check_store(store) / sweep / STUDY
-    if not path.is_file():
+    root = _check_store(store)
+    if not root.is_file(root.join(sweep, STUDY)):
         return None
     import optuna
     import sqlalchemy.exc
 
+    if root.local:
+        path = Path(root.join(sweep, STUDY))
+    else:  # a copy of the bucket's study on this machine (SQLite reads local files only)
+        path = Path(tempfile.mkdtemp(prefix="dncml-study-")) / STUDY
+        with root.fs.open_input_stream(root.join(sweep, STUDY)) as stream:
+            path.write_bytes(stream.read())
     url = f"sqlite:///file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&uri=true"
     try:
         return optuna.load_study(study_name=sweep, storage=url)
     except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as error:
-        warnings.warn(f"{path}: no readable Optuna study {sweep!r} ({type(error).__name__}: {error})", stacklevel=2)
+        warnings.warn(f"{root.where(sweep, STUDY)}: no readable Optuna study {sweep!r} ({type(error).__name__}: {error})", stacklevel=2)
         return None
 
 
-def locate_store(store: str | Path, start: str | Path | None = None) -> Path:
+def _local_store(path: Path) -> Path:
+    _check_store(path)
+    return path
+
+
+def locate_store(store: str | Path, start: str | Path | None = None) -> Path | str:
     """A results store named as a notebook names it: an absolute path, or one relative to
     `start` (the current directory), else to the repository root (the nearest directory at or
     above `start` holding pyproject.toml), so `results` is found whether the notebook runs from
     the repository root or from analysis/notebooks."""
+    if "://" in os.fspath(store):  # a URI (s3://bucket/prefix) is what it says
+        return _check_store(store).uri
     path = Path(store).expanduser()
     start = Path.cwd() if start is None else Path(start)
     if path.is_absolute():
-        return _check_store(path)
+        return _local_store(path)
     if (start / path).exists():
-        return _check_store(start / path)
+        return _local_store(start / path)
     root = next((d for d in [start.resolve(), *start.resolve().parents] if (d / "pyproject.toml").is_file()), None)
     if root is not None and (root / path).exists():
-        return _check_store(root / path)
+        return _local_store(root / path)
     tried = ", ".join(str(d / path) for d in [start, root] if d is not None)
     where = "" if root is not None else f" (no pyproject.toml at or above {start}: no repository root)"
     raise StoreError(

@@ -3,7 +3,7 @@
     dncml datasets list | prepare glyphs | check NAME --root DIR | pack NAME --root DIR --out DIR | show NAME --out FILE.png
     dncml train RUNSPEC.yaml [--set field=value ...] [--local | --num-workers N --use-gpu --address A]
     dncml embed CHECKPOINT --split test --out FILE.parquet
-    dncml sweep SPEC.yaml [--preset NAME] [--address A] [--storage DIR] [--resume]
+    dncml sweep SPEC.yaml [--preset NAME] [--address A] [--storage DIR|s3://BUCKET/PREFIX] [--resume]
     dncml table STORE --experiment NAME [--format md|latex|html] [--out FILE]
     dncml plot STORE --experiment NAME --out FILE.png
 
@@ -245,18 +245,23 @@ def cmd_train(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    import tempfile
+
     from dncml.platform.store import write_embeddings
     from dncml.trainers.embedding import embed_checkpoint
 
     checkpoint = args.checkpoint
-    if args.trial:
-        from dncml.platform.store import ResultsStore
+    with tempfile.TemporaryDirectory(prefix="dncml-checkpoint-") as scratch:
+        if args.trial:
+            from dncml.platform.store import ResultsStore
 
-        checkpoint = ResultsStore(args.storage).selected_checkpoint(args.sweep, args.trial)
-        print(f"trial {args.trial}: the validation-selected checkpoint {checkpoint}")
-    elif not checkpoint:
-        raise UsageError("dncml embed needs a CHECKPOINT directory, or --trial ID (with --storage and --sweep)")
-    split, vectors = embed_checkpoint(checkpoint, args.split)
+            store = ResultsStore(args.storage)
+            found = store.selected_checkpoint(args.sweep, args.trial)
+            print(f"trial {args.trial}: the validation-selected checkpoint {found}")
+            checkpoint = store.local_checkpoint(found, scratch)  # a bucket's checkpoint: copied here first
+        elif not checkpoint:
+            raise UsageError("dncml embed needs a CHECKPOINT directory, or --trial ID (with --storage and --sweep)")
+        split, vectors = embed_checkpoint(checkpoint, args.split)
     out = write_embeddings(args.out, split, vectors)
     print(f"wrote {len(vectors)} embeddings of dimension {vectors.shape[1]} ({args.split}) to {out}")
     return 0
@@ -278,6 +283,7 @@ def cmd_sweep(args) -> int:
         max_concurrent=args.max_concurrent,
         mlflow_uri=args.mlflow,
         sweep_id=args.sweep,
+        optuna_storage=args.optuna_storage,
     )
     if summary.get("interrupted sweep"):
         from dncml.platform.console import interrupted_exit_code
@@ -401,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker")
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (None: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--storage", default=None, help="results store directory (None: ./results for Ray runs, none for --local)")
+    p.add_argument(
+        "--storage", default=None, help="results store: a directory or s3://BUCKET/PREFIX (None: ./results for Ray runs, none for --local)"
+    )
     p.add_argument("--sweep", default=None, help="results-store sub-directory for the run (None: train)")
     p.add_argument("--run-dir", default=None, help="--local: where checkpoints go (None: runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue the newest run of this name (same spec) from its newest checkpoint")
@@ -411,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("embed", "export a checkpoint's embeddings and labels to Parquet")
     p.add_argument("checkpoint", nargs="?", help="a checkpoint directory (holds state.pt and spec.yaml), e.g. runs/NAME/checkpoints/best")
     p.add_argument("--trial", default=None, help="instead: a trial id of the results store; its validation-selected checkpoint")
-    p.add_argument("--storage", default="results", help="with --trial: the results store")
+    p.add_argument("--storage", default="results", help="with --trial: the results store (a directory or s3://BUCKET/PREFIX)")
     p.add_argument("--sweep", default="train", help="with --trial: its sweep id (train: where `dncml train` records)")
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which split to embed")
     p.add_argument("--out", required=True, help="the Parquet file to write")
@@ -421,11 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="experiment YAML (experiments/*.yaml) or a shipped experiment's name")
     p.add_argument("--preset", default=None, help="smoke, quick or paper (None: the spec's default)")
     p.add_argument("--address", default=None, help="Ray cluster (None: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--storage", default="results", help="results store directory")
+    p.add_argument("--storage", default="results", help="results store: a directory or a URI such as s3://BUCKET/PREFIX")
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted sweep of this experiment")
     p.add_argument("--sweep", default=None, metavar="ID", help="with --resume: the sweep to continue (None: the newest of this experiment)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (None: as many as the cluster fits)")
     p.add_argument("--mlflow", default=None, metavar="URI", help="also log every trial to MLflow (e.g. sqlite:///mlflow.db)")
+    p.add_argument(
+        "--optuna-storage",
+        default=None,
+        metavar="URL",
+        help="a search's Optuna study in this RDB (None: SQLite in the store, or on this machine's disk and copied into a bucket)",
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = command("status", "sweeps and runs in a results store: state, epochs, best metric so far, ETA")

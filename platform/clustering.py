@@ -20,10 +20,10 @@ Faults:
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import ray
@@ -31,6 +31,7 @@ import ray
 from dncml.trainers.grouping import Assignment, PartitionRequest, compute_assignment, gather_vectors
 
 from .faults import fault_point
+from .store import ResultsStore
 
 ACTOR_PREFIX = "dncml-clustering-"
 MAX_RESTARTS = 3  # restarts of a crashed actor (and retries of a call) before the run fails
@@ -43,9 +44,10 @@ def actor_name(run_id: str) -> str:
 
 @ray.remote
 class ClusteringActor:
-    def __init__(self, run_id: str, state_dir: str | None = None):
+    def __init__(self, run_id: str, store: str | None = None, state_dir: str | None = None):
         self.run_id = run_id
-        self.state_dir = Path(state_dir) if state_dir else None
+        self.store = ResultsStore(store) if store and state_dir else None
+        self.state_dir = state_dir if self.store else None
         self.rounds: dict[tuple[str, int], dict] = {}
         self.log: list[dict] = []
         self.started = time.time()
@@ -61,22 +63,22 @@ class ClusteringActor:
         """Per-round record: strategy, K, sizes, cost, seconds, the session that asked."""
         return list(self.log)
 
-    def _saved(self, key: tuple[str, int]) -> Path | None:
-        return self.state_dir / f"{key[0]}-round{key[1]:04d}.npz" if self.state_dir else None
+    def _saved(self, key: tuple[str, int]) -> str | None:
+        return f"{self.state_dir}/{key[0]}-round{key[1]:04d}.npz" if self.state_dir else None
 
     async def partition(self, session: str, request: PartitionRequest, shard_refs: list) -> Assignment:
         fault_point("actor_partition")  # tests crash the actor here
         key = (session, request.round)
         saved = self._saved(key)
-        if saved is not None and saved.is_file():  # answered before a crash of this actor
-            return load_round(saved)
+        if saved is not None and self.store.is_file(saved):  # answered before a crash of this actor
+            return load_round(self.store, saved)
         entry = self.rounds.setdefault(key, {"shards": {}, "event": asyncio.Event(), "result": None, "error": None})
         entry["shards"][request.rank] = (request, shard_refs)
         if len(entry["shards"]) == request.world_size and entry["result"] is None and entry["error"] is None:
             try:
                 entry["result"] = await self._compute(entry["shards"], session)
                 if saved is not None:
-                    save_round(saved, entry["result"])
+                    save_round(self.store, saved, entry["result"])
             except Exception as error:  # every waiting worker sees the failure, none hangs
                 entry["error"] = error
             entry["event"].set()
@@ -111,28 +113,24 @@ class ClusteringActor:
         return assignment
 
 
-def save_round(path: Path, assignment: Assignment) -> None:
-    """A finished round as data only: the cluster of every sample (npz) and the rest (JSON)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_round(store: ResultsStore, path: str, assignment: Assignment) -> None:
+    """A finished round as data only: the cluster of every sample (npz) and the rest (JSON),
+    published whole into the store."""
     scalars = {
         name: getattr(assignment, name) for name in ("version", "num_clusters", "strategy", "cost", "seconds", "repaired", "changed")
     }
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez(temporary, clusters=assignment.clusters, meta=np.array(json.dumps({**scalars, "stats": assignment.stats})))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, clusters=assignment.clusters, meta=np.array(json.dumps({**scalars, "stats": assignment.stats})))
+    store.publish(path, buffer.getvalue())
 
 
-def load_round(path: Path) -> Assignment:
-    with np.load(path, allow_pickle=False) as saved:
+def load_round(store: ResultsStore, path: str) -> Assignment:
+    with np.load(io.BytesIO(store.read_bytes(path)), allow_pickle=False) as saved:
         meta = json.loads(str(saved["meta"]))
         return Assignment(clusters=saved["clusters"].astype(np.int64), **meta)
 
 
-def start_actor(run_id: str, state_dir: str | None = None, num_gpus: float = 0):
+def start_actor(run_id: str, store: str | None = None, state_dir: str | None = None, num_gpus: float = 0):
     """Create the run's actor (or find the one a resumed run left). num_cpus=0 and the default
     scheduling strategy keep it outside the Tune trial's placement group (else Tune refuses it:
     no trial resources are available). The run id is unique, so an actor serves one run only."""
@@ -144,7 +142,7 @@ def start_actor(run_id: str, state_dir: str | None = None, num_gpus: float = 0):
         max_task_retries=MAX_RESTARTS,
         scheduling_strategy="DEFAULT",
         get_if_exists=True,
-    ).remote(run_id, state_dir)
+    ).remote(run_id, store, state_dir)
 
 
 class ActorGroupingService:

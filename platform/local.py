@@ -57,6 +57,8 @@ def train_local(
         # would send the rows, the events and the clustering state outside the store).
         trial_id = safe_name(id_file.read_text(errors="replace").strip()[:200], f"the trial id in {id_file}")
         store = ResultsStore(storage) if storage else None
+        if store is not None:
+            store.check()
         # The store, not the checkpoint's name, says whether the run is completed: a crash between
         # the last checkpoint and its epoch row leaves the run unfinished there.
         last = resume_from is not None and Path(resume_from).name == f"epoch-{spec.total_epochs - 1:04d}"
@@ -102,7 +104,7 @@ def train_local(
             if recorder:
                 if recorder.finish("completed") != "completed":
                     raise RunFailed(f"run {trial_id}: {recorder.store.trial_row(sweep, trial_id)['error']}")
-                summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
+                summary.info(f"results appended to {recorder.store.where(recorder.sweep)}")
             tested = selected_test_metrics(state.history)
             summary.info(
                 f"best epoch {state.best_epoch + 1} by {spec.selection_metric}: "

@@ -1,14 +1,24 @@
 """The results store: Parquet `trials` and `epochs` tables, one directory per sweep.
 
     STORE/<sweep>/trials/<trial_id>.parquet           one row per trial (rewritten as it ends)
-    STORE/<sweep>/epochs/<trial_id>-e<epoch>.parquet  one row per (trial, epoch)
+    STORE/<sweep>/epochs/<trial_id>-e<epoch>.parquet  one row per (trial, epoch), while it runs
+    STORE/<sweep>/epochs/<trial_id>-all.parquet       a trial's epochs in one file, once it ended
 
-Every file is written to a hidden temporary name and renamed into place, so a reader never sees
-half a file (pyarrow and pandas skip names starting with "." or "_"). A file's name is a
+STORE is a local path or any URI `pyarrow.fs.FileSystem.from_uri` resolves (`s3://bucket/prefix`,
+`gs://bucket/prefix`): every file of the store goes through the store's one `pyarrow.fs`
+filesystem object, and Ray's own files (checkpoints, Tune's state) go to the same place
+(`ray_storage`). Endpoint, region and credentials come from the standard AWS variables and files,
+never from a spec, and are never written anywhere.
+
+A file is published whole: locally it is written to a hidden temporary name, flushed and renamed
+into place (pyarrow and pandas skip names starting with "." or "_"); on object storage it is one
+PUT of the whole content (no rename there). A reader never sees half a file. A file's name is a
 function of (trial, epoch): a trial resumed from a checkpoint replaces the rows of the epochs it
-runs again instead of duplicating them. Columns have fixed types per sweep (RunSpec fields by
-their declared types, metrics float64), so `pandas.read_parquet(STORE/<sweep>/epochs)` reads
-every file of a sweep with one schema.
+runs again instead of duplicating them. When a trial ends its epochs are compacted into one file
+(`-all`); a per-epoch file written after that (a resumed trial) wins over the compacted row of
+its epoch. Columns have fixed types per sweep (RunSpec fields by their declared types, metrics
+float64), so `pandas.read_parquet(STORE/<sweep>/epochs)` reads every file of a sweep with one
+schema.
 """
 
 from __future__ import annotations
@@ -16,18 +26,24 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-import glob
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dncml.trainers.spec import RunSpec, _field_type, valid_name
@@ -141,6 +157,38 @@ def write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:500]
+
+
+def _unreachable(error: BaseException) -> str:
+    """Why a store on object storage cannot be used, in one line: credentials refused, or not reached."""
+    text = _first_line(error)
+    if any(word in text for word in ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden")):
+        return (
+            f"the credentials were refused ({text}); they come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE or ~/.aws/credentials"
+        )
+    return f"cannot reach it ({text})"
+
+
+def store_location(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path in it) of a store named by a local path or by any URI that
+    `pyarrow.fs.FileSystem.from_uri` resolves (s3://, gs://, file://, hdfs://)."""
+    text = os.fspath(uri)
+    if "://" not in text:
+        return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(text)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise StoreError(
+            f"results store {text}: {_first_line(error)} (a local path, or a URI pyarrow.fs knows: "
+            "s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, file:///PATH)"
+        ) from None
+    return filesystem, path.rstrip("/")
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -182,7 +230,7 @@ def package_versions() -> str:
     return json.dumps(found, sort_keys=True)
 
 
-_writers: dict[Path, Any] = {}
+_writers: dict[str, Any] = {}
 
 
 def tag_name(metric: str) -> str:
@@ -197,9 +245,9 @@ def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
     per directory and process."""
     from tensorboardX import SummaryWriter
 
-    writer = _writers.get(logdir)
+    writer = _writers.get(str(logdir))
     if writer is None:
-        writer = _writers[logdir] = SummaryWriter(str(logdir))
+        writer = _writers[str(logdir)] = SummaryWriter(str(logdir))
     for name, value in metrics.items():
         if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value):
             writer.add_scalar(tag_name(name), float(value), int(metrics["epoch"]))
@@ -208,64 +256,252 @@ def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
 
 def _row_table(row: dict[str, Any], types: dict[str, pa.DataType]) -> pa.Table:
     """One row with every column of `types` (missing -> typed null); extra keys typed by value."""
-    columns, fields = {}, []
-    for name, value in row.items():
-        if name not in types:
-            types = {
-                **types,
-                name: pa.float64()
-                if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-                else pa.bool_()
-                if isinstance(value, bool)
-                else pa.string(),
-            }
-    for name, kind in types.items():
-        value = row.get(name)
-        if isinstance(value, (np.floating, np.integer)):
-            value = value.item()
-        if value is not None and kind == pa.float64():
-            value = float(value)
-        elif value is not None and kind == pa.int64():
-            value = int(value)
-        elif value is not None and kind == pa.string() and not isinstance(value, str):
-            value = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-        columns[name] = pa.array([value], type=kind)
-        fields.append(pa.field(name, kind))
-    return pa.Table.from_pydict(columns, schema=pa.schema(fields))
+    return _rows_table([row], types)
+
+
+def _cell(value: Any, kind: pa.DataType) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if value is not None and kind == pa.float64():
+        value = float(value)
+    elif value is not None and kind == pa.int64():
+        value = int(value)
+    elif value is not None and kind == pa.string() and not isinstance(value, str):
+        value = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return value
+
+
+def _rows_table(rows: list[dict[str, Any]], types: dict[str, pa.DataType]) -> pa.Table:
+    """Rows with every column of `types` (missing -> typed null); extra keys typed by value."""
+    for row in rows:
+        for name, value in row.items():
+            if name not in types:
+                types = {
+                    **types,
+                    name: pa.float64()
+                    if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+                    else pa.bool_()
+                    if isinstance(value, bool)
+                    else pa.string(),
+                }
+    columns = {name: pa.array([_cell(row.get(name), kind) for row in rows], type=kind) for name, kind in types.items()}
+    return pa.Table.from_pydict(columns, schema=pa.schema([pa.field(name, kind) for name, kind in types.items()]))
+
+
+COMPACTED = "-all.parquet"  # epochs/<trial_id>-all.parquet: a trial's epochs, once it ended
+_EPOCH_FILE = re.compile(r"-e(\d{4,})\.parquet$")
+STUDY_FILE = "optuna.db"  # STORE/<sweep>/optuna.db, study name = the sweep id
+TENSORBOARD_DIR = "tensorboard"  # STORE/<sweep>/tensorboard/<trial id>/events.*
 
 
 class ResultsStore:
+    """A results store on one `pyarrow.fs` filesystem: a local path or a URI (`s3://bucket/prefix`).
+    Every file of the store is read and written here; nothing else builds a path into it."""
+
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.uri = os.fspath(root)
+        self.fs, self.base = store_location(root)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        # as named (messages, hints): a local path as given, a URI as it is
+        self.root = Path(self.uri if "://" not in self.uri else self.base) if self.local else self.uri
 
-    def sweep_dir(self, sweep: str) -> Path:
-        return self.root / sweep
+    @property
+    def address(self) -> str:
+        """What names this store in another process (an absolute path, or the URI): the store
+        travels to Ray processes as this string, never with credentials."""
+        return self.base if self.local else self.uri
 
-    def ray_dir(self, sweep: str, run_id: str | None = None) -> Path:
+    def __reduce__(self):
+        return (ResultsStore, (self.address,))
+
+    # ------------------------------------------------------------------ paths and raw files
+    def path(self, *parts: str) -> str:
+        return "/".join([self.base, *parts])
+
+    def where(self, *parts: str) -> str:
+        """A path of the store as a user names it (the URI's scheme kept)."""
+        if self.local:
+            return str(Path(self.root, *parts))
+        scheme = self.uri.split("://", 1)[0]
+        return f"{scheme}://{self.path(*parts)}"
+
+    def check(self) -> None:
+        """One clear line when the store cannot be reached (no endpoint, no bucket, credentials
+        refused), before anything runs; nothing is written."""
+        if self.local:
+            if Path(self.base).exists() and not Path(self.base).is_dir():
+                raise StoreError(f"results store {self.uri} is not a directory")
+            return
+        bucket = self.base.split("/", 1)[0]
+        try:
+            info = self.fs.get_file_info(bucket)
+            if info.type == pafs.FileType.NotFound:
+                raise StoreError(f"results store {self.uri}: bucket {bucket!r} does not exist (create it first)")
+            self.fs.get_file_info(pafs.FileSelector(self.base, allow_not_found=True, recursive=False))
+        except OSError as error:
+            raise StoreError(f"results store {self.uri}: {_unreachable(error)}") from None
+
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def is_file(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type == pafs.FileType.File
+
+    def is_dir(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type == pafs.FileType.Directory
+
+    def create_exclusive(self, path: str, text: str) -> bool:
+        """Create `path` holding `text` unless it exists (True: this call created it). Of two
+        processes on any nodes, exactly one wins: locally an O_EXCL create, on S3 a conditional
+        PUT (If-None-Match), elsewhere refused like the lease."""
+        if self.local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(handle, "w") as out:
+                out.write(text)
+            return True
+        if self.fs.type_name != "s3":
+            raise StoreError(
+                f"results store {self.uri}: no exclusive create on a {self.fs.type_name} filesystem: use a local path or s3://"
+            )
+        from botocore.exceptions import ClientError
+
+        bucket, key = path.split("/", 1)
+        try:
+            _s3_client(self, f"claim {key}").put_object(Bucket=bucket, Key=key, Body=text.encode(), IfNoneMatch="*")
+        except ClientError as error:
+            if BucketLease._code(error) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def listdir(self, path: str) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+
+    def files(self, path: str, suffix: str = ".parquet") -> list[str]:
+        """The visible files of a directory ending in `suffix`, sorted."""
+        return sorted(
+            info.path
+            for info in self.listdir(path)
+            if info.type == pafs.FileType.File and info.base_name.endswith(suffix) and not info.base_name.startswith((".", "_"))
+        )
+
+    def publish(self, path: str, data: bytes) -> None:
+        """`data` at `path`, whole or not at all: locally a flushed temporary file renamed into
+        place, on object storage one PUT of the whole content."""
+        if self.local:
+            atomic_write(Path(path), lambda temporary: temporary.write_bytes(data))
+            return
+        with self.fs.open_output_stream(path) as out:
+            out.write(data)
+
+    def read_bytes(self, path: str) -> bytes | None:
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    def write_table(self, table: pa.Table, path: str) -> None:
+        if self.local:
+            _atomic_write(table, Path(path))
+            return
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.publish(path, sink.getvalue().to_pybytes())
+
+    def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(path, columns=columns, filesystem=self.fs)
+
+    def read_tables(self, paths: list[str], skipped: list[str] | None = None) -> pa.Table | None:
+        """The files as one table with one `pyarrow.dataset` call (schemas unified: missing
+        columns null, int64 + double -> double) and a `__filename` column. A file that cannot
+        be read is left out with a warning naming it ("path: error" added to `skipped`): one bad
+        file must not hide every other trial."""
+        if not paths:
+            return None
+        try:
+            return _dataset_table(self.fs, paths)
+        except (OSError, pa.ArrowException):
+            pass
+        good = []
+        for path in paths:
+            try:
+                pq.read_metadata(path, filesystem=self.fs)
+                good.append(path)
+            except (OSError, pa.ArrowException) as error:
+                note = f"{self.where(path[len(self.base) + 1 :])}: {_first_line(error)}"
+                warnings.warn(f"skipped unreadable Parquet file {note}", stacklevel=2)
+                if skipped is not None:
+                    skipped.append(note)
+        return _dataset_table(self.fs, good) if good else None
+
+    # --------------------------------------------------------------------------- the layout
+    def sweep_dir(self, sweep: str) -> str:
+        return self.path(sweep)
+
+    def ray_dir(self, sweep: str, run_id: str | None = None) -> str:
         """Ray's own files of a sweep (Tune's state under `tune/`, one Ray Train run per trial),
         absolute: Ray hands it to processes with other working directories."""
-        base = self.root.resolve() / "_ray" / sweep
-        return base / run_id if run_id else base
+        return self.path("_ray", sweep, *([run_id] if run_id else []))
+
+    def run_path(self, sweep: str, run_id: str, *parts: str) -> str:
+        """A file of one run beside Ray's own (its fatal error, its clustering actor's rounds)."""
+        return self.path("_ray", sweep, run_id, *parts)
+
+    def ray_storage(self, sweep: str) -> tuple[str, pafs.FileSystem | None]:
+        """(storage_path, storage_filesystem) for Ray's RunConfig: the store's own place."""
+        return self.ray_dir(sweep), (None if self.local else self.fs)
 
     def sweeps_of(self, prefix: str, with_ray_dir: str | None = None) -> list[str]:
         """The sweep ids starting with `prefix`, oldest first (ids end in their start time);
         with `with_ray_dir`, only those whose Ray directory holds that sub-directory."""
-        found = [p.name for p in self.root.glob(glob.escape(prefix) + "*") if p.is_dir()]
-        return sorted(s for s in found if with_ray_dir is None or (self.ray_dir(s) / with_ray_dir).is_dir())
+        found = [i.base_name for i in self.listdir(self.base) if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix)]
+        wanted = [
+            s
+            for s in found
+            if with_ray_dir is None or self.fs.get_file_info(f"{self.ray_dir(s)}/{with_ray_dir}").type == pafs.FileType.Directory
+        ]
+        return sorted(wanted)
 
     def write_card(self, sweep: str, card: dict[str, Any]) -> None:
         """The experiment card (`experiment.json`): what analysis needs to read the sweep alone."""
-        write_text_atomic(self.sweep_dir(sweep) / "experiment.json", json.dumps(card, indent=2, default=str))
+        self.publish(self.card_path(sweep), json.dumps(card, indent=2, default=str).encode())
+
+    def card_path(self, sweep: str) -> str:
+        return self.path(sweep, "experiment.json")
 
     def read_card(self, sweep: str) -> dict[str, Any] | None:
-        path = self.sweep_dir(sweep) / "experiment.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        data = self.read_bytes(self.card_path(sweep))
+        return json.loads(data) if data is not None else None
 
-    def trial_rows(self, sweep: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
-        """Every trial row of a sweep (only `columns`, if given), as plain dicts."""
-        directory = self.sweep_dir(sweep) / "trials"
-        files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
-        return [pq.read_table(f, columns=columns).to_pylist()[0] for f in files]
+    def write_text(self, path: str, text: str) -> None:
+        self.publish(path, text.encode())
+
+    def read_text(self, path: str) -> str | None:
+        data = self.read_bytes(path)
+        return None if data is None else data.decode()
+
+    # --------------------------------------------------------------------------- the rows
+    def trial_rows(self, sweep: str, columns: list[str] | None = None, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every trial row of a sweep (only `columns`, if given), as plain dicts. A file that
+        cannot be read is skipped and named (a warning, and `skipped`)."""
+        table = self.read_tables(self.files(self.path(sweep, "trials")), skipped)
+        if table is None:
+            return []
+        table = table.drop_columns(["__filename"])
+        if columns is not None:
+            table = table.select([c for c in columns if c in table.column_names])
+        return table.to_pylist()
 
     def statuses(self, sweep: str) -> dict[str, str]:
         """Trial id -> recorded status, for every trial row of a sweep."""
@@ -276,29 +512,89 @@ class ResultsStore:
         types.update({f"spec_{f.name}": _spec_type(f.name) for f in dataclasses.fields(RunSpec)})
         for prefix in ("final_", "best_"):
             types.update({prefix + name: pa.float64() for name in metric_names})
-        _atomic_write(_row_table(row, types), self.sweep_dir(sweep) / "trials" / f"{row['trial_id']}.parquet")
+        self.write_table(_row_table(row, types), self.path(sweep, "trials", f"{row['trial_id']}.parquet"))
 
-    def write_epoch(self, sweep: str, trial_id: str, metrics: dict[str, Any], metric_names: list[str]) -> None:
+    @staticmethod
+    def _epoch_types(metric_names: list[str]) -> dict[str, pa.DataType]:
         types = {"sweep": pa.string(), "trial_id": pa.string(), **EPOCH_FIELDS}
         types.update({name: pa.float64() for name in metric_names})
         # `test_eval: selected`: the last epoch carries the selected weights' test metrics; every
         # row has their columns, so that one schema reads the whole sweep
         types.update({f"selected_{name}": pa.float64() for name in metric_names if not name.startswith("val_")})
+        return types
+
+    def write_epoch(self, sweep: str, trial_id: str, metrics: dict[str, Any], metric_names: list[str]) -> None:
         row = {**metrics, "sweep": sweep, "trial_id": trial_id}
-        _atomic_write(_row_table(row, types), self.sweep_dir(sweep) / "epochs" / f"{trial_id}-e{int(metrics['epoch']):04d}.parquet")
-        tensorboard_scalars(self.sweep_dir(sweep) / "tensorboard" / trial_id, metrics)
+        name = f"{trial_id}-e{int(metrics['epoch']):04d}.parquet"
+        self.write_table(_row_table(row, self._epoch_types(metric_names)), self.path(sweep, "epochs", name))
+        self.tensorboard(sweep, trial_id, metrics)
+
+    def write_epochs(self, sweep: str, trial_id: str, rows: list[dict[str, Any]], metric_names: list[str]) -> None:
+        """A whole finished trial's epoch rows at once, in the compacted form a trial ends in
+        (`<trial>-all.parquet`; no TensorBoard events): what imports and benchmarks write."""
+        rows = [{**metrics, "sweep": sweep, "trial_id": trial_id} for metrics in rows]
+        self.write_table(_rows_table(rows, self._epoch_types(metric_names)), self.path(sweep, "epochs", trial_id + COMPACTED))
+
+    def tensorboard(self, sweep: str, trial_id: str, metrics: dict[str, Any]) -> None:
+        """The epoch's scalars as TensorBoard events in STORE/<sweep>/tensorboard/<trial>/: written
+        in place locally; on object storage, into a local directory whose event files are then
+        published whole into the store."""
+        if self.local:
+            tensorboard_scalars(Path(self.path(sweep, TENSORBOARD_DIR, trial_id)), metrics)
+            return
+        digest = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
+        local = Path(tempfile.gettempdir(), f"dncml-tensorboard-{os.getuid()}", digest, sweep, trial_id)
+        tensorboard_scalars(local, metrics)
+        for events in local.iterdir():
+            if events.is_file():
+                self.publish(self.path(sweep, TENSORBOARD_DIR, trial_id, events.name), events.read_bytes())
+
+    def _epoch_files(self, sweep: str, trial_id: str) -> tuple[str | None, list[str]]:
+        """(the compacted file if any, the per-epoch files in epoch order) of one trial."""
+        compacted, per_epoch = None, []
+        for path in self.files(self.path(sweep, "epochs")):
+            name = path.rsplit("/", 1)[-1]
+            if name == trial_id + COMPACTED:
+                compacted = path
+            else:
+                match = _EPOCH_FILE.search(name)
+                if match and name[: match.start()] == trial_id:
+                    per_epoch.append(path)
+        return compacted, per_epoch
+
+    def _epoch_table(self, sweep: str, trial_id: str) -> tuple[pa.Table | None, str | None, list[str]]:
+        compacted, per_epoch = self._epoch_files(sweep, trial_id)
+        files = ([compacted] if compacted else []) + per_epoch
+        tables = [self.read_table(f) for f in files]
+        if not tables:
+            return None, compacted, per_epoch
+        table = pa.concat_tables(tables, promote_options="permissive")
+        # a per-epoch row (written after the compaction: a resumed trial) wins over the compacted one
+        epochs = table["epoch"].to_pylist()
+        last = {epoch: i for i, epoch in enumerate(epochs)}
+        keep = sorted(last.values(), key=lambda i: epochs[i])
+        return table.take(pa.array(keep, type=pa.int64())), compacted, per_epoch
 
     def epoch_rows(self, sweep: str, trial_id: str) -> list[dict[str, Any]]:
         """One trial's epoch rows, in epoch order, as plain dicts (missing values as None)."""
-        # Trial ids are user-chosen names: escape them, or `run[1]` would match nothing.
-        files = sorted((self.sweep_dir(sweep) / "epochs").glob(f"{glob.escape(trial_id)}-e[0-9]*.parquet"))
-        rows = [pq.read_table(f).to_pylist()[0] for f in files]
-        return sorted(rows, key=lambda row: row["epoch"])
+        table, _, _ = self._epoch_table(sweep, trial_id)
+        return [] if table is None else table.to_pylist()
+
+    def compact_epochs(self, sweep: str, trial_id: str) -> None:
+        """A trial's epochs into one file (`<trial>-all.parquet`), then its per-epoch files removed:
+        a sweep of N trials is N epoch files to read, not N x epochs. Safe at any point: until the
+        per-epoch files are gone, readers prefer them and the rows are the same."""
+        table, compacted, per_epoch = self._epoch_table(sweep, trial_id)
+        if table is None or not per_epoch:
+            return
+        self.write_table(table, self.path(sweep, "epochs", trial_id + COMPACTED))
+        for path in per_epoch:
+            self.delete(path)
 
     def trial_row(self, sweep: str, trial_id: str) -> dict[str, Any] | None:
         """A trial's row as recorded (None if the store has none)."""
-        path = self.sweep_dir(sweep) / "trials" / f"{trial_id}.parquet"
-        return pq.read_table(path).to_pylist()[0] if path.is_file() else None
+        path = self.path(sweep, "trials", f"{trial_id}.parquet")
+        return self.read_table(path).to_pylist()[0] if self.is_file(path) else None
 
     def latest_run(self, sweep: str, name: str) -> dict[str, Any] | None:
         """The newest trial row of the runs named `name` in a sweep (None if there is none)."""
@@ -306,32 +602,52 @@ class ResultsStore:
         return max(rows, key=lambda row: (row.get("started_at") or "", row["trial_id"])) if rows else None
 
     def selected_checkpoint(self, sweep: str, trial_id: str) -> str:
-        """The checkpoint Ray kept for a trial's validation-selected epoch (its `best_epoch`)."""
+        """The checkpoint Ray kept for a trial's validation-selected epoch (its `best_epoch`), as
+        a path in the store's filesystem (`local_checkpoint` brings one from a bucket)."""
         row = self.trial_row(safe_name(sweep, "sweep"), safe_name(trial_id, "trial"))
         if row is None:
-            raise StoreError(f"no trial {trial_id!r} in {self.sweep_dir(sweep)}")
+            raise StoreError(f"no trial {trial_id!r} in {self.where(sweep)}")
         epochs = {e["epoch"]: e for e in self.epoch_rows(sweep, trial_id)}
         chosen = epochs.get(row.get("best_epoch"), {})
         path = chosen.get("checkpoint")
-        if not path or not Path(path, "state.pt").is_file():
+        if not path or not self.is_file(path.rstrip("/") + "/state.pt"):
             raise StoreError(
                 f"trial {trial_id}: no checkpoint of its selected epoch {row.get('best_epoch')} "
                 f"(recorded: {path or 'none'}); runs record one when trained on Ray"
             )
         return path
 
-    def own_sweep_dir(self, sweep: str) -> Path:
+    def own_sweep_dir(self, sweep: str) -> str:
         """The sweep's folder, refused (StoreError) when it is a symbolic link: every write would
-        follow it somewhere else."""
+        follow it somewhere else. Object stores have no links."""
         path = self.sweep_dir(sweep)
-        if path.is_symlink():
-            raise StoreError(f"{path} is a symbolic link: refused (a sweep's folder holds its own files only)")
+        if self.local and Path(path).is_symlink():
+            raise StoreError(f"{self.where(sweep)} is a symbolic link: refused (a sweep's folder holds its own files only)")
         return path
 
-    def lease(self, sweep: str, name: str) -> Lease:
+    def local_checkpoint(self, path: str, into: str | os.PathLike) -> str:
+        """A checkpoint directory of the store as a local directory: itself when the store is
+        local, else a copy under `into`."""
+        if self.local:
+            return path
+        target = Path(into) / path.rstrip("/").rsplit("/", 1)[-1]
+        target.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(path, str(target), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        return str(target)
+
+    def lease(self, sweep: str, name: str) -> Lease | BucketLease:
         """The lease that says a sweep (name `sweep`) or one run of it is being run."""
         self.own_sweep_dir(sweep)
-        return Lease(self.sweep_dir(sweep) / ".leases" / f"{name}.json", f"{sweep}/{name}")
+        what = f"{sweep}/{name}"
+        path = self.path(sweep, ".leases", f"{name}.json")
+        if self.local:
+            return Lease(Path(path), what)
+        if self.fs.type_name == "s3":
+            return BucketLease(self, path, what)
+        raise StoreError(
+            f"results store {self.uri}: no atomic lease on a {self.fs.type_name} filesystem (a conditional create is needed "
+            "so that two drivers cannot both run a sweep): use a local path or s3://"
+        )
 
     def finished_trial(self, sweep: str, trial_id: str, total_epochs: int) -> list[dict[str, Any]] | None:
         """The epoch rows of a trial the store holds as `completed` with every one of its
@@ -343,6 +659,70 @@ class ResultsStore:
             return None
         epochs = self.epoch_rows(sweep, trial_id)
         return epochs if [e["epoch"] for e in epochs] == list(range(total_epochs)) else None
+
+    # --------------------------------------------------------------------- the Optuna study
+    def study_url(self, sweep: str, given: str | None = None) -> str:
+        """Where Optuna keeps a search's study: `given` (an RDB URL, `--optuna-storage`), else
+        SQLite in the sweep's folder of a local store, else SQLite on this machine's disk (a
+        database cannot live on object storage), copied into the store by `save_study`."""
+        if given:
+            return given
+        return f"sqlite:///{self._study_file(sweep)}"
+
+    def _study_file(self, sweep: str) -> Path:
+        if self.local:
+            return Path(self.path(sweep, STUDY_FILE))
+        digest = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir(), f"dncml-studies-{os.getuid()}", digest, sweep, STUDY_FILE)
+
+    def save_study(self, sweep: str, given: str | None = None) -> None:
+        """A copy of the study's SQLite file in STORE/<sweep>/optuna.db (a consistent snapshot:
+        SQLite's own backup), for `--resume` on another machine and for `dncml plot`. Nothing to
+        do for a local store (the study is there) or an RDB URL of the user's."""
+        if self.local or given:
+            return
+        import sqlite3
+
+        source = self._study_file(sweep)
+        if not source.is_file():
+            return
+        snapshot = source.with_name(f".{source.name}.{uuid.uuid4().hex}.copy")
+        try:
+            with sqlite3.connect(source) as src, sqlite3.connect(snapshot) as dst:
+                src.backup(dst)
+            self.publish(self.path(sweep, STUDY_FILE), snapshot.read_bytes())
+        finally:
+            snapshot.unlink(missing_ok=True)
+
+    def restore_study(self, sweep: str, given: str | None = None) -> None:
+        """`--resume` on a machine without the study: this machine's copy from the store."""
+        if self.local or given:
+            return
+        target = self._study_file(sweep)
+        data = self.read_bytes(self.path(sweep, STUDY_FILE))
+        if data is not None and not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, lambda temporary: temporary.write_bytes(data))
+
+    def prepare_study(self, sweep: str, given: str | None = None) -> str:
+        """The study's URL, its folder made."""
+        if not given:
+            self._study_file(sweep).parent.mkdir(parents=True, exist_ok=True)
+        return self.study_url(sweep, given)
+
+
+def _dataset_table(filesystem: pafs.FileSystem, paths: list[str]) -> pa.Table:
+    """The files as one table, one `pyarrow.dataset` scan (schemas unified: missing columns
+    null, int64 + double -> double; each row's file in `__filename`). The footers are read side
+    by side first (Arrow's own inspection reads them one after another: on a bucket, one round
+    trip each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        schemas = list(pool.map(lambda path: pq.read_schema(path, filesystem=filesystem), paths))
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    dataset = pads.FileSystemDataset.from_paths(paths, schema=schema, format=pads.ParquetFileFormat(), filesystem=filesystem)
+    return dataset.to_table(columns=[*schema.names, "__filename"])
 
 
 def spec_differences(row: dict[str, Any], spec: RunSpec) -> list[str]:
@@ -359,12 +739,35 @@ def spec_differences(row: dict[str, Any], spec: RunSpec) -> list[str]:
     return differences
 
 
+def _alive_here(record: dict) -> bool:
+    """Whether a lease record's process lives (on this host; another host's always counts)."""
+    if record.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(record.get("pid", -1)), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
+
+
+def _refusal(what: str, holder: dict) -> StoreError:
+    return StoreError(
+        f"{what} is still running (pid {holder.get('pid')} on {holder.get('host')}, "
+        f"started {holder.get('started')}, heartbeat {holder['heartbeat_age']:.0f} s ago): "
+        "stop it first, or wait for it to end"
+    )
+
+
 class Lease:
     """Who is running a sweep or a run right now: a small JSON file (host, pid, start) whose
     modification time a background thread refreshes. `--resume` refuses to take over while the
     holder is alive: on this host, its process exists and its heartbeat is fresh; on another
     host, its heartbeat is fresher than `STALE` seconds. A holder killed with -9 leaves a stale
-    file, which the next run takes over."""
+    file, which the next run takes over. Taking it is atomic: the check and the write happen
+    under an exclusive `flock` of a lock file beside it, so of two processes started together
+    exactly one gets the lease."""
 
     HEARTBEAT, STALE = 15.0, 60.0
 
@@ -379,29 +782,21 @@ class Lease:
             age = time.time() - self.path.stat().st_mtime
         except (OSError, ValueError):
             return None
-        if age > self.STALE:
+        if age > self.STALE or not isinstance(record, dict) or not _alive_here(record):
             return None
-        if record.get("host") == socket.gethostname():
-            try:
-                os.kill(int(record.get("pid", -1)), 0)
-            except (ProcessLookupError, ValueError):
-                return None
-            except PermissionError:
-                pass  # alive, another user's
         return {**record, "heartbeat_age": age}
 
     def acquire(self) -> Lease:
-        holder = self.holder()
-        if holder is not None and not (holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()):
-            raise StoreError(
-                f"{self.what} is still running (pid {holder.get('pid')} on {holder.get('host')}, "
-                f"started {holder.get('started')}, heartbeat {holder['heartbeat_age']:.0f} s ago): "
-                "stop it first, or wait for it to end"
-            )
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
-        write_text_atomic(self.path, json.dumps(record))
-        import threading
+        import fcntl
 
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+            holder = self.holder()
+            if holder is not None and not (holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()):
+                raise _refusal(self.what, holder)
+            record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
+            write_text_atomic(self.path, json.dumps(record))
         self._stop = threading.Event()
 
         def beat():
@@ -421,6 +816,143 @@ class Lease:
             self._stop = None
 
     def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _s3_client(store: ResultsStore, what: str):
+    """A boto3 S3 client for the store's endpoint (the standard AWS variables and files give the
+    credentials): pyarrow.fs has no conditional PUT."""
+    try:
+        import boto3
+    except ImportError:
+        raise StoreError(
+            f"{what}: an S3 bucket store needs conditional PUTs (the lease, resume claims), which take boto3 "
+            "(pip install 'dncml[s3]'); refusing to run without a safe lease"
+        ) from None
+    import urllib.parse
+
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(store.uri).query))
+    endpoint = query.get("endpoint_override")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
+    return boto3.client("s3", endpoint_url=endpoint or None, region_name=query.get("region") or None)
+
+
+class BucketLease:
+    """The lease on an S3 bucket: an object created with a conditional PUT (`If-None-Match: *`),
+    so that of two drivers exactly one creates it; a stale one (its holder's heartbeat older than
+    `STALE`, or its process gone on this host) is taken over with `If-Match` on its ETag, so two
+    takers cannot both win either. The heartbeat rewrites the object (`If-Match` on our own ETag)
+    every `HEARTBEAT` seconds; its LastModified is the heartbeat. A server that ignores the
+    conditions would let two drivers in: the first acquisition checks that it refuses a second
+    create, and the sweep is refused with one line where it does not. pyarrow.fs has no
+    conditional PUT, so this takes boto3 (the `s3` extra), with the same standard AWS variables."""
+
+    HEARTBEAT, STALE = Lease.HEARTBEAT, Lease.STALE
+
+    def __init__(self, store: ResultsStore, path: str, what: str):
+        self.store, self.what = store, what
+        self.bucket, self.key = path.split("/", 1)
+        self._stop, self._etag, self._token = None, None, uuid.uuid4().hex
+
+    def _client(self):
+        return _s3_client(self.store, self.what)
+
+    def _body(self) -> bytes:
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": self._started, "token": self._token, "beat": time.time()}
+        return json.dumps(record).encode()
+
+    @staticmethod
+    def _code(error) -> str:
+        return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+
+    def holder(self, client=None) -> dict | None:
+        """The live holder's record (with `etag`), or None when the lease is free."""
+        client = client or self._client()
+        try:
+            got = client.get_object(Bucket=self.bucket, Key=self.key)
+            record = json.loads(got["Body"].read())
+        except Exception as error:
+            if self._code(error) in ("NoSuchKey", "404"):
+                return None
+            if isinstance(error, ValueError):
+                record = {}
+            else:
+                raise
+        age = time.time() - got["LastModified"].timestamp()
+        record = {**record, "heartbeat_age": age, "etag": got["ETag"]} if isinstance(record, dict) else {"etag": got["ETag"]}
+        if age > self.STALE or not _alive_here(record):
+            return {**record, "stale": True}
+        return record
+
+    def acquire(self) -> BucketLease:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._client()
+        self._started = _now()
+        try:
+            try:
+                self._etag = client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*")["ETag"]
+            except ClientError as error:
+                if self._code(error) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+                holder = self.holder(client)
+                if holder is not None and not holder.get("stale"):
+                    raise _refusal(self.what, holder) from None
+                try:  # take over the stale lease; of two takers, one gets the If-Match
+                    kwargs = {"IfMatch": holder["etag"]} if holder else {"IfNoneMatch": "*"}
+                    self._etag = client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), **kwargs)["ETag"]
+                except ClientError as again:
+                    if self._code(again) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                        raise StoreError(f"{self.what}: another driver took the lease at the same moment; it runs, this does not") from None
+                    raise
+            self._check_conditions(client)
+        except ClientError as error:
+            raise StoreError(f"{self.what}: cannot take the lease in s3://{self.bucket}/{self.key} ({_first_line(error)})") from None
+        except BotoCoreError as error:
+            raise StoreError(f"{self.what}: cannot reach the bucket for the lease ({_first_line(error)})") from None
+        self._stop = threading.Event()
+
+        def beat():
+            while not self._stop.wait(self.HEARTBEAT):
+                try:
+                    self._etag = client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self._etag)["ETag"]
+                except Exception:
+                    return  # lost (taken over) or unreachable: the next beat cannot help
+
+        threading.Thread(target=beat, name=f"lease {self.what}", daemon=True).start()
+        return self
+
+    def _check_conditions(self, client) -> None:
+        """A second conditional create must fail now: else the server ignores If-None-Match."""
+        from botocore.exceptions import ClientError
+
+        try:
+            client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*")
+        except ClientError as error:
+            if self._code(error) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return
+            raise
+        client.delete_object(Bucket=self.bucket, Key=self.key)
+        raise StoreError(
+            f"{self.what}: the S3 server at this endpoint ignores conditional writes (If-None-Match), so two drivers could "
+            "both take the lease; refusing rather than guessing"
+        )
+
+    def release(self) -> None:
+        if self._stop is None:
+            return
+        self._stop.set()
+        self._stop = None
+        try:
+            self._client().delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self._etag)
+        except Exception:
+            pass  # taken over meanwhile, or unreachable: it goes stale
+
+    def __enter__(self) -> BucketLease:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -452,6 +984,8 @@ class TrialRecorder:
         previous = store.trial_row(sweep, trial_id) if start else None
         if previous and previous.get("started_at"):  # a resumed trial keeps the time it first started
             self.started = dt.datetime.fromisoformat(previous["started_at"])
+        if previous:
+            store.compact_epochs(sweep, trial_id)  # what it recorded so far, in one file
         self.history: list[dict] = []
         if start:
             self._write("running")
@@ -474,6 +1008,7 @@ class TrialRecorder:
                 (f"the run ended but the store holds epochs {recorded} of {self.spec.total_epochs} (missing {missing[:10]})"),
             )
         self._write(status, error)
+        self.store.compact_epochs(self.sweep, self.trial_id)
         return status
 
     def fail(self, error: BaseException | str) -> str:

@@ -25,6 +25,7 @@ import os
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 
@@ -74,30 +75,27 @@ def stored_trials(store: ResultsStore, sweep: str) -> dict[str, list[dict]]:
     return found
 
 
-def claim_trial(claims: Path, candidates: list[dict], tune_id: str) -> dict | None:
+def claim_trial(store: ResultsStore, claims: str, candidates: list[dict], tune_id: str) -> dict | None:
     """The first stored trial of this configuration that no other trial of this attempt has
-    taken (an O_EXCL file per stored trial, naming the Tune trial that took it), or None."""
-    claims.mkdir(parents=True, exist_ok=True)
+    taken (one exclusively created file per stored trial, naming the Tune trial that took it:
+    `ResultsStore.create_exclusive`, so trials on any node agree), or None."""
     for row in candidates:
-        try:
-            handle = os.open(claims / row["trial_id"], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue
-        with os.fdopen(handle, "w") as out:
-            out.write(tune_id)
-        return row
+        if store.create_exclusive(f"{claims}/{row['trial_id']}", tune_id):
+            return row
     return None
 
 
-def claimed(claims: Path) -> dict[str, str]:
+def claimed(store: ResultsStore, claims: str) -> dict[str, str]:
     """Tune trial id -> the stored trial id it continues, for one attempt."""
-    if not claims.is_dir():
-        return {}
-    return {path.read_text().strip(): path.name for path in claims.iterdir() if valid_name(path.name)}
+    return {
+        (store.read_text(info.path) or "").strip(): info.base_name
+        for info in store.listdir(claims)
+        if info.type == pafs.FileType.File and valid_name(info.base_name)
+    }
 
 
 def make_trial(
-    experiment: Experiment, store_root: str, sweep: str, resources: Resources, stored: dict | None = None, claims: Path | None = None
+    experiment: Experiment, store_address: str, sweep: str, resources: Resources, stored: dict | None = None, claims: str | None = None
 ):
     def trial(config: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -106,9 +104,9 @@ def make_trial(
         timeline("trial start", trial_id)
         overrides = dict(config)
         reason = sample_is_valid(experiment, overrides)
-        store = ResultsStore(store_root)
+        store = ResultsStore(store_address)
         spec = experiment.run_spec() if reason else experiment.run_spec(overrides)
-        previous = claim_trial(claims, stored.get(spec_key(spec.to_dict()), []), trial_id) if stored and claims else None
+        previous = claim_trial(store, claims, stored.get(spec_key(spec.to_dict()), []), trial_id) if stored and claims else None
         if previous is not None:
             trial_id = previous["trial_id"]  # a resumed sweep continues the store's trial of this configuration
             if previous.get("status") in ("failed", "pruned"):
@@ -219,6 +217,23 @@ class SweepMonitor(tune.Callback):
         return StopWhen(self)
 
 
+class StudyCopy(tune.Callback):
+    """After every finished trial, the search's Optuna study copied into the store
+    (`ResultsStore.save_study`: a no-op where the study already lives in the store)."""
+
+    def __init__(self, store: ResultsStore, sweep: str, given: str | None):
+        self.store, self.sweep, self.given = store, sweep, given
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.store.save_study(self.sweep, self.given)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.store.save_study(self.sweep, self.given)
+
+    def on_experiment_end(self, trials, **info):
+        self.store.save_study(self.sweep, self.given)
+
+
 class StopWhen(tune.stopper.Stopper):
     """Tune's way to end a whole sweep: `stop_all` as soon as the monitor has triggered."""
 
@@ -239,15 +254,15 @@ def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool, chosen:
     if resume:
         if chosen:
             safe_name(chosen, "--sweep")
-            if not store.sweep_dir(chosen).is_dir():
-                raise PlatformError(f"--resume --sweep {chosen}: no such sweep in {store.root}")
+            if not store.is_dir(store.sweep_dir(chosen)):
+                raise PlatformError(f"--resume --sweep {chosen}: no such sweep in {store.where()}")
             sweep = chosen
         else:
             # Only sweeps that this store's own card describes: a folder without experiment.json
             # (or one planted beside them) is nothing this store started.
-            candidates = [s for s in store.sweeps_of(prefix) if (store.sweep_dir(s) / "experiment.json").is_file()]
+            candidates = [s for s in store.sweeps_of(prefix) if store.is_file(store.card_path(s))]
             if not candidates:
-                raise PlatformError(f"--resume: no sweep of {experiment.name} (preset {experiment.preset}) in {store.root} to resume")
+                raise PlatformError(f"--resume: no sweep of {experiment.name} (preset {experiment.preset}) in {store.where()} to resume")
             sweep = candidates[-1]
         refuse_links(store, sweep)
         check_same_experiment(store, sweep, experiment)
@@ -257,8 +272,11 @@ def _sweep_id(experiment: Experiment, store: ResultsStore, resume: bool, chosen:
 
 
 def refuse_links(store: ResultsStore, sweep: str) -> None:
-    """A sweep's folders must be its own: a symlink would send every write somewhere else."""
-    for path in (store.sweep_dir(sweep), store.root.resolve() / "_ray", store.ray_dir(sweep)):
+    """A sweep's folders must be its own: a symlink would send every write somewhere else (object
+    stores have none)."""
+    if not store.local:
+        return
+    for path in (Path(store.sweep_dir(sweep)), Path(store.path("_ray")), Path(store.ray_dir(sweep))):
         if path.is_symlink():
             raise PlatformError(f"{path} is a symbolic link: refused (a sweep's folders hold its own files only)")
 
@@ -319,23 +337,27 @@ def run_sweep(
     num_cpus: int | None = None,
     mlflow_uri: str | None = None,
     sweep_id: str | None = None,
+    optuna_storage: str | None = None,
 ):
     started = time.time()
     experiment = load_experiment(spec_path, preset)  # every grid point validated here
     store = ResultsStore(storage)
+    store.check()  # an unreachable store, a missing bucket: one line, before Ray starts
     sweep = _sweep_id(experiment, store, resume, sweep_id)
+    lease = store.lease(sweep, "sweep")  # a filesystem without a safe lease is refused here
     resources = Resources.from_dict(experiment.resources)
     connect(address, num_cpus=num_cpus)
     limit = concurrency(experiment, resources, max_concurrent)
     prepare_data(experiment.run_spec(), resources.num_workers)  # render / check the base dataset once, on the driver
-    tune_root = store.ray_dir(sweep)
+    storage_path, storage_filesystem = store.ray_storage(sweep)
     # A resumed sweep is a fresh Tune experiment of its own (nothing of the last attempt's Tune
     # state is read back); its trials find their stored rows through `claims`.
     attempt = TUNE_DIR if not resume else f"{TUNE_DIR}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    claims = tune_root / f"claims-{attempt}"
+    claims = store.path("_ray", sweep, f"claims-{attempt}")
     stored = stored_trials(store, sweep) if resume else None
     num_samples, points, done = experiment.num_samples, [], 0
     if resume and experiment.search:
+        store.restore_study(sweep, optuna_storage)  # a resume on another machine: the study from the store
         rows = [row for group in stored.values() for row in group]
         unfinished = [row for row in rows if row.get("status") in ("running", "interrupted")]
         done = len(rows) - len(unfinished)
@@ -343,15 +365,15 @@ def run_sweep(
         num_samples = max(0, experiment.num_samples - done)
         from .tracking import resume_study
 
-        resume_study(store.sweep_dir(sweep), sweep, rows, f"best_{experiment.metric}")
+        resume_study(store.study_url(sweep, optuna_storage), sweep, rows, f"best_{experiment.metric}")
     trainable = tune.with_resources(
-        make_trial(experiment, str(store.root.resolve()), sweep, resources, stored, claims if resume else None), {"CPU": TRIAL_CPU}
+        make_trial(experiment, store.address, sweep, resources, stored, claims if resume else None), {"CPU": TRIAL_CPU}
     )
     total = num_samples if experiment.search else experiment.trial_count
     log.info(
         f"sweep {sweep}: {experiment.name}, preset {experiment.preset}, {total} trial(s)"
         + (f" ({done} finished before, not sampled again)" if done else "")
-        + f", {limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}"
+        + f", {limit} at a time, {resources.num_workers} worker(s) each; store {store.where(sweep)}"
     )
     monitor = SweepMonitor(threshold=min(total, max(2, limit)))
     callbacks = [ProgressPrinter(experiment, total, limit), monitor]
@@ -359,20 +381,23 @@ def run_sweep(
         from .tracking import MLflowCallback
 
         callbacks.append(MLflowCallback(mlflow_uri, experiment, sweep))
+    if experiment.search:
+        callbacks.append(StudyCopy(store, sweep, optuna_storage))
     tuner = tune.Tuner(
         trainable,
         param_space=_param_space(experiment),
-        tune_config=_tune_config(experiment, limit, store.sweep_dir(sweep), num_samples, points, seed_offset=done),
+        tune_config=_tune_config(experiment, limit, store, sweep, optuna_storage, num_samples, points, seed_offset=done),
         run_config=tune.RunConfig(
             name=attempt,
-            storage_path=str(tune_root),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             callbacks=callbacks,
             verbose=0,
             stop=monitor.stopper(),
             failure_config=tune.FailureConfig(fail_fast=False),
         ),
     )
-    with store.lease(sweep, "sweep"):  # a second `--resume` of this sweep is refused while it runs
+    with lease:  # a second `--resume` of this sweep is refused while it runs
         store.write_card(sweep, experiment.card(sweep))
         if total:
             console.handle_sigterm(graceful=True)  # SIGTERM stops Tune as Ctrl-C does: trials end, state is saved
@@ -380,7 +405,7 @@ def run_sweep(
                 tuner.fit()
             finally:
                 console.handle_sigterm()
-    summary = reconcile(store, sweep, experiment, monitor, claimed(claims))
+    summary = reconcile(store, sweep, experiment, monitor, claimed(store, claims))
     if monitor.triggered:
         summary["stopped early"] = 1
         outcome.warning(
@@ -392,13 +417,13 @@ def run_sweep(
         outcome.warning(
             f"sweep {sweep} interrupted. Resume it with:\n  dncml sweep {spec_path}"
             + (f" --preset {experiment.preset}" if experiment.preset else "")
-            + f" --storage {store.root} --resume --sweep {sweep}"
+            + f" --storage {store.uri} --resume --sweep {sweep}"
         )
     else:
         outcome.info(
             f"sweep {sweep} done in {duration(time.time() - started)}: " + ", ".join(f"{n} {status}" for status, n in summary.items() if n)
         )
-    outcome.info(f"results: {store.root / sweep}  (dncml table {store.root} --experiment {experiment.name})")
+    outcome.info(f"results: {store.where(sweep)}  (dncml table {store.uri} --experiment {experiment.name})")
     return sweep, summary
 
 
@@ -424,7 +449,14 @@ def runspec_field(name: str) -> str:
 
 
 def _tune_config(
-    experiment: Experiment, limit: int, sweep_dir: Path, num_samples: int, points: list[dict] = (), seed_offset: int = 0
+    experiment: Experiment,
+    limit: int,
+    store: ResultsStore,
+    sweep: str,
+    optuna_storage_url: str | None,
+    num_samples: int,
+    points: list[dict] = (),
+    seed_offset: int = 0,
 ) -> tune.TuneConfig:
     scheduler = None
     if experiment.asha:
@@ -447,15 +479,19 @@ def _tune_config(
         # the search space is given to Tune.
         from .tracking import optuna_storage
 
+        given = optuna_storage_url
+
         # The study lives in the store (SQLite), under the sweep's id: `optuna.load_study` and
-        # optuna-dashboard open it, and `dncml plot` draws Optuna's own figures from it.
+        # optuna-dashboard open it, and `dncml plot` draws Optuna's own figures from it. A store
+        # on object storage keeps it on this machine's disk (or at --optuna-storage) and gets a
+        # copy after every finished trial (StudyCopy).
         search = OptunaSearch(
             metric=f"best_{experiment.metric}",
             mode=experiment.mode,
             # a resumed search samples on from a new seed (the old one would repeat its first picks)
             seed=int(experiment.run.get("seed", 0)) + seed_offset,
-            study_name=sweep_dir.name,
-            storage=optuna_storage(sweep_dir),
+            study_name=sweep,
+            storage=optuna_storage(store.prepare_study(sweep, given)),
             points_to_evaluate=list(points) or None,
         )
         return tune.TuneConfig(

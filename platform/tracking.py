@@ -4,16 +4,11 @@ optuna-dashboard find it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from dncml.experiments.loader import Experiment, sample_is_valid
 
-from .store import tag_name
-
-STUDY_FILE = "optuna.db"  # STORE/<sweep>/optuna.db, study name = the sweep id
-TENSORBOARD_DIR = "tensorboard"  # STORE/<sweep>/tensorboard/<trial id>/events.*
+from .store import STUDY_FILE, TENSORBOARD_DIR, tag_name  # noqa: F401 (declared by the store, which writes them)
 
 
 class MLflowCallback(MLflowLoggerCallback):
@@ -47,23 +42,23 @@ class MLflowCallback(MLflowLoggerCallback):
         self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=numbers, step=int(result.get("epoch", iteration)))
 
 
-def optuna_storage(sweep_dir: Path):
-    """Optuna's own RDB storage on SQLite in the sweep's directory."""
+def optuna_storage(url: str):
+    """Optuna's own RDB storage at `url` (`ResultsStore.study_url`: SQLite in the sweep's
+    folder, on the driver's disk, or the user's --optuna-storage)."""
     import optuna
 
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}")
+    return optuna.storages.RDBStorage(url)
 
 
-def resume_study(sweep_dir: Path, study_name: str, rows: list[dict], metric: str) -> None:
-    """Settle a resumed search's study, the one access to it (`optuna.db` in the sweep folder):
+def resume_study(url: str, study_name: str, rows: list[dict], metric: str) -> None:
+    """Settle a resumed search's study, the one access to it (at `url`, `ResultsStore.study_url`):
     a trial the interrupted sweep left RUNNING or WAITING in it is told what the store says (a
     completed trial row with the same parameters: COMPLETE with its `metric`; anything else:
     FAIL, and the resumed sweep evaluates its point again)."""
     import optuna
     from optuna.trial import TrialState
 
-    storage = optuna_storage(sweep_dir)
+    storage = optuna_storage(url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

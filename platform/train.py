@@ -32,7 +32,7 @@ from .clustering import ActorGroupingService, ClusteringFailed, start_actor
 from .console import log, summary, timeline
 from .errors import PlatformError, RunFailed
 from .faults import fault_point
-from .store import ResultsStore, TrialRecorder, new_id, safe_name, spec_differences, write_text_atomic
+from .store import ResultsStore, TrialRecorder, new_id, safe_name, spec_differences
 
 # Errors that a retry cannot fix: the run fails at once instead of being restarted (a clustering
 # actor that used up its own restarts stays dead for the restarted workers too).
@@ -117,8 +117,7 @@ def worker_loop(config: dict) -> None:
         # It would fail the same way on every retry: record it, and end the workers normally so
         # that Ray Train does not restart the group (its retries are for lost nodes and workers).
         if world.is_chief:
-            Path(config["fatal_file"]).parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(Path(config["fatal_file"]), f"{type(error).__name__}: {error}")
+            ResultsStore(config["store"]).write_text(config["fatal_file"], f"{type(error).__name__}: {error}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -285,10 +284,10 @@ def fit_run(
     The same name and storage path resume the run from its newest checkpoint (Ray Train V2)."""
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    run_dir = store.ray_dir(sweep, run_id)
-    fatal_file = run_dir / "fatal.txt"
-    fatal_file.unlink(missing_ok=True)  # a resumed run starts without its last attempt's verdict
-    actor = start_actor(run_id, state_dir=str(run_dir / "clustering"), num_gpus=resources.actor_gpus)
+    fatal_file = store.run_path(sweep, run_id, "fatal.txt")
+    store.delete(fatal_file)  # a resumed run starts without its last attempt's verdict
+    actor = start_actor(run_id, store.address, state_dir=store.run_path(sweep, run_id, "clustering"), num_gpus=resources.actor_gpus)
+    storage_path, storage_filesystem = store.ray_storage(sweep)
     scaling = ray.train.ScalingConfig(
         num_workers=resources.num_workers,
         use_gpu=resources.use_gpu,
@@ -296,18 +295,19 @@ def fit_run(
     )
     trainer = lean_trainer(TorchTrainer)(
         worker_loop,
-        train_loop_config={"spec": spec.to_dict(), "run_id": run_id, "fatal_file": str(fatal_file)},
+        train_loop_config={"spec": spec.to_dict(), "run_id": run_id, "store": store.address, "fatal_file": fatal_file},
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         scaling_config=scaling,
         run_config=ray.train.RunConfig(
             name=run_id,
-            storage_path=str(run_dir.parent),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             # the newest checkpoint (to resume) and the validation-selected one (to use)
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="selected_epoch", checkpoint_score_order="max"
             ),
-            callbacks=[StoreCallback(str(store.root.resolve()), sweep, recorder.trial_id, recorder.metric_names), *extra_callbacks],
+            callbacks=[StoreCallback(store.address, sweep, recorder.trial_id, recorder.metric_names), *extra_callbacks],
         ),
     )
     timeline("fit", run_id)
@@ -325,8 +325,8 @@ def fit_run(
             ray.kill(actor)
         except Exception:
             pass
-    if fatal_file.is_file():
-        message = fatal_file.read_text()
+    message = store.read_text(fatal_file)
+    if message is not None:
         recorder.fail(message)
         raise RunFailed(f"run {run_id}: {message}")
     if recorder.finish("completed") != "completed":
@@ -406,13 +406,14 @@ def train_on_ray(
     if num_workers < 1:
         raise PlatformError(f"--num-workers {num_workers}: must be >= 1")
     store = ResultsStore(storage or "results")
+    store.check()  # an unreachable store, a missing bucket: one line, before Ray starts
     trial_id = None
     if resume:
         previous = store.latest_run(sweep, spec.name)
         if previous is None:
-            log.info(f"no run named {spec.name!r} in {store.root / sweep}; starting a new one")
+            log.info(f"no run named {spec.name!r} in {store.where(sweep)}; starting a new one")
         else:
-            trial_id = safe_name(str(previous["trial_id"])[:200], f"the trial id of the newest row of {spec.name} in {store.root / sweep}")
+            trial_id = safe_name(str(previous["trial_id"])[:200], f"the trial id of the newest row of {spec.name} in {store.where(sweep)}")
             differences = spec_differences(previous, spec)
             if differences:
                 raise PlatformError(
@@ -421,7 +422,7 @@ def train_on_ray(
                     + "); resume it with the same spec, or give the new run another name"
                 )
             if store.finished_trial(sweep, trial_id, spec.total_epochs):
-                summary.info(f"run {trial_id} is already completed in {store.root / sweep}: nothing to resume")
+                summary.info(f"run {trial_id} is already completed in {store.where(sweep)}: nothing to resume")
                 return trial_id
     trial_id = trial_id or new_id(spec.name)
     prepare_data(spec, num_workers)
@@ -432,7 +433,7 @@ def train_on_ray(
     free = ray.cluster_resources().get("CPU", 0)
     if num_workers * resources.cpus_per_worker > free:
         raise PlatformError(f"--num-workers {num_workers} needs {num_workers} CPUs; the cluster has {free:g}")
-    log.info(f"run {trial_id}: {num_workers} Ray Train worker(s), store {store.root / sweep}")
+    log.info(f"run {trial_id}: {num_workers} Ray Train worker(s), store {store.where(sweep)}")
     with store.lease(sweep, trial_id):  # a second `--resume` of this run is refused while it runs
         recorder = TrialRecorder(store, sweep, trial_id, spec)
         stop = threading.Event()
@@ -442,5 +443,5 @@ def train_on_ray(
         finally:
             stop.set()
             follower.join(10)
-    summary.info(f"done: epochs in {store.root / sweep / 'epochs'}, trial row in {store.root / sweep / 'trials'}")
+    summary.info(f"done: epochs in {store.where(sweep, 'epochs')}, trial row in {store.where(sweep, 'trials')}")
     return trial_id

@@ -40,3 +40,12 @@ def test_ddp_check_keeps_ranks_identical_on_cpu():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max parameter difference across ranks 0," in result.stdout and result.stdout.rstrip().endswith("OK")
+
+
+@pytest.mark.slow
+def test_store_benchmark_runs_tiny_locally_and_on_a_local_s3_server():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_store.py"), "--tiny"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "local store:" in result.stdout and "S3 store" in result.stdout
+    assert result.stdout.count("dncml status") == 2 and result.stdout.count("pandas.read_parquet(epochs)") == 2
+    assert result.stdout.count("(57 rows)") == 2  # 11 finished trials x 5 epochs, compacted, + the live one's 2 per-epoch rows

@@ -31,3 +31,17 @@ def test_kuberay_rayjob_uses_token_auth_and_no_exposed_dashboard():
     assert cluster["authOptions"]["mode"] == "token"
     assert not re.findall(r"\$\{[A-Z_]+\}", (DEPLOY / "rayjob.yaml").read_text())
     assert "serviceType" not in cluster["headGroupSpec"]  # ClusterIP: inside the cluster network only
+
+
+def test_kuberay_rayjob_keeps_the_store_in_a_bucket_with_credentials_from_a_secret():
+    """No shared filesystem for results: the store is a bucket, every Ray container gets the
+    standard AWS variables from a Secret, and no credential is written in the file."""
+    text = (DEPLOY / "rayjob.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert "--storage s3://" in config["spec"]["entrypoint"]
+    cluster = config["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]] + [group["template"] for group in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        for container in pod["spec"]["containers"]:
+            assert {"secretRef": {"name": "dncml-s3"}} in container["envFrom"]
+    assert not re.search(r"AWS_(SECRET_ACCESS_KEY|ACCESS_KEY_ID)\s*[:=]\s*[A-Za-z0-9/+]{8,}", text)  # placeholders only

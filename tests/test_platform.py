@@ -347,7 +347,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert len(finished) == 1
     ((trial_id, started),) = finished.items()
     epoch_files_before = {f.name: f.stat().st_mtime_ns for f in (store / sweep / "epochs").glob(f"{trial_id}-*.parquet")}
-    assert len(epoch_files_before) == 2
+    assert list(epoch_files_before) == [f"{trial_id}-all.parquet"]  # its 2 epochs, compacted as it ended
     row_file = store / sweep / "trials" / f"{trial_id}.parquet"
     row_written = row_file.stat().st_mtime_ns
 
@@ -684,3 +684,155 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
     finally:
         for node in reversed(nodes):
             _stop(node)
+
+
+def test_two_nodes_that_share_no_directory_run_a_sweep_from_a_bucket(tmp_path, request, s3_store, s3_server):
+    """A two-node `ray start` cluster (token auth) whose nodes share no directory: each its own
+    temporary directory and glyph cache, the store only in the bucket (the standard AWS
+    variables in every node's environment). A sweep submitted with `ray job submit
+    --working-dir` completes with trials on both nodes; a second sweep's driver is killed -9 and
+    `--resume` from a fresh process finishes every trial exactly once; `dncml table s3://...`
+    and `dncml status` read the bucket, `dncml embed --trial` reads a selected checkpoint back
+    from it, and no object in it holds the secret key."""
+    import boto3
+    import ray
+
+    from dncml.analysis.store import load_experiment
+
+    if ray.is_initialized():
+        ray.shutdown()
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    base_env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    address = f"127.0.0.1:{gcs_port}"
+    homes = []
+    for name in ("head", "node2"):
+        home = Path(tempfile.mkdtemp(prefix=f"dn{name[0]}-", dir="/tmp"))  # short: Ray's socket paths
+        request.addfinalizer(lambda home=home: shutil.rmtree(home, ignore_errors=True))
+        (home / "cache").mkdir()
+        homes.append(home)
+    node_env = [{**base_env, "DNCML_CACHE": str(home / "cache")} for home in homes]
+    nodes = [
+        _start_node(
+            [
+                "--head",
+                f"--port={gcs_port}",
+                "--num-cpus=2",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard_port}",
+                "--include-dashboard=true",
+                f"--temp-dir={homes[0] / 'ray'}",
+            ],
+            node_env[0],
+            tmp_path / "head.log",
+        )
+    ]
+    try:
+        ray_cli = str(Path(sys.executable).with_name("ray"))
+        wait_for(
+            lambda: subprocess.run([ray_cli, "status", f"--address={address}"], env=base_env, capture_output=True).returncode == 0,
+            120,
+            "the head node",
+        )
+        nodes.append(
+            _start_node([f"--address={address}", "--num-cpus=2", f"--temp-dir={homes[1] / 'ray'}"], node_env[1], tmp_path / "n2.log")
+        )
+        wait_for(
+            lambda: (
+                subprocess.run(
+                    [sys.executable, "-c", f"import ray; ray.init(address='{address}'); print(sum(n['Alive'] for n in ray.nodes()))"],
+                    env=base_env,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .endswith("2")
+            ),
+            300,
+            "the second node to join",
+            interval=3,
+        )
+        user_dir = tmp_path / "my_experiments"
+        (user_dir / "runs").mkdir(parents=True)
+        (user_dir / "runs" / "smoke.yaml").write_text(SMOKE.read_text())
+        card = yaml.safe_load(write_experiment(tmp_path, "x", {"seed": [0]}).read_text())
+        card.update(name="bucketjob", base="runs/smoke.yaml", grid={"seed": [0, 1]}, resources={"num_workers": 1, "cpus_per_worker": 1.5})
+        (user_dir / "bucketjob.yaml").write_text(yaml.safe_dump(card))
+        job = subprocess.run(
+            [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", "--working-dir", str(user_dir), "--"]
+            + ["dncml", "sweep", "bucketjob.yaml", "--storage", s3_store],
+            env=base_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
+        assert job.returncode == 0 and "succeeded" in job.stdout.lower(), (job.stdout + job.stderr)[-3000:]
+        data = load_experiment(s3_store, "bucketjob")
+        assert data.trials["status"].tolist() == ["completed"] * 2
+        assert data.epochs.groupby("trial_id")["node_ids"].first().nunique() == 2  # trials on both nodes
+        assert any((homes[1] / "cache").iterdir())  # the second node rendered its own glyphs: nothing shared
+        table = run_cli("table", s3_store, "--experiment", "bucketjob")
+        assert table.returncode == 0 and "2 completed trials" in table.stdout, table.stderr[-2000:]
+
+        # kill -9 of a sweep's driver on the cluster, then --resume from a fresh process
+        (user_dir / "killed.yaml").write_text(yaml.safe_dump({**card, "name": "bucketkill", "run": {**card["run"], "epochs": 3}}))
+        second = f"{s3_store}/second"
+        filesystem, base = pafs_from(second)
+        driver = subprocess.Popen(
+            [*CLI, "sweep", str(user_dir / "killed.yaml"), "--address", address, "--storage", second],
+            cwd=tmp_path,
+            env=base_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: epoch_objects(filesystem, base) >= 2, 400, "two epochs in the bucket")
+            os.kill(driver.pid, signal.SIGKILL)
+            driver.wait(30)
+        finally:
+            try:
+                os.killpg(driver.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(10)  # the cluster notices its driver is gone and ends that job's trials
+        resumed = run_cli("sweep", str(user_dir / "killed.yaml"), "--address", address, "--storage", second, "--resume", env=base_env)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        killed = load_experiment(second, "bucketkill")
+        assert sorted(killed.trials["status"]) == ["completed"] * 2
+        assert not killed.epochs.duplicated(["trial_id", "epoch"]).any()
+        assert sorted(killed.epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[0, 1, 2, 3]] * 2
+        assert "finished" in run_cli("status", second).stdout
+    finally:
+        for node in reversed(nodes):
+            _stop(node)
+    out = tmp_path / "embeddings.parquet"
+    trial = killed.trials["trial_id"].iloc[0]
+    embedded = run_cli("embed", "--trial", trial, "--storage", second, "--sweep", killed.sweeps[0], "--out", str(out))
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
+    assert len(pd.read_parquet(out)) > 0
+    client = boto3.client("s3")
+    prefix = s3_store.split("/", 3)[3]
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket, Prefix=prefix)
+    keys = [o["Key"] for page in pages for o in page["Contents"]]
+    assert any("/_ray/" in key and key.endswith("state.pt") for key in keys)  # Ray's checkpoints went to the bucket too
+    for key in keys:
+        assert s3_server.secret.encode() not in client.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read(), key
+
+
+def pafs_from(uri: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri)
+
+
+def epoch_objects(filesystem, base: str) -> int:
+    import pyarrow.fs as pafs
+
+    found = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    return sum("/epochs/" in info.path for info in found)
