@@ -171,6 +171,45 @@ def _phase_changes(epochs: pd.DataFrame) -> dict[int, set[str]]:
     return changes
 
 
+def _evaluated(epochs: pd.DataFrame) -> pd.Series:
+    """Epoch rows that hold an evaluation (some validation metric recorded)."""
+    names = [c for c in epochs.columns if c.startswith("val_")]
+    return epochs[names].notna().any(axis=1) if names else pd.Series(False, index=epochs.index)
+
+
+def curve_metrics(data: ExperimentData) -> list[str]:
+    """The metrics a per-epoch figure can draw: those recorded at every evaluation. Validation
+    metrics always are; test metrics only when the sweep ran `test_eval: every_eval` (with the
+    default, `selected`, the test sets are embedded once, on the selected weights, at the end)."""
+    epochs = data.epochs
+    if epochs.empty:
+        return []
+    evaluated = _evaluated(epochs)
+    names = [c for c in epochs.columns if c.startswith(("val_", "test_")) and epochs[c].notna().any()]
+    return [c for c in names if evaluated.any() and epochs.loc[evaluated, c].notna().all()]
+
+
+def _check_per_epoch(data: ExperimentData, epochs: pd.DataFrame, keys: list[str], metric: str) -> None:
+    """A per-epoch curve needs the metric at every evaluation and every series needs points:
+    else an error that says why, never a figure with one dot per row or an empty line."""
+    evaluated = _evaluated(epochs)
+    recorded = epochs[metric].notna()
+    if metric.startswith("test_") and evaluated.any() and not recorded[evaluated].all():
+        raise StoreError(
+            f"{metric!r} is recorded at {int(recorded[evaluated].sum())} of {int(evaluated.sum())} evaluated epochs of "
+            f"{data.name!r}: with `test_eval: selected` (the default) each trial is tested once, on its selected weights, "
+            f"so there is no per-epoch test curve; draw a validation metric "
+            f"({', '.join(curve_metrics(data)) or 'val_recall@1'}), or run the sweep with `test_eval: every_eval`"
+        )
+    empty = [key for key in keys if not recorded[epochs["_key"] == key].any()]
+    if empty:
+        labels = ", ".join(row_label(data, key, named=True) for key in empty)
+        raise StoreError(
+            f"no epoch of {labels} in {data.name!r} recorded {metric!r} (its trials have epochs, none with this metric); "
+            f"metrics every evaluation recorded: {', '.join(curve_metrics(data)) or 'none'}"
+        )
+
+
 def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
     trials = data.shown()
     metric = _pick_metric(data, metric)
@@ -181,6 +220,7 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
         raise StoreError(f"no epoch of {data.name!r} recorded {metric!r}; available per-epoch metrics: {', '.join(names) or 'none'}")
     epochs = epochs.assign(_key=_trial_keys(data, epochs, trials)).dropna(subset=["_key"])
     keys = ordered_keys(data, epochs["_key"].unique())
+    _check_per_epoch(data, epochs, keys, metric)
     notes = _notes(trials, row_keys(data, trials))
     scale = _scale(metric)
     fig = Figure(figsize=(8.5, 5.6), layout="constrained")

@@ -90,8 +90,9 @@ def trial(trial_id: str, status: str = "completed", error: str | None = None, **
     return row
 
 
-def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4) -> list[dict]:
-    """warmup, divide x (epochs - 2), conquer; the baseline's middle epochs are 'baseline'."""
+def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4, every_eval: bool = False) -> list[dict]:
+    """warmup, divide x (epochs - 2), conquer; the baseline's middle epochs are 'baseline'. The
+    test metrics on the last epoch only (`test_eval: selected`, the default), unless every_eval."""
     rows = []
     for e in range(epochs):
         phase = "warmup" if e == 0 else "conquer" if e == epochs - 1 else "divide"
@@ -108,7 +109,7 @@ def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4) -> list
                 "reclustered": True if divides else None,
                 "cluster_sizes": json.dumps([40 + seed, 30, 20, 10 - seed]) if divides else None,
                 "val_recall@1": 0.4 + 0.05 * e + 0.01 * seed,
-                "test_recall@1": 0.35 + 0.05 * e,
+                "test_recall@1": 0.35 + 0.05 * e if every_eval or e == epochs - 1 else None,
             }
         )
     return rows
@@ -366,13 +367,32 @@ def test_epoch_plots_write_png(t6_store, tmp_path, kind):
 
 
 def test_default_kind_and_metric_from_card(t6_store, tmp_path):
-    out = plot_experiment(t6_store, "table6_grouping", tmp_path / "default.png", metric="test_recall@1")
+    out = plot_experiment(t6_store, "table6_grouping", tmp_path / "default.png", metric="val_recall@1")
     assert out.read_bytes()[:8] == PNG
     with pytest.raises(StoreError, match="available per-epoch metrics"):
         plot_experiment(t6_store, "table6_grouping", tmp_path / "x.png", metric="test_nmi")
     with pytest.raises(StoreError, match="unknown plot kind"):
         plot_experiment(t6_store, "table6_grouping", tmp_path / "x.png", kind="pie")
     assert set(KINDS) == {"curves", "clusters", "metric_vs", "bars", "budget", "search"}
+
+
+def _line_points(fig) -> list[int]:
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    return [len(line.get_xdata()) for line in lines if not line.get_label().startswith("_")]
+
+
+def test_curves_draw_what_every_epoch_has(t6_store, tmp_path):
+    """With `test_eval: selected` the test metric exists on the last epoch only: a per-epoch test
+    curve is refused (saying why and what to draw instead); the validation curve has a point per
+    epoch in every series; a series without points is an error, never an empty line."""
+    data = load_experiment(t6_store, "table6_grouping")
+    with pytest.raises(StoreError, match=r"test_eval: selected.*val_recall@1.*every_eval"):
+        experiment_figure(data, "curves", "test_recall@1")
+    fig = experiment_figure(data, "curves", "val_recall@1")
+    assert _line_points(fig) == [4, 4, 4]  # three groupings, four epochs each
+    gaps = data.epochs.assign(**{"val_recall@1": data.epochs["val_recall@1"].where(~data.epochs["trial_id"].str.startswith("t6_1"))})
+    with pytest.raises(StoreError, match=r"no epoch of grouping=random .*recorded 'val_recall@1'"):
+        experiment_figure(dataclasses.replace(data, epochs=gaps), "curves", "val_recall@1")
 
 
 def test_metric_vs_and_search_plots(tmp_path):
@@ -866,6 +886,13 @@ def _fig1_store(root: Path) -> None:
     write_sweep(root, card, trials, epochs)
 
 
+NOTEBOOK_FIGURES = {
+    # test_eval: selected (the fixtures' default): validation curves only, no test curve
+    "table6_grouping": {"table6_val_recall_curves.png"},
+    "fig1_learners": {"fig1_val_recall_at_1.png", "fig1_clusters.png"},
+}
+
+
 @pytest.mark.parametrize("name, expected", [("table6_grouping", ["none", "kmeans", "random"]), ("fig1_learners", ["1", "2", "4"])])
 def test_notebooks_execute(t6_store, tmp_path, name, expected):
     nbformat = pytest.importorskip("nbformat")
@@ -889,7 +916,9 @@ def test_notebooks_execute(t6_store, tmp_path, name, expected):
     assert "table = " in last.source
     printed = "".join(o.get("text", "") for o in last.outputs if o.get("output_type") == "stream")
     assert printed.strip() == repr(expected)
-    assert any(p.suffix == ".png" and p.read_bytes()[:8] == PNG for p in (work / "figures").iterdir())
+    figures = {p.name for p in (work / "figures").iterdir()}
+    assert figures == NOTEBOOK_FIGURES[name]
+    assert all((work / "figures" / f).read_bytes()[:8] == PNG for f in figures)
     errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.get("output_type") == "error"]
     assert not errors
 
