@@ -1,14 +1,18 @@
 """`dncml train --local`: one run in this process, without Ray (the trainer with the local seam).
 
-Checkpoints go to a run directory (default `runs/<name>`); with `--storage`, the epochs and the
-trial row also go to the results store, like a Ray run's. A run directory belongs to one run:
-a new run into a directory that holds another run's checkpoints is refused (it would delete its
-own newer checkpoints and later resume the old run's), `--resume` continues only a run of the same
-spec, and a lease refuses a second process on the same directory.
+Checkpoints go to a run directory: by default a new one per run, `runs/<trial id>` (the spec's
+name, the start time and a random suffix, as Ray names its runs), so two runs never meet;
+`--resume` without `--run-dir` continues the newest `runs/<name>-*` written with the same spec.
+With `--storage`, the epochs and the trial row also go to the results store, like a Ray run's. A
+run directory belongs to one run: a new run into a directory the user named that holds another
+run's checkpoints is refused (it would delete its own newer checkpoints and later resume the old
+run's), `--resume` continues only a run of the same spec, and a lease refuses a second process on
+the same directory.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from dncml.trainers.checkpoints import load_checkpoint_spec
@@ -25,9 +29,12 @@ from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name, select
 def train_local(
     spec: RunSpec, run_dir: str | Path | None = None, storage: str | None = None, sweep: str = "train", resume: bool = False
 ) -> str | None:
-    """Train `spec` here; returns the trial id (None when `--resume` found the run finished)."""
+    """Train `spec` here; returns the trial id (None when `--resume` found the run finished).
+    run_dir: None = a new `runs/<trial id>` (with resume: the newest run of this spec there)."""
     safe_name(sweep, "--sweep")
-    run_dir = Path(run_dir or Path("runs") / spec.name)
+    if run_dir is None:
+        run_dir = default_run_dir(spec, resume)
+    run_dir = Path(run_dir)
     reporter = LocalRun(run_dir, printer=log.info)
     with Lease(run_dir / ".lease.json", f"run directory {run_dir}"):
         resume_from = reporter.latest_checkpoint()
@@ -82,3 +89,25 @@ def train_local(
         )
         summary.info(f"checkpoints: {reporter.checkpoints} (the selected epoch's: {reporter.checkpoints / 'best'})")
     return trial_id
+
+
+RUNS = Path("runs")
+
+
+def default_run_dir(spec: RunSpec, resume: bool = False, runs: Path = RUNS) -> Path:
+    """`runs/<trial id>`, new for every run; with resume, the newest `runs/<name>-<stamp>-<hex>`
+    whose newest checkpoint has this spec (an error naming the candidates when none has)."""
+    if not resume:
+        return runs / new_id(spec.name)
+    pattern = re.compile(rf"{re.escape(spec.name)}-\d{{8}}-\d{{6}}-[0-9a-f]{{6}}")
+    candidates = sorted((p for p in runs.glob(f"{spec.name}-*") if p.is_dir() and pattern.fullmatch(p.name)), reverse=True)
+    for candidate in candidates:
+        saved = sorted(p for p in (candidate / "checkpoints").glob("epoch-*") if (p / "state.pt").is_file())
+        if saved and load_checkpoint_spec(saved[-1]).to_dict() == spec.to_dict():
+            return candidate
+    if candidates:
+        raise PlatformError(
+            f"--resume: no run of {spec.name!r} under {runs} has this spec (newest: {', '.join(p.name for p in candidates[:3])}); "
+            "name the run to continue with --run-dir"
+        )
+    return runs / new_id(spec.name)  # nothing to continue: the run starts from epoch 1, as with --run-dir

@@ -55,6 +55,27 @@ def test_local_resume_of_a_finished_run_trains_nothing_and_another_spec_is_refus
     assert "Traceback" not in other.stderr
 
 
+def test_readme_train_commands_run_in_order_into_their_own_run_directories(tmp_path):
+    """The README's `dncml train ... --local`, then the same with `--set grouping=random --set K=4`,
+    then `--resume`: each default run directory is new (runs/<name>-<stamp>-<hex>); --resume
+    continues the newest run of the same spec (here: finished, so nothing to train)."""
+
+    def train(*extra):
+        command = [*CLI, "train", str(SMOKE), "--local", *TINY, "--set", "epochs=1", *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=os.environ.copy())
+
+    first = train()
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = train("--set", "grouping=random", "--set", "K=4")
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(p.name.startswith("glyphs_smoke-") and (p / "checkpoints" / "best").is_dir() for p in runs)
+    again = train("--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already completed" in again.stdout and "epoch   1/" not in again.stdout
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
 def test_cli_basics_version_usage_defaults_and_fast_spec_errors(tmp_path):
     import time
 
