@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (None: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", default=None, help="results store directory (None: ./results for Ray runs, none for --local)")
     p.add_argument("--sweep", default=None, help="results-store sub-directory for the run (None: train)")
-    p.add_argument("--run-dir", default=None, help="--local: where checkpoints go (None: a new runs/NAME-DATE-TIME-XXXXXX per run; with --resume the newest of this spec)")
+    p.add_argument("--run-dir", default=None, help="--local: where checkpoints go (None: a new runs/NAME-DATE-TIME-HEX)")
     p.add_argument("--resume", action="store_true", help="continue the newest run of this name (same spec) from its newest checkpoint")
     p.add_argument("--help-spec", action="store_true", help="list every RunSpec field with its type, default and allowed values")
     p.set_defaults(func=cmd_train)
