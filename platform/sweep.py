@@ -339,15 +339,13 @@ def _tune_config(experiment: Experiment, limit: int, sweep_dir: Path) -> tune.Tu
             max_t=experiment.run_spec().total_epochs,
         )
     if experiment.search:
-        from ray.tune.search.optuna import OptunaSearch
-
         # OptunaSearch needs metric and mode itself: TuneConfig's are not passed through when
         # the search space is given to Tune.
         from .tracking import optuna_storage
 
         # The study lives in the store (SQLite), under the sweep's id: `optuna.load_study` and
         # optuna-dashboard open it, and `dncml plot` draws Optuna's own figures from it.
-        search = OptunaSearch(
+        search = optuna_search()(
             metric=f"best_{experiment.metric}",
             mode=experiment.mode,
             seed=int(experiment.run.get("seed", 0)),
@@ -361,6 +359,37 @@ def _tune_config(experiment: Experiment, limit: int, sweep_dir: Path) -> tune.Tu
     return tune.TuneConfig(
         **metric, num_samples=experiment.num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True
     )
+
+
+DNCML_TRIAL_ID = "dncml_trial_id"  # the Optuna trial's user attribute naming its trial in the store
+
+
+def optuna_search():
+    """Ray's OptunaSearch, telling the study what ASHA did: Ray's own `on_trial_complete` tells
+    COMPLETE for every trial that reported a value, so a trial ASHA stopped early (its last
+    epoch short of its total) would count as a finished one. Here it is PRUNED (Optuna then keeps
+    its last intermediate value), and every Optuna trial names its dncml trial id in
+    `user_attrs["dncml_trial_id"]` (the store's `trial_id`)."""
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class Search(OptunaSearch):
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            ot_trial.set_user_attr(DNCML_TRIAL_ID, trial_id)
+            epoch, total = (result or {}).get("epoch"), (result or {}).get("total_epochs")
+            if not error and epoch is not None and total is not None and int(epoch) + 1 < int(total):
+                try:
+                    self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+                except Exception as exc:  # as Ray's own: a study that refuses the tell is logged
+                    log.warning(f"optuna: {exc}")
+                self._completed_trials.add(trial_id)
+                return None
+            return super().on_trial_complete(trial_id, result, error)
+
+    return Search
 
 
 def reconcile(store: ResultsStore, sweep: str, experiment: Experiment, monitor: SweepMonitor) -> dict[str, int]:
