@@ -12,8 +12,12 @@ the same directory.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from pathlib import Path
+
+import torch
 
 from dncml.trainers.checkpoints import load_checkpoint_spec
 from dncml.trainers.divide_and_conquer import train
@@ -26,11 +30,39 @@ from .errors import PlatformError
 from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name, selected_test_metrics
 
 
+RAY_WORKER_CPUS = 1.0  # a Ray Train worker's CPUs unless the resources say otherwise (train.Resources)
+
+
+def worker_threads(cpus: float = RAY_WORKER_CPUS) -> int:
+    """The intra-op threads (torch, OpenMP) a Ray worker of `cpus` CPUs computes with: Ray sets
+    $OMP_NUM_THREADS to floor(cpus), at least 1, unless the user set it. The thread count decides
+    how a convolution's sums are split, so the same seed gives the same numbers only with the
+    same count: a local run uses it too."""
+    configured = os.environ.get("OMP_NUM_THREADS")
+    return int(configured) if configured and configured.isdigit() and int(configured) > 0 else max(1, math.floor(cpus))
+
+
 def train_local(
-    spec: RunSpec, run_dir: str | Path | None = None, storage: str | None = None, sweep: str = "train", resume: bool = False
+    spec: RunSpec,
+    run_dir: str | Path | None = None,
+    storage: str | None = None,
+    sweep: str = "train",
+    resume: bool = False,
+    threads: int | None = None,
 ) -> str | None:
     """Train `spec` here; returns the trial id (None when `--resume` found the run finished).
-    run_dir: None = a new `runs/<trial id>` (with resume: the newest run of this spec there)."""
+    run_dir: None = a new `runs/<trial id>` (with resume: the newest run of this spec there).
+    threads: torch's intra-op threads for the run (None: those of a default Ray Train worker,
+    `worker_threads()`, so that a seed gives the numbers it gives on Ray); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or worker_threads())
+    try:
+        return _train_local(spec, run_dir, storage, sweep, resume)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_local(spec: RunSpec, run_dir: str | Path | None, storage: str | None, sweep: str, resume: bool) -> str | None:
     safe_name(sweep, "--sweep")
     if run_dir is None:
         run_dir = default_run_dir(spec, resume)
