@@ -29,7 +29,6 @@ from .console import log, summary
 from .errors import PlatformError
 from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name, selected_test_metrics
 
-
 RAY_WORKER_CPUS = 1.0  # a Ray Train worker's CPUs unless the resources say otherwise (train.Resources)
 
 
