@@ -240,15 +240,29 @@ def cmd_status(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from dncml.analysis.tables import render_table
+    from dncml.analysis.tables import table_with_caption
 
-    text = render_table(args.store, args.experiment, fmt=args.format, metrics=args.metric, include_running=args.include_running)
+    text, caption = table_with_caption(
+        args.store, args.experiment, fmt=args.format, metrics=args.metric, include_running=args.include_running
+    )
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
+        if args.format == "csv":  # the CSV holds the numbers only; its caption goes beside it
+            beside = caption_path(args.out)
+            beside.write_text(caption + "\n")
+            print(f"wrote {beside} (its caption)")
     else:
         print(text)
+        if args.format == "csv":
+            print(caption, file=sys.stderr)
     return 0
+
+
+def caption_path(out: str | Path) -> Path:
+    """Where a CSV table's caption goes: `table.csv` -> `table.caption.txt`."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.caption.txt")
 
 
 def cmd_plot(args) -> int:
