@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -132,10 +133,35 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
 def _title(data: ExperimentData, text: str) -> str:
-    sweeps = data.sweeps[0] if len(data.sweeps) == 1 else f"{len(data.sweeps)} sweeps"
+    """The experiment and what the figure shows; the sweep ids go into the file's metadata
+    (`figure_metadata`), not the title a paper would print."""
     partial = len(data.partial())
-    note = f"; includes {partial} running or interrupted trial{'s' if partial > 1 else ''} (partial)" if partial else ""
-    return f"{data.name} ({data.preset or 'n/a'}): {text}\n{sweeps}{note}"
+    note = f"\nincludes {partial} running or interrupted trial{'s' if partial > 1 else ''} (partial)" if partial else ""
+    return f"{data.name} ({data.preset or 'n/a'}): {text}{note}"
+
+
+def figure_metadata(data: ExperimentData | None, fmt: str) -> dict[str, str] | None:
+    """Where the figure comes from, in the keys each format keeps (PNG text chunks, PDF info,
+    SVG Dublin Core); JPEG keeps none."""
+    if data is None or fmt in ("jpg", "jpeg"):
+        return None
+    source = f"dncml experiment {data.name} (preset {data.preset or 'n/a'}); sweeps: {', '.join(data.sweeps)}"
+    if data.store:
+        source += f"; store: {data.store}"
+    key = {"png": "Description", "pdf": "Subject", "svg": "Description"}[fmt]
+    return {"Title": f"{data.name}: {', '.join(data.sweeps)}", key: source}
+
+
+def _wrap(label: str, width: int = 16) -> str:
+    """A category's tick label on lines of at most `width` characters."""
+    return "\n".join(textwrap.wrap(str(label), width)) or str(label)
+
+
+def category_ticks(ax, positions, labels: list[str]) -> None:
+    """Readable category labels: wrapped, and turned 30 degrees when many would crowd the axis."""
+    wrapped = [_wrap(label) for label in labels]
+    crowded = sum(max(len(line) for line in w.split("\n")) for w in wrapped) > 60
+    ax.set_xticks(positions, wrapped, rotation=30 if crowded else 0, ha="right" if crowded else "center")
 
 
 def figure_format(out: str | Path) -> str:
@@ -148,11 +174,11 @@ def figure_format(out: str | Path) -> str:
     return suffix
 
 
-def _save(fig: Figure, out: str | Path) -> Path:
+def _save(fig: Figure, out: str | Path, data: ExperimentData | None = None) -> Path:
     out = Path(out)
     fmt = figure_format(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, format=fmt, bbox_inches="tight")
+    fig.savefig(out, dpi=DPI, format=fmt, bbox_inches="tight", metadata=figure_metadata(data, fmt))
     return out
 
 
@@ -351,10 +377,14 @@ def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
             x = x_num[mask] if x_num is not None else x_raw[mask].astype(str).map({c: i for i, c in enumerate(categories)})
             stats = y[mask].groupby(x).agg(["mean", "std", "count"]).sort_index()
             label = named_label(data, others, group) if others else None
-            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", capsize=4, lw=1.8, color=color, label=label)
+            # a line joins numbers only: categories get points with their error bars, unjoined
+            style = "-" if x_num is not None else "none"
+            ax.errorbar(
+                stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", capsize=4, lw=1.8, ls=style, color=color, label=label
+            )
             ax.scatter(x, y[mask], s=14, color=color, alpha=0.35, zorder=3)
         if x_num is None:
-            ax.set_xticks(range(len(categories)), categories)
+            category_ticks(ax, range(len(categories)), [value_label(data, c) for c in categories])
         elif x_num.nunique() <= 12:
             ax.set_xticks(sorted(x_num.unique()))
         short = short_name(data, x_field)
@@ -369,6 +399,9 @@ def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
 
 
 def plot_bars(data: ExperimentData, metric: str | None = None) -> Figure:
+    """seaborn's bars (mean, ± std over seeds) with every trial as a dot on its bar."""
+    import seaborn as sns
+
     trials = data.shown()
     fields = row_fields(data)
     x_field = field_name(data, str(data.plot.get("x") or fields[0]))
@@ -379,35 +412,39 @@ def plot_bars(data: ExperimentData, metric: str | None = None) -> Figure:
     if x_field not in fields or (hue_field is not None and hue_field not in fields):
         raise StoreError(f"bars: x {x_field!r} and hue {hue_field!r} must be row fields of {data.name!r} ({', '.join(fields)})")
     metric = _pick_metric(data, metric, trials)
-    y = metric_values(trials, metric) * _scale(metric)
     values = row_values(data, trials)
     keys = ordered_keys(data, values.astype(str).agg(",".join, axis=1))
     index_of = {f: i for i, f in enumerate(fields)}
     xs = list(dict.fromkeys(k.split(",")[index_of[x_field]] for k in keys))
-    hues = list(dict.fromkeys(k.split(",")[index_of[hue_field]] for k in keys)) if hue_field else [""]
+    hues = list(dict.fromkeys(k.split(",")[index_of[hue_field]] for k in keys)) if hue_field else []
+    frame = pd.DataFrame({"x": values[x_field].astype(str), "y": metric_values(trials, metric) * _scale(metric)}).dropna()
+    hue_args: dict[str, Any] = {"color": _colors(1)[0]}
+    if hue_field:
+        frame["hue"] = values.loc[frame.index, hue_field].astype(str).map(lambda v: value_label(data, v))
+        labels = [value_label(data, h) for h in hues]
+        hue_args = {"hue": "hue", "hue_order": labels, "palette": dict(zip(labels, _colors(len(labels))))}
     fig = Figure(figsize=(max(6.0, 1.1 * len(xs) * max(1, len(hues)) + 2), 4.8), layout="constrained")
     ax = fig.add_subplot()
-    width = 0.8 / len(hues)
-    for j, (h, color) in enumerate(zip(hues, _colors(len(hues)))):
-        mask_h = (values[hue_field] == h) if hue_field else pd.Series(True, index=values.index)
-        means, stds, ns = [], [], []
-        for xv in xs:
-            selected = y[mask_h & (values[x_field] == xv)].dropna()
-            means.append(selected.mean() if len(selected) else np.nan)
-            stds.append(selected.std(ddof=1) if len(selected) > 1 else 0.0)
-            ns.append(len(selected))
-        positions = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
-        label = value_label(data, h) if hue_field else None
-        bars = ax.bar(positions, means, width * 0.92, yerr=stds, capsize=3, color=color, label=label)
-        ax.bar_label(bars, labels=["" if np.isnan(m) else f"{m:.1f}" for m in means], fontsize=8, padding=2)
-    ax.set_xticks(np.arange(len(xs)), [value_label(data, v) for v in xs])
-    ax.set_xlabel(x_field)
+    sns.barplot(data=frame, x="x", y="y", order=xs, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1.2}, ax=ax, **hue_args)
+    for container in ax.containers:  # the mean inside its bar, clear of the error bar and the dots
+        ax.bar_label(container, fmt="%.1f", fontsize=8, label_type="center", color="white", fontweight="bold")
+    strip = (
+        {"hue": "hue", "hue_order": hue_args["hue_order"], "dodge": True, "palette": dict.fromkeys(hue_args["hue_order"], "black")}
+        if hue_field
+        else {"color": "black"}
+    )
+    sns.stripplot(data=frame, x="x", y="y", order=xs, size=3.5, alpha=0.6, legend=False, ax=ax, **strip)
+    category_ticks(ax, range(len(xs)), [value_label(data, v) for v in xs])
+    ax.set_xlabel(short_name(data, x_field))
     ax.set_ylabel(_axis_label(metric))
     ax.grid(alpha=0.3, axis="y")
     if hue_field:
-        ax.legend(title=hue_field, fontsize=9)
+        ax.legend(title=short_name(data, hue_field), fontsize=9)
     ax.set_title(
-        _title(data, f"{metric_label(metric)} by {x_field}" + (f" and {hue_field}" if hue_field else "") + " (mean ± std over seeds)")
+        _title(
+            data,
+            f"{metric_label(metric)} by {x_field}" + (f" and {hue_field}" if hue_field else "") + " (mean ± std over seeds; dots: trials)",
+        )
     )
     return fig
 
@@ -576,11 +613,52 @@ PLOTTERS = {
 }
 
 
+def misfit(data: ExperimentData, kind: str) -> str | None:
+    """Why plot `kind` does not fit the experiment's data (None when it does)."""
+    fields = row_fields(data)
+    epochs = data.epochs
+    if kind == "curves":
+        return None if len(epochs) else "its trials recorded no epochs"
+    if kind == "clusters":
+        if "cluster_sizes" not in epochs or not epochs["cluster_sizes"].notna().any():
+            return "no trial re-clustered (no cluster_sizes: a dividing grouping records them)"
+        return None
+    if kind == "search":
+        return None if data.card.get("search") else "it is a grid, not a search (no `search:` in its spec)"
+    if kind in ("bars", "metric_vs") and not fields:
+        return "it has no row fields to put on the x axis"
+    if kind == "metric_vs":
+        x_field = field_name(data, str(data.plot.get("x") or fields[0]))
+        trials = data.with_status(None)
+        column = f"spec_{x_field}"
+        if column in trials and _numeric(trials[column].dropna()) is None:
+            return f"its x field {x_field} is categorical: lines would join categories (bars draws it)"
+        return None
+    if kind == "budget":
+        try:
+            budgets = trial_budget(data.with_status(None))
+        except StoreError as error:
+            return str(error)
+        return None if budgets.nunique() > 1 else "every trial has the same budget (one epoch schedule)"
+    return None
+
+
+def fitting_kinds(data: ExperimentData) -> list[str]:
+    """The plot kinds the experiment's data can draw."""
+    return [kind for kind in KINDS if misfit(data, kind) is None]
+
+
 def experiment_figure(data: ExperimentData, kind: str | None = None, metric: str | None = None) -> Figure:
-    """The figure (not saved) of a loaded experiment; kind defaults to the card's plot.kind."""
+    """The figure (not saved) of a loaded experiment; kind defaults to the card's plot.kind. A
+    kind that does not fit the experiment is refused, naming the kinds that do."""
     kind = kind or data.plot.get("kind") or "curves"
     if kind not in PLOTTERS:
         raise StoreError(f"unknown plot kind {kind!r}; one of {', '.join(KINDS)}")
+    reason = misfit(data, kind)
+    if reason:
+        raise StoreError(
+            f"plot kind {kind!r} does not fit {data.name!r}: {reason}; kinds that do: {', '.join(fitting_kinds(data)) or 'none'}"
+        )
     return PLOTTERS[kind](data, metric)
 
 
@@ -640,7 +718,7 @@ def plot_experiment(
     figure_format(out)
     data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep, include_running=include_running)
     data = with_running(data, include_running)
-    path = _save(experiment_figure(data, kind, metric), out)
+    path = _save(experiment_figure(data, kind, metric), out, data)
     if (kind or data.plot.get("kind")) == "search":
         save_optuna_figures(data, out)
     return path

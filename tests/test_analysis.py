@@ -438,6 +438,48 @@ def test_curves_draw_what_every_epoch_has(t6_store, tmp_path):
         experiment_figure(dataclasses.replace(data, epochs=gaps), "curves", "val_recall@1")
 
 
+def test_a_kind_that_does_not_fit_is_refused_naming_those_that_do(t6_store, tmp_path):
+    data = load_experiment(t6_store, "table6_grouping")  # a grid over the categorical grouping
+    with pytest.raises(StoreError, match=r"'metric_vs' does not fit .*grouping is categorical.*kinds that do: curves, clusters, bars$"):
+        experiment_figure(data, "metric_vs")
+    with pytest.raises(StoreError, match=r"'search' does not fit .*not a search"):
+        plot_experiment(t6_store, "table6_grouping", tmp_path / "s.png", kind="search")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_figures_keep_the_sweep_in_their_metadata_not_the_title(t6_store, tmp_path):
+    from PIL import Image
+
+    data = load_experiment(t6_store, "table6_grouping")
+    fig = experiment_figure(data, "bars")
+    titles = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
+    assert not any(SWEEP_T6 in t for t in titles)
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["baseline (no\ndivision)", "K-means (full\nmethod)", "random"]  # wrapped, readable
+    assert len(fig.axes[0].collections[0].get_offsets()) + sum(len(c.get_offsets()) for c in fig.axes[0].collections[1:]) == 8
+    out = plot_experiment(t6_store, "table6_grouping", tmp_path / "bars.png", kind="bars")
+    info = Image.open(out).info
+    assert SWEEP_T6 in info["Title"] and SWEEP_T6 in info["Description"]
+
+
+def test_categories_are_never_joined_by_lines(tmp_path):
+    card = t6_card(metrics=["test_recall@1"])
+    card.update(rows=["grouping", "num_learners"], plot={"kind": "metric_vs", "x": "grouping"})
+    trials = [
+        trial(f"c{g}{k}{s}", spec_grouping=g, spec_num_learners=k, spec_seed=s, **{"best_test_recall@1": 0.5 + s / 100})
+        for g in ("none", "kmeans")
+        for k in (2, 4)
+        for s in (0, 1)
+    ]
+    write_sweep(tmp_path, card, trials)
+    with pytest.raises(StoreError, match="categorical"):
+        experiment_figure(load_experiment(tmp_path, "table6_grouping"))
+    card.update(plot={"kind": "metric_vs", "x": "num_learners"})
+    (tmp_path / card["sweep"] / "experiment.json").write_text(json.dumps(card))
+    fig = experiment_figure(load_experiment(tmp_path, "table6_grouping"))  # numbers on x: lines
+    assert {bars.lines[0].get_linestyle() for bars in fig.axes[0].containers} == {"-"}
+
+
 def test_metric_vs_and_search_plots(tmp_path):
     card = {
         "experiment": "t_sensitivity",
