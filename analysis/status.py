@@ -52,6 +52,15 @@ def _planned_trials(card: dict) -> int | None:
     return count * int(card.get("num_samples") or 1) if card else None
 
 
+def error_reason(error, width: int = 72) -> str:
+    """A trial's recorded error as one short line: its last line (where the exception names what
+    went wrong), cut to `width` characters ("" for none)."""
+    if not isinstance(error, str) or not error.strip():
+        return ""
+    line = [part.strip() for part in error.strip().splitlines() if part.strip()][-1]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return ""
@@ -92,9 +101,12 @@ def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
                 "epochs": f"{done}/{total}",
                 f"best {metric}": best,
                 "ETA": _duration(eta),
+                "error": error_reason(trial.get("error")),
             }
         )
     table = pd.DataFrame(rows)
+    if len(table) and not table["error"].astype(bool).any():
+        table = table.drop(columns="error")  # no trial failed: no empty column
     planned = _planned_trials(card)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     if planned and planned > len(table):

@@ -37,6 +37,7 @@ from .vocabulary import (
     available_metrics,
     baseline_key,
     baseline_text,
+    field_name,
     is_percent,
     is_seconds,
     key_of,
@@ -174,6 +175,9 @@ def experiment_table(
         statuses = trials["status"].groupby(keys)
         table["partial"] = statuses.agg(lambda s: int(s.isin(PARTIAL).sum())).reindex(order).astype(int)
         table["label"] += statuses.agg(partial_note).reindex(order)
+    searched = [f for f in (field_name(data, p) for p in data.card.get("search") or {}) if f"spec_{f}" in trials and f not in fields]
+    for field in searched:  # a search's rows are its trials: show what each sampled
+        table[field] = trials.groupby(keys)[f"spec_{field}"].first().reindex(order)
     bases = {k: baseline_key(data, k) for k in order}
     for name in names:
         numbers = metric_values(trials, name)
@@ -205,6 +209,7 @@ def experiment_table(
             "fields": fields,
             "labelled": bool(data.table.get("labels")),
             "baselines": {k: b for k, b in bases.items() if b in table.index},
+            "searched": searched,
             "paper": [f"paper {label}" for label in labels],
         }
     )
@@ -335,12 +340,14 @@ def _grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bo
     paper = _paper_columns(table)
     full = _full_count(table)
     header = ["setting" if table.attrs.get("labelled") else ", ".join(table.attrs["fields"])]
+    searched = table.attrs.get("searched", [])
+    header += searched
     for n in names:
         header += [metric_label(n)] + ([paper[n]] if n in paper else [])
     header += [f"Δ {metric_label(names[0])}"] if has_delta else []
     rows, bold = [], []
     for key, row in table.iterrows():
-        cells, flags = [str(row["label"])], [False]
+        cells, flags = [str(row["label"])] + [_sampled(row[f]) for f in searched], [False] * (1 + len(searched))
         for n in names:
             cells.append(_cell(row[f"{n} mean"], row[f"{n} std"], int(row[f"{n} n"]), n, full))
             flags.append(bool(row[f"{n} best"]))
@@ -355,6 +362,13 @@ def _grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bo
         rows.append(cells)
         bold.append(flags)
     return header, rows, bold
+
+
+def _sampled(value) -> str:
+    """A sampled hyper-parameter as its cell shows it: floats to 3 significant digits."""
+    if pd.isna(value):
+        return ""
+    return f"{value:.3g}" if isinstance(value, float) and not float(value).is_integer() else str(value)
 
 
 def _delta_cell(row: pd.Series, name: str) -> str:

@@ -128,13 +128,21 @@ class Experiment:
         }
 
     def setting_label(self, config: dict[str, Any]) -> str:
-        """The table row a trial belongs to, e.g. 'grouping=kmeans' (seed is not a row)."""
+        """The table row a trial belongs to, e.g. 'grouping=kmeans' (seed is not a row); in a
+        search, the values it sampled ('lr=0.00031,num_learners=4')."""
         config = self.overrides(config)
-        return ",".join(f"{r}={config.get(r, self.run.get(r))}" for r in self.rows)
+        shown = [f"{r}={config.get(r, self.run.get(r))}" for r in self.rows]
+        shown += [f"{name}={short_value(config[name])}" for name in self.search if name in config and name not in self.rows]
+        return ",".join(shown)
 
     @property
     def trial_count(self) -> int:
         return len(self.grid_points()) * self.num_samples
+
+
+def short_value(value: Any) -> str:
+    """A sampled value as a label shows it: floats to 3 significant digits (0.000312, 0.25)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
@@ -339,6 +347,22 @@ def _check_runs(experiment: Experiment) -> list[tuple[str, runspec.RunSpec]]:
             specs.append((where, experiment.run_spec(point)))
         except runspec.SpecError as error:
             raise ExperimentError(f"{experiment.path}: {where}: {error}") from None
+    return specs
+
+
+def checked_specs(experiment: Experiment) -> list[tuple[str, runspec.RunSpec]]:
+    """(where, spec) of every run the spec checks cover: the base run, every grid point and
+    every search corner (low and high, each choice, one field at a time on the base run; the
+    corners that are no valid RunSpec are left out: those samples fail as invalid). The sweep
+    checks them against the data before any trial starts."""
+    specs = _check_runs(experiment)
+    for name, distribution in experiment.search.items():
+        kind, args = next(iter(distribution.items()))
+        where = f"search.{name}"
+        corners = _choice_values(args, where) if kind == "choice" else _range_corners(name, kind, args, where)
+        for label, value in corners:
+            if sample_is_valid(experiment, {name: value}) is None:
+                specs.append((f"search corner {name}={value!r} ({kind} {label})", experiment.run_spec({name: value})))
     return specs
 
 

@@ -32,6 +32,9 @@ def setup(verbosity: int = NORMAL) -> None:
     if verbosity < VERBOSE:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's boxes and tables off (verbose=0)
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        # a failed trial: dncml prints its one-line reason; the traceback stays in the trial's
+        # error.txt (Tune's own switch; -v prints it as well)
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
         for name in ("ray", "ray.tune", "ray.train", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
     os.environ["DNCML_VERBOSITY"] = str(verbosity)

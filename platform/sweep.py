@@ -11,6 +11,7 @@ re-running finished trials.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid
+from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid, short_value
 from dncml.trainers.spec import SpecError
 
 from .console import Progress, duration, epoch_line, log, timeline
@@ -85,9 +86,11 @@ class ProgressPrinter(tune.Callback):
         self.progress = Progress(total, experiment.run_spec().total_epochs, concurrency)
 
     def label(self, trial) -> str:
+        """The trial's setting: its row fields, the values a search sampled, its seed."""
         config = Experiment.overrides(trial.config)
         shown = {
             **{r: config.get(r) for r in self.experiment.rows if r in config},
+            **{name: short_value(config[name]) for name in self.experiment.search if name in config},
             **({"seed": config["seed"]} if "seed" in config else {}),
         }
         return " ".join(f"{k}={v}" for k, v in shown.items()) or trial.trial_id
@@ -97,19 +100,22 @@ class ProgressPrinter(tune.Callback):
             self.progress.epochs[trial.trial_id] = int(result["epoch"]) + 1
             log.info(epoch_line(self.label(trial), result, self.experiment.metric))
 
-    def _end(self, trial, status: str) -> None:
+    def _end(self, trial, status: str, reason: str = "") -> None:
         self.progress.finished[trial.trial_id] = status
         result = trial.last_result or {}
         value = result.get(f"best_{self.experiment.metric}")
         shown = f" {self.experiment.metric} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
-        log.info(f"[{self.label(trial)}] {status}{shown}")
+        log.info(f"[{self.label(trial)}] {status}{shown}{reason}")
         log.info(self.progress.line())
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, "completed")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "FAILED")
+        # One line: the reason (the store's trial row has it too); Tune keeps the traceback in
+        # the trial's error.txt (and prints it with -v).
+        where = f" (traceback: {trial.error_file})" if getattr(trial, "error_file", None) else ""
+        self._end(trial, "FAILED", f": {_error_line(trial.get_error())}{where}")
 
     def on_step_end(self, iteration, trials, **info):
         if self.progress.due():
@@ -245,9 +251,11 @@ def run_sweep(
     store = ResultsStore(storage)
     sweep = _sweep_id(experiment, store, resume)
     resources = Resources.from_dict(experiment.resources)
+    check_data_everywhere(experiment, resources.num_workers)  # every grid point and search corner, before Ray starts
+    if mlflow_uri and importlib.util.find_spec("mlflow") is None:
+        raise PlatformError(f"--mlflow {mlflow_uri}: MLflow is not installed here; pip install 'dncml[mlflow]' (mlflow-skinny)")
     connect(address, num_cpus=num_cpus)
     limit = concurrency(experiment, resources, max_concurrent)
-    prepare_data(experiment.run_spec(), resources.num_workers)  # render / check the base dataset once, on the driver
     tune_root = store.ray_dir(sweep)
     trainable = tune.with_resources(make_trial(experiment, str(store.root.resolve()), sweep, resources), {"CPU": TRIAL_CPU})
     total = experiment.trial_count
@@ -306,6 +314,35 @@ def run_sweep(
         )
     outcome.info(f"results: {store.root / sweep}  (dncml table {store.root} --experiment {experiment.name})")
     return sweep, summary
+
+
+def check_data_everywhere(experiment: Experiment, num_workers: int) -> None:
+    """The data-dependent checks (`check_against_data`: K against the training classes per
+    worker, gt_labels against the dataset's groups, the batch's classes) for the base run, every
+    grid point and every search corner, as the spec checks are: a point that would fail on its
+    data fails here, naming it, before Ray starts. Each distinct dataset is read (or rendered)
+    once, on the driver, as `prepare_data` does for the base run (whose backbone weights it also
+    checks)."""
+    from dncml.experiments.loader import checked_specs
+    from dncml.trainers.data.loading import DATA_FIELDS
+    from dncml.trainers.spec import check_against_data
+
+    bundles: dict[tuple, tuple[int, bool]] = {}
+    for index, (where, spec) in enumerate(checked_specs(experiment)):
+        key = tuple(getattr(spec, f) for f in DATA_FIELDS)
+        try:
+            if key not in bundles:
+                bundle = prepare_data(spec, num_workers) if index == 0 else _load(spec)
+                bundles[key] = (len(set(bundle.train.labels.tolist())), bundle.train.has_groups)
+            check_against_data(spec, *bundles[key], num_workers)
+        except (SpecError, ValueError) as error:
+            raise PlatformError(f"{experiment.path}: {where}: {error}") from None
+
+
+def _load(spec):
+    from dncml.trainers.data.loading import load_dataset
+
+    return load_dataset(spec, progress=True)
 
 
 def _error_line(error: BaseException | None) -> str:

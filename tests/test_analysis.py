@@ -344,6 +344,15 @@ def test_cli_csv_table_writes_its_caption_beside_it(t6_store, tmp_path, capsys):
     assert (tmp_path / "t6.caption.txt").read_text().startswith("table6_grouping (preset quick;")
 
 
+def test_status_shows_each_failed_trials_reason(t6_store):
+    from dncml.analysis.status import render_status
+
+    text = render_status(t6_store)
+    failed = next(line for line in text.splitlines() if "t6_22" in line)
+    assert "failed" in failed and failed.rstrip().endswith("RuntimeError: out of memory")
+    assert text.splitlines()[1].split()[-1] == "error"
+
+
 def test_a_one_seed_table_has_no_n_in_its_cells(tmp_path):
     card = t6_card(metrics=["test_recall@1"])
     write_sweep(tmp_path, card, [trial(f"s{g}", spec_grouping=g, spec_seed=0, **{"best_test_recall@1": 0.5}) for g in ("none", "kmeans")])
@@ -545,6 +554,9 @@ def test_metric_vs_and_search_plots(tmp_path):
     table = experiment_table(load_experiment(tmp_path, "hpo"))
     assert table.index.tolist() == ["h00", "h01", "h03"]  # one row per completed trial
     assert table["val_recall@1 best"].tolist() == [False, False, True]
+    header, *_, last = render_table(tmp_path, "hpo").strip().splitlines()[2:]
+    assert [c.strip() for c in header.strip("|").split("|")][:3] == ["trial_id", "lr", "num_learners"]  # what each sampled
+    assert [c.strip() for c in last.strip("|").split("|")][:3] == ["h03", "0.0004", "4"]
 
 
 def test_paired_delta_within_sweep_and_seed_else_by_seed(tmp_path):
