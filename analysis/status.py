@@ -126,7 +126,9 @@ def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
     }, table
 
 
-def render_status(store: str | Path) -> str:
+def render_status(store: str | Path, sweep: str | None = None) -> str:
+    """Every sweep and run group of the store; sweep: "all" (None: the same), "latest" (the
+    newest), or a sweep id."""
     root = Path(store)
     if not root.is_dir():
         raise StoreError(f"results store {root} does not exist")
@@ -135,6 +137,12 @@ def render_status(store: str | Path) -> str:
     )
     if not sweeps:
         return f"{root}: no sweeps or runs yet"
+    if sweep == "latest":
+        sweeps = sweeps[-1:]
+    elif sweep not in (None, "all"):
+        if sweep not in {p.name for p in sweeps}:
+            raise StoreError(f"no sweep {sweep!r} in {root}; it holds: {', '.join(p.name for p in sweeps)}")
+        sweeps = [root / sweep]
     blocks = []
     for sweep_dir in sweeps:
         summary, table = sweep_status(sweep_dir)

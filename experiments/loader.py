@@ -167,19 +167,53 @@ def list_experiments() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.yaml"))
 
 
-def load_experiment(name_or_path: str | os.PathLike, preset: str | None = None) -> Experiment:
+def load_experiment(name_or_path: str | os.PathLike, preset: str | None = None, overrides: list[str] | None = None) -> Experiment:
+    """The experiment of a spec file (or a shipped experiment's name) at a preset. overrides:
+    `dncml sweep --set` assignments, applied over the preset: `run.FIELD=VALUE` (or
+    `FIELD=VALUE`) sets a field of every run, `grid.AXIS=[v1, v2]` replaces (or adds) a grid
+    axis; values are YAML."""
     path = experiment_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ExperimentError(f"{path}: not valid YAML: {error}") from None
+    run_overrides, grid_overrides = parse_sweep_overrides(overrides or [])
     try:
-        return _resolve(raw, path, preset)
+        return _resolve(raw, path, preset, run_overrides, grid_overrides)
     except runspec.SpecError as error:
         raise ExperimentError(f"{path}: {error}") from None
 
 
-def _resolve(raw: dict, path: Path, preset: str | None) -> Experiment:
+def parse_sweep_overrides(assignments: list[str]) -> tuple[dict[str, Any], dict[str, list]]:
+    """`["run.K=8", "grid.seed=[0, 1, 2]"]` -> ({"num_learners": 8}, {"seed": [0, 1, 2]})."""
+    run: dict[str, Any] = {}
+    grid: dict[str, list] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ExperimentError(f"--set {item!r}: write run.FIELD=VALUE or grid.AXIS=[v1, v2]")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as error:
+            raise ExperimentError(f"--set {item!r}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
+        scope, dot, name = key.strip().partition(".")
+        if not dot:
+            scope, name = "run", scope
+        if scope == "grid":
+            grid[name] = value if isinstance(value, list) else [value]
+        elif scope == "run":
+            try:
+                run[runspec.canonical_field(name)] = value
+            except runspec.SpecError as error:
+                raise ExperimentError(f"--set {item!r}: {error}") from None
+        else:
+            raise ExperimentError(f"--set {item!r}: {scope!r} is neither run nor grid; write run.FIELD=VALUE or grid.AXIS=[v1, v2]")
+    return run, grid
+
+
+def _resolve(
+    raw: dict, path: Path, preset: str | None, run_overrides: dict | None = None, grid_overrides: dict | None = None
+) -> Experiment:
     if not isinstance(raw, dict):
         raise ExperimentError(f"{path}: an experiment is a mapping of keys, got {type(raw).__name__}")
     unknown = set(raw) - TOP_KEYS
@@ -210,10 +244,11 @@ def _resolve(raw: dict, path: Path, preset: str | None) -> Experiment:
             raise ExperimentError(f"{path}: base run {base!r}: not valid YAML: {error}") from None
     run.update(_canonical(raw.get("run") or {}, "run"))
     run.update(_canonical(layer.get("run") or {}, f"presets.{preset}.run"))
+    run.update(run_overrides or {})
     run.setdefault("name", name)
 
     written_grid = _grid(raw.get("grid"), path, "grid")  # the grid the table is written for
-    grid = {**written_grid, **_grid(layer.get("grid"), path, f"presets.{preset}.grid")}
+    grid = {**written_grid, **_grid(layer.get("grid"), path, f"presets.{preset}.grid"), **_grid(grid_overrides, path, "--set grid")}
     search = {}
     for key, distribution in {
         **_mapping(raw.get("search"), path, "search"),

@@ -210,11 +210,12 @@ def cmd_embed(args) -> int:
 def cmd_sweep(args) -> int:
     from dncml.experiments.loader import load_experiment
 
-    experiment = load_experiment(args.spec, args.preset)  # a bad spec fails here, before Ray is imported
+    experiment = load_experiment(args.spec, args.preset, args.set)  # a bad spec fails here, before Ray is imported
     from dncml.platform.sweep import run_sweep
 
     sweep, summary = run_sweep(
         args.spec,
+        overrides=args.set,
         preset=args.preset,
         address=args.address,
         storage=args.storage,
@@ -235,7 +236,7 @@ def cmd_sweep(args) -> int:
 def cmd_status(args) -> int:
     from dncml.analysis.status import render_status
 
-    print(render_status(args.store))
+    print(render_status(args.store, sweep=args.sweep))
     return 0
 
 
@@ -243,7 +244,7 @@ def cmd_table(args) -> int:
     from dncml.analysis.tables import table_with_caption
 
     text, caption = table_with_caption(
-        args.store, args.experiment, fmt=args.format, metrics=args.metric, include_running=args.include_running
+        args.store, args.experiment, fmt=args.format, metrics=args.metric, sweep=args.sweep, include_running=args.include_running
     )
     if args.out:
         Path(args.out).write_text(text)
@@ -268,7 +269,7 @@ def caption_path(out: str | Path) -> Path:
 def cmd_plot(args) -> int:
     from dncml.analysis.plots import optuna_paths, plot_experiment
 
-    out = plot_experiment(args.store, args.experiment, args.out, kind=args.kind, include_running=args.include_running)
+    out = plot_experiment(args.store, args.experiment, args.out, kind=args.kind, sweep=args.sweep, include_running=args.include_running)
     print(f"wrote {out}")
     for path in optuna_paths(args.out).values():
         if path.exists():
@@ -290,16 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="also show Ray's own logs (workers, Train, Tune)")
     loudness.add_argument("-q", "--quiet", action="store_true", help="show the outcome only")
+    # -q / -v after the subcommand too (`dncml sweep spec.yaml -q`): SUPPRESS keeps the value
+    # given before it when they are not repeated after it
+    loud = argparse.ArgumentParser(add_help=False)
+    after = loud.add_mutually_exclusive_group()
+    after.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="also show Ray's own logs")
+    after.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="show the outcome only")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str):
-        return sub.add_parser(name, help=help, description=help, formatter_class=formatter)
+        return sub.add_parser(name, help=help, description=help, formatter_class=formatter, parents=[loud])
 
     datasets = command("datasets", "list, prepare, check and look at datasets")
     dsub = datasets.add_subparsers(dest="action", required=True)
 
     def action(name: str, help: str):
-        return dsub.add_parser(name, help=help, description=help, formatter_class=formatter)
+        return dsub.add_parser(name, help=help, description=help, formatter_class=formatter, parents=[loud])
 
     def glyph_options(p):
         p.add_argument("--cache-dir", help="default: $DNCML_CACHE or $XDG_CACHE_HOME/dncml or ~/.cache/dncml")
@@ -365,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sweep", "run an experiment spec as a Ray Tune sweep")
     p.add_argument("spec", help="experiment YAML (experiments/*.yaml) or a shipped experiment's name")
     p.add_argument("--preset", default=None, help="smoke, quick or paper (None: the spec's default)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="run.FIELD=VALUE|grid.AXIS=[...]",
+        help="over the preset: a field of every run (run.K=8), or a grid axis (grid.seed=[0,1,2])",
+    )
     p.add_argument("--address", default=None, help="Ray cluster (None: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", default="results", help="results store directory")
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted sweep of this experiment")
@@ -374,11 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", "sweeps and runs in a results store: state, epochs, best metric so far, ETA")
     p.add_argument("store", nargs="?", default="results", help="the results store")
+    p.add_argument("--sweep", default="all", help="a sweep id, latest (the newest) or all")
     p.set_defaults(func=cmd_status)
 
     p = command("table", "an experiment's table from the results store")
     p.add_argument("store", help="the results store")
-    p.add_argument("--experiment", required=True, help="the experiment's name")
+    p.add_argument("--experiment", default=None, help="the experiment's name (None: the store's only one, or --sweep's)")
+    p.add_argument("--sweep", default="latest", help="a sweep id, latest (the experiment's newest) or all (every sweep of its preset)")
     p.add_argument("--format", choices=("md", "latex", "html", "csv"), default="md", help="output format")
     p.add_argument("--metric", action="append", help="metric column(s) (None: the experiment's)")
     p.add_argument("--include-running", action="store_true", help="also running / interrupted trials (rows marked partial)")
@@ -387,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("plot", "an experiment's figure from the results store")
     p.add_argument("store", help="the results store")
-    p.add_argument("--experiment", required=True, help="the experiment's name")
+    p.add_argument("--experiment", default=None, help="the experiment's name (None: the store's only one, or --sweep's)")
+    p.add_argument("--sweep", default="latest", help="a sweep id, latest (the experiment's newest) or all (every sweep of its preset)")
     p.add_argument("--out", required=True, help="the figure file; its extension names the format (.png, .pdf, .svg)")
     p.add_argument("--kind", default=None, help="curves | clusters | metric_vs | bars | search | budget (None: the experiment's)")
     p.add_argument("--include-running", action="store_true", help="also running / interrupted trials")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shlex
 import time
 from pathlib import Path
 
@@ -245,9 +246,12 @@ def run_sweep(
     max_concurrent: int | None = None,
     num_cpus: int | None = None,
     mlflow_uri: str | None = None,
+    overrides: list[str] | None = None,
 ):
+    """Run (or with resume, continue) the experiment's sweep; returns `(sweep id, status counts)`.
+    overrides: `--set run.FIELD=VALUE` / `grid.AXIS=[...]` over the preset."""
     started = time.time()
-    experiment = load_experiment(spec_path, preset)  # every grid point validated here
+    experiment = load_experiment(spec_path, preset, overrides)  # every grid point validated here
     store = ResultsStore(storage)
     sweep = _sweep_id(experiment, store, resume)
     resources = Resources.from_dict(experiment.resources)
@@ -306,6 +310,7 @@ def run_sweep(
         outcome.warning(
             f"sweep {sweep} interrupted. Resume it with:\n  dncml sweep {spec_path}"
             + (f" --preset {experiment.preset}" if experiment.preset else "")
+            + "".join(f" --set {shlex.quote(item)}" for item in overrides or [])
             + f" --storage {store.root} --resume"
         )
     else:

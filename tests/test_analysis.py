@@ -353,6 +353,22 @@ def test_status_shows_each_failed_trials_reason(t6_store):
     assert text.splitlines()[1].split()[-1] == "error"
 
 
+def test_cli_table_plot_status_pick_the_experiment_and_sweep(t6_store, tmp_path, capsys):
+    """--experiment may be left out when the store holds one; --sweep takes an id, latest or
+    all; -q works after the subcommand."""
+    from dncml.platform.cli import build_parser, main
+
+    assert main(["table", str(t6_store), "-q"]) == 0 and "| baseline (no division)" in capsys.readouterr().out
+    assert main(["table", str(t6_store), "--sweep", SWEEP_T6]) == 0 and "K-means (full method)" in capsys.readouterr().out
+    assert main(["plot", str(t6_store), "--sweep", "all", "--kind", "bars", "--out", str(tmp_path / "b.png")]) == 0
+    assert main(["status", str(t6_store), "--sweep", "latest"]) == 0 and SWEEP_T6 in capsys.readouterr().out
+    args = build_parser().parse_args(["sweep", "hpo", "-q", "--set", "run.K=4", "--set", "grid.seed=[0,1]"])
+    assert args.quiet and args.set == ["run.K=4", "grid.seed=[0,1]"]
+    _fig1_store(t6_store)  # a second experiment: now it must be named
+    assert main(["table", str(t6_store)]) == 2
+    assert "holds 2 experiments (fig1_learners, table6_grouping); name one with --experiment" in capsys.readouterr().err
+
+
 def test_a_one_seed_table_has_no_n_in_its_cells(tmp_path):
     card = t6_card(metrics=["test_recall@1"])
     write_sweep(tmp_path, card, [trial(f"s{g}", spec_grouping=g, spec_seed=0, **{"best_test_recall@1": 0.5}) for g in ("none", "kmeans")])
