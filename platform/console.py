@@ -40,6 +40,34 @@ def setup(verbosity: int = NORMAL) -> None:
     os.environ["DNCML_VERBOSITY"] = str(verbosity)
 
 
+def configured() -> bool:
+    """Whether the command line set the output up (`setup`); from Python (a notebook, a
+    script) it has not, and progress shows as tqdm bars instead of log lines."""
+    return bool(log.handlers)
+
+
+class Bar:
+    """A tqdm.auto progress bar (a widget in Jupyter, text in a terminal) when dncml runs from
+    Python without the command line's logging set-up; nothing otherwise (the CLI prints lines)."""
+
+    def __init__(self, total: int, desc: str, unit: str, initial: int = 0):
+        self.bar = None
+        if not configured():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True)
+
+    def update(self, count: int = 1, **postfix) -> None:
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def timeline(event: str, trial: str = "") -> None:
     """With DNCML_TIMELINE=FILE, append `unix-time pid trial event` for the moments of a trial
     (trial start, fit, worker start, each report, teardown): where Ray's fixed cost per trial

@@ -25,7 +25,7 @@ from dncml.trainers.runtime import resolve_device
 from dncml.trainers.seam import LocalRun, Seam, World
 from dncml.trainers.spec import RunSpec
 
-from .console import log, summary
+from .console import Bar, log, summary
 from .errors import PlatformError
 from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name, selected_test_metrics
 
@@ -95,10 +95,14 @@ def _train_local(spec: RunSpec, run_dir: str | Path | None, storage: str | None,
         trial_id = id_file.read_text().strip()
         recorder = TrialRecorder(ResultsStore(storage), sweep, trial_id, spec) if storage else None
 
+        bar = Bar(spec.total_epochs, spec.name, "epoch", initial=_resumed_epochs(resume_from))
+
         def report(metrics, checkpoint):
             reporter(metrics, checkpoint)
             if recorder:
                 recorder.epoch(metrics)
+            value = metrics.get(spec.selection_metric)
+            bar.update(1, phase=metrics.get("phase"), loss=f"{metrics['loss']:.4f}", **{spec.selection_metric: _short(value)})
 
         log.info(
             f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
@@ -111,6 +115,8 @@ def _train_local(spec: RunSpec, run_dir: str | Path | None, storage: str | None,
             if recorder:
                 recorder.fail(error)
             raise
+        finally:
+            bar.close()
         if recorder and recorder.finish("completed") == "completed":
             summary.info(f"results appended to {recorder.store.root / recorder.sweep}")
         tested = selected_test_metrics(state.history)
@@ -142,3 +148,12 @@ def default_run_dir(spec: RunSpec, resume: bool = False, runs: Path = RUNS) -> P
             "name the run to continue with --run-dir"
         )
     return runs / new_id(spec.name)  # nothing to continue: the run starts from epoch 1, as with --run-dir
+
+
+def _resumed_epochs(checkpoint: str | None) -> int:
+    """Epochs a resumed run has behind it (its checkpoint `epoch-NNNN` is the last one done)."""
+    return int(Path(checkpoint).name.split("-")[-1]) + 1 if checkpoint else 0
+
+
+def _short(value) -> str | None:
+    return f"{value:.4f}" if isinstance(value, float) else None

@@ -24,7 +24,7 @@ from ray import tune
 from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid, short_value
 from dncml.trainers.spec import SpecError
 
-from .console import Progress, duration, epoch_line, log, timeline
+from .console import Bar, Progress, duration, epoch_line, log, timeline
 from .console import summary as outcome
 from .errors import PlatformError
 from .store import ResultsStore, TrialRecorder, new_id, safe_name
@@ -82,9 +82,13 @@ class ProgressPrinter(tune.Callback):
     """One line per epoch per trial, labelled with the trial's setting, one per finished trial,
     and a progress line (done / running / pending, elapsed, ETA) every minute."""
 
-    def __init__(self, experiment: Experiment, total: int, concurrency: int):
+    def __init__(self, experiment: Experiment, total: int, concurrency: int, finished: dict[str, str] | None = None):
         self.experiment = experiment
         self.progress = Progress(total, experiment.run_spec().total_epochs, concurrency)
+        # a resumed sweep: the trials the store holds as ended count from the start
+        self.progress.finished.update(finished or {})
+        self.progress.epochs.update(dict.fromkeys(finished or {}, self.progress.epochs_per_trial))
+        self.bar = Bar(total, experiment.name, "trial", initial=len(finished or {}))
 
     def label(self, trial) -> str:
         """The trial's setting: its row fields, the values a search sampled, its seed."""
@@ -102,6 +106,9 @@ class ProgressPrinter(tune.Callback):
             log.info(epoch_line(self.label(trial), result, self.experiment.metric))
 
     def _end(self, trial, status: str, reason: str = "") -> None:
+        if trial.trial_id not in self.progress.finished:
+            best = (trial.last_result or {}).get(f"best_{self.experiment.metric}")
+            self.bar.update(1, last=f"{self.label(trial)}: {status}", best=f"{best:.4f}" if isinstance(best, float) else None)
         self.progress.finished[trial.trial_id] = status
         result = trial.last_result or {}
         value = result.get(f"best_{self.experiment.metric}")
@@ -121,6 +128,9 @@ class ProgressPrinter(tune.Callback):
     def on_step_end(self, iteration, trials, **info):
         if self.progress.due():
             log.info(self.progress.line())
+
+    def on_experiment_end(self, trials, **info):
+        self.bar.close()
 
 
 class SweepMonitor(tune.Callback):
@@ -268,7 +278,9 @@ def run_sweep(
         f"{limit} at a time, {resources.num_workers} worker(s) each; store {store.root / sweep}"
     )
     monitor = SweepMonitor(threshold=min(total, max(2, limit)))
-    callbacks = [ProgressPrinter(experiment, total, limit), monitor]
+    ended = {t: s for t, s in store.statuses(sweep).items() if s in ("completed", "pruned")} if resume else {}
+    printer = ProgressPrinter(experiment, total, limit, ended)
+    callbacks = [printer, monitor]
     if mlflow_uri:
         from .tracking import MLflowCallback
 
@@ -297,7 +309,10 @@ def run_sweep(
         )
     with store.lease(sweep, "sweep"):  # a second `--resume` of this sweep is refused while it runs
         store.write_card(sweep, experiment.card(sweep))
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            printer.bar.close()
     summary = reconcile(store, sweep, experiment, monitor)
     if monitor.triggered:
         summary["stopped early"] = 1
@@ -318,7 +333,64 @@ def run_sweep(
             f"sweep {sweep} done in {duration(time.time() - started)}: " + ", ".join(f"{n} {status}" for status, n in summary.items() if n)
         )
     outcome.info(f"results: {store.root / sweep}  (dncml table {store.root} --experiment {experiment.name})")
-    return sweep, summary
+    return SweepResult(sweep, summary, store.root, experiment.name, experiment.metric, experiment.mode)
+
+
+class SweepResult:
+    """What `run_sweep` returns, as Tune's ResultGrid does: the sweep id, its status counts, the
+    trials and epochs as DataFrames (read from the results store), the best trial and its
+    validation-selected checkpoint. Unpacks as `(sweep id, status counts)`, as before:
+    `sweep, summary = run_sweep(...)`."""
+
+    def __init__(self, sweep: str, summary: dict[str, int], store: Path, experiment: str, metric: str, mode: str):
+        self.sweep, self.summary, self.store, self.experiment, self.metric, self.mode = sweep, summary, store, experiment, metric, mode
+
+    def __iter__(self):
+        return iter((self.sweep, self.summary))
+
+    def __getitem__(self, index: int):
+        return (self.sweep, self.summary)[index]
+
+    def __len__(self) -> int:
+        return 2
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in self.summary.items())
+        return f"SweepResult({self.sweep!r}: {counts}; store {self.store})"
+
+    def _data(self):
+        from dncml.analysis.store import load_experiment as load_results
+
+        return load_results(self.store, self.experiment, sweep=self.sweep, require_completed=False)
+
+    @property
+    def trials(self):
+        """One row per trial (status, error, spec_* fields, best_* and final_* metrics)."""
+        return self._data().trials
+
+    @property
+    def epochs(self):
+        """One row per trial and epoch."""
+        return self._data().epochs
+
+    @property
+    def best_trial(self):
+        """The completed trial with the best `best_<metric>` (the sweep's selection metric and
+        mode), as a row of `trials`; None when no trial completed."""
+        trials = self.trials
+        column = f"best_{self.metric}"
+        if trials.empty or column not in trials:
+            return None
+        completed = trials[(trials["status"] == "completed") & trials[column].notna()]
+        if completed.empty:
+            return None
+        return completed.loc[completed[column].idxmax() if self.mode == "max" else completed[column].idxmin()]
+
+    @property
+    def best_checkpoint(self) -> str | None:
+        """The best trial's checkpoint of its validation-selected epoch (`dncml embed` reads it)."""
+        best = self.best_trial
+        return None if best is None else ResultsStore(self.store).selected_checkpoint(self.sweep, str(best["trial_id"]))
 
 
 def check_data_everywhere(experiment: Experiment, num_workers: int) -> None:

@@ -1,4 +1,5 @@
-"""The sweep's search algorithm in-process (no Ray started): what the Optuna study is told."""
+"""The Python API in-process, no Ray started: what a sweep tells Optuna, the checks it runs before
+Ray starts, what it returns, and progress from a notebook."""
 
 from __future__ import annotations
 
@@ -70,3 +71,44 @@ def test_mlflow_without_mlflow_installed_is_one_line_before_ray_starts(tmp_path,
     with pytest.raises(PlatformError, match=r"--mlflow sqlite:///m.db: MLflow is not installed here; pip install 'dncml\[mlflow\]'"):
         run_sweep(_experiment(tmp_path, {"num_learners": [2]}), storage=str(tmp_path / "store"), mlflow_uri="sqlite:///m.db")
     assert not ray.is_initialized()
+
+
+def test_run_sweeps_result_reads_trials_epochs_best_trial_and_its_checkpoint(tmp_path):
+    """`run_sweep` returns a SweepResult (unpacking as `(sweep, summary)`, as before) whose
+    DataFrames and best trial come from the results store, as written by the platform's writer."""
+    import json
+
+    from dncml.platform.store import ResultsStore
+    from dncml.platform.sweep import SweepResult
+
+    store, sweep = ResultsStore(tmp_path), "grid-smoke-20260101-000000"
+    (tmp_path / sweep).mkdir()
+    card = {"experiment": "grid", "preset": "smoke", "sweep": sweep, "rows": ["num_learners"], "metric": "val_recall@1", "mode": "max"}
+    (tmp_path / sweep / "experiment.json").write_text(json.dumps(card))
+    for k, recall in ((2, 0.5), (4, 0.7)):
+        checkpoint = tmp_path / "ckpt" / f"k{k}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "state.pt").write_bytes(b"weights")
+        store.write_epoch(sweep, f"k{k}", {"epoch": 0, "val_recall@1": recall, "checkpoint": str(checkpoint)}, ["val_recall@1"])
+        row = {"trial_id": f"k{k}", "sweep": sweep, "experiment": "grid", "status": "completed", "spec_num_learners": k}
+        store.write_trial(sweep, {**row, "best_epoch": 0, "best_val_recall@1": recall}, ["val_recall@1"])
+    result = SweepResult(sweep, {"completed": 2}, tmp_path, "grid", "val_recall@1", "max")
+    name, summary = result
+    assert (name, summary) == (sweep, {"completed": 2}) and result[0] == sweep
+    assert len(result.trials) == 2 and len(result.epochs) == 2
+    assert result.best_trial["trial_id"] == "k4" and result.best_checkpoint == str(tmp_path / "ckpt" / "k4")
+
+
+def test_train_local_from_python_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
+    """Called from Python (a notebook) without the command line's logging set-up, a run shows a
+    tqdm.auto bar of its epochs; the CLI (set up) prints its lines instead."""
+    from dncml.platform import console
+    from dncml.platform.local import train_local
+    from dncml.trainers import spec as runspec
+
+    monkeypatch.setattr(console.log, "handlers", [])
+    smoke = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments" / "runs" / "glyphs_smoke.yaml"
+    tiny = {"glyph_classes": 48, "image_size": 16, "embedding_dim": 16, "steps_per_epoch": 2, "kmeans_iterations": 5, "epochs": 1}
+    train_local(runspec.load(smoke, tiny), run_dir=tmp_path / "run")
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("glyphs_smoke: 100%") and "3/3" in bar and "loss=" in bar and "val_recall@1=" in bar
