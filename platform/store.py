@@ -55,6 +55,9 @@ EPOCH_FIELDS: dict[str, pa.DataType] = {
     "cluster_changed": pa.float64(),
     "cluster_repaired": pa.int64(),
     "cluster_sizes": pa.string(),
+    "cluster_classes": pa.string(),  # JSON: the number of classes in each cluster
+    "class_purity": pa.float64(),  # share of a class's images in its largest cluster, mean over classes
+    "group_purity": pa.float64(),  # share of a cluster's images from its most common dataset group
     "assignment_digest": pa.int64(),
     "backbone_rests": pa.bool_(),
     "full_embedding": pa.bool_(),

@@ -109,6 +109,29 @@ def test_train_local_from_python_shows_a_progress_bar(tmp_path, monkeypatch, cap
     monkeypatch.setattr(console.log, "handlers", [])
     smoke = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments" / "runs" / "glyphs_smoke.yaml"
     tiny = {"glyph_classes": 48, "image_size": 16, "embedding_dim": 16, "steps_per_epoch": 2, "kmeans_iterations": 5, "epochs": 1}
-    train_local(runspec.load(smoke, tiny), run_dir=tmp_path / "run")
+    train_local(runspec.load(smoke, tiny), run_dir=tmp_path / "run", storage=str(tmp_path / "store"))
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert bar.startswith("glyphs_smoke: 100%") and "3/3" in bar and "loss=" in bar and "val_recall@1=" in bar
+    # every division round records what the grouping did (glyphs have groups: their scripts)
+    import json
+
+    import pandas as pd
+
+    rounds = pd.read_parquet(tmp_path / "store" / "train" / "epochs").dropna(subset=["cluster_sizes"])
+    assert len(rounds) and rounds["class_purity"].between(0, 1).all() and rounds["group_purity"].between(0, 1).all()
+    assert all(len(json.loads(c)) == len(json.loads(s)) for c, s in zip(rounds["cluster_classes"], rounds["cluster_sizes"]))
+
+
+def test_a_divisions_evidence_by_hand():
+    import numpy as np
+
+    from dncml.trainers.grouping import Assignment
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])  # class 0 split 3:1, classes 1 and 2 whole
+    groups = np.array([5, 5, 5, 5, 5, 5, 7, 7])
+    clusters = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    evidence = Assignment(version=0, clusters=clusters, num_clusters=2).evidence(labels, groups)
+    assert evidence["cluster_classes"] == "[1, 3]"
+    assert evidence["class_purity"] == pytest.approx((3 / 4 + 1 + 1) / 3)
+    assert evidence["group_purity"] == pytest.approx((3 + 3) / 8)  # cluster 1: three of group 5, two of 7
+    assert np.isnan(Assignment(version=0, clusters=clusters, num_clusters=2).evidence(labels, np.full(8, -1))["group_purity"])
