@@ -300,7 +300,18 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
     return fig
 
 
-def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
+EVIDENCE = (  # what each division round records (trainers' Assignment.evidence and changed), as drawn
+    ("class_purity", "class purity\n(share of a class in its largest cluster)"),
+    ("group_purity", "group purity\n(share of a cluster from its main group)"),
+    ("classes_per_cluster", "classes per cluster (mean)"),
+    ("cluster_changed", "samples that changed learner"),
+)
+
+
+def cluster_evidence(data: ExperimentData) -> pd.DataFrame:
+    """One row per trial and division round: `key` (the row), `label`, `round` (epoch, from 1),
+    and what the round did: class_purity, group_purity, classes_per_cluster (mean over its
+    clusters), cluster_changed (share of samples moved since the last round), as recorded."""
     trials = data.shown()
     epochs = data.epochs
     if epochs.empty or "cluster_sizes" not in epochs or epochs["cluster_sizes"].notna().sum() == 0:
@@ -311,18 +322,56 @@ def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
     epochs = epochs.assign(_key=_trial_keys(data, epochs, trials)).dropna(subset=["_key", "cluster_sizes"])
     if epochs.empty:
         raise StoreError(f"no completed trial of {data.name!r} re-clustered (no cluster_sizes)")
-    keys = ordered_keys(data, epochs["_key"].unique())
+    frame = pd.DataFrame({"key": epochs["_key"], "trial_id": epochs["trial_id"], "round": epochs["epoch"].astype(int) + 1})
+    frame["label"] = frame["key"].map(lambda k: row_label(data, k, named=True))
+    for name in ("class_purity", "group_purity", "cluster_changed"):
+        frame[name] = pd.to_numeric(epochs[name], errors="coerce") if name in epochs else np.nan
+    classes = epochs["cluster_classes"] if "cluster_classes" in epochs else pd.Series(None, index=epochs.index)
+    frame["classes_per_cluster"] = [float(np.mean(json.loads(c))) if isinstance(c, str) else np.nan for c in classes]
+    frame["cluster_sizes"] = epochs["cluster_sizes"]
+    return frame.sort_values(["key", "round"]).reset_index(drop=True)
+
+
+def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
+    """Top: what each division round did, one line per setting (mean over seeds, band: 95 %
+    interval; seaborn): class purity, group purity, classes per cluster, samples moved. Below:
+    the cluster sizes at each round, one panel per setting."""
+    import seaborn as sns
+
+    evidence = cluster_evidence(data)
+    keys = ordered_keys(data, evidence["key"].unique())
+    labels = [row_label(data, k, named=True) for k in keys]
+    colors = dict(zip(labels, (palette(data).get(k, c) for k, c in zip(keys, _colors(len(keys))))))
+    panels = [(name, text) for name, text in EVIDENCE if evidence[name].notna().any()]
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 0.6), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    fig = Figure(figsize=(max(4.6 * ncols, 3.6 * max(1, len(panels))), 3.6 * nrows + (3.8 if panels else 0) + 0.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.8, 3.6 * nrows]) if panels else (None, fig)
+    if panels:
+        axes = top.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (name, text) in zip(axes, panels):
+            shown = evidence.dropna(subset=[name])
+            sns.lineplot(
+                data=shown, x="round", y=name, hue="label", hue_order=labels, palette=colors, marker="o", errorbar=("ci", 95), ax=ax
+            )
+            ax.set_xticks(sorted(shown["round"].unique()))
+            ax.set_xlabel("division round at epoch")
+            ax.set_ylabel(text, fontsize=9)
+            if name != "classes_per_cluster":
+                ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            legend = ax.get_legend()
+            if legend is not None:
+                legend.remove()
+        handles, names = axes[0].get_legend_handles_labels()
+        top.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=9, frameon=False)
+        top.suptitle("what each division does (mean over seeds, band: 95 % interval)", fontsize=11)
+    axes = bottom.subplots(nrows, ncols, squeeze=False, sharey=True)
     rng = np.random.default_rng(0)
-    colors = palette(data)
-    for ax, key in zip(axes.ravel(), keys):
-        color = colors.get(key, "tab:blue")
-        rows = epochs[epochs["_key"] == key].sort_values("epoch")
-        rounds = sorted(int(e) for e in rows["epoch"].unique())
-        sizes = [[s for text in rows.loc[rows["epoch"] == e, "cluster_sizes"] for s in json.loads(text)] for e in rounds]
+    for ax, key, label in zip(axes.ravel(), keys, labels):
+        rows = evidence[evidence["key"] == key]
+        rounds = sorted(rows["round"].unique())
+        sizes = [[s for text in rows.loc[rows["round"] == r, "cluster_sizes"] for s in json.loads(text)] for r in rounds]
         positions = list(range(1, len(rounds) + 1))
         ax.boxplot(
             sizes,
@@ -334,17 +383,18 @@ def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
             whiskerprops={"color": "0.4"},
         )
         for pos, values in zip(positions, sizes):
-            ax.scatter(pos + rng.uniform(-0.18, 0.18, len(values)), values, s=12, color=color, alpha=0.75, zorder=3)
+            ax.scatter(pos + rng.uniform(-0.18, 0.18, len(values)), values, s=12, color=colors[label], alpha=0.75, zorder=3)
         counts = [len(json.loads(t)) for t in rows["cluster_sizes"]]
-        ax.set_xticks(positions, [str(e + 1) for e in rounds])
-        ax.set_title(f"{row_label(data, key, named=True)}\n(K up to {max(counts)}, {rows['trial_id'].nunique()} trial(s))", fontsize=10)
-        ax.set_xlabel("re-clustering at epoch")
+        ax.set_xticks(positions, [str(r) for r in rounds])
+        ax.set_title(f"{label}\n(K up to {max(counts)}, {rows['trial_id'].nunique()} trial(s))", fontsize=10)
+        ax.set_xlabel("division round at epoch")
         ax.grid(alpha=0.3, axis="y")
     for ax in axes[:, 0]:
         ax.set_ylabel("cluster size (training samples)")
     for ax in axes.ravel()[len(keys) :]:
         ax.set_visible(False)
-    fig.suptitle(_title(data, "cluster sizes at each re-clustering (dots: clusters, pooled over seeds)"))
+    bottom.suptitle("cluster sizes at each round (dots: clusters, pooled over seeds)", fontsize=11)
+    fig.suptitle(_title(data, "the groupings' clusters"))
     return fig
 
 

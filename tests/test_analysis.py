@@ -108,6 +108,10 @@ def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4, every_e
                 "loss": 1.0 / (e + 1),
                 "reclustered": True if divides else None,
                 "cluster_sizes": json.dumps([40 + seed, 30, 20, 10 - seed]) if divides else None,
+                "cluster_classes": json.dumps([4, 3, 2, 1 + (grouping == "random")]) if divides else None,
+                "class_purity": {"random": 0.3, "kmeans": 0.8}.get(grouping, 1.0) + 0.05 * (e - 1) if divides else None,
+                "group_purity": {"random": 0.4, "kmeans": 0.7}.get(grouping, 1.0) if divides else None,
+                "cluster_changed": 0.1 * seed if divides and e > 1 else None,
                 "val_recall@1": 0.4 + 0.05 * e + 0.01 * seed,
                 "test_recall@1": 0.35 + 0.05 * e if every_eval or e == epochs - 1 else None,
             }
@@ -503,6 +507,26 @@ def test_categories_are_never_joined_by_lines(tmp_path):
     (tmp_path / card["sweep"] / "experiment.json").write_text(json.dumps(card))
     fig = experiment_figure(load_experiment(tmp_path, "table6_grouping"))  # numbers on x: lines
     assert {bars.lines[0].get_linestyle() for bars in fig.axes[0].containers} == {"-"}
+
+
+def test_clusters_plot_draws_what_each_division_did(t6_store):
+    """`dncml plot --kind clusters`: per division round and setting, class purity, group purity,
+    classes per cluster and samples moved, from the epochs; then the cluster sizes."""
+    from dncml.analysis.plots import cluster_evidence
+
+    data = load_experiment(t6_store, "table6_grouping")
+    evidence = cluster_evidence(data)
+    assert set(evidence["key"]) == {"kmeans", "random"}  # the baseline never divides
+    assert sorted(evidence.loc[evidence["key"] == "random", "class_purity"]) == pytest.approx([0.3] * 3 + [0.35] * 3)
+    assert evidence.loc[evidence["key"] == "kmeans", "classes_per_cluster"].tolist() == pytest.approx([2.5] * 4)
+    fig = experiment_figure(data, "clusters")
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert sum(label.startswith(("class purity", "group purity", "classes per cluster", "samples that")) for label in labels) == 4
+    purity = next(ax for ax in fig.axes if ax.get_ylabel().startswith("class purity"))
+    assert sorted(tuple(np.round(line.get_ydata(), 3)) for line in purity.get_lines() if len(line.get_xdata()) == 2) == [
+        (0.3, 0.35),
+        (0.8, 0.85),
+    ]
 
 
 def test_metric_vs_and_search_plots(tmp_path):
