@@ -3,6 +3,7 @@
     dncml datasets list | prepare glyphs | check NAME --root DIR | show NAME --out FILE.png
     dncml train RUNSPEC.yaml [--set field=value ...] [--local | --num-workers N --use-gpu --address A]
     dncml embed CHECKPOINT --split test --out FILE.parquet
+    dncml retrievals CHECKPOINT|--trial ID --out FILE.png
     dncml sweep SPEC.yaml [--preset NAME] [--address A] [--storage DIR] [--resume]
     dncml table STORE --experiment NAME [--format md|latex|html] [--out FILE]
     dncml plot STORE --experiment NAME --out FILE.png
@@ -192,18 +193,35 @@ def cmd_embed(args) -> int:
     from dncml.platform.store import write_embeddings
     from dncml.trainers.embedding import embed_checkpoint
 
-    checkpoint = args.checkpoint
+    checkpoint = _checkpoint_of(args, "embed")
+    split, vectors = embed_checkpoint(checkpoint, args.split)
+    out = write_embeddings(args.out, split, vectors)
+    print(f"wrote {len(vectors)} embeddings of dimension {vectors.shape[1]} ({args.split}) to {out}")
+    return 0
+
+
+def cmd_retrievals(args) -> int:
+    from dncml.trainers.data.preview import save_retrievals
+    from dncml.trainers.embedding import embed_checkpoint
+
+    checkpoint = _checkpoint_of(args, "retrievals")
+    split, vectors = embed_checkpoint(checkpoint, args.split)
+    out, right = save_retrievals(split, vectors, args.out, queries=args.queries, k=args.k)
+    print(f"wrote {out}: {args.queries} {args.split} queries and their {args.k} nearest neighbours, {right:.0%} of them right")
+    return 0
+
+
+def _checkpoint_of(args, command: str) -> str:
+    """A CHECKPOINT directory given, or `--trial ID`'s validation-selected one."""
     if args.trial:
         from dncml.platform.store import ResultsStore
 
         checkpoint = ResultsStore(args.storage).selected_checkpoint(args.sweep, args.trial)
         print(f"trial {args.trial}: the validation-selected checkpoint {checkpoint}")
-    elif not checkpoint:
-        raise UsageError("dncml embed needs a CHECKPOINT directory, or --trial ID (with --storage and --sweep)")
-    split, vectors = embed_checkpoint(checkpoint, args.split)
-    out = write_embeddings(args.out, split, vectors)
-    print(f"wrote {len(vectors)} embeddings of dimension {vectors.shape[1]} ({args.split}) to {out}")
-    return 0
+        return checkpoint
+    if not args.checkpoint:
+        raise UsageError(f"dncml {command} needs a CHECKPOINT directory, or --trial ID (with --storage and --sweep)")
+    return args.checkpoint
 
 
 # ----------------------------------------------------------------------------- sweep, table
@@ -368,6 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which split to embed")
     p.add_argument("--out", required=True, help="the Parquet file to write")
     p.set_defaults(func=cmd_embed)
+
+    p = command("retrievals", "a PNG grid of queries and their nearest neighbours (right: green, wrong: red)")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint directory, e.g. runs/NAME-.../checkpoints/best")
+    p.add_argument("--trial", default=None, help="instead: a trial id of the results store; its validation-selected checkpoint")
+    p.add_argument("--storage", default="results", help="with --trial: the results store")
+    p.add_argument("--sweep", default="train", help="with --trial: its sweep id (train: where `dncml train` records)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="where queries and neighbours come from")
+    p.add_argument("--queries", type=int, default=8, help="queries (rows), of distinct classes")
+    p.add_argument("--k", type=int, default=5, help="neighbours per query")
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.set_defaults(func=cmd_retrievals)
 
     p = command("sweep", "run an experiment spec as a Ray Tune sweep")
     p.add_argument("spec", help="experiment YAML (experiments/*.yaml) or a shipped experiment's name")

@@ -135,3 +135,22 @@ def test_a_divisions_evidence_by_hand():
     assert evidence["class_purity"] == pytest.approx((3 / 4 + 1 + 1) / 3)
     assert evidence["group_purity"] == pytest.approx((3 + 3) / 8)  # cluster 1: three of group 5, two of 7
     assert np.isnan(Assignment(version=0, clusters=clusters, num_clusters=2).evidence(labels, np.full(8, -1))["group_purity"])
+
+
+def test_retrievals_grid_marks_right_and_wrong_neighbours(tmp_path):
+    """Each query's k nearest neighbours framed green (its class) or red (another): here class
+    1's images lie next to class 0's, so its neighbours are half wrong."""
+    import numpy as np
+    from PIL import Image
+
+    from dncml.trainers.data.base import ImageSplit
+    from dncml.trainers.data.preview import RIGHT, WRONG, save_retrievals
+
+    labels = np.repeat([0, 1, 2], 4)
+    vectors = np.array([[0.0, i * 0.01] for i in range(4)] + [[0.005, i * 0.01] for i in range(4)] + [[5.0, i] for i in range(4)])
+    split = ImageSplit("test", labels, images=np.full((12, 16, 16), 200, dtype=np.uint8))
+    out, right = save_retrievals(split, vectors, tmp_path / "r.png", queries=3, k=3)
+    rows = np.asarray(Image.open(out).convert("RGB"))
+    assert rows.shape[0] > 3 * 16 and 0 < right < 1
+    colours = {tuple(c) for c in rows.reshape(-1, 3)}
+    assert RIGHT in colours and WRONG in colours
