@@ -60,7 +60,8 @@ def cmd_datasets_list(args) -> int:
     for name, info in BENCHMARKS.items():
         print(f"{name:<10} {info.title}")
         print(f"           unpack: {info.archive}")
-        print(f"           expects under --root / data_root: {', '.join(info.required_files)}")
+        expected = ", ".join(info.required_files) or "one sub-folder of images per class"
+        print(f"           expects under --root / data_root: {expected}")
         print(f"           Recall@K: {', '.join(map(str, info.recall_ks))}; group labels: {'yes' if info.has_groups else 'no'}")
     return 0
 
@@ -337,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="default: $DNCML_CACHE or $XDG_CACHE_HOME/dncml or ~/.cache/dncml")
     p.set_defaults(func=cmd_datasets_list)
     p = action("prepare", "render and cache the embedded glyphs dataset")
-    p.add_argument("name", choices=["glyphs"], help="the embedded dataset")
+    p.add_argument("name", help="glyphs (the embedded dataset; the benchmarks are read from their archives)")
     glyph_options(p)
     p.set_defaults(func=cmd_datasets_prepare)
     p = action("check", "validate a dataset directory; print counts per split")
@@ -448,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     console.setup(console.VERBOSE if args.verbose else console.QUIET if args.quiet else console.NORMAL)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # `dncml status | head`: the reader has gone; end quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ValueError as error:
         # GlyphConfig and the readers raise ValueError subclasses naming the field or the path.
         if isinstance(error, _user_errors()) or args.command == "datasets":

@@ -57,6 +57,9 @@ class Bar:
 
             self.bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True)
 
+    def __getstate__(self) -> dict:
+        return {"bar": None}  # Tune pickles its callbacks (with the sweep's state): the bar stays here
+
     def update(self, count: int = 1, **postfix) -> None:
         if self.bar is not None:
             if postfix:

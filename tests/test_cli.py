@@ -143,3 +143,21 @@ def test_a_local_ray_that_cannot_start_gets_one_clear_line(monkeypatch):
     monkeypatch.setattr(ray, "init", overloaded)
     with pytest.raises(PlatformError, match="local Ray did not start.*Nothing was run"):
         platform_train.connect(None)
+
+
+def test_small_cli_rough_edges(tmp_path):
+    """`datasets prepare cub` gets the friendly message, `datasets list` says what folder
+    expects, a mistyped choice gets a "did you mean", and `dncml status | head` ends quietly."""
+    cub = dncml("datasets", "prepare", "cub")
+    assert cub.returncode == 2 and "'cub' is read from its archive (dncml datasets check cub --root DIR)" in cub.stderr
+    folder = dncml("datasets", "list").stdout.split("folder", 1)[1]
+    assert "expects under --root / data_root: one sub-folder of images per class" in folder
+    typo = dncml("train", "--set", "grouping=kmean")
+    assert typo.returncode == 2 and "(did you mean 'kmeans'?)" in typo.stderr
+    store = tmp_path / "store"
+    for i in range(3000):  # more than a pipe holds (64 KiB) after `head -1` has gone
+        (store / f"train{i:04d}" / "trials").mkdir(parents=True)
+    piped = subprocess.run(
+        f"{sys.executable} -m dncml.platform.cli status {store} | head -1", shell=True, capture_output=True, text=True, cwd=ROOT
+    )
+    assert piped.stdout.strip() and "BrokenPipe" not in piped.stderr and "Traceback" not in piped.stderr

@@ -1,7 +1,7 @@
 """RunSpec: the one typed, validated description of a divide-and-conquer run.
 
 Every knob of a run lives here, with the paper's defaults where the paper has one
-(PAPER_NOTES.md). A spec comes from YAML, a dict or `--set field=value` overrides; anything
+(Sanakoyeu et al., CVPR 2019, Sections 3-4; TPAMI 2021). A spec comes from YAML, a dict or `--set field=value` overrides; anything
 wrong fails here, early, with the field's name and the values it allows.
 """
 
@@ -303,7 +303,9 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
 def _choice(spec: RunSpec, name: str, allowed: tuple[str, ...]) -> None:
     value = getattr(spec, name)
     if value not in allowed:
-        raise SpecError(f"RunSpec field {name!r} = {value!r}: allowed values are {', '.join(allowed)}")
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpecError(f"RunSpec field {name!r} = {value!r}: allowed values are {', '.join(allowed)}{hint}")
 
 
 def _at_least(spec: RunSpec, name: str, minimum: float) -> None:
