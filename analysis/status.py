@@ -93,10 +93,12 @@ def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
                 status = "interrupted?"
             elif len(own) and "epoch_seconds" in own:
                 eta = float(pd.to_numeric(own["epoch_seconds"], errors="coerce").mean()) * (total - done)
+        seed = trial.get("spec_seed")
         rows.append(
             {
                 "trial": trial["trial_id"],
                 "setting": trial.get("setting") or "",
+                "seed": "" if seed is None or pd.isna(seed) else int(seed),
                 "status": status,
                 "epochs": f"{done}/{total}",
                 f"best {metric}": best,
@@ -123,7 +125,40 @@ def sweep_status(sweep_dir: Path) -> tuple[dict, pd.DataFrame]:
         "state": state,
         "counts": counts,
         "holders": live,
+        **_sweep_clock(trials, table, counts.get("not started", 0), state),
     }, table
+
+
+def _sweep_clock(trials: pd.DataFrame, table: pd.DataFrame, not_started: int, state: str) -> dict:
+    """The sweep's elapsed time (first trial start to now, or to the last end once finished) and,
+    while running, its ETA: the running trials' longest ETA, plus the trials not started yet at
+    the completed trials' mean wall time, as many at once as are running now."""
+    if trials.empty or "started_at" not in trials:
+        return {"elapsed": math.nan, "eta": math.nan}
+    started = pd.to_datetime(trials["started_at"], errors="coerce", utc=True).min()
+    ended = pd.to_datetime(trials.get("ended_at"), errors="coerce", utc=True).max() if "ended_at" in trials else pd.NaT
+    until = pd.Timestamp.now(tz="UTC") if state == "running" or pd.isna(ended) else ended
+    elapsed = (until - started).total_seconds() if pd.notna(started) else math.nan
+    eta = math.nan
+    if state == "running":
+        running = table[table["status"] == "running"]
+        walls = pd.to_numeric(trials.loc[trials["status"] == "completed", "wall_seconds"], errors="coerce").dropna()
+        own = [_seconds(text) for text in running["ETA"]] if len(running) else []
+        longest = max([t for t in own if math.isfinite(t)], default=0.0)
+        queued = not_started * float(walls.mean()) / max(1, len(running)) if not_started and len(walls) else 0.0
+        eta = longest + queued if (own or queued) else math.nan
+    return {"elapsed": elapsed, "eta": eta}
+
+
+def _seconds(text: str) -> float:
+    """`_duration`'s text back to seconds ("3m05s", "1h02m"; "" -> NaN)."""
+    if not text:
+        return math.nan
+    if "h" in text:
+        hours, minutes = text.rstrip("m").split("h")
+        return int(hours) * 3600 + int(minutes) * 60
+    minutes, seconds = text.rstrip("s").split("m")
+    return int(minutes) * 60 + int(seconds)
 
 
 def render_status(store: str | Path, sweep: str | None = None) -> str:
@@ -149,7 +184,10 @@ def render_status(store: str | Path, sweep: str | None = None) -> str:
         what = f"{summary['experiment']}, preset {summary['preset']}" if summary["experiment"] else "runs of dncml train"
         holders = "; ".join(f"pid {h.get('pid')} on {h.get('host')}" for h in summary["holders"])
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
-        head = f"{summary['sweep']} ({what}): {summary['state']}{f' ({holders})' if holders else ''}: {counts}"
+        clock = "".join(
+            f", {name} {_duration(summary[key])}" for name, key in (("elapsed", "elapsed"), ("ETA", "eta")) if math.isfinite(summary[key])
+        )
+        head = f"{summary['sweep']} ({what}): {summary['state']}{f' ({holders})' if holders else ''}: {counts}{clock}"
         body = table.to_string(index=False, float_format=lambda v: f"{v:.4f}") if len(table) else "  (no trial yet)"
         blocks.append(head + "\n" + "\n".join("  " + line for line in body.splitlines()))
     return "\n\n".join(blocks)

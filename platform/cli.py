@@ -182,12 +182,27 @@ def cmd_train(args) -> int:
     if args.local:
         from dncml.platform.local import train_local
 
-        train_local(spec, run_dir=args.run_dir, storage=args.storage, sweep=args.sweep or "train", resume=args.resume)
+        train_local(
+            spec, run_dir=args.run_dir, storage=args.storage, sweep=args.sweep or "train", resume=args.resume, setting=_setting(args)
+        )
         return 0
     from dncml.platform.train import train_on_ray
 
-    train_on_ray(spec, num_workers=args.num_workers, use_gpu=args.use_gpu, address=args.address, storage=args.storage, resume=args.resume)
+    train_on_ray(
+        spec,
+        num_workers=args.num_workers,
+        use_gpu=args.use_gpu,
+        address=args.address,
+        storage=args.storage,
+        resume=args.resume,
+        setting=_setting(args),
+    )
     return 0
+
+
+def _setting(args) -> str:
+    """A run's `setting` in the store (and `dncml status`): its `--set` assignments."""
+    return ",".join(item.replace(" ", "") for item in args.set or [])
 
 
 def cmd_embed(args) -> int:

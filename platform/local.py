@@ -48,20 +48,22 @@ def train_local(
     sweep: str = "train",
     resume: bool = False,
     threads: int | None = None,
+    setting: str = "",
 ) -> str | None:
     """Train `spec` here; returns the trial id (None when `--resume` found the run finished).
     run_dir: None = a new `runs/<trial id>` (with resume: the newest run of this spec there).
     threads: torch's intra-op threads for the run (None: those of a default Ray Train worker,
-    `worker_threads()`, so that a seed gives the numbers it gives on Ray); restored afterwards."""
+    `worker_threads()`, so that a seed gives the numbers it gives on Ray); restored afterwards.
+    setting: the trial row's `setting` (`dncml train --set` passes its assignments)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads or worker_threads())
     try:
-        return _train_local(spec, run_dir, storage, sweep, resume)
+        return _train_local(spec, run_dir, storage, sweep, resume, setting)
     finally:
         torch.set_num_threads(before)
 
 
-def _train_local(spec: RunSpec, run_dir: str | Path | None, storage: str | None, sweep: str, resume: bool) -> str | None:
+def _train_local(spec: RunSpec, run_dir: str | Path | None, storage: str | None, sweep: str, resume: bool, setting: str) -> str | None:
     safe_name(sweep, "--sweep")
     if run_dir is None:
         run_dir = default_run_dir(spec, resume)
@@ -93,7 +95,7 @@ def _train_local(spec: RunSpec, run_dir: str | Path | None, storage: str | None,
         if not (resume and id_file.is_file()):
             id_file.write_text(new_id(spec.name))
         trial_id = id_file.read_text().strip()
-        recorder = TrialRecorder(ResultsStore(storage), sweep, trial_id, spec) if storage else None
+        recorder = TrialRecorder(ResultsStore(storage), sweep, trial_id, spec, setting=setting) if storage else None
 
         bar = Bar(spec.total_epochs, spec.name, "epoch", initial=_resumed_epochs(resume_from))
 

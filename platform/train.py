@@ -388,8 +388,10 @@ def train_on_ray(
     storage: str | None = None,
     resume: bool = False,
     sweep: str = "train",
+    setting: str = "",
 ) -> str:
-    """`dncml train`: one run on Ray Train workers; its epochs land in the results store."""
+    """`dncml train`: one run on Ray Train workers; its epochs land in the results store.
+    setting: the trial row's `setting` (`dncml train --set` passes its assignments)."""
     if num_workers < 1:
         raise PlatformError(f"--num-workers {num_workers}: must be >= 1")
     store = ResultsStore(storage or "results")
@@ -421,7 +423,7 @@ def train_on_ray(
         raise PlatformError(f"--num-workers {num_workers} needs {num_workers} CPUs; the cluster has {free:g}")
     log.info(f"run {trial_id}: {num_workers} Ray Train worker(s), store {store.root / sweep}")
     with store.lease(sweep, trial_id):  # a second `--resume` of this run is refused while it runs
-        recorder = TrialRecorder(store, sweep, trial_id, spec)
+        recorder = TrialRecorder(store, sweep, trial_id, spec, setting=setting)
         stop = threading.Event()
         follower = console.tail_epochs(store, sweep, trial_id, spec.name, spec.selection_metric, stop)
         try:

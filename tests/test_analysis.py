@@ -373,6 +373,22 @@ def test_cli_table_plot_status_pick_the_experiment_and_sweep(t6_store, tmp_path,
     assert "holds 2 experiments (fig1_learners, table6_grouping); name one with --experiment" in capsys.readouterr().err
 
 
+def test_status_tells_seeds_apart_and_gives_the_sweeps_elapsed_time(tmp_path):
+    from dncml.analysis.status import render_status
+
+    rows = [
+        trial(
+            f"s{seed}", spec_grouping="kmeans", spec_seed=seed, started_at="2026-01-01T12:00:00", ended_at=f"2026-01-01T12:0{seed + 1}:00"
+        )
+        for seed in (0, 1)
+    ]
+    write_sweep(tmp_path, t6_card(), rows)
+    lines = render_status(tmp_path).splitlines()
+    assert lines[0].endswith(": 2 completed, 7 not started, elapsed 2m00s")  # the card plans 9
+    header = lines[1].split()
+    assert header[:3] == ["trial", "setting", "seed"] and [line.split()[1] for line in lines[2:]] == ["0", "1"]
+
+
 def test_a_one_seed_table_has_no_n_in_its_cells(tmp_path):
     card = t6_card(metrics=["test_recall@1"])
     write_sweep(tmp_path, card, [trial(f"s{g}", spec_grouping=g, spec_seed=0, **{"best_test_recall@1": 0.5}) for g in ("none", "kmeans")])

@@ -66,8 +66,12 @@ def test_readme_train_commands_run_in_order_into_their_own_run_directories(tmp_p
 
     first = train()
     assert first.returncode == 0, first.stderr[-3000:]
-    second = train("--set", "grouping=random", "--set", "K=4")
+    second = train("--set", "grouping=random", "--set", "K=4", "--storage", str(tmp_path / "store"))
     assert second.returncode == 0, second.stderr[-3000:]
+    row = pd.read_parquet(tmp_path / "store" / "train" / "trials")
+    assert row["setting"].tolist() == [
+        "glyph_classes=48,image_size=16,embedding_dim=16,steps_per_epoch=2,kmeans_iterations=5,eval_every=10,epochs=1,grouping=random,K=4"
+    ]  # what `dncml status` shows
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2 and all(p.name.startswith("glyphs_smoke-") and (p / "checkpoints" / "best").is_dir() for p in runs)
     again = train("--resume")
