@@ -190,6 +190,10 @@ def tag_name(metric: str) -> str:
     return metric.replace("@", "_at_")
 
 
+# Epoch fields that count or identify rather than measure: not drawn as TensorBoard scalars.
+BOOKKEEPING = ("epoch", "total_epochs", "steps", "assignment_version", "assignment_digest", "best_epoch", "workers", "cluster_repaired")
+
+
 def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
     """Every numeric metric of an epoch as a TensorBoard scalar at step = epoch (`val_recall@1` as
     `val_recall_at_1`), in one event directory per trial (`tensorboard --logdir STORE`). A writer
@@ -200,6 +204,8 @@ def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
     if writer is None:
         writer = _writers[logdir] = SummaryWriter(str(logdir))
     for name, value in metrics.items():
+        if name in BOOKKEEPING:
+            continue
         if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value):
             writer.add_scalar(tag_name(name), float(value), int(metrics["epoch"]))
     writer.flush()

@@ -133,6 +133,25 @@ class ProgressPrinter(tune.Callback):
         self.bar.close()
 
 
+class NoTuneTensorBoard(tune.logger.TBXLoggerCallback):
+    """In place of Tune's own TensorBoard logger, which Tune adds unless one is given: the store
+    already holds one event directory per trial (`STORE/<sweep>/tensorboard/<trial>/`), and a
+    second copy under Tune's trial directories would show every run twice (with Tune's
+    bookkeeping counters as scalars). Tune's CSV and JSON result files stay."""
+
+    def __init__(self):
+        super().__init__()
+
+    def log_trial_start(self, trial) -> None:
+        pass
+
+    def log_trial_result(self, iteration, trial, result) -> None:
+        pass
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        pass
+
+
 class SweepMonitor(tune.Callback):
     """Stops a sweep whose first trials all fail before any trial reports an epoch: a broken
     environment (missing code or data on the workers, a bad runtime environment) fails every
@@ -280,7 +299,7 @@ def run_sweep(
     monitor = SweepMonitor(threshold=min(total, max(2, limit)))
     ended = {t: s for t, s in store.statuses(sweep).items() if s in ("completed", "pruned")} if resume else {}
     printer = ProgressPrinter(experiment, total, limit, ended)
-    callbacks = [printer, monitor]
+    callbacks = [printer, monitor, NoTuneTensorBoard()]
     if mlflow_uri:
         from .tracking import MLflowCallback
 

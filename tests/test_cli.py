@@ -123,6 +123,7 @@ def test_local_run_writes_tensorboard_events_and_status(tmp_path):
     scalars = _scalars(store / "train" / "tensorboard" / trial)
     assert [step for step, _ in scalars["loss"]] == [0, 1, 2, 3]
     assert len(scalars["val_recall_at_1"]) == 1  # eval_every=10: the last epoch only
+    assert not {"epoch", "total_epochs", "steps", "assignment_version", "best_epoch"} & set(scalars)  # bookkeeping, not measures
     status = dncml("status", str(store))
     assert status.returncode == 0 and trial in status.stdout and "completed" in status.stdout and "4/4" in status.stdout
 

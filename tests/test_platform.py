@@ -233,6 +233,9 @@ def test_sweep_records_failed_trial_and_completes_the_rest(ray_local, tmp_path):
     assert "Unpickling" in by_size.loc[80, "error"]
     assert set(epochs["trial_id"]) == {by_size.loc[64, "trial_id"]}
     assert summary == {"completed": 1, "failed": 1}
+    # one TensorBoard copy per trial: the store's, none of Tune's beside it
+    events = [p.relative_to(tmp_path / "store") for p in (tmp_path / "store").rglob("events.out.tfevents*")]
+    assert events and all(p.parts[:2] == (sweep, "tensorboard") for p in events)
     card = yaml.safe_load((tmp_path / "store" / sweep / "experiment.json").read_text())
     assert card["experiment"] == "partly_broken" and card["rows"] == ["glyph_classes"]
 
