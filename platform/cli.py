@@ -128,7 +128,9 @@ def cmd_datasets_show(args) -> int:
 
         bundle = read_benchmark(args.name, args.root)
     data = bundle.train if args.split == "train" else bundle.tests[0].query
-    out = save_grid(data, args.out, classes=args.rows, per_class=args.per_class, group_names=bundle.group_names)
+    out = save_grid(
+        data, args.out, classes=args.rows, per_class=args.per_class, group_names=bundle.group_names, class_names=bundle.class_names
+    )
     print(f"wrote {out}")
     return 0
 

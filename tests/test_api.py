@@ -154,3 +154,15 @@ def test_retrievals_grid_marks_right_and_wrong_neighbours(tmp_path):
     assert rows.shape[0] > 3 * 16 and 0 < right < 1
     colours = {tuple(c) for c in rows.reshape(-1, 3)}
     assert RIGHT in colours and WRONG in colours
+
+
+def test_glyph_classes_are_named_by_their_glyph_and_code_point():
+    from dncml.trainers import spec as runspec
+    from dncml.trainers.data.loading import load_dataset
+
+    smoke = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments" / "runs" / "glyphs_smoke.yaml"
+    bundle = load_dataset(runspec.load(smoke, {"glyph_classes": 48, "image_size": 16}), progress=False)
+    label = int(bundle.train.labels[0])
+    name = bundle.class_names[label]
+    glyph, code = name.split(" ")
+    assert code == f"U+{ord(glyph):04X}"  # `datasets show` labels rows with it, not "class 0"

@@ -159,6 +159,8 @@ def test_small_cli_rough_edges(tmp_path):
     assert "expects under --root / data_root: one sub-folder of images per class" in folder
     typo = dncml("train", "--set", "grouping=kmean")
     assert typo.returncode == 2 and "(did you mean 'kmeans'?)" in typo.stderr
+    blamed = dncml("train", str(SMOKE), "--set", "K=7")  # the file is fine: the --set is to blame
+    assert blamed.returncode == 2 and blamed.stderr.startswith(f"error: --set (over {SMOKE}): RunSpec field 'num_learners' (K) = 7")
     store = tmp_path / "store"
     for i in range(3000):  # more than a pipe holds (64 KiB) after `head -1` has gone
         (store / f"train{i:04d}" / "trials").mkdir(parents=True)

@@ -285,6 +285,13 @@ def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Ru
     try:
         return from_dict(values, overrides)
     except SpecError as error:
+        if overrides:
+            try:
+                from_dict(values)
+            except SpecError:
+                pass
+            else:  # the file alone is a valid spec: the error is the overrides'
+                raise SpecError(f"--set (over {path}): {error}") from None
         raise SpecError(f"{path}: {error}") from None
 
 

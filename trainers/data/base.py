@@ -93,6 +93,7 @@ class DatasetBundle:
     channels: int = 3
     group_names: dict[int, str] = field(default_factory=dict)
     val: EvalSet | None = None
+    class_names: dict[int, str] = field(default_factory=dict)  # label -> a readable name (glyphs: the glyph, U+code point)
 
     def summary(self) -> dict:
         rows = {"train": (len(self.train), self.train.num_classes)}

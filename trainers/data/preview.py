@@ -40,6 +40,19 @@ def _pick(split: ImageSplit, classes: int, per_class: int) -> list[tuple[int, in
     return rows
 
 
+def _font(size: int = 11):
+    """DejaVu Sans (shipped with matplotlib: it draws the glyphs' own characters in labels),
+    else PIL's default font."""
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
+
+
 def _image(split: ImageSplit, i: int, cell: int, rgb: bool):
     from PIL import Image
 
@@ -70,6 +83,7 @@ def save_grid(
     per_class: int = 12,
     cell: int | None = None,
     group_names: dict[int, str] | None = None,
+    class_names: dict[int, str] | None = None,
 ) -> Path:
     """Write a PNG grid: one row per class (``classes`` classes spread over the labels), up to
     ``per_class`` images each, a label column on the left (class id and group name).
@@ -79,12 +93,15 @@ def save_grid(
     image (default: 64 for arrays, upscaled with nearest neighbour when small; 96 for files).
     ``group_names``: group id -> name for the labels (default: the bundle's). Returns the PNG path.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     if classes < 1 or per_class < 1:
         raise ValueError(f"classes and per_class must be >= 1, got {classes}, {per_class}")
     split, bundle_names = _split_of(bundle_or_split)
     group_names = bundle_names if group_names is None else dict(group_names)
+    if class_names is None and isinstance(bundle_or_split, DatasetBundle):
+        class_names = bundle_or_split.class_names
+    class_names = class_names or {}
     rows = _pick(split, classes, per_class)
     rgb = split.paths is not None or (split.images is not None and split.images.ndim == 4)
     if cell is None:
@@ -95,11 +112,11 @@ def save_grid(
     mode = "RGB" if rgb else "L"
     grid = Image.new(mode, (width, height), (40, 40, 40) if rgb else 40)
     draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default()
+    font = _font()
     text_fill = (230, 230, 230) if rgb else 230
     for r, (label, group, indices) in enumerate(rows):
         y = _GAP + r * (cell + _GAP)
-        text = f"class {label}"
+        text = f"class {label}" if label not in class_names else f"{class_names[label]}"
         if group >= 0:
             text += f"\n{group_names.get(group, f'group {group}')}"
         draw.multiline_text((4, y + 4), text, fill=text_fill, font=font)
@@ -129,7 +146,7 @@ def save_retrievals(
     spread over the split's labels), the query framed blue, then its `k` nearest neighbours among
     the split's other images (as Recall@K searches them), framed green when of the query's class
     and red when not. Returns the path and the share of right neighbours shown."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     from ..evaluation import _neighbours
 
@@ -147,7 +164,7 @@ def save_retrievals(
     height = len(chosen) * (cell + 2 * frame + gap) + gap + 16
     grid = Image.new("RGB", (width, height), (250, 250, 250))
     draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default()
+    font = _font()
     names = class_names or {}
     draw.text((label_width + gap, 2), "query", fill=(0, 0, 0), font=font)
     draw.text(
