@@ -326,6 +326,14 @@ class RunFailed(RuntimeError):
     """A run ended without every epoch in the store, or with an error no retry can fix."""
 
 
+def _ray_logging_level() -> int:
+    """Ray's own logger level: with -q its start-up lines (the local instance, the dashboard) and
+    warnings stay out, as the outcome alone is asked for."""
+    import logging
+
+    return logging.ERROR if console.verbosity() == console.QUIET else logging.INFO
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> None:
     """Join the Ray cluster at `address`. None: the cluster named by RAY_ADDRESS (which `ray job
     submit` sets for its driver, so a submitted sweep runs on the cluster it was submitted to, with
@@ -363,9 +371,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
                 log_to_driver=console.verbosity() >= console.VERBOSE,
+                logging_level=_ray_logging_level(),
             )
         else:
-            ray.init(address=address, log_to_driver=console.verbosity() >= console.VERBOSE)
+            ray.init(address=address, log_to_driver=console.verbosity() >= console.VERBOSE, logging_level=_ray_logging_level())
     except ConnectionError as error:
         raise PlatformError(f"--address {address}: cannot connect to Ray: {error}") from None
     except Exception as error:
