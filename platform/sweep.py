@@ -377,20 +377,21 @@ class SweepResult:
         counts = ", ".join(f"{n} {s}" for s, n in self.summary.items())
         return f"SweepResult({self.sweep!r}: {counts}; store {self.store})"
 
-    def _data(self):
-        from dncml.analysis.store import load_experiment as load_results
-
-        return load_results(self.store, self.experiment, sweep=self.sweep, require_completed=False)
-
     @property
     def trials(self):
         """One row per trial (status, error, spec_* fields, best_* and final_* metrics)."""
-        return self._data().trials
+        import pandas as pd
+
+        return pd.DataFrame(ResultsStore(self.store).trial_rows(self.sweep))
 
     @property
     def epochs(self):
-        """One row per trial and epoch."""
-        return self._data().epochs
+        """One row per trial and epoch, in trial and epoch order."""
+        import pandas as pd
+
+        store = ResultsStore(self.store)
+        ids = sorted(str(row["trial_id"]) for row in store.trial_rows(self.sweep, ["trial_id"]))
+        return pd.DataFrame([row for trial_id in ids for row in store.epoch_rows(self.sweep, trial_id)])
 
     @property
     def best_trial(self):
