@@ -211,6 +211,28 @@ def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
     writer.flush()
 
 
+def tensorboard_hparams(logdir: Path, hparams: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """A trial's setting and RunSpec in TensorBoard's HParams view, with its final metrics
+    (`hparams/best_val_recall_at_1`, ...), in the trial's own event directory (a file of its own
+    beside the scalars'), once the trial has ended."""
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams as hparams_summary
+
+    values = {k: v if isinstance(v, (bool, str, int, float)) else str(v) for k, v in hparams.items()}
+    finite = {
+        f"hparams/{tag_name(k)}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v)
+    }
+    experiment, start, end = hparams_summary(values, finite)
+    # its own file: the scalars' writer may have opened one of the same second's name
+    with SummaryWriter(str(logdir), filename_suffix=".hparams") as writer:
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary)
+        for tag, value in finite.items():
+            writer.add_scalar(tag, value, 0)
+
+
 def _row_table(row: dict[str, Any], types: dict[str, pa.DataType]) -> pa.Table:
     """One row with every column of `types` (missing -> typed null); extra keys typed by value."""
     columns, fields = {}, []
@@ -506,6 +528,10 @@ class TrialRecorder:
                 row["final_" + name] = evaluated[-1][name] if evaluated else None
                 row["best_" + name] = tested.get(name) if name.startswith("test_") else best.get(name)
         self.store.write_trial(self.sweep, row, self.metric_names)
+        if status != "running" and self.history:
+            hparams = {"setting": self.setting, "status": status, **self.spec.to_dict()}
+            best = {k: v for k, v in row.items() if k.startswith("best_") and k != "best_epoch"}
+            tensorboard_hparams(self.store.sweep_dir(self.sweep) / "tensorboard" / self.trial_id, hparams, best)
 
 
 def selected_epoch(history: list[dict]) -> dict | None:

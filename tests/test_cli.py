@@ -124,6 +124,9 @@ def test_local_run_writes_tensorboard_events_and_status(tmp_path):
     assert [step for step, _ in scalars["loss"]] == [0, 1, 2, 3]
     assert len(scalars["val_recall_at_1"]) == 1  # eval_every=10: the last epoch only
     assert not {"epoch", "total_epochs", "steps", "assignment_version", "best_epoch"} & set(scalars)  # bookkeeping, not measures
+    assert {"hparams/best_val_recall_at_1", "hparams/best_test_recall_at_1"} <= set(scalars)  # the HParams view's metrics
+    plugins = b"".join(p.read_bytes() for p in (store / "train" / "tensorboard" / trial).glob("events.out.tfevents.*"))
+    assert b"hparams" in plugins and b"num_learners" in plugins  # the RunSpec as hyper-parameters
     status = dncml("status", str(store))
     assert status.returncode == 0 and trial in status.stdout and "completed" in status.stdout and "4/4" in status.stdout
 
