@@ -139,9 +139,6 @@ class NoTuneTensorBoard(tune.logger.TBXLoggerCallback):
     second copy under Tune's trial directories would show every run twice (with Tune's
     bookkeeping counters as scalars). Tune's CSV and JSON result files stay."""
 
-    def __init__(self):
-        super().__init__()
-
     def log_trial_start(self, trial) -> None:
         pass
 
@@ -277,8 +274,9 @@ def run_sweep(
     mlflow_uri: str | None = None,
     overrides: list[str] | None = None,
 ):
-    """Run (or with resume, continue) the experiment's sweep; returns `(sweep id, status counts)`.
-    overrides: `--set run.FIELD=VALUE` / `grid.AXIS=[...]` over the preset."""
+    """Run (or with resume, continue) the experiment's sweep; returns a `SweepResult` (which
+    unpacks as `(sweep id, status counts)`). overrides: `--set run.FIELD=VALUE` /
+    `grid.AXIS=[...]` over the preset."""
     started = time.time()
     experiment = load_experiment(spec_path, preset, overrides)  # every grid point validated here
     store = ResultsStore(storage)
