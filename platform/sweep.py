@@ -117,7 +117,9 @@ class ProgressPrinter(tune.Callback):
         log.info(self.progress.line())
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, "completed")
+        result = trial.last_result or {}
+        stopped = "epoch" in result and "total_epochs" in result and int(result["epoch"]) + 1 < int(result["total_epochs"])
+        self._end(trial, "pruned" if stopped else "completed")  # ASHA ends a trial it stops as a completed one
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # One line: the reason (the store's trial row has it too); Tune keeps the traceback in
