@@ -82,8 +82,16 @@ class ProgressPrinter(tune.Callback):
     """One line per epoch per trial, labelled with the trial's setting, one per finished trial,
     and a progress line (done / running / pending, elapsed, ETA) every minute."""
 
-    def __init__(self, experiment: Experiment, total: int, concurrency: int, finished: dict[str, str] | None = None):
-        self.experiment = experiment
+    def __init__(
+        self,
+        experiment: Experiment,
+        total: int,
+        concurrency: int,
+        finished: dict[str, str] | None = None,
+        store: ResultsStore | None = None,
+        sweep: str = "",
+    ):
+        self.experiment, self.store, self.sweep = experiment, store, sweep
         self.progress = Progress(total, experiment.run_spec().total_epochs, concurrency)
         # a resumed sweep: the trials the store holds as ended count from the start
         self.progress.finished.update(finished or {})
@@ -125,7 +133,14 @@ class ProgressPrinter(tune.Callback):
         # One line: the reason (the store's trial row has it too); Tune keeps the traceback in
         # the trial's error.txt (and prints it with -v).
         where = f" (traceback: {trial.error_file})" if getattr(trial, "error_file", None) else ""
-        self._end(trial, "FAILED", f": {_error_line(trial.get_error())}{where}")
+        self._end(trial, "FAILED", f": {self.reason(trial)}{where}")
+
+    def reason(self, trial) -> str:
+        """Why a trial failed, in one line: the error its row in the store records (the trial
+        wrote it), else the last line of Tune's error (when Tune has it yet)."""
+        row = self.store.trial_row(self.sweep, trial.trial_id) if self.store is not None else None
+        recorded = [line.strip() for line in str((row or {}).get("error") or "").splitlines() if line.strip()]
+        return recorded[-1][:1000] if recorded else _error_line(trial.get_error())
 
     def on_step_end(self, iteration, trials, **info):
         if self.progress.due():
@@ -298,7 +313,7 @@ def run_sweep(
     )
     monitor = SweepMonitor(threshold=min(total, max(2, limit)))
     ended = {t: s for t, s in store.statuses(sweep).items() if s in ("completed", "pruned")} if resume else {}
-    printer = ProgressPrinter(experiment, total, limit, ended)
+    printer = ProgressPrinter(experiment, total, limit, ended, store, sweep)
     callbacks = [printer, monitor, NoTuneTensorBoard()]
     if mlflow_uri:
         from .tracking import MLflowCallback

@@ -166,3 +166,18 @@ def test_glyph_classes_are_named_by_their_glyph_and_code_point():
     name = bundle.class_names[label]
     glyph, code = name.split(" ")
     assert code == f"U+{ord(glyph):04X}"  # `datasets show` labels rows with it, not "class 0"
+
+
+def test_a_failed_trial_prints_the_reason_its_row_records(tmp_path):
+    from types import SimpleNamespace
+
+    from dncml.experiments.loader import load_experiment
+    from dncml.platform.store import ResultsStore, TrialRecorder
+    from dncml.platform.sweep import ProgressPrinter
+
+    experiment = load_experiment("table6_grouping", "smoke")
+    store = ResultsStore(tmp_path)
+    TrialRecorder(store, "s", "t1", experiment.run_spec(), experiment.name).fail(ValueError("bad.pt: not weights"))
+    printer = ProgressPrinter(experiment, 1, 1, store=store, sweep="s")
+    trial = SimpleNamespace(trial_id="t1", get_error=lambda: None, config={"grouping": "kmeans", "seed": 0})
+    assert printer.reason(trial) == "ValueError: bad.pt: not weights"  # Tune's own error is not there yet
