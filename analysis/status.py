@@ -53,11 +53,12 @@ def _planned_trials(card: dict) -> int | None:
 
 
 def error_reason(error, width: int = 72) -> str:
-    """A trial's recorded error as one short line: its last line (where the exception names what
-    went wrong), cut to `width` characters ("" for none)."""
+    """A trial's recorded error as one short line: a traceback's last line (where the exception
+    names what went wrong), else the first (`Type: message`), cut to `width` characters."""
     if not isinstance(error, str) or not error.strip():
         return ""
-    line = [part.strip() for part in error.strip().splitlines() if part.strip()][-1]
+    lines = [part.strip() for part in error.strip().splitlines() if part.strip()]
+    line = lines[-1] if "Traceback" in error else lines[0]  # a traceback ends with the exception; `Type: message` starts so
     return line if len(line) <= width else line[: width - 1] + "…"
 
 

@@ -139,8 +139,12 @@ class ProgressPrinter(tune.Callback):
         """Why a trial failed, in one line: the error its row in the store records (the trial
         wrote it), else the last line of Tune's error (when Tune has it yet)."""
         row = self.store.trial_row(self.sweep, trial.trial_id) if self.store is not None else None
-        recorded = [line.strip() for line in str((row or {}).get("error") or "").splitlines() if line.strip()]
-        return recorded[-1][:1000] if recorded else _error_line(trial.get_error())
+        text = str((row or {}).get("error") or "")
+        recorded = [line.strip() for line in text.splitlines() if line.strip()]
+        if not recorded:
+            return _error_line(trial.get_error())
+        # `Type: message` as the trial recorded it: its first line; a traceback: its last
+        return (recorded[-1] if "Traceback" in text else recorded[0])[:1000]
 
     def on_step_end(self, iteration, trials, **info):
         if self.progress.due():
