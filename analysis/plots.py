@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -132,10 +133,35 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
 def _title(data: ExperimentData, text: str) -> str:
-    sweeps = data.sweeps[0] if len(data.sweeps) == 1 else f"{len(data.sweeps)} sweeps"
+    """The experiment and what the figure shows; the sweep ids go into the file's metadata
+    (`figure_metadata`), not the title a paper would print."""
     partial = len(data.partial())
-    note = f"; includes {partial} running or interrupted trial{'s' if partial > 1 else ''} (partial)" if partial else ""
-    return f"{data.name} ({data.preset or 'n/a'}): {text}\n{sweeps}{note}"
+    note = f"\nincludes {partial} running or interrupted trial{'s' if partial > 1 else ''} (partial)" if partial else ""
+    return f"{data.name} ({data.preset or 'n/a'}): {text}{note}"
+
+
+def figure_metadata(data: ExperimentData | None, fmt: str) -> dict[str, str] | None:
+    """Where the figure comes from, in the keys each format keeps (PNG text chunks, PDF info,
+    SVG Dublin Core); JPEG keeps none."""
+    if data is None or fmt in ("jpg", "jpeg"):
+        return None
+    source = f"dncml experiment {data.name} (preset {data.preset or 'n/a'}); sweeps: {', '.join(data.sweeps)}"
+    if data.store:
+        source += f"; store: {data.store}"
+    key = {"png": "Description", "pdf": "Subject", "svg": "Description"}[fmt]
+    return {"Title": f"{data.name}: {', '.join(data.sweeps)}", key: source}
+
+
+def _wrap(label: str, width: int = 16) -> str:
+    """A category's tick label on lines of at most `width` characters."""
+    return "\n".join(textwrap.wrap(str(label), width)) or str(label)
+
+
+def category_ticks(ax, positions, labels: list[str]) -> None:
+    """Readable category labels: wrapped, and turned 30 degrees when many would crowd the axis."""
+    wrapped = [_wrap(label) for label in labels]
+    crowded = sum(max(len(line) for line in w.split("\n")) for w in wrapped) > 60
+    ax.set_xticks(positions, wrapped, rotation=30 if crowded else 0, ha="right" if crowded else "center")
 
 
 def figure_format(out: str | Path) -> str:
@@ -148,11 +174,11 @@ def figure_format(out: str | Path) -> str:
     return suffix
 
 
-def _save(fig: Figure, out: str | Path) -> Path:
+def _save(fig: Figure, out: str | Path, data: ExperimentData | None = None) -> Path:
     out = Path(out)
     fmt = figure_format(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, format=fmt, bbox_inches="tight")
+    fig.savefig(out, dpi=DPI, format=fmt, bbox_inches="tight", metadata=figure_metadata(data, fmt))
     return out
 
 
@@ -171,6 +197,45 @@ def _phase_changes(epochs: pd.DataFrame) -> dict[int, set[str]]:
     return changes
 
 
+def _evaluated(epochs: pd.DataFrame) -> pd.Series:
+    """Epoch rows that hold an evaluation (some validation metric recorded)."""
+    names = [c for c in epochs.columns if c.startswith("val_")]
+    return epochs[names].notna().any(axis=1) if names else pd.Series(False, index=epochs.index)
+
+
+def curve_metrics(data: ExperimentData) -> list[str]:
+    """The metrics a per-epoch figure can draw: those recorded at every evaluation. Validation
+    metrics always are; test metrics only when the sweep ran `test_eval: every_eval` (with the
+    default, `selected`, the test sets are embedded once, on the selected weights, at the end)."""
+    epochs = data.epochs
+    if epochs.empty:
+        return []
+    evaluated = _evaluated(epochs)
+    names = [c for c in epochs.columns if c.startswith(("val_", "test_")) and epochs[c].notna().any()]
+    return [c for c in names if evaluated.any() and epochs.loc[evaluated, c].notna().all()]
+
+
+def _check_per_epoch(data: ExperimentData, epochs: pd.DataFrame, keys: list[str], metric: str) -> None:
+    """A per-epoch curve needs the metric at every evaluation and every series needs points:
+    else an error that says why, never a figure with one dot per row or an empty line."""
+    evaluated = _evaluated(epochs)
+    recorded = epochs[metric].notna()
+    if metric.startswith("test_") and evaluated.any() and not recorded[evaluated].all():
+        raise StoreError(
+            f"{metric!r} is recorded at {int(recorded[evaluated].sum())} of {int(evaluated.sum())} evaluated epochs of "
+            f"{data.name!r}: with `test_eval: selected` (the default) each trial is tested once, on its selected weights, "
+            f"so there is no per-epoch test curve; draw a validation metric "
+            f"({', '.join(curve_metrics(data)) or 'val_recall@1'}), or run the sweep with `test_eval: every_eval`"
+        )
+    empty = [key for key in keys if not recorded[epochs["_key"] == key].any()]
+    if empty:
+        labels = ", ".join(row_label(data, key, named=True) for key in empty)
+        raise StoreError(
+            f"no epoch of {labels} in {data.name!r} recorded {metric!r} (its trials have epochs, none with this metric); "
+            f"metrics every evaluation recorded: {', '.join(curve_metrics(data)) or 'none'}"
+        )
+
+
 def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
     trials = data.shown()
     metric = _pick_metric(data, metric)
@@ -181,6 +246,7 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
         raise StoreError(f"no epoch of {data.name!r} recorded {metric!r}; available per-epoch metrics: {', '.join(names) or 'none'}")
     epochs = epochs.assign(_key=_trial_keys(data, epochs, trials)).dropna(subset=["_key"])
     keys = ordered_keys(data, epochs["_key"].unique())
+    _check_per_epoch(data, epochs, keys, metric)
     notes = _notes(trials, row_keys(data, trials))
     scale = _scale(metric)
     fig = Figure(figsize=(8.5, 5.6), layout="constrained")
@@ -234,7 +300,18 @@ def plot_curves(data: ExperimentData, metric: str | None = None) -> Figure:
     return fig
 
 
-def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
+EVIDENCE = (  # what each division round records (trainers' Assignment.evidence and changed), as drawn
+    ("class_purity", "class purity\n(share of a class in its largest cluster)"),
+    ("group_purity", "group purity\n(share of a cluster from its main group)"),
+    ("classes_per_cluster", "classes per cluster (mean)"),
+    ("cluster_changed", "samples that changed learner"),
+)
+
+
+def cluster_evidence(data: ExperimentData) -> pd.DataFrame:
+    """One row per trial and division round: `key` (the row), `label`, `round` (epoch, from 1),
+    and what the round did: class_purity, group_purity, classes_per_cluster (mean over its
+    clusters), cluster_changed (share of samples moved since the last round), as recorded."""
     trials = data.shown()
     epochs = data.epochs
     if epochs.empty or "cluster_sizes" not in epochs or epochs["cluster_sizes"].notna().sum() == 0:
@@ -245,18 +322,56 @@ def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
     epochs = epochs.assign(_key=_trial_keys(data, epochs, trials)).dropna(subset=["_key", "cluster_sizes"])
     if epochs.empty:
         raise StoreError(f"no completed trial of {data.name!r} re-clustered (no cluster_sizes)")
-    keys = ordered_keys(data, epochs["_key"].unique())
+    frame = pd.DataFrame({"key": epochs["_key"], "trial_id": epochs["trial_id"], "round": epochs["epoch"].astype(int) + 1})
+    frame["label"] = frame["key"].map(lambda k: row_label(data, k, named=True))
+    for name in ("class_purity", "group_purity", "cluster_changed"):
+        frame[name] = pd.to_numeric(epochs[name], errors="coerce") if name in epochs else np.nan
+    classes = epochs["cluster_classes"] if "cluster_classes" in epochs else pd.Series(None, index=epochs.index)
+    frame["classes_per_cluster"] = [float(np.mean(json.loads(c))) if isinstance(c, str) else np.nan for c in classes]
+    frame["cluster_sizes"] = epochs["cluster_sizes"]
+    return frame.sort_values(["key", "round"]).reset_index(drop=True)
+
+
+def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
+    """Top: what each division round did, one line per setting (mean over seeds, band: 95 %
+    interval; seaborn): class purity, group purity, classes per cluster, samples moved. Below:
+    the cluster sizes at each round, one panel per setting."""
+    import seaborn as sns
+
+    evidence = cluster_evidence(data)
+    keys = ordered_keys(data, evidence["key"].unique())
+    labels = [row_label(data, k, named=True) for k in keys]
+    colors = dict(zip(labels, (palette(data).get(k, c) for k, c in zip(keys, _colors(len(keys))))))
+    panels = [(name, text) for name, text in EVIDENCE if evidence[name].notna().any()]
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 0.6), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    fig = Figure(figsize=(max(4.6 * ncols, 3.6 * max(1, len(panels))), 3.6 * nrows + (3.8 if panels else 0) + 0.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.8, 3.6 * nrows]) if panels else (None, fig)
+    if panels:
+        axes = top.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (name, text) in zip(axes, panels):
+            shown = evidence.dropna(subset=[name])
+            sns.lineplot(
+                data=shown, x="round", y=name, hue="label", hue_order=labels, palette=colors, marker="o", errorbar=("ci", 95), ax=ax
+            )
+            ax.set_xticks(sorted(shown["round"].unique()))
+            ax.set_xlabel("division round at epoch")
+            ax.set_ylabel(text, fontsize=9)
+            if name != "classes_per_cluster":
+                ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            legend = ax.get_legend()
+            if legend is not None:
+                legend.remove()
+        handles, names = axes[0].get_legend_handles_labels()
+        top.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=9, frameon=False)
+        top.suptitle("what each division does (mean over seeds, band: 95 % interval)", fontsize=11)
+    axes = bottom.subplots(nrows, ncols, squeeze=False, sharey=True)
     rng = np.random.default_rng(0)
-    colors = palette(data)
-    for ax, key in zip(axes.ravel(), keys):
-        color = colors.get(key, "tab:blue")
-        rows = epochs[epochs["_key"] == key].sort_values("epoch")
-        rounds = sorted(int(e) for e in rows["epoch"].unique())
-        sizes = [[s for text in rows.loc[rows["epoch"] == e, "cluster_sizes"] for s in json.loads(text)] for e in rounds]
+    for ax, key, label in zip(axes.ravel(), keys, labels):
+        rows = evidence[evidence["key"] == key]
+        rounds = sorted(rows["round"].unique())
+        sizes = [[s for text in rows.loc[rows["round"] == r, "cluster_sizes"] for s in json.loads(text)] for r in rounds]
         positions = list(range(1, len(rounds) + 1))
         ax.boxplot(
             sizes,
@@ -268,17 +383,18 @@ def plot_clusters(data: ExperimentData, metric: str | None = None) -> Figure:
             whiskerprops={"color": "0.4"},
         )
         for pos, values in zip(positions, sizes):
-            ax.scatter(pos + rng.uniform(-0.18, 0.18, len(values)), values, s=12, color=color, alpha=0.75, zorder=3)
+            ax.scatter(pos + rng.uniform(-0.18, 0.18, len(values)), values, s=12, color=colors[label], alpha=0.75, zorder=3)
         counts = [len(json.loads(t)) for t in rows["cluster_sizes"]]
-        ax.set_xticks(positions, [str(e + 1) for e in rounds])
-        ax.set_title(f"{row_label(data, key, named=True)}\n(K up to {max(counts)}, {rows['trial_id'].nunique()} trial(s))", fontsize=10)
-        ax.set_xlabel("re-clustering at epoch")
+        ax.set_xticks(positions, [str(r) for r in rounds])
+        ax.set_title(f"{label}\n(K up to {max(counts)}, {rows['trial_id'].nunique()} trial(s))", fontsize=10)
+        ax.set_xlabel("division round at epoch")
         ax.grid(alpha=0.3, axis="y")
     for ax in axes[:, 0]:
         ax.set_ylabel("cluster size (training samples)")
     for ax in axes.ravel()[len(keys) :]:
         ax.set_visible(False)
-    fig.suptitle(_title(data, "cluster sizes at each re-clustering (dots: clusters, pooled over seeds)"))
+    bottom.suptitle("cluster sizes at each round (dots: clusters, pooled over seeds)", fontsize=11)
+    fig.suptitle(_title(data, "the groupings' clusters"))
     return fig
 
 
@@ -311,10 +427,14 @@ def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
             x = x_num[mask] if x_num is not None else x_raw[mask].astype(str).map({c: i for i, c in enumerate(categories)})
             stats = y[mask].groupby(x).agg(["mean", "std", "count"]).sort_index()
             label = named_label(data, others, group) if others else None
-            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", capsize=4, lw=1.8, color=color, label=label)
+            # a line joins numbers only: categories get points with their error bars, unjoined
+            style = "-" if x_num is not None else "none"
+            ax.errorbar(
+                stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", capsize=4, lw=1.8, ls=style, color=color, label=label
+            )
             ax.scatter(x, y[mask], s=14, color=color, alpha=0.35, zorder=3)
         if x_num is None:
-            ax.set_xticks(range(len(categories)), categories)
+            category_ticks(ax, range(len(categories)), [value_label(data, c) for c in categories])
         elif x_num.nunique() <= 12:
             ax.set_xticks(sorted(x_num.unique()))
         short = short_name(data, x_field)
@@ -329,6 +449,9 @@ def plot_metric_vs(data: ExperimentData, metric: str | None = None) -> Figure:
 
 
 def plot_bars(data: ExperimentData, metric: str | None = None) -> Figure:
+    """seaborn's bars (mean, ± std over seeds) with every trial as a dot on its bar."""
+    import seaborn as sns
+
     trials = data.shown()
     fields = row_fields(data)
     x_field = field_name(data, str(data.plot.get("x") or fields[0]))
@@ -339,35 +462,39 @@ def plot_bars(data: ExperimentData, metric: str | None = None) -> Figure:
     if x_field not in fields or (hue_field is not None and hue_field not in fields):
         raise StoreError(f"bars: x {x_field!r} and hue {hue_field!r} must be row fields of {data.name!r} ({', '.join(fields)})")
     metric = _pick_metric(data, metric, trials)
-    y = metric_values(trials, metric) * _scale(metric)
     values = row_values(data, trials)
     keys = ordered_keys(data, values.astype(str).agg(",".join, axis=1))
     index_of = {f: i for i, f in enumerate(fields)}
     xs = list(dict.fromkeys(k.split(",")[index_of[x_field]] for k in keys))
-    hues = list(dict.fromkeys(k.split(",")[index_of[hue_field]] for k in keys)) if hue_field else [""]
+    hues = list(dict.fromkeys(k.split(",")[index_of[hue_field]] for k in keys)) if hue_field else []
+    frame = pd.DataFrame({"x": values[x_field].astype(str), "y": metric_values(trials, metric) * _scale(metric)}).dropna()
+    hue_args: dict[str, Any] = {"color": _colors(1)[0]}
+    if hue_field:
+        frame["hue"] = values.loc[frame.index, hue_field].astype(str).map(lambda v: value_label(data, v))
+        labels = [value_label(data, h) for h in hues]
+        hue_args = {"hue": "hue", "hue_order": labels, "palette": dict(zip(labels, _colors(len(labels))))}
     fig = Figure(figsize=(max(6.0, 1.1 * len(xs) * max(1, len(hues)) + 2), 4.8), layout="constrained")
     ax = fig.add_subplot()
-    width = 0.8 / len(hues)
-    for j, (h, color) in enumerate(zip(hues, _colors(len(hues)))):
-        mask_h = (values[hue_field] == h) if hue_field else pd.Series(True, index=values.index)
-        means, stds, ns = [], [], []
-        for xv in xs:
-            selected = y[mask_h & (values[x_field] == xv)].dropna()
-            means.append(selected.mean() if len(selected) else np.nan)
-            stds.append(selected.std(ddof=1) if len(selected) > 1 else 0.0)
-            ns.append(len(selected))
-        positions = np.arange(len(xs)) - 0.4 + width * (j + 0.5)
-        label = value_label(data, h) if hue_field else None
-        bars = ax.bar(positions, means, width * 0.92, yerr=stds, capsize=3, color=color, label=label)
-        ax.bar_label(bars, labels=["" if np.isnan(m) else f"{m:.1f}" for m in means], fontsize=8, padding=2)
-    ax.set_xticks(np.arange(len(xs)), [value_label(data, v) for v in xs])
-    ax.set_xlabel(x_field)
+    sns.barplot(data=frame, x="x", y="y", order=xs, errorbar="sd", capsize=0.15, err_kws={"linewidth": 1.2}, ax=ax, **hue_args)
+    for container in ax.containers:  # the mean inside its bar, clear of the error bar and the dots
+        ax.bar_label(container, fmt="%.1f", fontsize=8, label_type="center", color="white", fontweight="bold")
+    strip = (
+        {"hue": "hue", "hue_order": hue_args["hue_order"], "dodge": True, "palette": dict.fromkeys(hue_args["hue_order"], "black")}
+        if hue_field
+        else {"color": "black"}
+    )
+    sns.stripplot(data=frame, x="x", y="y", order=xs, size=3.5, alpha=0.6, legend=False, ax=ax, **strip)
+    category_ticks(ax, range(len(xs)), [value_label(data, v) for v in xs])
+    ax.set_xlabel(short_name(data, x_field))
     ax.set_ylabel(_axis_label(metric))
     ax.grid(alpha=0.3, axis="y")
     if hue_field:
-        ax.legend(title=hue_field, fontsize=9)
+        ax.legend(title=short_name(data, hue_field), fontsize=9)
     ax.set_title(
-        _title(data, f"{metric_label(metric)} by {x_field}" + (f" and {hue_field}" if hue_field else "") + " (mean ± std over seeds)")
+        _title(
+            data,
+            f"{metric_label(metric)} by {x_field}" + (f" and {hue_field}" if hue_field else "") + " (mean ± std over seeds; dots: trials)",
+        )
     )
     return fig
 
@@ -539,11 +666,52 @@ PLOTTERS = {
 }
 
 
+def misfit(data: ExperimentData, kind: str) -> str | None:
+    """Why plot `kind` does not fit the experiment's data (None when it does)."""
+    fields = row_fields(data)
+    epochs = data.epochs
+    if kind == "curves":
+        return None if len(epochs) else "its trials recorded no epochs"
+    if kind == "clusters":
+        if "cluster_sizes" not in epochs or not epochs["cluster_sizes"].notna().any():
+            return "no trial re-clustered (no cluster_sizes: a dividing grouping records them)"
+        return None
+    if kind == "search":
+        return None if data.card.get("search") else "it is a grid, not a search (no `search:` in its spec)"
+    if kind in ("bars", "metric_vs") and not fields:
+        return "it has no row fields to put on the x axis"
+    if kind == "metric_vs":
+        x_field = field_name(data, str(data.plot.get("x") or fields[0]))
+        trials = data.with_status(None)
+        column = f"spec_{x_field}"
+        if column in trials and _numeric(trials[column].dropna()) is None:
+            return f"its x field {x_field} is categorical: lines would join categories (bars draws it)"
+        return None
+    if kind == "budget":
+        try:
+            budgets = trial_budget(data.with_status(None))
+        except StoreError as error:
+            return str(error)
+        return None if budgets.nunique() > 1 else "every trial has the same budget (one epoch schedule)"
+    return None
+
+
+def fitting_kinds(data: ExperimentData) -> list[str]:
+    """The plot kinds the experiment's data can draw."""
+    return [kind for kind in KINDS if misfit(data, kind) is None]
+
+
 def experiment_figure(data: ExperimentData, kind: str | None = None, metric: str | None = None) -> Figure:
-    """The figure (not saved) of a loaded experiment; kind defaults to the card's plot.kind."""
+    """The figure (not saved) of a loaded experiment; kind defaults to the card's plot.kind. A
+    kind that does not fit the experiment is refused, naming the kinds that do."""
     kind = kind or data.plot.get("kind") or "curves"
     if kind not in PLOTTERS:
         raise StoreError(f"unknown plot kind {kind!r}; one of {', '.join(KINDS)}")
+    reason = misfit(data, kind)
+    if reason:
+        raise StoreError(
+            f"plot kind {kind!r} does not fit {data.name!r}: {reason}; kinds that do: {', '.join(fitting_kinds(data)) or 'none'}"
+        )
     return PLOTTERS[kind](data, metric)
 
 
@@ -603,7 +771,7 @@ def plot_experiment(
     figure_format(out)
     data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep, include_running=include_running)
     data = with_running(data, include_running)
-    path = _save(experiment_figure(data, kind, metric), out)
+    path = _save(experiment_figure(data, kind, metric), out, data)
     if (kind or data.plot.get("kind")) == "search":
         save_optuna_figures(data, out)
     return path

@@ -54,6 +54,16 @@ def _planned_trials(card: dict) -> int | None:
     return count * int(card.get("num_samples") or 1) if card else None
 
 
+def error_reason(error, width: int = 72) -> str:
+    """A trial's recorded error as one short line: a traceback's last line (where the exception
+    names what went wrong), else the first (`Type: message`), cut to `width` characters."""
+    if not isinstance(error, str) or not error.strip():
+        return ""
+    lines = [part.strip() for part in error.strip().splitlines() if part.strip()]
+    line = lines[-1] if "Traceback" in error else lines[0]  # a traceback ends with the exception; `Type: message` starts so
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return ""
@@ -81,7 +91,12 @@ def sweep_status(root: StoreRoot | str, sweep: str | None = None) -> tuple[dict,
     mode = str(card.get("mode") or "max")
     spans = [f"spec_{name}" for name in ("warmup_epochs", "epochs", "finetune_epochs")]
     trials_dir, epochs_dir = root.join(sweep, "trials"), root.join(sweep, "epochs")
-    trials = read_parquet_dir(trials_dir, problems, root=root, columns=["trial_id", "status", "setting", *spans])
+    trials = read_parquet_dir(
+        trials_dir,
+        problems,
+        root=root,
+        columns=["trial_id", "status", "setting", "spec_seed", "error", "started_at", "ended_at", "wall_seconds", *spans],
+    )
     epochs = read_parquet_dir(epochs_dir, problems, root=root, columns=["trial_id", "epoch", metric, "epoch_seconds"])
     live = _live_leases(root, sweep)
     if len(trials) and "trial_id" not in trials:
@@ -108,12 +123,16 @@ def sweep_status(root: StoreRoot | str, sweep: str | None = None) -> tuple[dict,
             {
                 "trial": ids,
                 "setting": trials["setting"].fillna("") if "setting" in trials else "",
+                "seed": _column(trials, "spec_seed").map(lambda seed: "" if pd.isna(seed) else int(seed)),
                 "status": status.where(~running | bool(live), "interrupted?"),
                 "epochs": n_done.astype(str) + "/" + total.astype(str),
                 f"best {metric}": ids.map(best).astype(float),
                 "ETA": eta.map(_duration),
+                "error": trials["error"].map(error_reason) if "error" in trials else "",
             }
         ).reset_index(drop=True)
+        if not table["error"].astype(bool).any():
+            table = table.drop(columns="error")  # no trial failed: no empty column
     planned = _planned_trials(card)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     if planned and planned > len(table):
@@ -131,10 +150,45 @@ def sweep_status(root: StoreRoot | str, sweep: str | None = None) -> tuple[dict,
         "counts": counts,
         "holders": live,
         "problems": problems,
+        **_sweep_clock(trials, table, counts.get("not started", 0), state),
     }, table
 
 
-def render_status(store: str | os.PathLike) -> str:
+def _sweep_clock(trials: pd.DataFrame, table: pd.DataFrame, not_started: int, state: str) -> dict:
+    """The sweep's elapsed time (first trial start to now, or to the last end once finished) and,
+    while running, its ETA: the running trials' longest ETA, plus the trials not started yet at
+    the completed trials' mean wall time, as many at once as are running now."""
+    if trials.empty or "started_at" not in trials:
+        return {"elapsed": math.nan, "eta": math.nan}
+    started = pd.to_datetime(trials["started_at"], errors="coerce", utc=True).min()
+    ended = pd.to_datetime(trials.get("ended_at"), errors="coerce", utc=True).max() if "ended_at" in trials else pd.NaT
+    until = pd.Timestamp.now(tz="UTC") if state == "running" or pd.isna(ended) else ended
+    elapsed = (until - started).total_seconds() if pd.notna(started) else math.nan
+    eta = math.nan
+    if state == "running":
+        running = table[table["status"] == "running"]
+        walls = pd.to_numeric(trials.loc[trials["status"] == "completed", "wall_seconds"], errors="coerce").dropna()
+        own = [_seconds(text) for text in running["ETA"]] if len(running) else []
+        longest = max([t for t in own if math.isfinite(t)], default=0.0)
+        queued = not_started * float(walls.mean()) / max(1, len(running)) if not_started and len(walls) else 0.0
+        eta = longest + queued if (own or queued) else math.nan
+    return {"elapsed": elapsed, "eta": eta}
+
+
+def _seconds(text: str) -> float:
+    """`_duration`'s text back to seconds ("3m05s", "1h02m"; "" -> NaN)."""
+    if not text:
+        return math.nan
+    if "h" in text:
+        hours, minutes = text.rstrip("m").split("h")
+        return int(hours) * 3600 + int(minutes) * 60
+    minutes, seconds = text.rstrip("s").split("m")
+    return int(minutes) * 60 + int(seconds)
+
+
+def render_status(store: str | os.PathLike, sweep: str | None = None) -> str:
+    """Every sweep and run group of the store; sweep: "all" (None: the same), "latest" (the
+    newest), or a sweep id."""
     try:
         root = _check_store(store)
     except StoreError as error:
@@ -151,13 +205,22 @@ def render_status(store: str | os.PathLike) -> str:
     )
     if not sweeps:
         return f"{root}: no sweeps or runs yet"
+    if sweep == "latest":
+        sweeps = sweeps[-1:]
+    elif sweep not in (None, "all"):
+        if sweep not in sweeps:
+            raise StoreError(f"no sweep {sweep!r} in {root}; it holds: {', '.join(sweeps)}")
+        sweeps = [sweep]
     blocks = []
     for sweep in sweeps:
         summary, table = sweep_status(root, sweep)
         what = f"{summary['experiment']}, preset {summary['preset']}" if summary["experiment"] else "runs of dncml train"
         holders = "; ".join(f"pid {h.get('pid')} on {h.get('host')}" for h in summary["holders"])
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
-        head = f"{summary['sweep']} ({what}): {summary['state']}{f' ({holders})' if holders else ''}: {counts}"
+        clock = "".join(
+            f", {name} {_duration(summary[key])}" for name, key in (("elapsed", "elapsed"), ("ETA", "eta")) if math.isfinite(summary[key])
+        )
+        head = f"{summary['sweep']} ({what}): {summary['state']}{f' ({holders})' if holders else ''}: {counts}{clock}"
         body = table.to_string(index=False, float_format=lambda v: f"{v:.4f}") if len(table) else "  (no trial yet)"
         notes = [f"  skipped: {problem}" for problem in summary["problems"]]
         blocks.append(head + "\n" + "\n".join(["  " + line for line in body.splitlines()] + notes))

@@ -342,13 +342,32 @@ def _require_completed(trials: pd.DataFrame, experiment: str, sweeps: list[str],
     raise StoreError(message)
 
 
+def only_experiment(experiments: dict[str, list[str]], cards: dict[str, dict], sweep: str | None, root: Path) -> str:
+    """The experiment meant when none is named: the named sweep's, else the store's only one."""
+    if sweep not in (None, "all", "latest") and sweep in cards:
+        return str(cards[sweep].get("experiment") or sweep)
+    if len(experiments) == 1:
+        return next(iter(experiments))
+    if not experiments:
+        raise StoreError(f"results store {root} holds no sweeps")
+    raise StoreError(
+        f"results store {root} holds {len(experiments)} experiments ({', '.join(sorted(experiments))}); name one with --experiment"
+    )
+
+
 def load_experiment(
-    store: str | Path, experiment: str, sweep: str | None = None, require_completed: bool = True, include_running: bool = False
+    store: str | Path,
+    experiment: str | None = None,
+    sweep: str | None = None,
+    require_completed: bool = True,
+    include_running: bool = False,
 ) -> ExperimentData:
     """One experiment's card, trials and epochs.
 
-    sweep: None -> the newest sweep of the experiment; "all" -> every sweep of the experiment with
-    the newest one's preset, concatenated (the newest sweep's card is used); otherwise a sweep id.
+    experiment: None -> the one the store holds (or the named sweep's).
+    sweep: None or "latest" -> the newest sweep of the experiment; "all" -> every sweep of the
+    experiment with the newest one's preset, concatenated (the newest sweep's card is used);
+    otherwise a sweep id.
     require_completed: raise StoreError unless at least one trial completed (or, with
     include_running, is running or interrupted).
     include_running: tables and plots of the data also show the running and interrupted trials,
@@ -356,6 +375,8 @@ def load_experiment(
     """
     root = _check_store(store)
     experiments, cards, uncarded = _scan(root)
+    sweep = None if sweep == "latest" else sweep
+    experiment = experiment or only_experiment(experiments, cards, sweep, root)
     if sweep not in (None, "all") and sweep not in cards:
         if root.is_dir(root.join(sweep)):
             raise StoreError(f"sweep {sweep!r} in {root} has no {CARD} (was it written by `dncml sweep`?)")

@@ -37,6 +37,7 @@ from .vocabulary import (
     available_metrics,
     baseline_key,
     baseline_text,
+    field_name,
     is_percent,
     is_seconds,
     key_of,
@@ -174,6 +175,9 @@ def experiment_table(
         statuses = trials["status"].groupby(keys)
         table["partial"] = statuses.agg(lambda s: int(s.isin(PARTIAL).sum())).reindex(order).astype(int)
         table["label"] += statuses.agg(partial_note).reindex(order)
+    searched = [f for f in (field_name(data, p) for p in data.card.get("search") or {}) if f"spec_{f}" in trials and f not in fields]
+    for field in searched:  # a search's rows are its trials: show what each sampled
+        table[field] = trials.groupby(keys)[f"spec_{field}"].first().reindex(order)
     bases = {k: baseline_key(data, k) for k in order}
     for name in names:
         numbers = metric_values(trials, name)
@@ -205,6 +209,7 @@ def experiment_table(
             "fields": fields,
             "labelled": bool(data.table.get("labels")),
             "baselines": {k: b for k, b in bases.items() if b in table.index},
+            "searched": searched,
             "paper": [f"paper {label}" for label in labels],
         }
     )
@@ -245,16 +250,19 @@ def _number(value: float, name: str, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _cell(mean: float, std: float, n: int, name: str) -> str:
+def _cell(mean: float, std: float, n: int, name: str, full: int) -> str:
+    """`62.0 ± 2.8`, with `(n=2)` only where fewer trials than the table's usual `full` count
+    made it (the caption states that count once)."""
     if pd.isna(mean):
         return "–"
     text = _number(mean, name)
     if n > 1 and pd.notna(std):
         text += f" ± {_number(std, name)}"
-    return f"{text} (n={n})"
+    return f"{text} (n={n})" if n < full else text
 
 
-def _caption(data: ExperimentData, table: pd.DataFrame, trials: pd.DataFrame) -> str:
+def _caption(data: ExperimentData, table: pd.DataFrame, trials: pd.DataFrame, stored: bool = False) -> str:
+    """The table's caption; stored: of the CSV, whose numbers are as stored (no %, no bold)."""
     names = table.attrs["metrics"]
     sweeps = data.sweeps[0] if len(data.sweeps) == 1 else f"{len(data.sweeps)} sweeps"
     datasets = sorted({str(v) for v in trials.get("spec_dataset", pd.Series(dtype=object)).dropna()})
@@ -271,11 +279,17 @@ def _caption(data: ExperimentData, table: pd.DataFrame, trials: pd.DataFrame) ->
     ]
     if "partial" in table and table["partial"].any():
         parts.append(f"Rows marked partial hold {' or '.join(PARTIAL)} trials, at their best epoch so far.")
-    if any(is_percent(n) for n in names):
-        parts.append("Recall, NMI and MAP@R in % (mean ± std over seeds; n = trials).")
-    if any(is_seconds(n) for n in names):
-        parts.append("Times in seconds.")
-    parts.append("Bold: best per column.")
+    if stored:
+        parts.append("Values as stored: recall, NMI and MAP@R as fractions (the paper's numbers too), times in seconds.")
+    else:
+        if any(is_percent(n) for n in names):
+            parts.append("Recall, NMI and MAP@R in % (mean ± std over seeds).")
+        full = _full_count(table)
+        if full:
+            parts.append(f"Each cell over {full} trial{'s' if full > 1 else ''} unless marked (n=...).")
+        if any(is_seconds(n) for n in names):
+            parts.append("Times in seconds.")
+        parts.append("Bold: best per column.")
     if table.attrs["baselines"]:
         first = names[0]
         pairs = table.loc[[k for k, b in table.attrs["baselines"].items() if k != b], f"{first} delta n"]
@@ -283,13 +297,13 @@ def _caption(data: ExperimentData, table: pd.DataFrame, trials: pd.DataFrame) ->
         parts.append(
             f"Δ {metric_label(first)}: minus the baseline row ({baseline_text(data)}), paired by seed: "
             f"mean [95 % t-interval] over {over} seed{'' if over == '1' else 's'}"
-            + (", in points" if is_percent(first) else "")
+            + (", in points" if is_percent(first) and not stored else "")
             + "; ≈: the interval spans 0 (within noise)"
-            + ("; the CSV has Δ for every metric." if len(names) > 1 else ".")
+            + ("; the CSV has Δ for every metric." if len(names) > 1 and not stored else ".")
         )
-    if table.attrs["paper"]:
+    if _paper_columns(table) or (stored and table.attrs["paper"]):
         source = data.table.get("paper_dataset")
-        parts.append("Paper columns: the paper's numbers" + (f" on {source}" if source else "") + " (%).")
+        parts.append("Paper columns: the paper's numbers" + (f" on {source}" if source else "") + ("." if stored else " (%)."))
     caption = " ".join(parts)
     if data.skipped:
         files = f"{len(data.skipped)} unreadable file{'s' if len(data.skipped) > 1 else ''}"
@@ -305,29 +319,56 @@ def _range(counts: pd.Series) -> str:
     return f"{values[0]}" if len(values) == 1 else f"{values[0]}-{values[-1]}"
 
 
+def _full_count(table: pd.DataFrame) -> int:
+    """The most trials any metric cell of the table has: a cell with fewer says so."""
+    counts = [int(n) for name in table.attrs["metrics"] for n in table[f"{name} n"]]
+    return max(counts, default=0)
+
+
+def _paper_columns(table: pd.DataFrame) -> dict[str, str]:
+    """Shown metric -> the paper's column it matches (`test_recall@1` -> `paper R@1`): only test
+    metrics, only where the paper has that column; the paper's other columns are not shown."""
+    paper = set(table.attrs["paper"])
+    return {n: f"paper {metric_label(n)}" for n in table.attrs["metrics"] if n.startswith("test_") and f"paper {metric_label(n)}" in paper}
+
+
 def _grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bool]]]:
-    """Header, text cells and bold flags of the rendered table."""
+    """Header, text cells and bold flags of the rendered table: each metric, the paper's
+    matching column right beside it, then Δ of the first metric."""
     names = table.attrs["metrics"]
     has_delta = bool(table.attrs["baselines"])
+    paper = _paper_columns(table)
+    full = _full_count(table)
     header = ["setting" if table.attrs.get("labelled") else ", ".join(table.attrs["fields"])]
-    header += [metric_label(n) for n in names]
+    searched = table.attrs.get("searched", [])
+    header += searched
+    for n in names:
+        header += [metric_label(n)] + ([paper[n]] if n in paper else [])
     header += [f"Δ {metric_label(names[0])}"] if has_delta else []
-    header += table.attrs["paper"]
     rows, bold = [], []
     for key, row in table.iterrows():
-        cells = [str(row["label"])] + [_cell(row[f"{n} mean"], row[f"{n} std"], int(row[f"{n} n"]), n) for n in names]
-        flags = [False] + [bool(row[f"{n} best"]) for n in names]
+        cells, flags = [str(row["label"])] + [_sampled(row[f]) for f in searched], [False] * (1 + len(searched))
+        for n in names:
+            cells.append(_cell(row[f"{n} mean"], row[f"{n} std"], int(row[f"{n} n"]), n, full))
+            flags.append(bool(row[f"{n} best"]))
+            if n in paper:
+                value = row[paper[n]]
+                cells.append("" if pd.isna(value) else f"{value:.1f}")
+                flags.append(False)
         if has_delta:
             base = table.attrs["baselines"].get(key)
             cells.append("" if base is None else "baseline" if base == key else _delta_cell(row, names[0]))
             flags.append(False)
-        for column in table.attrs["paper"]:
-            value = row[column]
-            cells.append("" if pd.isna(value) else f"{value:.1f}")
-            flags.append(False)
         rows.append(cells)
         bold.append(flags)
     return header, rows, bold
+
+
+def _sampled(value) -> str:
+    """A sampled hyper-parameter as its cell shows it: floats to 3 significant digits."""
+    if pd.isna(value):
+        return ""
+    return f"{value:.3g}" if isinstance(value, float) and not float(value).is_integer() else str(value)
 
 
 def _delta_cell(row: pd.Series, name: str) -> str:
@@ -342,11 +383,15 @@ def _delta_cell(row: pd.Series, name: str) -> str:
     return f"{text} [{low}, {high}]" + (" ≈" if row[f"{name} delta noise"] else "")
 
 
-def _markdown(caption: str, header, rows, bold) -> str:
-    def clean(text: str) -> str:
-        return text.replace("|", "\\|")
+def _md_escape(text: str) -> str:
+    """A cell or caption as Markdown text: HTML in a label is shown, not rendered (Jupyter's
+    Markdown passes raw HTML through), and `|` does not split the cell."""
+    return html.escape(text, quote=False).replace("|", "\\|")
 
-    body = [[f"**{clean(c)}**" if b and c else clean(c) for c, b in zip(cells, flags)] for cells, flags in zip(rows, bold)]
+
+def _markdown(caption: str, header, rows, bold) -> str:
+    body = [[f"**{_md_escape(c)}**" if b and c else _md_escape(c) for c, b in zip(cells, flags)] for cells, flags in zip(rows, bold)]
+    header = [_md_escape(h) for h in header]
     widths = [max(len(x) for x in column) for column in zip(header, *body)]
     align = ["-" * max(3, w - 1) + ":" if i else "-" * max(3, w) for i, w in enumerate(widths)]
     lines = [
@@ -354,7 +399,7 @@ def _markdown(caption: str, header, rows, bold) -> str:
         for cells in [header, *body]
     ]
     lines.insert(1, "| " + " | ".join(a.rjust(w, "-") for a, w in zip(align, widths)) + " |")
-    return caption + "\n\n" + "\n".join(lines) + "\n"
+    return _md_escape(caption) + "\n\n" + "\n".join(lines) + "\n"
 
 
 _LATEX = {
@@ -380,44 +425,118 @@ def _latex_escape(text: str) -> str:
     return "".join(_LATEX.get(ch, ch) for ch in text)
 
 
-def _latex(caption: str, header, rows, bold) -> str:
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\caption{" + _latex_escape(caption) + "}",
-        r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
-        r"\hline",
-        " & ".join(_latex_escape(h) for h in header) + r" \\",
-        r"\hline",
+def _styler(header, rows, bold, css: str, escape):
+    """The rendered cells as a pandas Styler: no index, `css` on the bold cells."""
+    frame = pd.DataFrame([[escape(c) for c in cells] for cells in rows], columns=[escape(h) for h in header])
+    flags = pd.DataFrame(np.where(np.array(bold, dtype=bool).reshape(frame.shape), css, ""), index=frame.index, columns=frame.columns)
+    return frame.style.hide(axis="index").apply(lambda _: flags, axis=None)
+
+
+def _short_caption(data: ExperimentData, table: pd.DataFrame) -> str:
+    fields = ", ".join(table.attrs["fields"]) or "setting"
+    return f"{data.name}: {', '.join(metric_label(n) for n in table.attrs['metrics'])} by {fields}"
+
+
+def _provenance(data: ExperimentData) -> list[str]:
+    """Where the table's numbers come from, for a comment at its top."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("dncml")
+    except PackageNotFoundError:
+        release = "unknown"
+    store = f" in {data.store}" if data.store else ""
+    return [
+        f"dncml {release}, table of experiment {data.name}{store}",
+        f"sweeps: {', '.join(data.sweeps)}; {len(data.trials)} trial rows (statuses: "
+        + ", ".join(f"{s} {n}" for s, n in data.trials["status"].value_counts().items())
+        + ")",
     ]
-    for cells, flags in zip(rows, bold):
-        lines.append(
-            " & ".join(r"\textbf{" + _latex_escape(c) + "}" if b and c else _latex_escape(c) for c, b in zip(cells, flags)) + r" \\"
-        )
-    lines += [r"\hline", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
 
 
-def _html(caption: str, header, rows, bold) -> str:
-    lines = [
-        "<table>",
-        f"<caption>{html.escape(caption)}</caption>",
-        "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>",
-        "<tbody>",
-    ]
-    for cells, flags in zip(rows, bold):
-        tds = "".join(f"<td><b>{html.escape(c)}</b></td>" if b and c else f"<td>{html.escape(c)}</td>" for c, b in zip(cells, flags))
-        lines.append(f"<tr>{tds}</tr>")
-    lines += ["</tbody>", "</table>"]
-    return "\n".join(lines) + "\n"
+def _latex(data: ExperimentData, table: pd.DataFrame, caption: str, header, rows, bold) -> str:
+    """booktabs rules, `\\label{tab:<experiment>}`, the caption with a short one for the list of
+    tables, the provenance as `%` comments; needs `\\usepackage{booktabs}`."""
+    styler = _styler(header, rows, bold, "textbf: --rwrap;", _latex_escape)
+    body = styler.to_latex(
+        caption=(_latex_escape(caption.replace("\n", " ")), _latex_escape(_short_caption(data, table))),
+        label=f"tab:{data.name}",
+        hrules=True,
+        position="t",
+        position_float="centering",
+        column_format="l" + "r" * (len(header) - 1),
+    )
+    return "".join(f"% {line}\n" for line in _provenance(data)) + "% needs \\usepackage{booktabs}\n" + body
 
 
-def _csv(caption: str, table: pd.DataFrame) -> str:
-    """The numbers as stored (not rounded, recall in 0..1), the caption as a `#` comment line."""
+def _html(data: ExperimentData, caption: str, header, rows, bold) -> str:
+    styler = _styler(header, rows, bold, "font-weight: bold;", html.escape)
+    attributes = f'class="dncml-table" data-experiment="{html.escape(data.name)}"'
+    styler = styler.set_caption(html.escape(caption)).set_table_attributes(attributes)
+    comment = "".join(f"<!-- {html.escape(line).replace('--', '- -')} -->\n" for line in _provenance(data))
+    return comment + styler.to_html(table_uuid=_uuid(data.name))
+
+
+def _uuid(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _neutralise(value):
+    """A text cell a spreadsheet would run as a formula (`=HYPERLINK(...)`, `@SUM`, `-2+3`),
+    prefixed with `'` (OWASP's advice); numbers, and text that is a number, stay as they are."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
+def _csv(table: pd.DataFrame) -> str:
+    """The numbers as stored (not rounded): recall, NMI and MAP@R in 0..1, the paper's numbers
+    too (the table holds them in %), times in seconds; no caption line (`pandas.read_csv` reads
+    it as is: the caption goes beside it), text cells neutralised against formula injection."""
+    out = table.copy()
+    for column in table.attrs["paper"]:
+        out[column] = out[column] / 100.0
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].map(_neutralise)
+    out.index = out.index.map(_neutralise)
+    out.columns = [_neutralise(c) for c in out.columns]
     buffer = io.StringIO()
-    buffer.write("# " + caption.replace("\n", " ") + "\n")
-    table.to_csv(buffer, quoting=csv.QUOTE_MINIMAL)
+    out.to_csv(buffer, quoting=csv.QUOTE_MINIMAL)
     return buffer.getvalue()
+
+
+def table_with_caption(
+    store: str | Path | ExperimentData,
+    experiment: str | None = None,
+    fmt: str = "md",
+    metrics: Iterable[str] | str | None = None,
+    sweep: str | None = None,
+    include_running: bool = False,
+) -> tuple[str, str]:
+    """(text, caption): the table as `render_table` writes it and its caption on its own (the
+    caption a CSV goes with, which the CSV itself leaves out)."""
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown table format {fmt!r}; one of {', '.join(FORMATS)}")
+    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep, include_running=include_running)
+    data = with_running(data, include_running)
+    table = experiment_table(data, metrics)
+    if fmt == "csv":
+        return _csv(table), _caption(data, table, data.shown(), stored=True)
+    caption = _caption(data, table, data.shown())
+    header, rows, bold = _grid(table)
+    if fmt == "md":
+        return _markdown(caption, header, rows, bold), caption
+    if fmt == "latex":
+        return _latex(data, table, caption, header, rows, bold), caption
+    return _html(data, caption, header, rows, bold), caption
 
 
 def render_table(
@@ -428,16 +547,10 @@ def render_table(
     sweep: str | None = None,
     include_running: bool = False,
 ) -> str:
-    """The experiment's table as text: a caption, then the table (md | latex | html | csv).
-    `store` may also be an already loaded ExperimentData (experiment and sweep are then ignored).
-    include_running: also the running and interrupted trials, their rows marked partial."""
-    if fmt not in FORMATS:
-        raise StoreError(f"unknown table format {fmt!r}; one of {', '.join(FORMATS)}")
-    data = store if isinstance(store, ExperimentData) else load_experiment(store, experiment, sweep=sweep, include_running=include_running)
-    data = with_running(data, include_running)
-    table = experiment_table(data, metrics)
-    caption = _caption(data, table, data.shown())
-    if fmt == "csv":
-        return _csv(caption, table)
-    header, rows, bold = _grid(table)
-    return {"md": _markdown, "latex": _latex, "html": _html}[fmt](caption, header, rows, bold)
+    """The experiment's table as text (md | latex | html | csv): Markdown with its caption above;
+    LaTeX and HTML through pandas' Styler with the caption inside (LaTeX: booktabs rules, a
+    `\\label`, a short caption; both: the provenance in a comment); CSV without a caption (see
+    `table_with_caption`). `store` may also be an already loaded ExperimentData (experiment and
+    sweep are then ignored). include_running: also the running and interrupted trials, their
+    rows marked partial."""
+    return table_with_caption(store, experiment, fmt, metrics, sweep, include_running)[0]

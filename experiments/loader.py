@@ -127,13 +127,21 @@ class Experiment:
         }
 
     def setting_label(self, config: dict[str, Any]) -> str:
-        """The table row a trial belongs to, e.g. 'grouping=kmeans' (seed is not a row)."""
+        """The table row a trial belongs to, e.g. 'grouping=kmeans' (seed is not a row); in a
+        search, the values it sampled ('lr=0.00031,num_learners=4')."""
         config = self.overrides(config)
-        return ",".join(f"{r}={config.get(r, self.run.get(r))}" for r in self.rows)
+        shown = [f"{r}={config.get(r, self.run.get(r))}" for r in self.rows]
+        shown += [f"{name}={short_value(config[name])}" for name in self.search if name in config and name not in self.rows]
+        return ",".join(shown)
 
     @property
     def trial_count(self) -> int:
         return len(self.grid_points()) * self.num_samples
+
+
+def short_value(value: Any) -> str:
+    """A sampled value as a label shows it: floats to 3 significant digits (0.000312, 0.25)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
@@ -158,19 +166,53 @@ def list_experiments() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.yaml"))
 
 
-def load_experiment(name_or_path: str | os.PathLike, preset: str | None = None) -> Experiment:
+def load_experiment(name_or_path: str | os.PathLike, preset: str | None = None, overrides: list[str] | None = None) -> Experiment:
+    """The experiment of a spec file (or a shipped experiment's name) at a preset. overrides:
+    `dncml sweep --set` assignments, applied over the preset: `run.FIELD=VALUE` (or
+    `FIELD=VALUE`) sets a field of every run, `grid.AXIS=[v1, v2]` replaces (or adds) a grid
+    axis; values are YAML."""
     path = experiment_path(name_or_path)
     try:
         raw = runspec.load_yaml(path.read_text(), str(path)) or {}
     except runspec.SpecError as error:
         raise ExperimentError(str(error)) from None
+    run_overrides, grid_overrides = parse_sweep_overrides(overrides or [])
     try:
-        return _resolve(raw, path, preset)
+        return _resolve(raw, path, preset, run_overrides, grid_overrides)
     except runspec.SpecError as error:
         raise ExperimentError(f"{path}: {error}") from None
 
 
-def _resolve(raw: dict, path: Path, preset: str | None) -> Experiment:
+def parse_sweep_overrides(assignments: list[str]) -> tuple[dict[str, Any], dict[str, list]]:
+    """`["run.K=8", "grid.seed=[0, 1, 2]"]` -> ({"num_learners": 8}, {"seed": [0, 1, 2]})."""
+    run: dict[str, Any] = {}
+    grid: dict[str, list] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ExperimentError(f"--set {item!r}: write run.FIELD=VALUE or grid.AXIS=[v1, v2]")
+        try:
+            value = runspec.load_yaml(text, f"--set {key.strip()}") if text.strip() else None
+        except runspec.SpecError as error:
+            raise ExperimentError(f"--set {item[:200]!r}: {str(error).splitlines()[0]}") from None
+        scope, dot, name = key.strip().partition(".")
+        if not dot:
+            scope, name = "run", scope
+        if scope == "grid":
+            grid[name] = value if isinstance(value, list) else [value]
+        elif scope == "run":
+            try:
+                run[runspec.canonical_field(name)] = value
+            except runspec.SpecError as error:
+                raise ExperimentError(f"--set {item!r}: {error}") from None
+        else:
+            raise ExperimentError(f"--set {item!r}: {scope!r} is neither run nor grid; write run.FIELD=VALUE or grid.AXIS=[v1, v2]")
+    return run, grid
+
+
+def _resolve(
+    raw: dict, path: Path, preset: str | None, run_overrides: dict | None = None, grid_overrides: dict | None = None
+) -> Experiment:
     if not isinstance(raw, dict):
         raise ExperimentError(f"{path}: an experiment is a mapping of keys, got {type(raw).__name__}")
     unknown = set(raw) - TOP_KEYS
@@ -201,10 +243,11 @@ def _resolve(raw: dict, path: Path, preset: str | None) -> Experiment:
             raise ExperimentError(str(error)) from None
     run.update(_canonical(raw.get("run") or {}, "run"))
     run.update(_canonical(layer.get("run") or {}, f"presets.{preset}.run"))
+    run.update(run_overrides or {})
     run.setdefault("name", name)
 
     written_grid = _grid(raw.get("grid"), path, "grid")  # the grid the table is written for
-    grid = {**written_grid, **_grid(layer.get("grid"), path, f"presets.{preset}.grid")}
+    grid = {**written_grid, **_grid(layer.get("grid"), path, f"presets.{preset}.grid"), **_grid(grid_overrides, path, "--set grid")}
     search = {}
     for key, distribution in {
         **_mapping(raw.get("search"), path, "search"),
@@ -338,6 +381,22 @@ def _check_runs(experiment: Experiment) -> list[tuple[str, runspec.RunSpec]]:
             specs.append((where, experiment.run_spec(point)))
         except runspec.SpecError as error:
             raise ExperimentError(f"{experiment.path}: {where}: {error}") from None
+    return specs
+
+
+def checked_specs(experiment: Experiment) -> list[tuple[str, runspec.RunSpec]]:
+    """(where, spec) of every run the spec checks cover: the base run, every grid point and
+    every search corner (low and high, each choice, one field at a time on the base run; the
+    corners that are no valid RunSpec are left out: those samples fail as invalid). The sweep
+    checks them against the data before any trial starts."""
+    specs = _check_runs(experiment)
+    for name, distribution in experiment.search.items():
+        kind, args = next(iter(distribution.items()))
+        where = f"search.{name}"
+        corners = _choice_values(args, where) if kind == "choice" else _range_corners(name, kind, args, where)
+        for label, value in corners:
+            if sample_is_valid(experiment, {name: value}) is None:
+                specs.append((f"search corner {name}={value!r} ({kind} {label})", experiment.run_spec({name: value})))
     return specs
 
 

@@ -3,6 +3,7 @@
     dncml datasets list | prepare glyphs | check NAME --root DIR | pack NAME --root DIR --out DIR | show NAME --out FILE.png
     dncml train RUNSPEC.yaml [--set field=value ...] [--local | --num-workers N --use-gpu --address A]
     dncml embed CHECKPOINT --split test --out FILE.parquet
+    dncml retrievals CHECKPOINT|--trial ID --out FILE.png
     dncml sweep SPEC.yaml [--preset NAME] [--address A] [--storage DIR|s3://BUCKET/PREFIX] [--resume]
     dncml table STORE --experiment NAME [--format md|latex|html] [--out FILE]
     dncml plot STORE --experiment NAME --out FILE.png
@@ -66,7 +67,8 @@ def cmd_datasets_list(args) -> int:
     for name, info in BENCHMARKS.items():
         print(f"{name:<10} {info.title}")
         print(f"           unpack: {info.archive}")
-        print(f"           expects under --root / data_root: {', '.join(info.required_files)}")
+        expected = ", ".join(info.required_files) or "one sub-folder of images per class"
+        print(f"           expects under --root / data_root: {expected}")
         print(f"           Recall@K: {', '.join(map(str, info.recall_ks))}; group labels: {'yes' if info.has_groups else 'no'}")
     return 0
 
@@ -182,7 +184,9 @@ def cmd_datasets_show(args) -> int:
 
         bundle = read_benchmark(args.name, args.root)
     data = bundle.train if args.split == "train" else bundle.tests[0].query
-    out = save_grid(data, args.out, classes=args.rows, per_class=args.per_class, group_names=bundle.group_names)
+    out = save_grid(
+        data, args.out, classes=args.rows, per_class=args.per_class, group_names=bundle.group_names, class_names=bundle.class_names
+    )
     print(f"wrote {out}")
     return 0
 
@@ -236,12 +240,27 @@ def cmd_train(args) -> int:
     if args.local:
         from dncml.platform.local import train_local
 
-        train_local(spec, run_dir=args.run_dir, storage=args.storage, sweep=args.sweep or "train", resume=args.resume)
+        train_local(
+            spec, run_dir=args.run_dir, storage=args.storage, sweep=args.sweep or "train", resume=args.resume, setting=_setting(args)
+        )
         return 0
     from dncml.platform.train import train_on_ray
 
-    train_on_ray(spec, num_workers=args.num_workers, use_gpu=args.use_gpu, address=args.address, storage=args.storage, resume=args.resume)
+    train_on_ray(
+        spec,
+        num_workers=args.num_workers,
+        use_gpu=args.use_gpu,
+        address=args.address,
+        storage=args.storage,
+        resume=args.resume,
+        setting=_setting(args),
+    )
     return 0
+
+
+def _setting(args) -> str:
+    """A run's `setting` in the store (and `dncml status`): its `--set` assignments."""
+    return ",".join(item.replace(" ", "") for item in args.set or [])
 
 
 def cmd_embed(args) -> int:
@@ -250,32 +269,52 @@ def cmd_embed(args) -> int:
     from dncml.platform.store import write_embeddings
     from dncml.trainers.embedding import embed_checkpoint
 
-    checkpoint = args.checkpoint
     with tempfile.TemporaryDirectory(prefix="dncml-checkpoint-") as scratch:
-        if args.trial:
-            from dncml.platform.store import ResultsStore
-
-            store = ResultsStore(args.storage)
-            found = store.selected_checkpoint(args.sweep, args.trial)
-            print(f"trial {args.trial}: the validation-selected checkpoint {found}")
-            checkpoint = store.local_checkpoint(found, scratch)  # a bucket's checkpoint: copied here first
-        elif not checkpoint:
-            raise UsageError("dncml embed needs a CHECKPOINT directory, or --trial ID (with --storage and --sweep)")
+        checkpoint = _checkpoint_of(args, "embed", scratch)
         split, vectors = embed_checkpoint(checkpoint, args.split)
     out = write_embeddings(args.out, split, vectors)
     print(f"wrote {len(vectors)} embeddings of dimension {vectors.shape[1]} ({args.split}) to {out}")
     return 0
 
 
+def cmd_retrievals(args) -> int:
+    import tempfile
+
+    from dncml.trainers.data.preview import save_retrievals
+    from dncml.trainers.embedding import embed_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="dncml-checkpoint-") as scratch:
+        split, vectors = embed_checkpoint(_checkpoint_of(args, "retrievals", scratch), args.split)
+    out, right = save_retrievals(split, vectors, args.out, queries=args.queries, k=args.k)
+    print(f"wrote {out}: {args.queries} {args.split} queries and their {args.k} nearest neighbours, {right:.0%} of them right")
+    return 0
+
+
+def _checkpoint_of(args, command: str, scratch: str) -> str:
+    """A CHECKPOINT directory given, or `--trial ID`'s validation-selected one (from a bucket:
+    copied into `scratch` first)."""
+    if args.trial:
+        from dncml.platform.store import ResultsStore
+
+        store = ResultsStore(args.storage)
+        checkpoint = store.selected_checkpoint(args.sweep, args.trial)
+        print(f"trial {args.trial}: the validation-selected checkpoint {checkpoint}")
+        return store.local_checkpoint(checkpoint, scratch)
+    if not args.checkpoint:
+        raise UsageError(f"dncml {command} needs a CHECKPOINT directory, or --trial ID (with --storage and --sweep)")
+    return args.checkpoint
+
+
 # ----------------------------------------------------------------------------- sweep, table
 def cmd_sweep(args) -> int:
     from dncml.experiments.loader import load_experiment
 
-    experiment = load_experiment(args.spec, args.preset)  # a bad spec fails here, before Ray is imported
+    experiment = load_experiment(args.spec, args.preset, args.set)  # a bad spec fails here, before Ray is imported
     from dncml.platform.sweep import run_sweep
 
     sweep, summary = run_sweep(
         args.spec,
+        overrides=args.set,
         preset=args.preset,
         address=args.address,
         storage=args.storage,
@@ -300,26 +339,40 @@ def cmd_sweep(args) -> int:
 def cmd_status(args) -> int:
     from dncml.analysis.status import render_status
 
-    print(render_status(args.store))
+    print(render_status(args.store, sweep=args.sweep))
     return 0
 
 
 def cmd_table(args) -> int:
-    from dncml.analysis.tables import render_table
+    from dncml.analysis.tables import table_with_caption
 
-    text = render_table(args.store, args.experiment, fmt=args.format, metrics=args.metric, include_running=args.include_running)
+    text, caption = table_with_caption(
+        args.store, args.experiment, fmt=args.format, metrics=args.metric, sweep=args.sweep, include_running=args.include_running
+    )
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
+        if args.format == "csv":  # the CSV holds the numbers only; its caption goes beside it
+            beside = caption_path(args.out)
+            beside.write_text(caption + "\n")
+            print(f"wrote {beside} (its caption)")
     else:
         print(text)
+        if args.format == "csv":
+            print(caption, file=sys.stderr)
     return 0
+
+
+def caption_path(out: str | Path) -> Path:
+    """Where a CSV table's caption goes: `table.csv` -> `table.caption.txt`."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.caption.txt")
 
 
 def cmd_plot(args) -> int:
     from dncml.analysis.plots import optuna_paths, plot_experiment
 
-    out = plot_experiment(args.store, args.experiment, args.out, kind=args.kind, include_running=args.include_running)
+    out = plot_experiment(args.store, args.experiment, args.out, kind=args.kind, sweep=args.sweep, include_running=args.include_running)
     print(f"wrote {out}")
     for path in optuna_paths(args.out).values():
         if path.exists():
@@ -341,16 +394,22 @@ def build_parser() -> argparse.ArgumentParser:
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="also show Ray's own logs (workers, Train, Tune)")
     loudness.add_argument("-q", "--quiet", action="store_true", help="show the outcome only")
+    # -q / -v after the subcommand too (`dncml sweep spec.yaml -q`): SUPPRESS keeps the value
+    # given before it when they are not repeated after it
+    loud = argparse.ArgumentParser(add_help=False)
+    after = loud.add_mutually_exclusive_group()
+    after.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="also show Ray's own logs")
+    after.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="show the outcome only")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str):
-        return sub.add_parser(name, help=help, description=help, formatter_class=formatter)
+        return sub.add_parser(name, help=help, description=help, formatter_class=formatter, parents=[loud])
 
     datasets = command("datasets", "list, prepare, check and look at datasets")
     dsub = datasets.add_subparsers(dest="action", required=True)
 
     def action(name: str, help: str):
-        return dsub.add_parser(name, help=help, description=help, formatter_class=formatter)
+        return dsub.add_parser(name, help=help, description=help, formatter_class=formatter, parents=[loud])
 
     def glyph_options(p):
         p.add_argument("--cache-dir", help="default: $DNCML_CACHE or $XDG_CACHE_HOME/dncml or ~/.cache/dncml")
@@ -411,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage", default=None, help="results store: a directory or s3://BUCKET/PREFIX (None: ./results for Ray runs, none for --local)"
     )
     p.add_argument("--sweep", default=None, help="results-store sub-directory for the run (None: train)")
-    p.add_argument("--run-dir", default=None, help="--local: where checkpoints go (None: runs/NAME)")
+    p.add_argument("--run-dir", default=None, help="--local: where checkpoints go (None: a new runs/NAME-DATE-TIME-HEX)")
     p.add_argument("--resume", action="store_true", help="continue the newest run of this name (same spec) from its newest checkpoint")
     p.add_argument("--help-spec", action="store_true", help="list every RunSpec field with its type, default and allowed values")
     p.set_defaults(func=cmd_train)
@@ -425,9 +484,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the Parquet file to write")
     p.set_defaults(func=cmd_embed)
 
+    p = command("retrievals", "a PNG grid of queries and their nearest neighbours (right: green, wrong: red)")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint directory, e.g. runs/NAME-.../checkpoints/best")
+    p.add_argument("--trial", default=None, help="instead: a trial id of the results store; its validation-selected checkpoint")
+    p.add_argument("--storage", default="results", help="with --trial: the results store")
+    p.add_argument("--sweep", default="train", help="with --trial: its sweep id (train: where `dncml train` records)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="where queries and neighbours come from")
+    p.add_argument("--queries", type=int, default=8, help="queries (rows), of distinct classes")
+    p.add_argument("--k", type=int, default=5, help="neighbours per query")
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.set_defaults(func=cmd_retrievals)
+
     p = command("sweep", "run an experiment spec as a Ray Tune sweep")
     p.add_argument("spec", help="experiment YAML (experiments/*.yaml) or a shipped experiment's name")
     p.add_argument("--preset", default=None, help="smoke, quick or paper (None: the spec's default)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="run.FIELD=VALUE|grid.AXIS=[...]",
+        help="over the preset: a field of every run (run.K=8), or a grid axis (grid.seed=[0,1,2])",
+    )
     p.add_argument("--address", default=None, help="Ray cluster (None: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", default="results", help="results store: a directory or a URI such as s3://BUCKET/PREFIX")
     p.add_argument("--resume", action="store_true", help="continue the newest interrupted sweep of this experiment")
@@ -444,11 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", "sweeps and runs in a results store: state, epochs, best metric so far, ETA")
     p.add_argument("store", nargs="?", default="results", help="the results store")
+    p.add_argument("--sweep", default="all", help="a sweep id, latest (the newest) or all")
     p.set_defaults(func=cmd_status)
 
     p = command("table", "an experiment's table from the results store")
     p.add_argument("store", help="the results store")
-    p.add_argument("--experiment", required=True, help="the experiment's name")
+    p.add_argument("--experiment", default=None, help="the experiment's name (None: the store's only one, or --sweep's)")
+    p.add_argument("--sweep", default="latest", help="a sweep id, latest (the experiment's newest) or all (every sweep of its preset)")
     p.add_argument("--format", choices=("md", "latex", "html", "csv"), default="md", help="output format")
     p.add_argument("--metric", action="append", help="metric column(s) (None: the experiment's)")
     p.add_argument("--include-running", action="store_true", help="also running / interrupted trials (rows marked partial)")
@@ -457,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("plot", "an experiment's figure from the results store")
     p.add_argument("store", help="the results store")
-    p.add_argument("--experiment", required=True, help="the experiment's name")
+    p.add_argument("--experiment", default=None, help="the experiment's name (None: the store's only one, or --sweep's)")
+    p.add_argument("--sweep", default="latest", help="a sweep id, latest (the experiment's newest) or all (every sweep of its preset)")
     p.add_argument("--out", required=True, help="the figure file; its extension names the format (.png, .pdf, .svg)")
     p.add_argument("--kind", default=None, help="curves | clusters | metric_vs | bars | search | budget (None: the experiment's)")
     p.add_argument("--include-running", action="store_true", help="also running / interrupted trials")

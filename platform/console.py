@@ -33,6 +33,9 @@ def setup(verbosity: int = NORMAL) -> None:
     if verbosity < VERBOSE:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's boxes and tables off (verbose=0)
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        # a failed trial: dncml prints its one-line reason; the traceback stays in the trial's
+        # error.txt (Tune's own switch; -v prints it as well)
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
         for name in ("ray", "ray.tune", "ray.train", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
     os.environ["DNCML_VERBOSITY"] = str(verbosity)
@@ -71,6 +74,37 @@ def handle_sigterm(graceful: bool = False) -> None:
 def interrupted_exit_code() -> int:
     """What a shell reports for a process ended by the signal it got: 143 (SIGTERM), 130 (Ctrl-C)."""
     return 128 + _received.get("signal", signal.SIGINT)
+
+
+def configured() -> bool:
+    """Whether the command line set the output up (`setup`); from Python (a notebook, a
+    script) it has not, and progress shows as tqdm bars instead of log lines."""
+    return bool(log.handlers)
+
+
+class Bar:
+    """A tqdm.auto progress bar (a widget in Jupyter, text in a terminal) when dncml runs from
+    Python without the command line's logging set-up; nothing otherwise (the CLI prints lines)."""
+
+    def __init__(self, total: int, desc: str, unit: str, initial: int = 0):
+        self.bar = None
+        if not configured():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True)
+
+    def __getstate__(self) -> dict:
+        return {"bar": None}  # Tune pickles its callbacks (with the sweep's state): the bar stays here
+
+    def update(self, count: int = 1, **postfix) -> None:
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def timeline(event: str, trial: str = "") -> None:

@@ -1,16 +1,24 @@
 """`dncml train --local`: one run in this process, without Ray (the trainer with the local seam).
 
-Checkpoints go to a run directory (default `runs/<name>`); with `--storage`, the epochs and the
-trial row also go to the results store, like a Ray run's. A run directory belongs to one run:
-a new run into a directory that holds another run's checkpoints is refused (it would delete its
-own newer checkpoints and later resume the old run's), `--resume` continues only a run of the same
-spec, and a lease refuses a second process on the same directory.
+Checkpoints go to a run directory: by default a new one per run, `runs/<trial id>` (the spec's
+name, the start time and a random suffix, as Ray names its runs), so two runs never meet;
+`--resume` without `--run-dir` continues the newest `runs/<name>-*` written with the same spec.
+With `--storage`, the epochs and the trial row also go to the results store, like a Ray run's. A
+run directory belongs to one run: a new run into a directory the user named that holds another
+run's checkpoints is refused (it would delete its own newer checkpoints and later resume the old
+run's), `--resume` continues only a run of the same spec, and a lease refuses a second process on
+the same directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import re
 from pathlib import Path
+
+import torch
 
 from dncml.trainers.checkpoints import load_checkpoint, load_checkpoint_spec
 from dncml.trainers.divide_and_conquer import train
@@ -18,18 +26,50 @@ from dncml.trainers.runtime import resolve_device
 from dncml.trainers.seam import LocalRun, Seam, World
 from dncml.trainers.spec import RunSpec
 
-from .console import log, summary
+from .console import Bar, log, summary
 from .errors import PlatformError, RunFailed
 from .faults import fault_point
 from .store import Lease, ResultsStore, TrialRecorder, new_id, safe_name, selected_test_metrics
 
+RAY_WORKER_CPUS = 1.0  # a Ray Train worker's CPUs unless the resources say otherwise (train.Resources)
+
+
+def worker_threads(cpus: float = RAY_WORKER_CPUS) -> int:
+    """The intra-op threads (torch, OpenMP) a Ray worker of `cpus` CPUs computes with: Ray sets
+    $OMP_NUM_THREADS to floor(cpus), at least 1, unless the user set it. The thread count decides
+    how a convolution's sums are split, so the same seed gives the same numbers only with the
+    same count: a local run uses it too."""
+    configured = os.environ.get("OMP_NUM_THREADS")
+    return int(configured) if configured and configured.isdigit() and int(configured) > 0 else max(1, math.floor(cpus))
+
 
 def train_local(
-    spec: RunSpec, run_dir: str | Path | None = None, storage: str | None = None, sweep: str = "train", resume: bool = False
+    spec: RunSpec,
+    run_dir: str | Path | None = None,
+    storage: str | None = None,
+    sweep: str = "train",
+    resume: bool = False,
+    threads: int | None = None,
+    setting: str = "",
 ) -> str | None:
-    """Train `spec` here; returns the trial id (None when `--resume` found the run finished)."""
+    """Train `spec` here; returns the trial id (None when `--resume` found the run finished).
+    run_dir: None = a new `runs/<trial id>` (with resume: the newest run of this spec there).
+    threads: torch's intra-op threads for the run (None: those of a default Ray Train worker,
+    `worker_threads()`, so that a seed gives the numbers it gives on Ray); restored afterwards.
+    setting: the trial row's `setting` (`dncml train --set` passes its assignments)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or worker_threads())
+    try:
+        return _train_local(spec, run_dir, storage, sweep, resume, setting)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_local(spec: RunSpec, run_dir: str | Path | None, storage: str | None, sweep: str, resume: bool, setting: str) -> str | None:
     safe_name(sweep, "--sweep")
-    run_dir = Path(run_dir or Path("runs") / spec.name)
+    if run_dir is None:
+        run_dir = default_run_dir(spec, resume)
+    run_dir = Path(run_dir)
     reporter = LocalRun(run_dir, printer=log.info)
     with Lease(run_dir / ".lease.json", f"run directory {run_dir}"):
         resume_from = reporter.latest_checkpoint()
@@ -69,9 +109,11 @@ def train_local(
         if store:  # in the store too: `dncml status` sees the run live, and a second resume of it is refused
             leases.enter_context(store.lease(sweep, trial_id))
         with leases:
-            recorder = TrialRecorder(store, sweep, trial_id, spec) if store else None
+            recorder = TrialRecorder(store, sweep, trial_id, spec, setting=setting) if store else None
             if recorder and resume_from is not None:
                 rerecord(recorder, resume_from)
+
+            bar = Bar(spec.total_epochs, spec.name, "epoch", initial=_resumed_epochs(resume_from))
 
             def report(metrics, checkpoint):
                 reporter(metrics, checkpoint)
@@ -80,6 +122,8 @@ def train_local(
                 if recorder:
                     recorder.epoch(metrics)
                 fault_point("local_recorded")
+                value = metrics.get(spec.selection_metric)
+                bar.update(1, phase=metrics.get("phase"), loss=f"{metrics['loss']:.4f}", **{spec.selection_metric: _short(value)})
 
             log.info(
                 f"training {spec.name}: {spec.dataset}, grouping {spec.grouping}, K={spec.num_learners}, "
@@ -101,6 +145,8 @@ def train_local(
                         # live lease) and `--resume` continues
                         log.warning(f"the failure could not be recorded in the store ({unrecorded}); `--resume` continues the run")
                 raise
+            finally:
+                bar.close()
             if recorder:
                 if recorder.finish("completed") != "completed":
                     raise RunFailed(f"run {trial_id}: {recorder.store.trial_row(sweep, trial_id)['error']}")
@@ -124,3 +170,34 @@ def rerecord(recorder: TrialRecorder, checkpoint: str) -> None:
         recorder.epoch(metrics)
     if missing:
         log.info(f"re-recorded epoch(s) {', '.join(str(h['epoch'] + 1) for h in missing)} from {checkpoint}: the store lacked them")
+
+
+RUNS = Path("runs")
+
+
+def default_run_dir(spec: RunSpec, resume: bool = False, runs: Path = RUNS) -> Path:
+    """`runs/<trial id>`, new for every run; with resume, the newest `runs/<name>-<stamp>-<hex>`
+    whose newest checkpoint has this spec (an error naming the candidates when none has)."""
+    if not resume:
+        return runs / new_id(spec.name)
+    pattern = re.compile(rf"{re.escape(spec.name)}-\d{{8}}-\d{{6}}-[0-9a-f]{{6}}")
+    candidates = sorted((p for p in runs.glob(f"{spec.name}-*") if p.is_dir() and pattern.fullmatch(p.name)), reverse=True)
+    for candidate in candidates:
+        saved = sorted(p for p in (candidate / "checkpoints").glob("epoch-*") if (p / "state.pt").is_file())
+        if saved and load_checkpoint_spec(saved[-1]).to_dict() == spec.to_dict():
+            return candidate
+    if candidates:
+        raise PlatformError(
+            f"--resume: no run of {spec.name!r} under {runs} has this spec (newest: {', '.join(p.name for p in candidates[:3])}); "
+            "name the run to continue with --run-dir"
+        )
+    return runs / new_id(spec.name)  # nothing to continue: the run starts from epoch 1, as with --run-dir
+
+
+def _resumed_epochs(checkpoint: str | None) -> int:
+    """Epochs a resumed run has behind it (its checkpoint `epoch-NNNN` is the last one done)."""
+    return int(Path(checkpoint).name.split("-")[-1]) + 1 if checkpoint else 0
+
+
+def _short(value) -> str | None:
+    return f"{value:.4f}" if isinstance(value, float) else None

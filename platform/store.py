@@ -73,6 +73,9 @@ EPOCH_FIELDS: dict[str, pa.DataType] = {
     "cluster_changed": pa.float64(),
     "cluster_repaired": pa.int64(),
     "cluster_sizes": pa.string(),
+    "cluster_classes": pa.string(),  # JSON: the number of classes in each cluster
+    "class_purity": pa.float64(),  # share of a class's images in its largest cluster, mean over classes
+    "group_purity": pa.float64(),  # share of a cluster's images from its most common dataset group
     "assignment_digest": pa.int64(),
     "backbone_rests": pa.bool_(),
     "full_embedding": pa.bool_(),
@@ -239,6 +242,10 @@ def tag_name(metric: str) -> str:
     return metric.replace("@", "_at_")
 
 
+# Epoch fields that count or identify rather than measure: not drawn as TensorBoard scalars.
+BOOKKEEPING = ("epoch", "total_epochs", "steps", "assignment_version", "assignment_digest", "best_epoch", "workers", "cluster_repaired")
+
+
 def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
     """Every numeric metric of an epoch as a TensorBoard scalar at step = epoch (`val_recall@1` as
     `val_recall_at_1`), in one event directory per trial (`tensorboard --logdir STORE`). A writer
@@ -249,9 +256,33 @@ def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
     if writer is None:
         writer = _writers[str(logdir)] = SummaryWriter(str(logdir))
     for name, value in metrics.items():
+        if name in BOOKKEEPING:
+            continue
         if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value):
             writer.add_scalar(tag_name(name), float(value), int(metrics["epoch"]))
     writer.flush()
+
+
+def tensorboard_hparams(logdir: Path, hparams: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """A trial's setting and RunSpec in TensorBoard's HParams view, with its final metrics
+    (`hparams/best_val_recall_at_1`, ...), in the trial's own event directory (a file of its own
+    beside the scalars'), once the trial has ended."""
+    from tensorboardX import SummaryWriter
+    from tensorboardX.summary import hparams as hparams_summary
+
+    values = {k: v if isinstance(v, (bool, str, int, float)) else str(v) for k, v in hparams.items()}
+    finite = {
+        f"hparams/{tag_name(k)}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v)
+    }
+    experiment, start, end = hparams_summary(values, finite)
+    # its own file: the scalars' writer may have opened one of the same second's name
+    with SummaryWriter(str(logdir), filename_suffix=".hparams") as writer:
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary)
+        for tag, value in finite.items():
+            writer.add_scalar(tag, value, 0)
 
 
 def _row_table(row: dict[str, Any], types: dict[str, pa.DataType]) -> pa.Table:
@@ -1048,6 +1079,10 @@ class TrialRecorder:
                 row["final_" + name] = evaluated[-1][name] if evaluated else None
                 row["best_" + name] = tested.get(name) if name.startswith("test_") else best.get(name)
         self.store.write_trial(self.sweep, row, self.metric_names)
+        if status != "running" and self.history:
+            hparams = {"setting": self.setting, "status": status, **self.spec.to_dict()}
+            best = {k: v for k, v in row.items() if k.startswith("best_") and k != "best_epoch"}
+            tensorboard_hparams(self.store.sweep_dir(self.sweep) / "tensorboard" / self.trial_id, hparams, best)
 
 
 def selected_epoch(history: list[dict]) -> dict | None:

@@ -19,9 +19,11 @@ first and samples only what is left of `num_samples`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -29,11 +31,11 @@ import pyarrow.fs as pafs
 import ray
 from ray import tune
 
-from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid
+from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid, short_value
 from dncml.trainers.spec import SpecError, valid_name
 
 from . import console
-from .console import Progress, duration, epoch_line, log, timeline
+from .console import Bar, Progress, duration, epoch_line, log, timeline
 from .console import summary as outcome
 from .errors import PlatformError
 from .store import ResultsStore, TrialRecorder, new_id, safe_name
@@ -135,14 +137,28 @@ class ProgressPrinter(tune.Callback):
     """One line per epoch per trial, labelled with the trial's setting, one per finished trial,
     and a progress line (done / running / pending, elapsed, ETA) every minute."""
 
-    def __init__(self, experiment: Experiment, total: int, concurrency: int):
-        self.experiment = experiment
+    def __init__(
+        self,
+        experiment: Experiment,
+        total: int,
+        concurrency: int,
+        finished: dict[str, str] | None = None,
+        store: ResultsStore | None = None,
+        sweep: str = "",
+    ):
+        self.experiment, self.store, self.sweep = experiment, store, sweep
         self.progress = Progress(total, experiment.run_spec().total_epochs, concurrency)
+        # a resumed sweep: the trials the store holds as ended count from the start
+        self.progress.finished.update(finished or {})
+        self.progress.epochs.update(dict.fromkeys(finished or {}, self.progress.epochs_per_trial))
+        self.bar = Bar(total, experiment.name, "trial", initial=len(finished or {}))
 
     def label(self, trial) -> str:
+        """The trial's setting: its row fields, the values a search sampled, its seed."""
         config = Experiment.overrides(trial.config)
         shown = {
             **{r: config.get(r) for r in self.experiment.rows if r in config},
+            **{name: short_value(config[name]) for name in self.experiment.search if name in config},
             **({"seed": config["seed"]} if "seed" in config else {}),
         }
         return " ".join(f"{k}={v}" for k, v in shown.items()) or trial.trial_id
@@ -152,23 +168,61 @@ class ProgressPrinter(tune.Callback):
             self.progress.epochs[trial.trial_id] = int(result["epoch"]) + 1
             log.info(epoch_line(self.label(trial), result, self.experiment.metric))
 
-    def _end(self, trial, status: str) -> None:
+    def _end(self, trial, status: str, reason: str = "") -> None:
+        if trial.trial_id not in self.progress.finished:
+            best = (trial.last_result or {}).get(f"best_{self.experiment.metric}")
+            self.bar.update(1, last=f"{self.label(trial)}: {status}", best=f"{best:.4f}" if isinstance(best, float) else None)
         self.progress.finished[trial.trial_id] = status
         result = trial.last_result or {}
         value = result.get(f"best_{self.experiment.metric}")
         shown = f" {self.experiment.metric} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
-        log.info(f"[{self.label(trial)}] {status}{shown}")
+        log.info(f"[{self.label(trial)}] {status}{shown}{reason}")
         log.info(self.progress.line())
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, "completed")
+        result = trial.last_result or {}
+        stopped = "epoch" in result and "total_epochs" in result and int(result["epoch"]) + 1 < int(result["total_epochs"])
+        self._end(trial, "pruned" if stopped else "completed")  # ASHA ends a trial it stops as a completed one
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "FAILED")
+        # One line: the reason (the store's trial row has it too); Tune keeps the traceback in
+        # the trial's error.txt (and prints it with -v).
+        where = f" (traceback: {trial.error_file})" if getattr(trial, "error_file", None) else ""
+        self._end(trial, "FAILED", f": {self.reason(trial)}{where}")
+
+    def reason(self, trial) -> str:
+        """Why a trial failed, in one line: the error its row in the store records (the trial
+        wrote it), else the last line of Tune's error (when Tune has it yet)."""
+        row = self.store.trial_row(self.sweep, trial.trial_id) if self.store is not None else None
+        text = str((row or {}).get("error") or "")
+        recorded = [line.strip() for line in text.splitlines() if line.strip()]
+        if not recorded:
+            return _error_line(trial.get_error())
+        # `Type: message` as the trial recorded it: its first line; a traceback: its last
+        return (recorded[-1] if "Traceback" in text else recorded[0])[:1000]
 
     def on_step_end(self, iteration, trials, **info):
         if self.progress.due():
             log.info(self.progress.line())
+
+    def on_experiment_end(self, trials, **info):
+        self.bar.close()
+
+
+class NoTuneTensorBoard(tune.logger.TBXLoggerCallback):
+    """In place of Tune's own TensorBoard logger, which Tune adds unless one is given: the store
+    already holds one event directory per trial (`STORE/<sweep>/tensorboard/<trial>/`), and a
+    second copy under Tune's trial directories would show every run twice (with Tune's
+    bookkeeping counters as scalars). Tune's CSV and JSON result files stay."""
+
+    def log_trial_start(self, trial) -> None:
+        pass
+
+    def log_trial_result(self, iteration, trial, result) -> None:
+        pass
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        pass
 
 
 class SweepMonitor(tune.Callback):
@@ -338,17 +392,23 @@ def run_sweep(
     mlflow_uri: str | None = None,
     sweep_id: str | None = None,
     optuna_storage: str | None = None,
+    overrides: list[str] | None = None,
 ):
+    """Run (or with resume, continue) the experiment's sweep; returns a `SweepResult` (which
+    unpacks as `(sweep id, status counts)`). overrides: `--set run.FIELD=VALUE` /
+    `grid.AXIS=[...]` over the preset."""
     started = time.time()
-    experiment = load_experiment(spec_path, preset)  # every grid point validated here
+    experiment = load_experiment(spec_path, preset, overrides)  # every grid point validated here
     store = ResultsStore(storage)
     store.check()  # an unreachable store, a missing bucket: one line, before Ray starts
     sweep = _sweep_id(experiment, store, resume, sweep_id)
     lease = store.lease(sweep, "sweep")  # a filesystem without a safe lease is refused here
     resources = Resources.from_dict(experiment.resources)
+    check_data_everywhere(experiment, resources.num_workers)  # every grid point and search corner, before Ray starts
+    if mlflow_uri and importlib.util.find_spec("mlflow") is None:
+        raise PlatformError(f"--mlflow {mlflow_uri}: MLflow is not installed here; pip install 'dncml[mlflow]' (mlflow-skinny)")
     connect(address, num_cpus=num_cpus)
     limit = concurrency(experiment, resources, max_concurrent)
-    prepare_data(experiment.run_spec(), resources.num_workers)  # render / check the base dataset once, on the driver
     storage_path, storage_filesystem = store.ray_storage(sweep)
     # A resumed sweep is a fresh Tune experiment of its own (nothing of the last attempt's Tune
     # state is read back); its trials find their stored rows through `claims`.
@@ -376,7 +436,14 @@ def run_sweep(
         + f", {limit} at a time, {resources.num_workers} worker(s) each; store {store.where(sweep)}"
     )
     monitor = SweepMonitor(threshold=min(total, max(2, limit)))
-    callbacks = [ProgressPrinter(experiment, total, limit), monitor]
+    # A resumed grid runs every trial again (the finished ones hand Tune their stored result at
+    # once), so it counts from 0; a resumed search samples only what is left, so its finished
+    # trials count from the start.
+    ended = (
+        {t: s for t, s in store.statuses(sweep).items() if s in ("completed", "pruned", "failed")} if resume and experiment.search else {}
+    )
+    printer = ProgressPrinter(experiment, total + len(ended), limit, ended, store, sweep)
+    callbacks = [printer, monitor, NoTuneTensorBoard()]
     if mlflow_uri:
         from .tracking import MLflowCallback
 
@@ -405,6 +472,7 @@ def run_sweep(
                 tuner.fit()
             finally:
                 console.handle_sigterm()
+                printer.bar.close()
     summary = reconcile(store, sweep, experiment, monitor, claimed(store, claims))
     if monitor.triggered:
         summary["stopped early"] = 1
@@ -417,6 +485,7 @@ def run_sweep(
         outcome.warning(
             f"sweep {sweep} interrupted. Resume it with:\n  dncml sweep {spec_path}"
             + (f" --preset {experiment.preset}" if experiment.preset else "")
+            + "".join(f" --set {shlex.quote(item)}" for item in overrides or [])
             + f" --storage {store.uri} --resume --sweep {sweep}"
         )
     else:
@@ -424,7 +493,94 @@ def run_sweep(
             f"sweep {sweep} done in {duration(time.time() - started)}: " + ", ".join(f"{n} {status}" for status, n in summary.items() if n)
         )
     outcome.info(f"results: {store.where(sweep)}  (dncml table {store.uri} --experiment {experiment.name})")
-    return sweep, summary
+    return SweepResult(sweep, summary, store.address, experiment.name, experiment.metric, experiment.mode)
+
+
+class SweepResult:
+    """What `run_sweep` returns, as Tune's ResultGrid does: the sweep id, its status counts, the
+    trials and epochs as DataFrames (read from the results store), the best trial and its
+    validation-selected checkpoint. Unpacks as `(sweep id, status counts)`, as before:
+    `sweep, summary = run_sweep(...)`."""
+
+    def __init__(self, sweep: str, summary: dict[str, int], store: str, experiment: str, metric: str, mode: str):
+        self.sweep, self.summary, self.store, self.experiment, self.metric, self.mode = sweep, summary, store, experiment, metric, mode
+
+    def __iter__(self):
+        return iter((self.sweep, self.summary))
+
+    def __getitem__(self, index: int):
+        return (self.sweep, self.summary)[index]
+
+    def __len__(self) -> int:
+        return 2
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in self.summary.items())
+        return f"SweepResult({self.sweep!r}: {counts}; store {self.store})"
+
+    @property
+    def trials(self):
+        """One row per trial (status, error, spec_* fields, best_* and final_* metrics)."""
+        import pandas as pd
+
+        return pd.DataFrame(ResultsStore(self.store).trial_rows(self.sweep))
+
+    @property
+    def epochs(self):
+        """One row per trial and epoch, in trial and epoch order."""
+        import pandas as pd
+
+        store = ResultsStore(self.store)
+        ids = sorted(str(row["trial_id"]) for row in store.trial_rows(self.sweep, ["trial_id"]))
+        return pd.DataFrame([row for trial_id in ids for row in store.epoch_rows(self.sweep, trial_id)])
+
+    @property
+    def best_trial(self):
+        """The completed trial with the best `best_<metric>` (the sweep's selection metric and
+        mode), as a row of `trials`; None when no trial completed."""
+        trials = self.trials
+        column = f"best_{self.metric}"
+        if trials.empty or column not in trials:
+            return None
+        completed = trials[(trials["status"] == "completed") & trials[column].notna()]
+        if completed.empty:
+            return None
+        return completed.loc[completed[column].idxmax() if self.mode == "max" else completed[column].idxmin()]
+
+    @property
+    def best_checkpoint(self) -> str | None:
+        """The best trial's checkpoint of its validation-selected epoch (`dncml embed` reads it)."""
+        best = self.best_trial
+        return None if best is None else ResultsStore(self.store).selected_checkpoint(self.sweep, str(best["trial_id"]))
+
+
+def check_data_everywhere(experiment: Experiment, num_workers: int) -> None:
+    """The data-dependent checks (`check_against_data`: K against the training classes per
+    worker, gt_labels against the dataset's groups, the batch's classes) for the base run, every
+    grid point and every search corner, as the spec checks are: a point that would fail on its
+    data fails here, naming it, before Ray starts. Each distinct dataset is read (or rendered)
+    once, on the driver, as `prepare_data` does for the base run (whose backbone weights it also
+    checks)."""
+    from dncml.experiments.loader import checked_specs
+    from dncml.trainers.data.loading import DATA_FIELDS
+    from dncml.trainers.spec import check_against_data
+
+    bundles: dict[tuple, tuple[int, bool]] = {}
+    for index, (where, spec) in enumerate(checked_specs(experiment)):
+        key = tuple(getattr(spec, f) for f in DATA_FIELDS)
+        try:
+            if key not in bundles:
+                bundle = prepare_data(spec, num_workers) if index == 0 else _load(spec)
+                bundles[key] = (len(set(bundle.train.labels.tolist())), bundle.train.has_groups)
+            check_against_data(spec, *bundles[key], num_workers)
+        except (SpecError, ValueError) as error:
+            raise PlatformError(f"{experiment.path}: {where}: {error}") from None
+
+
+def _load(spec):
+    from dncml.trainers.data.loading import load_dataset
+
+    return load_dataset(spec, progress=True)
 
 
 def _error_line(error: BaseException | None) -> str:
@@ -473,8 +629,6 @@ def _tune_config(
             max_t=experiment.run_spec().total_epochs,
         )
     if experiment.search:
-        from ray.tune.search.optuna import OptunaSearch
-
         # OptunaSearch needs metric and mode itself: TuneConfig's are not passed through when
         # the search space is given to Tune.
         from .tracking import optuna_storage
@@ -485,7 +639,7 @@ def _tune_config(
         # optuna-dashboard open it, and `dncml plot` draws Optuna's own figures from it. A store
         # on object storage keeps it on this machine's disk (or at --optuna-storage) and gets a
         # copy after every finished trial (StudyCopy).
-        search = OptunaSearch(
+        search = optuna_search()(
             metric=f"best_{experiment.metric}",
             mode=experiment.mode,
             # a resumed search samples on from a new seed (the old one would repeat its first picks)
@@ -499,6 +653,37 @@ def _tune_config(
         )
     metric = {} if scheduler else {"metric": f"best_{experiment.metric}", "mode": experiment.mode}
     return tune.TuneConfig(**metric, num_samples=num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True)
+
+
+DNCML_TRIAL_ID = "dncml_trial_id"  # the Optuna trial's user attribute naming its trial in the store
+
+
+def optuna_search():
+    """Ray's OptunaSearch, telling the study what ASHA did: Ray's own `on_trial_complete` tells
+    COMPLETE for every trial that reported a value, so a trial ASHA stopped early (its last
+    epoch short of its total) would count as a finished one. Here it is PRUNED (Optuna then keeps
+    its last intermediate value), and every Optuna trial names its dncml trial id in
+    `user_attrs["dncml_trial_id"]` (the store's `trial_id`)."""
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class Search(OptunaSearch):
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            ot_trial.set_user_attr(DNCML_TRIAL_ID, trial_id)
+            epoch, total = (result or {}).get("epoch"), (result or {}).get("total_epochs")
+            if not error and epoch is not None and total is not None and int(epoch) + 1 < int(total):
+                try:
+                    self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+                except Exception as exc:  # as Ray's own: a study that refuses the tell is logged
+                    log.warning(f"optuna: {exc}")
+                self._completed_trials.add(trial_id)
+                return None
+            return super().on_trial_complete(trial_id, result, error)
+
+    return Search
 
 
 def reconcile(

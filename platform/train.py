@@ -343,6 +343,14 @@ def local_ray_options(**extra) -> dict:
     return {"address": "local", "include_dashboard": True, "dashboard_host": "127.0.0.1", "_node_ip_address": "127.0.0.1", **extra}
 
 
+def _ray_logging_level() -> int:
+    """Ray's own logger level: with -q its start-up lines (the local instance, the dashboard) and
+    warnings stay out, as the outcome alone is asked for."""
+    import logging
+
+    return logging.ERROR if console.verbosity() == console.QUIET else logging.INFO
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> None:
     """Join the Ray cluster at `address`. None: the cluster named by RAY_ADDRESS (which `ray job
     submit` sets for its driver, so a submitted sweep runs on the cluster it was submitted to, with
@@ -375,9 +383,13 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     try:
         console.handle_sigterm()  # before ray.init too: a SIGTERM while it starts is Ctrl-C as well
         if address in (None, "local"):
-            ray.init(**local_ray_options(num_cpus=num_cpus, log_to_driver=console.verbosity() >= console.VERBOSE))
+            ray.init(
+                **local_ray_options(
+                    num_cpus=num_cpus, log_to_driver=console.verbosity() >= console.VERBOSE, logging_level=_ray_logging_level()
+                )
+            )
         else:
-            ray.init(address=address, log_to_driver=console.verbosity() >= console.VERBOSE)
+            ray.init(address=address, log_to_driver=console.verbosity() >= console.VERBOSE, logging_level=_ray_logging_level())
         console.handle_sigterm()  # ray.init installs a SIGTERM handler that exits at once
     except ConnectionError as error:
         raise PlatformError(f"--address {address}: cannot connect to Ray: {error}") from None
@@ -401,8 +413,10 @@ def train_on_ray(
     storage: str | None = None,
     resume: bool = False,
     sweep: str = "train",
+    setting: str = "",
 ) -> str:
-    """`dncml train`: one run on Ray Train workers; its epochs land in the results store."""
+    """`dncml train`: one run on Ray Train workers; its epochs land in the results store.
+    setting: the trial row's `setting` (`dncml train --set` passes its assignments)."""
     if num_workers < 1:
         raise PlatformError(f"--num-workers {num_workers}: must be >= 1")
     store = ResultsStore(storage or "results")
@@ -435,7 +449,7 @@ def train_on_ray(
         raise PlatformError(f"--num-workers {num_workers} needs {num_workers} CPUs; the cluster has {free:g}")
     log.info(f"run {trial_id}: {num_workers} Ray Train worker(s), store {store.where(sweep)}")
     with store.lease(sweep, trial_id):  # a second `--resume` of this run is refused while it runs
-        recorder = TrialRecorder(store, sweep, trial_id, spec)
+        recorder = TrialRecorder(store, sweep, trial_id, spec, setting=setting)
         stop = threading.Event()
         follower = console.tail_epochs(store, sweep, trial_id, spec.name, spec.selection_metric, stop)
         try:

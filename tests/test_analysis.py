@@ -90,8 +90,9 @@ def trial(trial_id: str, status: str = "completed", error: str | None = None, **
     return row
 
 
-def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4) -> list[dict]:
-    """warmup, divide x (epochs - 2), conquer; the baseline's middle epochs are 'baseline'."""
+def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4, every_eval: bool = False) -> list[dict]:
+    """warmup, divide x (epochs - 2), conquer; the baseline's middle epochs are 'baseline'. The
+    test metrics on the last epoch only (`test_eval: selected`, the default), unless every_eval."""
     rows = []
     for e in range(epochs):
         phase = "warmup" if e == 0 else "conquer" if e == epochs - 1 else "divide"
@@ -107,8 +108,12 @@ def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4) -> list
                 "loss": 1.0 / (e + 1),
                 "reclustered": True if divides else None,
                 "cluster_sizes": json.dumps([40 + seed, 30, 20, 10 - seed]) if divides else None,
+                "cluster_classes": json.dumps([4, 3, 2, 1 + (grouping == "random")]) if divides else None,
+                "class_purity": {"random": 0.3, "kmeans": 0.8}.get(grouping, 1.0) + 0.05 * (e - 1) if divides else None,
+                "group_purity": {"random": 0.4, "kmeans": 0.7}.get(grouping, 1.0) if divides else None,
+                "cluster_changed": 0.1 * seed if divides and e > 1 else None,
                 "val_recall@1": 0.4 + 0.05 * e + 0.01 * seed,
-                "test_recall@1": 0.35 + 0.05 * e,
+                "test_recall@1": 0.35 + 0.05 * e if every_eval or e == epochs - 1 else None,
             }
         )
     return rows
@@ -274,37 +279,121 @@ def test_render_formats(t6_store):
     assert "8 completed trials" in caption and "1 failed" in caption and "in %" in caption
     lines = body.strip().splitlines()
     assert len(lines) == 2 + 3  # header, separator, one line per row
-    assert lines[0].startswith("| setting") and "R@1" in lines[0] and "Δ R@1" in lines[0] and "paper R@1" in lines[0]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    # the paper's R@1 beside our R@1 (its R@10 matches no metric shown: left out)
+    assert header == ["setting", "R@1", "paper R@1", "NMI", "cluster s", "Δ R@1"]
     assert set(lines[1]) <= set("|-: ")
     rows = {line.split("|")[1].strip(): line for line in lines[2:]}
     assert list(rows) == ["baseline (no division)", "K-means (full method)", "random"]
     kmeans = rows["K-means (full method)"]
-    assert "**62.0 ± 2.8 (n=2)**" in kmeans and "75.9" in kmeans  # best R@1, bold, in %
+    assert "**62.0 ± 2.8 (n=2)**" in kmeans and "75.9" in kmeans  # best R@1, bold, in %; n only where short
     assert " +11.0 [-1.7, +23.7] ≈ |" in kmeans  # paired over 2 seeds; the interval spans 0: within noise
     none_line = rows["baseline (no division)"]
-    assert "52.0 ± 2.0 (n=3)" in none_line and " baseline |" in none_line and "72.7" in none_line
-    assert "**0.00 ± 0.00 (n=3)**" in none_line  # cluster seconds: the minimum is best
+    assert " 52.0 ± 2.0 |" in none_line and " baseline |" in none_line and "72.7" in none_line
+    assert "**0.00 ± 0.00**" in none_line and "(n=3)" not in md  # cluster seconds: the minimum is best
+    assert "Each cell over 3 trials unless marked (n=...)" in caption
     assert " +5.0 [+5.0, +5.0] |" in rows["random"] and "**" not in rows["random"]  # no ≈: the interval excludes 0
     assert "paired by seed: mean [95 % t-interval] over 2-3 seeds, in points; ≈: the interval spans 0" in caption
 
     latex = render_table(t6_store, "table6_grouping", fmt="latex")
-    assert r"\begin{tabular}" in latex and r"\textbf{62.0 $\pm$ 2.8 (n=2)}" in latex and r"\caption{" in latex
-    assert r"+11.0 [-1.7, +23.7] $\approx$ &" in latex and "≈" not in latex
+    assert latex.startswith("% dncml ") and "% sweeps: " + SWEEP_T6.replace("_", "_") in latex  # provenance
+    assert r"\toprule" in latex and r"\midrule" in latex and r"\bottomrule" in latex and r"\label{tab:table6_grouping}" in latex
+    assert r"\caption[table6\_grouping: R@1, NMI, cluster s by grouping]{table6\_grouping (preset quick" in latex
+    assert r"\textbf{62.0 $\pm$ 2.8 (n=2)}" in latex and r"+11.0 [-1.7, +23.7] $\approx$ \\" in latex and "≈" not in latex
     html = render_table(t6_store, "table6_grouping", fmt="html")
-    assert html.startswith("<table>") and "<b>62.0 ± 2.8 (n=2)</b>" in html and html.count("<tr>") == 4
-    assert "<td>+11.0 [-1.7, +23.7] ≈</td>" in html
+    assert html.startswith("<!-- dncml ") and "<caption>table6_grouping (preset quick" in html and html.count("<tr>") == 4
+    assert ">+11.0 [-1.7, +23.7] ≈</td>" in html and "font-weight: bold" in html
     csv_text = render_table(t6_store, "table6_grouping", fmt="csv")
-    assert csv_text.startswith("# table6_grouping")
-    frame = pd.read_csv(__import__("io").StringIO(csv_text), comment="#", index_col=0)
+    assert csv_text.startswith("row,label,grouping,trials,")  # no caption line: read_csv reads it as is
+    frame = pd.read_csv(__import__("io").StringIO(csv_text), index_col=0)
     assert frame.loc["kmeans", "test_recall@1 mean"] == pytest.approx(0.62)
+    assert frame.loc["kmeans", "paper R@1"] == pytest.approx(0.759)  # one unit throughout: fractions
     for name in ("test_recall@1", "test_nmi", "cluster_seconds"):  # every metric's Δ, unrounded
         assert {f"{name} delta{s}" for s in ("", " low", " high", " n", " noise")} <= set(frame.columns)
     assert frame.loc["kmeans", "test_recall@1 delta"] == pytest.approx(0.11)
     one = render_table(t6_store, "table6_grouping", metrics=["test_nmi"])
     header = [c.strip() for c in one.splitlines()[2].strip("|").split("|")]
-    assert header == ["setting", "NMI", "Δ NMI", "paper R@1", "paper R@10"]
+    assert header == ["setting", "NMI", "Δ NMI"]  # no paper column matches NMI
     with pytest.raises(StoreError, match="format"):
         render_table(t6_store, "table6_grouping", fmt="xlsx")
+
+
+def test_labels_are_escaped_and_csv_cells_cannot_run_as_formulas(tmp_path):
+    """A label from the card is text in every format: HTML in it is not rendered by the Markdown
+    (which Jupyter shows) nor by the HTML table, and a CSV cell a spreadsheet would run as a
+    formula starts with a quote; numbers (negative ones too) stay numbers."""
+    card = t6_card(labels={"none": "<img src=x onerror=alert(1)>", "kmeans": '=HYPERLINK("http://x")', "random": "@SUM(A1)"})
+    trials = [
+        trial(f"e{g}{seed}", spec_grouping=grouping, spec_seed=seed, **{"best_test_recall@1": 0.5 + g / 10 + seed / 100})
+        for g, grouping in enumerate(("none", "kmeans", "random"))
+        for seed in (0, 1)
+    ]
+    write_sweep(tmp_path, card, trials)
+    md = render_table(tmp_path, "table6_grouping")
+    assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+    html = render_table(tmp_path, "table6_grouping", fmt="html")
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    frame = pd.read_csv(__import__("io").StringIO(render_table(tmp_path, "table6_grouping", fmt="csv")), index_col=0)
+    assert frame.loc["kmeans", "label"] == '\'=HYPERLINK("http://x")' and frame.loc["random", "label"] == "'@SUM(A1)"
+    assert frame.loc["none", "label"] == "<img src=x onerror=alert(1)>"  # not a formula: as it is
+    assert frame["test_recall@1 delta"].dtype == float and frame.loc["none", "test_recall@1 delta"] == 0.0
+
+
+def test_cli_csv_table_writes_its_caption_beside_it(t6_store, tmp_path, capsys):
+    from dncml.platform.cli import main
+
+    out = tmp_path / "t6.csv"
+    assert main(["table", str(t6_store), "--experiment", "table6_grouping", "--format", "csv", "--out", str(out)]) == 0
+    assert pd.read_csv(out, index_col=0).index.tolist() == ["none", "kmeans", "random"]
+    assert (tmp_path / "t6.caption.txt").read_text().startswith("table6_grouping (preset quick;")
+
+
+def test_status_shows_each_failed_trials_reason(t6_store):
+    from dncml.analysis.status import render_status
+
+    text = render_status(t6_store)
+    failed = next(line for line in text.splitlines() if "t6_22" in line)
+    assert "failed" in failed and failed.rstrip().endswith("RuntimeError: out of memory")
+    assert text.splitlines()[1].split()[-1] == "error"
+
+
+def test_cli_table_plot_status_pick_the_experiment_and_sweep(t6_store, tmp_path, capsys):
+    """--experiment may be left out when the store holds one; --sweep takes an id, latest or
+    all; -q works after the subcommand."""
+    from dncml.platform.cli import build_parser, main
+
+    assert main(["table", str(t6_store), "-q"]) == 0 and "| baseline (no division)" in capsys.readouterr().out
+    assert main(["table", str(t6_store), "--sweep", SWEEP_T6]) == 0 and "K-means (full method)" in capsys.readouterr().out
+    assert main(["plot", str(t6_store), "--sweep", "all", "--kind", "bars", "--out", str(tmp_path / "b.png")]) == 0
+    assert main(["status", str(t6_store), "--sweep", "latest"]) == 0 and SWEEP_T6 in capsys.readouterr().out
+    args = build_parser().parse_args(["sweep", "hpo", "-q", "--set", "run.K=4", "--set", "grid.seed=[0,1]"])
+    assert args.quiet and args.set == ["run.K=4", "grid.seed=[0,1]"]
+    _fig1_store(t6_store)  # a second experiment: now it must be named
+    assert main(["table", str(t6_store)]) == 2
+    assert "holds 2 experiments (fig1_learners, table6_grouping); name one with --experiment" in capsys.readouterr().err
+
+
+def test_status_tells_seeds_apart_and_gives_the_sweeps_elapsed_time(tmp_path):
+    from dncml.analysis.status import render_status
+
+    rows = [
+        trial(
+            f"s{seed}", spec_grouping="kmeans", spec_seed=seed, started_at="2026-01-01T12:00:00", ended_at=f"2026-01-01T12:0{seed + 1}:00"
+        )
+        for seed in (0, 1)
+    ]
+    write_sweep(tmp_path, t6_card(), rows)
+    lines = render_status(tmp_path).splitlines()
+    assert lines[0].endswith(": 2 completed, 7 not started, elapsed 2m00s")  # the card plans 9
+    header = lines[1].split()
+    assert header[:3] == ["trial", "setting", "seed"] and [line.split()[1] for line in lines[2:]] == ["0", "1"]
+
+
+def test_a_one_seed_table_has_no_n_in_its_cells(tmp_path):
+    card = t6_card(metrics=["test_recall@1"])
+    write_sweep(tmp_path, card, [trial(f"s{g}", spec_grouping=g, spec_seed=0, **{"best_test_recall@1": 0.5}) for g in ("none", "kmeans")])
+    md = render_table(tmp_path, "table6_grouping")
+    assert "(n=1)" not in md.replace("(n=1, no interval)", "") and "Each cell over 1 trial unless marked" in md
 
 
 def test_markdown_rows_match_real_writer(tmp_path):
@@ -366,13 +455,94 @@ def test_epoch_plots_write_png(t6_store, tmp_path, kind):
 
 
 def test_default_kind_and_metric_from_card(t6_store, tmp_path):
-    out = plot_experiment(t6_store, "table6_grouping", tmp_path / "default.png", metric="test_recall@1")
+    out = plot_experiment(t6_store, "table6_grouping", tmp_path / "default.png", metric="val_recall@1")
     assert out.read_bytes()[:8] == PNG
     with pytest.raises(StoreError, match="available per-epoch metrics"):
         plot_experiment(t6_store, "table6_grouping", tmp_path / "x.png", metric="test_nmi")
     with pytest.raises(StoreError, match="unknown plot kind"):
         plot_experiment(t6_store, "table6_grouping", tmp_path / "x.png", kind="pie")
     assert set(KINDS) == {"curves", "clusters", "metric_vs", "bars", "budget", "search"}
+
+
+def _line_points(fig) -> list[int]:
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    return [len(line.get_xdata()) for line in lines if not line.get_label().startswith("_")]
+
+
+def test_curves_draw_what_every_epoch_has(t6_store, tmp_path):
+    """With `test_eval: selected` the test metric exists on the last epoch only: a per-epoch test
+    curve is refused (saying why and what to draw instead); the validation curve has a point per
+    epoch in every series; a series without points is an error, never an empty line."""
+    data = load_experiment(t6_store, "table6_grouping")
+    with pytest.raises(StoreError, match=r"test_eval: selected.*val_recall@1.*every_eval"):
+        experiment_figure(data, "curves", "test_recall@1")
+    fig = experiment_figure(data, "curves", "val_recall@1")
+    assert _line_points(fig) == [4, 4, 4]  # three groupings, four epochs each
+    gaps = data.epochs.assign(**{"val_recall@1": data.epochs["val_recall@1"].where(~data.epochs["trial_id"].str.startswith("t6_1"))})
+    with pytest.raises(StoreError, match=r"no epoch of grouping=random .*recorded 'val_recall@1'"):
+        experiment_figure(dataclasses.replace(data, epochs=gaps), "curves", "val_recall@1")
+
+
+def test_a_kind_that_does_not_fit_is_refused_naming_those_that_do(t6_store, tmp_path):
+    data = load_experiment(t6_store, "table6_grouping")  # a grid over the categorical grouping
+    with pytest.raises(StoreError, match=r"'metric_vs' does not fit .*grouping is categorical.*kinds that do: curves, clusters, bars$"):
+        experiment_figure(data, "metric_vs")
+    with pytest.raises(StoreError, match=r"'search' does not fit .*not a search"):
+        plot_experiment(t6_store, "table6_grouping", tmp_path / "s.png", kind="search")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_figures_keep_the_sweep_in_their_metadata_not_the_title(t6_store, tmp_path):
+    from PIL import Image
+
+    data = load_experiment(t6_store, "table6_grouping")
+    fig = experiment_figure(data, "bars")
+    titles = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]
+    assert not any(SWEEP_T6 in t for t in titles)
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["baseline (no\ndivision)", "K-means (full\nmethod)", "random"]  # wrapped, readable
+    assert len(fig.axes[0].collections[0].get_offsets()) + sum(len(c.get_offsets()) for c in fig.axes[0].collections[1:]) == 8
+    out = plot_experiment(t6_store, "table6_grouping", tmp_path / "bars.png", kind="bars")
+    info = Image.open(out).info
+    assert SWEEP_T6 in info["Title"] and SWEEP_T6 in info["Description"]
+
+
+def test_categories_are_never_joined_by_lines(tmp_path):
+    card = t6_card(metrics=["test_recall@1"])
+    card.update(rows=["grouping", "num_learners"], plot={"kind": "metric_vs", "x": "grouping"})
+    trials = [
+        trial(f"c{g}{k}{s}", spec_grouping=g, spec_num_learners=k, spec_seed=s, **{"best_test_recall@1": 0.5 + s / 100})
+        for g in ("none", "kmeans")
+        for k in (2, 4)
+        for s in (0, 1)
+    ]
+    write_sweep(tmp_path, card, trials)
+    with pytest.raises(StoreError, match="categorical"):
+        experiment_figure(load_experiment(tmp_path, "table6_grouping"))
+    card.update(plot={"kind": "metric_vs", "x": "num_learners"})
+    (tmp_path / card["sweep"] / "experiment.json").write_text(json.dumps(card))
+    fig = experiment_figure(load_experiment(tmp_path, "table6_grouping"))  # numbers on x: lines
+    assert {bars.lines[0].get_linestyle() for bars in fig.axes[0].containers} == {"-"}
+
+
+def test_clusters_plot_draws_what_each_division_did(t6_store):
+    """`dncml plot --kind clusters`: per division round and setting, class purity, group purity,
+    classes per cluster and samples moved, from the epochs; then the cluster sizes."""
+    from dncml.analysis.plots import cluster_evidence
+
+    data = load_experiment(t6_store, "table6_grouping")
+    evidence = cluster_evidence(data)
+    assert set(evidence["key"]) == {"kmeans", "random"}  # the baseline never divides
+    assert sorted(evidence.loc[evidence["key"] == "random", "class_purity"]) == pytest.approx([0.3] * 3 + [0.35] * 3)
+    assert evidence.loc[evidence["key"] == "kmeans", "classes_per_cluster"].tolist() == pytest.approx([2.5] * 4)
+    fig = experiment_figure(data, "clusters")
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert sum(label.startswith(("class purity", "group purity", "classes per cluster", "samples that")) for label in labels) == 4
+    purity = next(ax for ax in fig.axes if ax.get_ylabel().startswith("class purity"))
+    assert sorted(tuple(np.round(line.get_ydata(), 3)) for line in purity.get_lines() if len(line.get_xdata()) == 2) == [
+        (0.3, 0.35),
+        (0.8, 0.85),
+    ]
 
 
 def test_metric_vs_and_search_plots(tmp_path):
@@ -440,6 +610,9 @@ def test_metric_vs_and_search_plots(tmp_path):
     table = experiment_table(load_experiment(tmp_path, "hpo"))
     assert table.index.tolist() == ["h00", "h01", "h03"]  # one row per completed trial
     assert table["val_recall@1 best"].tolist() == [False, False, True]
+    header, *_, last = render_table(tmp_path, "hpo").strip().splitlines()[2:]
+    assert [c.strip() for c in header.strip("|").split("|")][:3] == ["trial_id", "lr", "num_learners"]  # what each sampled
+    assert [c.strip() for c in last.strip("|").split("|")][:3] == ["h03", "0.0004", "4"]
 
 
 def test_paired_delta_within_sweep_and_seed_else_by_seed(tmp_path):
@@ -868,6 +1041,13 @@ def _fig1_store(root: Path) -> None:
     write_sweep(root, card, trials, epochs)
 
 
+NOTEBOOK_FIGURES = {
+    # test_eval: selected (the fixtures' default): validation curves only, no test curve
+    "table6_grouping": {"table6_val_recall_curves.png"},
+    "fig1_learners": {"fig1_val_recall_at_1.png", "fig1_clusters.png"},
+}
+
+
 @pytest.mark.parametrize("name, expected", [("table6_grouping", ["none", "kmeans", "random"]), ("fig1_learners", ["1", "2", "4"])])
 def test_notebooks_execute(t6_store, tmp_path, name, expected):
     nbformat = pytest.importorskip("nbformat")
@@ -891,7 +1071,9 @@ def test_notebooks_execute(t6_store, tmp_path, name, expected):
     assert "table = " in last.source
     printed = "".join(o.get("text", "") for o in last.outputs if o.get("output_type") == "stream")
     assert printed.strip() == repr(expected)
-    assert any(p.suffix == ".png" and p.read_bytes()[:8] == PNG for p in (work / "figures").iterdir())
+    figures = {p.name for p in (work / "figures").iterdir()}
+    assert figures == NOTEBOOK_FIGURES[name]
+    assert all((work / "figures" / f).read_bytes()[:8] == PNG for f in figures)
     errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.get("output_type") == "error"]
     assert not errors
 

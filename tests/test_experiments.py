@@ -351,3 +351,25 @@ def test_the_card_carries_what_analysis_reads_and_is_json():
     assert card["experiment"] == "table6_grouping" and card["sweep"] == "table6_grouping-quick-x"
     assert card["rows"] == ["grouping"] and card["aliases"]["K"] == "num_learners"
     assert card["base_run"]["num_learners"] == 8 and card["table"]["baseline"] == "none"
+
+
+def test_sweep_set_overrides_run_fields_and_grid_axes():
+    """`dncml sweep --set run.FIELD=VALUE --set grid.AXIS=[...]`, over the preset."""
+    experiment = load_experiment("table6_grouping", "smoke", ["run.K=2", "grid.seed=[0, 1, 2]", "lr=0.002"])
+    assert experiment.run["num_learners"] == 2 and experiment.run["lr"] == 0.002
+    assert experiment.grid["seed"] == [0, 1, 2]
+    assert experiment.trial_count == 3 * load_experiment("table6_grouping", "smoke").trial_count // len(
+        load_experiment("table6_grouping", "smoke").grid["seed"]
+    )
+    with pytest.raises(ExperimentError, match=r"--set 'runs\.K=2': 'runs' is neither run nor grid"):
+        load_experiment("table6_grouping", "smoke", ["runs.K=2"])
+    with pytest.raises(ExperimentError, match=r"--set 'run\.KK=2': .*KK"):
+        load_experiment("table6_grouping", "smoke", ["run.KK=2"])
+    with pytest.raises(ExperimentError, match=r"grid point .*num_learners=7"):
+        load_experiment("fig1_learners", "smoke", ["grid.num_learners=[2, 7]"])
+
+
+def test_search_labels_name_what_each_trial_sampled():
+    experiment = load_experiment("hpo", "smoke")
+    label = experiment.setting_label({"lr": 0.000312345, "num_learners": 4, "seed": 0})
+    assert "lr=0.000312" in label and "num_learners=4" in label and "seed" not in label

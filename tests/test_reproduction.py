@@ -64,6 +64,9 @@ def test_the_search_sweep_is_optunas_own_study_with_asha(smoke_store):
     study = optuna.load_study(study_name=sweep, storage=f"sqlite:///{store / sweep / 'optuna.db'}")
     assert len(study.trials) == 3
     assert sorted(round(t.params["lr"], 12) for t in study.trials) == sorted(round(v, 12) for v in trials["spec_lr"])
+    # each Optuna trial names its store row; a trial ASHA stopped is PRUNED in the study too
+    states = {t.user_attrs["dncml_trial_id"]: t.state.name for t in study.trials}
+    assert states == {row.trial_id: "PRUNED" if row.status == "pruned" else "COMPLETE" for row in trials.itertuples()}
 
 
 def test_table6_from_the_store(smoke_store):

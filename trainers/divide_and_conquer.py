@@ -233,6 +233,7 @@ def divide(
         "cluster_changed": assignment.changed,
         "cluster_repaired": assignment.repaired,
         "cluster_sizes": json.dumps(assignment.sizes()),
+        **assignment.evidence(targets, data.train.groups),  # classes per cluster, class and group purity
         "assignment_digest": zlib.crc32(assignment.clusters.astype(np.int64).tobytes()),
     }
 

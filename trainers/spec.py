@@ -1,7 +1,7 @@
 """RunSpec: the one typed, validated description of a divide-and-conquer run.
 
 Every knob of a run lives here, with the paper's defaults where the paper has one
-(PAPER_NOTES.md). A spec comes from YAML, a dict or `--set field=value` overrides; anything
+(Sanakoyeu et al., CVPR 2019, Sections 3-4; TPAMI 2021). A spec comes from YAML, a dict or `--set field=value` overrides; anything
 wrong fails here, early, with the field's name and the values it allows.
 """
 
@@ -464,6 +464,13 @@ def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Ru
     try:
         return from_dict(values, overrides)
     except SpecError as error:
+        if overrides:
+            try:
+                from_dict(values)
+            except SpecError:
+                pass
+            else:  # the file alone is a valid spec: the error is the overrides'
+                raise SpecError(f"--set (over {path}): {error}") from None
         raise SpecError(f"{path}: {error}") from None
 
 
@@ -484,7 +491,9 @@ def _choice(spec: RunSpec, name: str, allowed: tuple[str, ...]) -> None:
     if value is None and name in RECIPE_SETTINGS["paper"]:
         return  # the recipe's choice
     if value not in allowed:
-        raise SpecError(f"RunSpec field {name!r} = {value!r}: allowed values are {', '.join(allowed)}")
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SpecError(f"RunSpec field {name!r} = {value!r}: allowed values are {', '.join(allowed)}{hint}")
 
 
 def _at_least(spec: RunSpec, name: str, minimum: float) -> None:

@@ -110,6 +110,7 @@ class DatasetBundle:
     group_names: dict[int, str] = field(default_factory=dict)
     val: EvalSet | None = None
     notes: list[str] = field(default_factory=list)  # what the reader left out, and why (`datasets check` shows them)
+    class_names: dict[int, str] = field(default_factory=dict)  # label -> a readable name (glyphs: the glyph, U+code point)
 
     def summary(self) -> dict:
         rows = {"train": (len(self.train), self.train.num_classes)}

@@ -5,8 +5,8 @@ Every reader takes the directory the public archive unpacks to and returns a `Da
 splits hold absolute image paths (pixels are only read by `ImageDataset`, or here when
 `verify_images=True`, which decodes every file completely). Labels are the dataset's own class ids
 (int64, not remapped); `val` is left None (the trainer carves it from train with
-`carve_validation`). Splits follow the DML protocol of the paper (see PAPER_NOTES.md,
-"Evaluation protocol"):
+`carve_validation`). Splits follow the DML protocol of the paper (Sanakoyeu et al., CVPR 2019,
+Section 4, "Datasets", after Oh Song et al., CVPR 2016):
 
 =========  ==============================================  ==========================
 name       train / test                                    recall@K

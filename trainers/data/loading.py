@@ -8,6 +8,10 @@ from ..registry import DATASETS
 from ..spec import RunSpec
 from .base import DatasetBundle, EvalSet, ImageSplit, carve_validation
 
+# The RunSpec fields a dataset bundle depends on (what `load_dataset` and the readers take): two
+# specs equal in these read the same data.
+DATA_FIELDS = ("dataset", "data_root", "glyph_classes", "glyph_instances", "image_size", "val_fraction", "dataset_seed")
+
 
 def load_dataset(spec: RunSpec, cache_dir: str | Path | None = None, progress: bool = True) -> DatasetBundle:
     """Read (or render) the spec's dataset and carve the validation classes off its train split."""
