@@ -319,7 +319,8 @@ def test_a_resumed_search_settles_its_study_from_the_store(tmp_path):
 
     from dncml.platform.tracking import optuna_storage, resume_study
 
-    study = optuna.create_study(study_name="s", storage=optuna_storage(tmp_path), direction="maximize")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=optuna_storage(url), direction="maximize")
     done, cut = (
         study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)}),
         study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)}),
@@ -328,7 +329,7 @@ def test_a_resumed_search_settles_its_study_from_the_store(tmp_path):
         {"trial_id": "a_1", "status": "completed", "spec_lr": done.params["lr"], "best_val_recall@1": 0.75},
         {"trial_id": "a_2", "status": "running", "spec_lr": cut.params["lr"], "best_val_recall@1": None},
     ]
-    resume_study(tmp_path, "s", rows, "best_val_recall@1")
-    trials = {t.number: t for t in optuna.load_study(study_name="s", storage=optuna_storage(tmp_path)).get_trials()}
+    resume_study(url, "s", rows, "best_val_recall@1")
+    trials = {t.number: t for t in optuna.load_study(study_name="s", storage=optuna_storage(url)).get_trials()}
     assert trials[done.number].state == TrialState.COMPLETE and trials[done.number].value == 0.75
     assert trials[cut.number].state == TrialState.FAIL
