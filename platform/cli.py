@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="default: $DNCML_CACHE or $XDG_CACHE_HOME/dncml or ~/.cache/dncml")
     p.set_defaults(func=cmd_datasets_list)
     p = action("prepare", "render and cache the embedded glyphs dataset")
-    p.add_argument("name", choices=list(EMBEDDED), help="the embedded dataset (glyph_families: the glyphs render)")
+    p.add_argument("name", help="glyphs or glyph_families (the embedded datasets; the benchmarks are read from their archives)")
     glyph_options(p)
     p.set_defaults(func=cmd_datasets_prepare)
     p = action("check", "validate a dataset directory; print counts per split")

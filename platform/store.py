@@ -566,16 +566,17 @@ class ResultsStore:
         rows = [{**metrics, "sweep": sweep, "trial_id": trial_id} for metrics in rows]
         self.write_table(_rows_table(rows, self._epoch_types(metric_names)), self.path(sweep, "epochs", trial_id + COMPACTED))
 
-    def tensorboard(self, sweep: str, trial_id: str, metrics: dict[str, Any]) -> None:
-        """The epoch's scalars as TensorBoard events in STORE/<sweep>/tensorboard/<trial>/: written
-        in place locally; on object storage, into a local directory whose event files are then
-        published whole into the store."""
+    def tensorboard(self, sweep: str, trial_id: str, metrics: dict[str, Any], write=None) -> None:
+        """`write(logdir, metrics)` (default: the epoch's scalars, `tensorboard_scalars`) as
+        TensorBoard events in STORE/<sweep>/tensorboard/<trial>/: written in place locally; on
+        object storage, into a local directory whose event files are then published whole."""
+        write = write or tensorboard_scalars
         if self.local:
-            tensorboard_scalars(Path(self.path(sweep, TENSORBOARD_DIR, trial_id)), metrics)
+            write(Path(self.path(sweep, TENSORBOARD_DIR, trial_id)), metrics)
             return
         digest = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
         local = Path(tempfile.gettempdir(), f"dncml-tensorboard-{os.getuid()}", digest, sweep, trial_id)
-        tensorboard_scalars(local, metrics)
+        write(local, metrics)
         for events in local.iterdir():
             if events.is_file():
                 self.publish(self.path(sweep, TENSORBOARD_DIR, trial_id, events.name), events.read_bytes())
@@ -1082,7 +1083,7 @@ class TrialRecorder:
         if status != "running" and self.history:
             hparams = {"setting": self.setting, "status": status, **self.spec.to_dict()}
             best = {k: v for k, v in row.items() if k.startswith("best_") and k != "best_epoch"}
-            tensorboard_hparams(self.store.sweep_dir(self.sweep) / "tensorboard" / self.trial_id, hparams, best)
+            self.store.tensorboard(self.sweep, self.trial_id, best, lambda logdir, metrics: tensorboard_hparams(logdir, hparams, metrics))
 
 
 def selected_epoch(history: list[dict]) -> dict | None:

@@ -96,11 +96,14 @@ class EncodedImages(Dataset):
     index)."""
 
     def __init__(self, split: ImageSplit):
+        from PIL import Image
+
         from .base import MAX_DECODED_PIXELS
 
         self.split = split
         self.labels = np.asarray(split.labels, dtype=np.int64)
-        self.max_pixels = MAX_DECODED_PIXELS  # larger files go to PIL, which refuses them as the PIL path does
+        # larger files go to PIL, which refuses them as the PIL path does (its bomb limit or ours)
+        self.max_pixels = min(MAX_DECODED_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_DECODED_PIXELS)
 
     def __len__(self) -> int:
         return len(self.labels)
