@@ -560,6 +560,16 @@ class ResultsStore:
         self.write_table(_row_table(row, self._epoch_types(metric_names)), self.path(sweep, "epochs", name))
         self.tensorboard(sweep, trial_id, metrics)
 
+    def record_missing_epochs(self, sweep: str, trial_id: str, history: list[dict[str, Any]], metric_names: list[str]) -> list[int]:
+        """Write the epochs of a checkpoint's `history` that the store lacks (a crash between a
+        checkpoint and its epoch row, e.g. a driver killed -9, would otherwise lose that epoch
+        for good: the resumed run continues after the checkpoint); returns their numbers."""
+        recorded = {row["epoch"] for row in self.epoch_rows(sweep, trial_id)}
+        missing = [metrics for metrics in history if metrics["epoch"] not in recorded]
+        for metrics in missing:
+            self.write_epoch(sweep, trial_id, metrics, metric_names)
+        return [int(metrics["epoch"]) for metrics in missing]
+
     def write_epochs(self, sweep: str, trial_id: str, rows: list[dict[str, Any]], metric_names: list[str]) -> None:
         """A whole finished trial's epoch rows at once, in the compacted form a trial ends in
         (`<trial>-all.parquet`; no TensorBoard events): what imports and benchmarks write."""

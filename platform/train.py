@@ -87,6 +87,14 @@ def worker_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         resume_from = checkpoint.to_directory(str(scratch / "resume"))
+        if world.is_chief:  # the epochs a crash left out of the store (checkpoint saved, row not yet written)
+            from dncml.trainers.checkpoints import load_checkpoint
+
+            history = load_checkpoint(resume_from)["state"].history
+            store = ResultsStore(config["store"])
+            added = store.record_missing_epochs(config["sweep"], config["trial_id"], history, config["metric_names"])
+            if added:
+                log.info(f"run {config['run_id']}: re-recorded epoch(s) {', '.join(str(e + 1) for e in added)} from its checkpoint")
 
     node_id = ray.get_runtime_context().get_node_id()
     session = _session_id(world)
@@ -295,7 +303,15 @@ def fit_run(
     )
     trainer = lean_trainer(TorchTrainer)(
         worker_loop,
-        train_loop_config={"spec": spec.to_dict(), "run_id": run_id, "store": store.address, "fatal_file": fatal_file},
+        train_loop_config={
+            "spec": spec.to_dict(),
+            "run_id": run_id,
+            "store": store.address,
+            "fatal_file": fatal_file,
+            "sweep": sweep,
+            "trial_id": recorder.trial_id,
+            "metric_names": list(recorder.metric_names),
+        },
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         scaling_config=scaling,
         run_config=ray.train.RunConfig(
