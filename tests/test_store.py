@@ -150,3 +150,17 @@ def test_store_callback_stops_a_run_whose_workers_disagree(tmp_path):
         callback.after_report(None, disagree, None)
     rows = pd.read_parquet(tmp_path / "train" / "epochs").sort_values("epoch")
     assert rows["workers_agree"].tolist() == [True, False]  # recorded, then stopped
+
+
+def test_record_missing_epochs_writes_only_what_the_store_lacks(tmp_path):
+    """A resumed Ray run's chief re-records, from its checkpoint's history, the epochs a crash
+    left out of the store (checkpoint saved, row not written), and nothing it already holds."""
+    from dncml.platform.store import ResultsStore
+
+    store = ResultsStore(str(tmp_path))
+    store.write_epoch("s", "t", {"epoch": 0, "loss": 1.0}, ["val_recall@1"])
+    history = [{"epoch": 0, "loss": 9.0}, {"epoch": 1, "loss": 0.5}]
+    assert store.record_missing_epochs("s", "t", history, ["val_recall@1"]) == [1]
+    rows = store.epoch_rows("s", "t")
+    assert [(r["epoch"], r["loss"]) for r in rows] == [(0, 1.0), (1, 0.5)]  # epoch 0 kept as recorded
+    assert store.record_missing_epochs("s", "t", history, ["val_recall@1"]) == []
