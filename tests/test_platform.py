@@ -728,7 +728,7 @@ def test_two_nodes_that_share_no_directory_run_a_sweep_from_a_bucket(tmp_path, r
         ray.shutdown()
     gcs_port, dashboard_port = _free_port(), _free_port()
     base_env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},  # a cluster: not the loopback only
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
