@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dncml.trainers import metric_keys
 from dncml.trainers import spec as runspec
 
 HERE = Path(__file__).resolve().parent
@@ -274,7 +275,7 @@ def _resolve(
         grid=grid,
         search=search,
         rows=_rows(raw.get("rows"), grid, path),
-        metric=str(raw.get("metric", "val_recall@1")),
+        metric=str(raw.get("metric", metric_keys.SELECTION_METRIC)),
         mode=mode,
         num_samples=layer.get("num_samples", raw.get("num_samples", 1)),
         resources=resources,  # both checked in validate
@@ -481,13 +482,11 @@ def _range_corners(name: str, kind: str, args: Any, where: str) -> list[tuple[st
 def _check_metric(experiment: Experiment, specs: list[tuple[str, runspec.RunSpec]]) -> None:
     """The sweep selects (and ASHA prunes) on `best_<metric>`, which a run reports only for its
     own selection_metric: the metric must be that, and one the runs report."""
-    from dncml.trainers.data.loading import metric_names  # imports torch: only when validating
-
     metric = experiment.metric
-    if not metric.startswith("val_"):
+    if not metric.startswith(metric_keys.set_prefix(metric_keys.VALIDATION)):
         raise ExperimentError(f"{experiment.path}: metric {metric!r}: select on a validation metric (val_...), never on test")
     for where, spec in specs:
-        reported = [m for m in metric_names(spec) if m.startswith("val_")]
+        reported = [m for m in metric_keys.metric_names(spec) if m.startswith(metric_keys.set_prefix(metric_keys.VALIDATION))]
         if metric not in reported:
             raise ExperimentError(
                 f"{experiment.path}: metric {metric!r}: not reported by {where} (dataset {spec.dataset!r}); allowed: {', '.join(reported)}"

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from dncml.trainers.registry import DATASETS  # light: the declarations, no reader
+
 
 class UsageError(Exception):
     """A problem with the user's input; printed without a traceback."""
@@ -40,7 +42,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 # ---------------------------------------------------------------------------------- datasets
-EMBEDDED = ("glyphs", "glyph_families")  # rendered here, not read from an archive
+EMBEDDED = tuple(name for name in DATASETS.names() if DATASETS.info(name).embedded)  # rendered here, not read from an archive
+WITH_ROOT = tuple(name for name in DATASETS.names() if DATASETS.info(name).needs_root)
 
 
 def _glyph_config(args):
@@ -54,21 +57,18 @@ def _glyph_config(args):
 
 def cmd_datasets_list(args) -> int:
     from dncml.trainers.data.base import default_cache_dir
-    from dncml.trainers.data.benchmarks import BENCHMARKS
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     prepared = sorted(p.name for p in (cache / "glyphs").glob("*") if (p / "meta.json").is_file()) if (cache / "glyphs").is_dir() else []
-    print("glyphs     embedded default: Unicode code points x 12 DejaVu faces shipped with matplotlib")
-    print(f"           cache: {cache / 'glyphs'}  prepared: {', '.join(prepared) or 'none yet (dncml datasets prepare glyphs)'}")
-    print("           Recall@K: 1, 2, 4, 8; group labels: Unicode script / block")
-    print("glyph_families  embedded, shaped like SOP: a class = (code point, DejaVu family: Sans, Serif, Mono), its 4 faces x")
-    print("           (glyph_instances / 12) images; the glyphs render relabelled (the same cache); `dncml datasets check glyph_families`")
-    print("           Recall@K: 1, 2, 4, 8; group labels: Unicode script / block")
-    for name, info in BENCHMARKS.items():
+    for name in DATASETS.names():
+        info = DATASETS.info(name)
         print(f"{name:<10} {info.title}")
-        print(f"           unpack: {info.archive}")
-        expected = ", ".join(info.required_files) or "one sub-folder of images per class"
-        print(f"           expects under --root / data_root: {expected}")
+        if info.embedded:  # every embedded dataset is a view of the glyphs render
+            print(f"           cache: {cache / 'glyphs'}  prepared: {', '.join(prepared) or f'none yet (dncml datasets prepare {name})'}")
+        else:
+            print(f"           unpack: {info.archive}")
+            expected = ", ".join(info.required_files) or "one sub-folder of images per class"
+            print(f"           expects under --root / data_root: {expected}")
         print(f"           Recall@K: {', '.join(map(str, info.recall_ks))}; group labels: {'yes' if info.has_groups else 'no'}")
     return 0
 
@@ -102,14 +102,13 @@ def _print_summary(summary: dict) -> None:
 
 
 def _embedded_bundle(args):
-    cache_dir = Path(args.cache_dir) if args.cache_dir else None
-    if args.name == "glyph_families":
-        from dncml.trainers.data.glyph_families import load_glyph_families
+    """An embedded dataset through its registered reader, as a run with these options reads it."""
+    from dncml.trainers.spec import from_dict
 
-        return load_glyph_families(_glyph_config(args), cache_dir)
-    from dncml.trainers.data.glyphs import load_glyphs
-
-    return load_glyphs(_glyph_config(args), cache_dir)
+    _glyph_config(args)  # the options' own check first: its message names them
+    options = {"glyph_classes": args.classes, "glyph_instances": args.instances, "image_size": args.image_size, "dataset_seed": args.seed}
+    spec = from_dict({"dataset": args.name, **options})
+    return DATASETS.create(args.name, spec, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
 
 
 def cmd_datasets_check(args) -> int:
@@ -422,11 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="default: $DNCML_CACHE or $XDG_CACHE_HOME/dncml or ~/.cache/dncml")
     p.set_defaults(func=cmd_datasets_list)
     p = action("prepare", "render and cache the embedded glyphs dataset")
-    p.add_argument("name", help="glyphs or glyph_families (the embedded datasets; the benchmarks are read from their archives)")
+    p.add_argument("name", help=f"{' or '.join(EMBEDDED)} (the embedded datasets; the others are read from their archives)")
     glyph_options(p)
     p.set_defaults(func=cmd_datasets_prepare)
     p = action("check", "validate a dataset directory; print counts per split")
-    p.add_argument("name", help="glyphs, glyph_families, folder, cub, cars, sop, inshop or vehicleid")
+    p.add_argument("name", help=", ".join(DATASETS.names()))
     p.add_argument("--root", help="the unpacked archive (or, for folder, ROOT/<class>/<images>)")
     p.add_argument("--verify-images", action="store_true", help="decode every image fully (slow)")
     p.add_argument("--batch-size", type=int, default=32, help="glyph_families: the batch its step figures assume")
@@ -436,14 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
     glyph_options(p)
     p.set_defaults(func=cmd_datasets_check)
     p = action("pack", "copy a photo dataset's image files into a few large shards with an index (data_root may point at it)")
-    p.add_argument("name", help="folder, cub, cars, sop, inshop or vehicleid")
+    p.add_argument("name", help=", ".join(WITH_ROOT))
     p.add_argument("--root", required=True, help="the unpacked archive")
     p.add_argument("--out", required=True, help="the pack's directory (new or empty)")
     p.add_argument("--shard-mb", type=float, default=1024, help="the largest shard, in MiB")
     p.set_defaults(func=cmd_datasets_pack)
     p = action("show", "write a grid of sample images per class (PNG, PDF or SVG by the extension)")
-    p.add_argument("name", help="glyphs, folder, cub, cars, sop, inshop or vehicleid")
-    p.add_argument("--root", help="the unpacked archive (not for glyphs)")
+    p.add_argument("name", help=", ".join(DATASETS.names()))
+    p.add_argument("--root", help=f"the unpacked archive (not for {', '.join(EMBEDDED)})")
     p.add_argument("--out", required=True, help="the image file to write")
     p.add_argument("--split", choices=("train", "test"), default="train", help="which split")
     p.add_argument("--rows", type=int, default=16, help="classes to show (one row each)")

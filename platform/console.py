@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 
+from dncml.trainers.metric_keys import SELECTION_METRIC
+
 log = logging.getLogger("dncml")
 summary = logging.getLogger("dncml.summary")  # the outcome: shown even with -q
 
@@ -129,7 +131,7 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def epoch_line(label: str, metrics: dict, metric: str = "val_recall@1") -> str:
+def epoch_line(label: str, metrics: dict, metric: str = SELECTION_METRIC) -> str:
     """`[grouping=kmeans seed=1] epoch 3/8 divide K=8 loss 0.1234 val R@1 0.9512 (best 0.9561) 12.3s`."""
     parts = [
         f"[{label}]",

@@ -1016,7 +1016,7 @@ class TrialRecorder:
         metric_names: list[str] | None = None,
         start: bool = True,
     ):
-        from dncml.trainers.data.loading import metric_names as expected_metrics
+        from dncml.trainers.metric_keys import metric_names as expected_metrics
 
         store.own_sweep_dir(sweep)
         self.store, self.sweep, self.trial_id, self.spec = store, sweep, trial_id, spec

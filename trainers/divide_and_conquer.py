@@ -29,6 +29,7 @@ from .data.base import DatasetBundle
 from .data.loading import load_dataset
 from .embedding import EmbeddingBank, embed_split, evaluate, loader
 from .grouping import Assignment, PartitionRequest
+from .metric_keys import TIE_BREAKER, best_key, selected_key
 from .model import DivideAndConquerNet
 from .runtime import Timer, autocast, backbone_resting, make_optimizer, memory_format, reset_optimizer_state, seed_epoch, to_device
 from .sampler import ClusterBatchSampler
@@ -132,7 +133,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
             if not test_every_eval and epoch + 1 == spec.total_epochs:
                 metrics.update(evaluate_selected(net, data, spec, device, state, epoch))
             metrics["eval_seconds"] = eval_timer()
-        metrics.update({"best_epoch": state.best_epoch, f"best_{spec.selection_metric}": state.best_value, "epoch_seconds": timer()})
+        metrics.update({"best_epoch": state.best_epoch, best_key(spec.selection_metric): state.best_value, "epoch_seconds": timer()})
         state.epoch = epoch + 1
         state.history.append(metrics)
         checkpoint = None
@@ -153,7 +154,7 @@ def evaluate_selected(
     `test_*` metrics (so its row reads like an `every_eval` row)."""
     if state.best_epoch == epoch:
         tested = evaluate(net, data, spec, device, validation=False)
-        return {**tested, **{f"selected_{name}": value for name, value in tested.items()}}
+        return {**tested, **{selected_key(name): value for name, value in tested.items()}}
     if state.selected_model is None:
         raise RuntimeError(f"the selected epoch {state.best_epoch + 1}'s weights were not kept; cannot test them")
     final_weights = cpu_copy(net.state_dict())
@@ -164,7 +165,7 @@ def evaluate_selected(
     finally:
         net.load_state_dict(final_weights)  # the last checkpoint holds the last epoch's weights
         net.undivided = spec.plan.undivided_at(epoch)
-    return {f"selected_{name}": value for name, value in tested.items()}
+    return {selected_key(name): value for name, value in tested.items()}
 
 
 def cpu_copy(weights: dict) -> dict:
@@ -175,9 +176,8 @@ class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite: the run stops at once (the message names where)."""
 
 
-# Model selection: the selection metric; an exact tie goes to the finer MAP@R, then to the later
-# epoch (a validation Recall@1 tied at two epochs must not pick the earlier by accident).
-TIE_BREAKER = "val_map@r"
+# Model selection: the selection metric; an exact tie goes to the finer MAP@R (TIE_BREAKER), then
+# to the later epoch (a validation Recall@1 tied at two epochs must not pick the earlier by accident).
 
 
 def selection_key(metrics: dict, spec: RunSpec) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from .data.base import DatasetBundle, ImageSplit
 from .data.loading import photo_resize, torch_dataset
 from .data.torch_dataset import ArrayBatches
 from .evaluation import evaluate_embeddings
+from .metric_keys import set_prefix
 from .model import DivideAndConquerNet
 from .runtime import autocast, memory_format, resolve_data_path, resolve_device, to_device
 from .spec import RunSpec
@@ -89,7 +90,7 @@ def evaluate(
                 gallery,
                 eval_set.gallery.labels if eval_set.gallery is not None else None,
                 seed=spec.seed,
-                prefix=f"{eval_set.name}_",
+                prefix=set_prefix(eval_set.name),
             )
         )
     return metrics

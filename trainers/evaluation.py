@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dncml.trainers.faiss_ops import kmeans, knn
+from dncml.trainers.metric_keys import map_at_r_key, nmi_key, recall_key
 
 # Faiss GPU brute-force search supports k <= 2048; larger searches run on the CPU index.
 _GPU_MAX_K = 2048
@@ -256,7 +257,8 @@ def evaluate_embeddings(
 ) -> dict[str, float]:
     """All metrics of one evaluation set on L2-normalised embeddings.
 
-    Returns {f"{prefix}recall@{k}" for k in ks, f"{prefix}nmi", f"{prefix}map@r"}. NMI clusters
+    Returns {f"{prefix}recall@{k}" for k in ks, f"{prefix}nmi", f"{prefix}map@r"} (the keys of
+    `metric_keys.eval_set_keys`; prefix: `metric_keys.set_prefix(eval set name)`). NMI clusters
     query and gallery together (k = number of distinct labels in both).
     """
     query, query_labels, gallery, gallery_labels = _check_inputs(query, query_labels, gallery, gallery_labels)
@@ -264,12 +266,12 @@ def evaluate_embeddings(
     query = l2_normalize(query)
     if gallery is not None:
         gallery = l2_normalize(gallery)
-    out = {f"{prefix}recall@{k}": v for k, v in recall_at_k(query, query_labels, ks, gallery, gallery_labels).items()}
+    out = {recall_key(k, prefix): v for k, v in recall_at_k(query, query_labels, ks, gallery, gallery_labels).items()}
     if gallery is None:
         all_x, all_labels = query, query_labels
     else:
         all_x = np.concatenate([query, gallery])
         all_labels = np.concatenate([query_labels, gallery_labels])
-    out[f"{prefix}nmi"] = nmi(all_x, all_labels, seed=seed)
-    out[f"{prefix}map@r"] = map_at_r(query, query_labels, gallery, gallery_labels)
+    out[nmi_key(prefix)] = nmi(all_x, all_labels, seed=seed)
+    out[map_at_r_key(prefix)] = map_at_r(query, query_labels, gallery, gallery_labels)
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .grouping import Assignment, LocalGroupingService, PartitionRequest
+from .metric_keys import PROGRESS_METRICS, selected_key
 
 
 class World:
@@ -117,11 +118,12 @@ def format_epoch(metrics: dict) -> str:
         f"K={metrics['active_learners']}",
         f"loss {metrics['loss']:.4f}",
     ]
-    for key in ("val_recall@1", "test_recall@1", "test_nmi", "test_map@r"):
+    for key in PROGRESS_METRICS:
         if key in metrics and metrics[key] == metrics[key]:
             parts.append(f"{key} {metrics[key]:.4f}")
-    if "selected_test_recall@1" in metrics and "test_recall@1" not in metrics:
-        parts.append(f"(epoch {metrics['best_epoch'] + 1}'s weights: test_recall@1 {metrics['selected_test_recall@1']:.4f})")
+    test_recall = PROGRESS_METRICS[1]
+    if selected_key(test_recall) in metrics and test_recall not in metrics:
+        parts.append(f"(epoch {metrics['best_epoch'] + 1}'s weights: {test_recall} {metrics[selected_key(test_recall)]:.4f})")
     parts.append(f"{metrics['epoch_seconds']:.1f}s")
     if metrics.get("cluster_seconds"):
         parts.append(f"(clustering {metrics['cluster_seconds']:.1f}s)")

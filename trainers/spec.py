@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from . import registry
+from . import metric_keys, registry
+from .data.base import DATA_ROOT_VARIABLES, data_root_variables  # declared where roots are read
 from .plan import DivisionPlan
 
-DATASETS = registry.DATASETS.names()
-DATASETS_WITH_GROUPS = tuple(name for name in DATASETS if registry.DATASETS.info(name)["groups"])
+DATASETS = registry.DATASETS.names()  # as at import; validation reads the registry itself (a dataset declared later)
 BACKBONES = registry.BACKBONES.names()
 GROUPINGS = ("none", "kmeans", "kmeans_nosplit", "random", "gt_labels")
 HIERARCHIES = ("flat", "binary")
@@ -111,28 +111,6 @@ def valid_name(value: object) -> bool:
     return isinstance(value, str) and bool(NAME.match(value)) and ".." not in value
 
 
-# The environment variables `data_root` may name (`${DNCML_DATA}/cub`, `~` for HOME): no other
-# one is expanded, so a spec cannot pull a secret into a path, an error message or the store.
-DATA_ROOT_VARIABLES = ("DNCML_DATA", "HOME")
-_VARIABLE = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def data_root_variables(value: str) -> list[str]:
-    """The variables `value` names, in order."""
-    return [braced if braced is not None else bare for braced, bare in _VARIABLE.findall(value)]
-
-
-def expand_data_root(value: str) -> str:
-    """`data_root` with `~` and the documented variables expanded (the others stay as written;
-    `validate` refuses them)."""
-
-    def substitute(match: re.Match) -> str:
-        name = match.group(1) if match.group(1) is not None else match.group(2)
-        return os.environ.get(name, match.group(0)) if name in DATA_ROOT_VARIABLES else match.group(0)
-
-    return os.path.expanduser(_VARIABLE.sub(substitute, value))
-
-
 # A spec's YAML, once its aliases are expanded: a real spec has a few hundred values. An alias
 # bomb (`a: &a [x, x]`, `b: &b [*a, *a]`, ...) of a few hundred bytes expands to 10^9 values
 # (66 s and 3 GB to fail, an experiment card of 608 MB): refused by counting, never expanded.
@@ -206,7 +184,6 @@ UPPER_BOUNDS: dict[str, int] = {
     "loader_workers": 256,
     "checkpoint_every": 100_000,
 }
-GLYPH_IMAGE_SIZE = 256  # glyphs are rendered: beyond this the render cache alone is gigabytes
 
 
 class SpecError(ValueError):
@@ -290,7 +267,7 @@ class RunSpec:
     # --- evaluation ---
     eval_every: int = 1
     eval_batch_size: int = 256
-    selection_metric: str = "val_recall@1"
+    selection_metric: str = metric_keys.SELECTION_METRIC
     test_eval: str = "selected"  # when the test sets are embedded: see TEST_EVALS
 
     # --- runtime ---
@@ -309,7 +286,7 @@ class RunSpec:
 
     @property
     def resolved_image_size(self) -> int:
-        return self.image_size or registry.DATASETS.info(self.dataset)["image_size"]
+        return self.image_size or registry.DATASETS.info(self.dataset).image_size
 
     def setting(self, name: str) -> Any:
         """A recipe-governed field's value: as given, or the recipe's choice where it is null."""
@@ -514,8 +491,9 @@ def _bounded(spec: RunSpec) -> None:
         value = getattr(spec, name)
         if value is not None and value > maximum:
             raise SpecError(f"RunSpec field {name!r} = {str(value)[:40]}: must be <= {maximum}")
-    if spec.dataset == "glyphs" and spec.image_size is not None and spec.image_size > GLYPH_IMAGE_SIZE:
-        raise SpecError(f"RunSpec field 'image_size' = {spec.image_size}: glyphs are rendered at most {GLYPH_IMAGE_SIZE} pixels")
+    largest = registry.DATASETS.info(spec.dataset).max_image_size if spec.dataset in registry.DATASETS else None
+    if largest is not None and spec.image_size is not None and spec.image_size > largest:
+        raise SpecError(f"RunSpec field 'image_size' = {spec.image_size}: {spec.dataset} are rendered at most {largest} pixels")
     if spec.data_root is not None:
         if len(spec.data_root) > 4096:
             raise SpecError(f"RunSpec field 'data_root': {len(spec.data_root)} characters, at most 4096")
@@ -536,7 +514,7 @@ def _validate(spec: RunSpec) -> None:
             f"RunSpec field 'name' = {spec.name!r}: use letters, digits, '.', '_' and '-' (at most 128, "
             "not starting with '.' or '-', no '..'): it names files of the run"
         )
-    for name, allowed in CHOICES.items():
+    for name, allowed in {**CHOICES, "dataset": registry.DATASETS.names()}.items():
         _choice(spec, name, allowed)
     for name, minimum in (
         ("embedding_dim", 1),
@@ -615,12 +593,13 @@ def _validate(spec: RunSpec) -> None:
         raise SpecError(f"RunSpec field 'glyph_instances' = {spec.glyph_instances}: must be a multiple of 12 (the DejaVu faces)")
     if spec.glyph_classes is not None and spec.glyph_classes < 8:
         raise SpecError(f"RunSpec field 'glyph_classes' = {spec.glyph_classes}: must be >= 8 or null (all)")
-    if spec.grouping == "gt_labels" and spec.dataset not in DATASETS_WITH_GROUPS:
+    if spec.grouping == "gt_labels" and not registry.DATASETS.info(spec.dataset).has_groups:
+        with_groups = [name for name in registry.DATASETS.names() if registry.DATASETS.info(name).has_groups]
         raise SpecError(
             f"RunSpec field 'grouping' = 'gt_labels' needs a dataset with group labels "
-            f"({', '.join(DATASETS_WITH_GROUPS)}); {spec.dataset!r} has none"
+            f"({', '.join(with_groups)}); {spec.dataset!r} has none"
         )
-    if registry.DATASETS.info(spec.dataset)["needs_root"] and spec.data_root is None:
+    if registry.DATASETS.info(spec.dataset).needs_root and spec.data_root is None:
         raise SpecError(f"RunSpec field 'data_root' is required for dataset {spec.dataset!r} (where its images are)")
     smallest = registry.BACKBONES.info(spec.backbone)["min_image_size"]
     if spec.resolved_image_size < smallest:
@@ -640,16 +619,14 @@ def _validate(spec: RunSpec) -> None:
             f"RunSpec field 'pretrained' = {spec.pretrained!r}: no such file (give a local weights file, "
             "'cache' (ImageNet ResNet), 'glyphs' (pre-trained GlyphNet), or null)"
         )
-    if not spec.selection_metric.startswith("val_"):
+    if not spec.selection_metric.startswith(metric_keys.set_prefix(metric_keys.VALIDATION)):
         raise SpecError(f"RunSpec field 'selection_metric' = {spec.selection_metric!r}: must be a validation metric (val_...)")
     if spec.val_fraction == 0:
         raise SpecError(
             f"RunSpec field 'val_fraction' = 0: model selection ({spec.selection_metric}) needs validation "
             "classes; give a fraction in (0, 0.9)"
         )
-    from .data.loading import metric_names  # the dataset's metrics; imported here, loading imports this module
-
-    produced = metric_names(spec)
+    produced = metric_keys.metric_names(spec)
     if spec.selection_metric not in produced:
         raise SpecError(
             f"RunSpec field 'selection_metric' = {spec.selection_metric!r}: dataset {spec.dataset!r} "

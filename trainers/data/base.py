@@ -1,4 +1,5 @@
-"""Dataset containers shared by every reader: what a split is, what an evaluation set is.
+"""Dataset containers shared by every reader: what a split is, what an evaluation set is; and
+what every reader checks with them: data roots, files, image files.
 
 A reader (glyphs, CUB, Cars, ...) turns files on disk into a `DatasetBundle`; the trainer only
 ever sees these types, so every dataset trains and evaluates through the same code.
@@ -7,8 +8,10 @@ ever sees these types, so every dataset trains and evaluates through the same co
 from __future__ import annotations
 
 import os
+import re
 import stat
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,7 +178,7 @@ def check_files_exist(paths: Iterable[str | os.PathLike], what: str = "image fil
     The cheap check to run before any worker starts: it catches a missing, misplaced or
     zero-byte image (an interrupted copy or download) in seconds, where training would only
     fail on it mid-epoch. It does not read pixels; a truncated but non-empty file passes (decode
-    with `benchmarks.verify_image_files` for that). The message gives how many files are missing
+    with `verify_image_files` for that). The message gives how many files are missing
     (and how many are empty) out of how many, and names the first `shown` of each.
 
     Returns the number of distinct files checked.
@@ -203,12 +206,129 @@ def check_files_exist(paths: Iterable[str | os.PathLike], what: str = "image fil
     return len(distinct)
 
 
+def _decode_error(path: str, read: Callable[[str], bytes] | None = None) -> str | None:
+    """None if PIL decodes every pixel of path as `ImageDataset` does (open, convert to RGB),
+    else "<ErrorType>: <message>". Never tolerates truncation (ImageFile.LOAD_TRUNCATED_IMAGES
+    is left as it is, False unless a caller sets it). read: where the bytes come from (a pack's
+    `read`); None: the file at path."""
+    import io
+
+    try:
+        open_rgb(path if read is None else io.BytesIO(read(path)), name=path)
+    except DatasetError as exc:  # too large to decode
+        return str(exc)
+    except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def verify_image_files(
+    paths: Sequence[str],
+    progress: bool = False,
+    workers: int | None = None,
+    shown: int = 5,
+    read: Callable[[str], bytes] | None = None,
+) -> int:
+    """Decode every distinct image completely; DatasetError naming the files PIL cannot decode.
+
+    First `check_files_exist` (missing or empty files fail at once, before any decoding); then
+    each file is opened and converted to RGB like `ImageDataset` does, so a truncated or corrupt
+    file fails here rather than mid-epoch (`Image.verify` alone would pass a truncated JPEG: it
+    does not decode the pixel data). No transforms are applied. Files are decoded by `workers`
+    threads (PIL releases the GIL while decoding; default min(8, CPU count)); `progress` shows a
+    tqdm bar on stderr. Every file is decoded before failing, so the error gives how many are
+    bad and names the first `shown` (in list order) with PIL's error for each.
+
+    read: where the bytes come from (a pack's `read`, which checked its shards when it opened);
+    None: the files themselves.
+
+    Returns the number of distinct files checked.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
+
+    from tqdm import tqdm
+
+    distinct = list(dict.fromkeys(paths))
+    if read is None:
+        check_files_exist(distinct)
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    bad: list[str] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
+    try:
+        results = tqdm(
+            pool.map(partial(_decode_error, read=read), distinct),
+            total=len(distinct),
+            desc="decoding images",
+            unit="img",
+            file=sys.stderr,
+            disable=not progress,
+        )
+        for path, error in zip(distinct, results):
+            if error is not None:
+                bad.append(f"{path}: {error}")
+    finally:  # on Ctrl-C, drop the files not started yet instead of decoding them all first
+        pool.shutdown(wait=True, cancel_futures=True)
+    if bad:
+        more = f"\n  ... and {len(bad) - shown} more" if len(bad) > shown else ""
+        raise DatasetError(f"{len(bad)} of {len(distinct)} image files cannot be decoded, e.g.\n  " + "\n  ".join(bad[:shown]) + more)
+    return len(distinct)
+
+
+def verified(bundle: DatasetBundle, verify_images: bool) -> DatasetBundle:
+    """The bundle, once every image file it lists decodes (`verify_image_files`) when verify_images."""
+    if verify_images:
+        verify_image_files(_bundle_paths(bundle), read=pack_reader(bundle))
+    return bundle
+
+
+def bundle_image_paths(bundle: DatasetBundle) -> list[str]:
+    """The distinct image files a bundle's train, test and validation splits list (first-seen order; [] for
+    in-memory datasets such as glyphs)."""
+    return list(dict.fromkeys(_bundle_paths(bundle)))
+
+
+def _bundle_paths(bundle: DatasetBundle) -> list[str]:
+    paths = list(bundle.train.paths or [])
+    for test in [*bundle.tests, *([bundle.val] if bundle.val is not None else [])]:
+        paths.extend(test.query.paths or [])
+        if test.gallery is not None:
+            paths.extend(test.gallery.paths or [])
+    return paths
+
+
+def pack_reader(bundle: DatasetBundle) -> Callable[[str], bytes] | None:
+    """Where a packed bundle's image bytes come from (its pack's `read`); None for files on disk."""
+    return bundle.train.pack.read if bundle.train.pack is not None else None
+
+
+# The environment variables `data_root` may name (`${DNCML_DATA}/cub`, `~` for HOME): no other
+# one is expanded, so a spec cannot pull a secret into a path, an error message or the store.
+DATA_ROOT_VARIABLES = ("DNCML_DATA", "HOME")
+_VARIABLE = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def data_root_variables(value: str) -> list[str]:
+    """The variables `value` names, in order."""
+    return [braced if braced is not None else bare for braced, bare in _VARIABLE.findall(value)]
+
+
+def expand_data_root(value: str) -> str:
+    """`data_root` with `~` and the documented variables expanded (the others stay as written;
+    `spec.validate` refuses them)."""
+
+    def substitute(match: re.Match) -> str:
+        name = match.group(1) if match.group(1) is not None else match.group(2)
+        return os.environ.get(name, match.group(0)) if name in DATA_ROOT_VARIABLES else match.group(0)
+
+    return os.path.expanduser(_VARIABLE.sub(substitute, value))
+
+
 def read_data_root(data_root: str, reader):
-    """`reader(path)` on `data_root` expanded (`spec.expand_data_root`: the documented variables
+    """`reader(path)` on `data_root` expanded (`expand_data_root`: the documented variables
     only); a DatasetError names the root as written, so an expanded value never reaches a
     message or the results store."""
-    from ..spec import expand_data_root
-
     expanded = expand_data_root(data_root)
     try:
         return reader(expanded)

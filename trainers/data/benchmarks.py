@@ -24,15 +24,16 @@ find bad image files before training: `check_files_exist` (stat only: missing or
 seconds; the preflight before any worker starts) and `verify_image_files` (decodes every pixel:
 truncated or corrupt files too; slow, `dncml datasets check NAME --root DIR --verify-images`).
 
+Each reader is the dataset's registered reader (`@DATASETS.register`, called as `reader(root,
+seed=...)` by `loading.read_root`); its `seed` is unused: these splits are the releases' own.
+
 This module does not import torch (the photo transforms live beside the torch dataset).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,20 +43,20 @@ from dncml.trainers.data.base import (
     DatasetError,
     EvalSet,
     ImageSplit,
+    bundle_image_paths,
     check_files_exist,
-    open_rgb,
-    read_data_root,
+    pack_reader,
     require_dir,
     require_file,
+    verified,
+    verify_image_files,
 )
-from dncml.trainers.data.folder import RECALL_KS as FOLDER_KS
-from dncml.trainers.data.folder import read_folder
-from dncml.trainers.data.pack import SHARD_BYTES, is_pack, pack_bundle, read_pack
-from dncml.trainers.registry import DATASETS
+from dncml.trainers.data.loading import read_root
+from dncml.trainers.data.pack import SHARD_BYTES, is_pack, pack_bundle
+from dncml.trainers.registry import DATASETS, DatasetInfo
 
 __all__ = [
     "BENCHMARKS",
-    "BenchmarkInfo",
     "bundle_image_paths",
     "check_dataset",
     "check_files_exist",
@@ -70,12 +71,8 @@ __all__ = [
 ]
 
 
-# Each dataset's Recall@K and group labels are declared once, in the registry.
-CUB_KS = DATASETS.info("cub")["recall_ks"]
-CARS_KS = DATASETS.info("cars")["recall_ks"]
-SOP_KS = DATASETS.info("sop")["recall_ks"]
-INSHOP_KS = DATASETS.info("inshop")["recall_ks"]
-VEHICLEID_KS = DATASETS.info("vehicleid")["recall_ks"]
+# Each dataset's Recall@K, test sets, layout and group labels are declared once, in the registry.
+CUB, CARS, SOP, INSHOP, VEHICLEID = (DATASETS.info(name) for name in ("cub", "cars", "sop", "inshop", "vehicleid"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,101 +146,6 @@ def _make_split(name: str, paths: list[str], labels, groups=None, source: object
     )
 
 
-def _decode_error(path: str, read: Callable[[str], bytes] | None = None) -> str | None:
-    """None if PIL decodes every pixel of path as `ImageDataset` does (open, convert to RGB),
-    else "<ErrorType>: <message>". Never tolerates truncation (ImageFile.LOAD_TRUNCATED_IMAGES
-    is left as it is, False unless a caller sets it). read: where the bytes come from (a pack's
-    `read`); None: the file at path."""
-    import io
-
-    try:
-        open_rgb(path if read is None else io.BytesIO(read(path)), name=path)
-    except DatasetError as exc:  # too large to decode
-        return str(exc)
-    except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def verify_image_files(
-    paths: Sequence[str],
-    progress: bool = False,
-    workers: int | None = None,
-    shown: int = 5,
-    read: Callable[[str], bytes] | None = None,
-) -> int:
-    """Decode every distinct image completely; DatasetError naming the files PIL cannot decode.
-
-    First `check_files_exist` (missing or empty files fail at once, before any decoding); then
-    each file is opened and converted to RGB like `ImageDataset` does, so a truncated or corrupt
-    file fails here rather than mid-epoch (`Image.verify` alone would pass a truncated JPEG: it
-    does not decode the pixel data). No transforms are applied. Files are decoded by `workers`
-    threads (PIL releases the GIL while decoding; default min(8, CPU count)); `progress` shows a
-    tqdm bar on stderr. Every file is decoded before failing, so the error gives how many are
-    bad and names the first `shown` (in list order) with PIL's error for each.
-
-    read: where the bytes come from (a pack's `read`, which checked its shards when it opened);
-    None: the files themselves.
-
-    Returns the number of distinct files checked.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-    from functools import partial
-
-    from tqdm import tqdm
-
-    distinct = list(dict.fromkeys(paths))
-    if read is None:
-        check_files_exist(distinct)
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1)
-    bad: list[str] = []
-    pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
-    try:
-        results = tqdm(
-            pool.map(partial(_decode_error, read=read), distinct),
-            total=len(distinct),
-            desc="decoding images",
-            unit="img",
-            file=sys.stderr,
-            disable=not progress,
-        )
-        for path, error in zip(distinct, results):
-            if error is not None:
-                bad.append(f"{path}: {error}")
-    finally:  # on Ctrl-C, drop the files not started yet instead of decoding them all first
-        pool.shutdown(wait=True, cancel_futures=True)
-    if bad:
-        more = f"\n  ... and {len(bad) - shown} more" if len(bad) > shown else ""
-        raise DatasetError(f"{len(bad)} of {len(distinct)} image files cannot be decoded, e.g.\n  " + "\n  ".join(bad[:shown]) + more)
-    return len(distinct)
-
-
-def bundle_image_paths(bundle: DatasetBundle) -> list[str]:
-    """The distinct image files a bundle's train, test and validation splits list (first-seen order; [] for
-    in-memory datasets such as glyphs)."""
-    return list(dict.fromkeys(_bundle_paths(bundle)))
-
-
-def _bundle_paths(bundle: DatasetBundle) -> list[str]:
-    paths = list(bundle.train.paths or [])
-    for test in [*bundle.tests, *([bundle.val] if bundle.val is not None else [])]:
-        paths.extend(test.query.paths or [])
-        if test.gallery is not None:
-            paths.extend(test.gallery.paths or [])
-    return paths
-
-
-def _finish(bundle: DatasetBundle, verify_images: bool) -> DatasetBundle:
-    if verify_images:
-        verify_image_files(_bundle_paths(bundle), read=_pack_reader(bundle))
-    return bundle
-
-
-def _pack_reader(bundle: DatasetBundle) -> Callable[[str], bytes] | None:
-    return bundle.train.pack.read if bundle.train.pack is not None else None
-
-
 def _split_by_class(
     paths: list[str], labels: np.ndarray, last_train_class: int, source: object, test_name: str = "test"
 ) -> tuple[ImageSplit, ImageSplit]:
@@ -272,7 +174,8 @@ def _cub_dir(root: Path) -> Path:
     )
 
 
-def read_cub(root: str | os.PathLike, verify_images: bool = False) -> DatasetBundle:
+@DATASETS.register("cub")
+def read_cub(root: str | os.PathLike, verify_images: bool = False, seed: int = 0) -> DatasetBundle:
     """CUB-200-2011: classes 1-100 train, 101-200 test; Recall@1,2,4,8.
 
     root: the `CUB_200_2011/` directory (holding images.txt, image_class_labels.txt, images/) or
@@ -297,8 +200,8 @@ def read_cub(root: str | os.PathLike, verify_images: bool = False) -> DatasetBun
         paths.append(str(image_dir / rel))
         labels.append(cls)
     train, test = _split_by_class(paths, np.array(labels), 100, labels_txt)
-    bundle = DatasetBundle(name="cub", train=train, tests=[EvalSet("test", test, None, CUB_KS)], recall_ks=CUB_KS)
-    return _finish(bundle, verify_images)
+    bundle = DatasetBundle(name="cub", train=train, tests=[EvalSet("test", test, None, CUB.recall_ks)], recall_ks=CUB.recall_ks)
+    return verified(bundle, verify_images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,7 +253,8 @@ def _first_existing_dir(*candidates: Path) -> Path | None:
     return None
 
 
-def read_cars(root: str | os.PathLike, verify_images: bool = False) -> DatasetBundle:
+@DATASETS.register("cars")
+def read_cars(root: str | os.PathLike, verify_images: bool = False, seed: int = 0) -> DatasetBundle:
     """Stanford Cars: classes 1-98 train, 99-196 test (the release's `test` flag is ignored, as
     DML papers do); Recall@1,2,4,8.
 
@@ -402,8 +306,8 @@ def read_cars(root: str | os.PathLike, verify_images: bool = False) -> DatasetBu
     if not paths:
         raise DatasetError(f"Stanford Cars under {root}: the annotations list no images")
     train, test = _split_by_class(paths, np.array(labels), 98, root)
-    bundle = DatasetBundle(name="cars", train=train, tests=[EvalSet("test", test, None, CARS_KS)], recall_ks=CARS_KS)
-    return _finish(bundle, verify_images)
+    bundle = DatasetBundle(name="cars", train=train, tests=[EvalSet("test", test, None, CARS.recall_ks)], recall_ks=CARS.recall_ks)
+    return verified(bundle, verify_images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,7 +319,8 @@ def _sop_group_name(rel_path: str) -> str:
     return folder[: -len("_final")] if folder.endswith("_final") else folder
 
 
-def read_sop(root: str | os.PathLike, verify_images: bool = False) -> DatasetBundle:
+@DATASETS.register("sop")
+def read_sop(root: str | os.PathLike, verify_images: bool = False, seed: int = 0) -> DatasetBundle:
     """Stanford Online Products: Ebay_train.txt (11,318 classes) / Ebay_test.txt (11,316);
     Recall@1,10,100,1000. groups = super_class_id (1..12), group_names from the folder names
     ("bicycle_final/..." -> "bicycle").
@@ -440,11 +345,11 @@ def read_sop(root: str | os.PathLike, verify_images: bool = False) -> DatasetBun
     bundle = DatasetBundle(
         name="sop",
         train=splits["train"],
-        tests=[EvalSet("test", splits["test"], None, SOP_KS)],
-        recall_ks=SOP_KS,
+        tests=[EvalSet("test", splits["test"], None, SOP.recall_ks)],
+        recall_ks=SOP.recall_ks,
         group_names=dict(sorted(group_names.items())),
     )
-    return _finish(bundle, verify_images)
+    return verified(bundle, verify_images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,7 +363,8 @@ def _inshop_item_id(token: str) -> int:
 _INSHOP_STATUS = ("train", "query", "gallery")
 
 
-def read_inshop(root: str | os.PathLike, verify_images: bool = False) -> DatasetBundle:
+@DATASETS.register("inshop")
+def read_inshop(root: str | os.PathLike, verify_images: bool = False, seed: int = 0) -> DatasetBundle:
     """In-shop Clothes: status train (3,997 items) / query (14,218) against gallery (12,612);
     Recall@1,10,20,30,50. Labels are the item ids ("id_00000001" -> 1).
 
@@ -508,23 +414,21 @@ def read_inshop(root: str | os.PathLike, verify_images: bool = False) -> Dataset
     bundle = DatasetBundle(
         name="inshop",
         train=train,
-        tests=[EvalSet("test", query, gallery, INSHOP_KS)],
-        recall_ks=INSHOP_KS,
+        tests=[EvalSet("test", query, gallery, INSHOP.recall_ks)],
+        recall_ks=INSHOP.recall_ks,
     )
-    return _finish(bundle, verify_images)
+    return verified(bundle, verify_images)
 
 
 # --------------------------------------------------------------------------------------------
 # PKU VehicleID
 
-VEHICLEID_TESTS = (
-    ("test_small", "test_list_800.txt"),
-    ("test_medium", "test_list_1600.txt"),
-    ("test_large", "test_list_2400.txt"),
-)
+# the declared test sets (small, medium, large) and their lists
+VEHICLEID_TESTS = tuple(zip(VEHICLEID.test_sets, ("test_list_800.txt", "test_list_1600.txt", "test_list_2400.txt")))
 
 
-def read_vehicleid(root: str | os.PathLike, verify_images: bool = False) -> DatasetBundle:
+@DATASETS.register("vehicleid")
+def read_vehicleid(root: str | os.PathLike, verify_images: bool = False, seed: int = 0) -> DatasetBundle:
     """PKU VehicleID: train_list.txt / test_list_{800,1600,2400}.txt as test_small / test_medium /
     test_large (every query against the rest of its list); Recall@1,5.
 
@@ -541,155 +445,18 @@ def read_vehicleid(root: str | os.PathLike, verify_images: bool = False) -> Data
         return _make_split(name, [str(image_dir / f"{n}.jpg") for n, _ in rows], [v for _, v in rows], source=f)
 
     train = load("train_list.txt", "train")
-    tests = [EvalSet(name, load(fname, name), None, VEHICLEID_KS) for name, fname in VEHICLEID_TESTS]
-    bundle = DatasetBundle(name="vehicleid", train=train, tests=tests, recall_ks=VEHICLEID_KS)
-    return _finish(bundle, verify_images)
+    tests = [EvalSet(name, load(fname, name), None, VEHICLEID.recall_ks) for name, fname in VEHICLEID_TESTS]
+    bundle = DatasetBundle(name="vehicleid", train=train, tests=tests, recall_ks=VEHICLEID.recall_ks)
+    return verified(bundle, verify_images)
 
 
 # --------------------------------------------------------------------------------------------
-# registry
+# the datasets read from a root (the registry's declarations; folder.py reads the `folder` one)
+
+BENCHMARKS: dict[str, DatasetInfo] = {name: DATASETS.info(name) for name in DATASETS.names() if DATASETS.info(name).needs_root}
 
 
-@dataclass(frozen=True)
-class BenchmarkInfo:
-    """What `dncml datasets list` / `check` show about one benchmark.
-
-    required_files: paths relative to the dataset root that the main layout needs (folders end
-    with "/"); alt_layouts: other accepted layouts, each a tuple of the same kind.
-    expected_classes: class counts of the full public release per `DatasetBundle.summary()` row
-    ("train", "test/query", ...), used only for warnings in `check_dataset`.
-    """
-
-    name: str
-    reader: Callable[..., DatasetBundle]
-    title: str
-    archive: str
-    homepage: str
-    required_files: tuple[str, ...]
-    recall_ks: tuple[int, ...]
-    alt_layouts: tuple[tuple[str, ...], ...] = ()
-    expected_classes: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def has_groups(self) -> bool:
-        return DATASETS.info(self.name)["groups"]
-
-    def layouts(self) -> tuple[tuple[str, ...], ...]:
-        return (self.required_files,) + self.alt_layouts
-
-    def missing_files(self, root: str | os.PathLike) -> list[str]:
-        """[] if some accepted layout is complete under root, else the main layout's missing paths."""
-        base = Path(os.path.expanduser(os.fspath(root)))
-
-        def missing(layout: tuple[str, ...]) -> list[str]:
-            out = []
-            for rel in layout:
-                p = base / rel.rstrip("/")
-                ok = p.is_dir() if rel.endswith("/") else p.is_file()
-                if not ok:
-                    out.append(rel)
-            return out
-
-        results = [missing(layout) for layout in self.layouts()]
-        if any(not m for m in results):
-            return []
-        return results[0]
-
-
-BENCHMARKS: dict[str, BenchmarkInfo] = {
-    "cub": BenchmarkInfo(
-        name="cub",
-        reader=read_cub,
-        title="CUB-200-2011 (birds, 200 classes)",
-        archive="CUB_200_2011.tgz -> CUB_200_2011/ (pass that folder or its parent)",
-        homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
-        required_files=("images.txt", "image_class_labels.txt", "images/"),
-        alt_layouts=(("CUB_200_2011/images.txt", "CUB_200_2011/image_class_labels.txt", "CUB_200_2011/images/"),),
-        recall_ks=CUB_KS,
-        expected_classes={"train": 100, "test/query": 100},
-    ),
-    "cars": BenchmarkInfo(
-        name="cars",
-        reader=read_cars,
-        title="Stanford Cars / Cars196 (196 car models)",
-        archive="car_ims.tgz -> car_ims/, plus cars_annos.mat next to it "
-        "(or the devkit layout: devkit/, cars_train/, cars_test/, cars_test_annos_withlabels.mat)",
-        homepage="https://ai.stanford.edu/~jkrause/cars/car_dataset.html",
-        required_files=("cars_annos.mat", "car_ims/"),
-        alt_layouts=(
-            ("devkit/cars_train_annos.mat", "cars_train/", "cars_test_annos_withlabels.mat", "cars_test/"),
-            ("devkit/cars_train_annos.mat", "cars_train/", "devkit/cars_test_annos_withlabels.mat", "cars_test/"),
-        ),
-        recall_ks=CARS_KS,
-        expected_classes={"train": 98, "test/query": 98},
-    ),
-    "sop": BenchmarkInfo(
-        name="sop",
-        reader=read_sop,
-        title="Stanford Online Products (22,634 products in 12 super-classes)",
-        archive="Stanford_Online_Products.zip -> Stanford_Online_Products/",
-        homepage="https://cvgl.stanford.edu/projects/lifted_struct/",
-        required_files=("Ebay_train.txt", "Ebay_test.txt"),
-        recall_ks=SOP_KS,
-        expected_classes={"train": 11318, "test/query": 11316},
-    ),
-    "inshop": BenchmarkInfo(
-        name="inshop",
-        reader=read_inshop,
-        title="DeepFashion In-shop Clothes Retrieval (7,982 items)",
-        archive="In-shop Clothes Retrieval Benchmark: Img/img.zip -> img/, plus "
-        "Eval/list_eval_partition.txt (either at the root or under Eval/)",
-        homepage="https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html",
-        required_files=("list_eval_partition.txt", "img/"),
-        alt_layouts=(
-            ("Eval/list_eval_partition.txt", "img/"),
-            ("Eval/list_eval_partition.txt", "Img/img/"),
-            ("list_eval_partition.txt", "Img/img/"),
-        ),
-        recall_ks=INSHOP_KS,
-        expected_classes={"train": 3997, "test/query": 3985, "test/gallery": 3985},
-    ),
-    "vehicleid": BenchmarkInfo(
-        name="vehicleid",
-        reader=read_vehicleid,
-        title="PKU VehicleID (26,267 vehicles)",
-        archive="VehicleID_V1.0 (on request from PKU) -> VehicleID_V1.0/ with image/ and train_test_split/",
-        homepage="https://www.pkuml.org/resources/pku-vehicleid.html",
-        required_files=(
-            "image/",
-            "train_test_split/train_list.txt",
-            "train_test_split/test_list_800.txt",
-            "train_test_split/test_list_1600.txt",
-            "train_test_split/test_list_2400.txt",
-        ),
-        recall_ks=VEHICLEID_KS,
-        expected_classes={"test_small/query": 800, "test_medium/query": 1600, "test_large/query": 2400},
-    ),
-}
-
-
-BENCHMARKS["folder"] = BenchmarkInfo(
-    name="folder",
-    reader=read_folder,
-    title="Your own images: ROOT/<class name>/<images> (class-disjoint train / test)",
-    archive="any folder with one sub-folder of .jpg / .png images per class (optional ROOT/split.txt)",
-    homepage="",
-    required_files=(),
-    recall_ks=FOLDER_KS,
-)
-
-
-def _register(name: str) -> None:
-    @DATASETS.register(name)
-    def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
-        return read_data_root(spec.data_root, lambda root: read_benchmark(name, root))
-
-
-for _name in ("cub", "cars", "sop", "inshop", "vehicleid"):
-    _register(_name)
-
-
-def _info(name: str) -> BenchmarkInfo:
+def _info(name: str) -> DatasetInfo:
     key = str(name).lower()
     if key not in BENCHMARKS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
@@ -697,12 +464,9 @@ def _info(name: str) -> BenchmarkInfo:
 
 
 def read_benchmark(name: str, root: str | os.PathLike, verify_images: bool = False) -> DatasetBundle:
-    """Read benchmark `name` ("cub", "cars", "sop", "inshop", "vehicleid") from root: the
-    unpacked archive, or a pack of it (`dncml datasets pack`, see `pack.py`)."""
-    info = _info(name)
-    if is_pack(root):
-        return _finish(read_pack(root, expected=info.name), verify_images)
-    return info.reader(root, verify_images=verify_images)
+    """Read benchmark `name` ("cub", "cars", "sop", "inshop", "vehicleid", "folder") from root:
+    the unpacked archive, or a pack of it (`dncml datasets pack`, see `pack.py`)."""
+    return read_root(_info(name).name, root, verify_images=verify_images)
 
 
 def pack_dataset(
@@ -737,11 +501,11 @@ def check_dataset(
     info = _info(name)
     root_path = _root_dir(root, info.title)
     packed = is_pack(root_path)
-    bundle = read_pack(root_path, expected=info.name) if packed else info.reader(root_path, verify_images=False)
+    bundle = read_root(info.name, root_path)
     distinct = bundle_image_paths(bundle)
     try:
         if verify_images:
-            verify_image_files(distinct, progress=progress, read=_pack_reader(bundle))
+            verify_image_files(distinct, progress=progress, read=pack_reader(bundle))
         elif not packed:  # a pack's shards and index were checked when it opened
             check_files_exist(distinct)
     except DatasetError as exc:

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..registry import DATASETS
-from .base import DatasetBundle, DatasetError, EvalSet, ImageSplit, read_data_root, require_dir
+from .base import DatasetBundle, DatasetError, EvalSet, ImageSplit, require_dir, verified
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-RECALL_KS = DATASETS.info("folder")["recall_ks"]
+RECALL_KS = DATASETS.info("folder").recall_ks
 SPLIT_FILE = "split.txt"
 
 
@@ -60,6 +60,7 @@ def _read_split_file(path: Path, classes: list[str]) -> set[str]:
     return {name for name, part in assigned.items() if part == "test"}
 
 
+@DATASETS.register("folder")
 def read_folder(root: str | os.PathLike, verify_images: bool = False, seed: int = 0) -> DatasetBundle:
     base = require_dir(Path(os.path.abspath(os.path.expanduser(os.fspath(root)))), "image folder (one sub-folder per class)")
     found = class_folders(base)
@@ -88,20 +89,4 @@ def read_folder(root: str | os.PathLike, verify_images: bool = False, seed: int 
     train = split("train", [c for c in classes if c not in test_classes])
     test = split("test", [c for c in classes if c in test_classes])
     bundle = DatasetBundle(name="folder", train=train, tests=[EvalSet("test", test, None, RECALL_KS)], recall_ks=RECALL_KS, notes=notes)
-    if verify_images:
-        from .benchmarks import bundle_image_paths, verify_image_files
-
-        verify_image_files(bundle_image_paths(bundle))
-    return bundle
-
-
-@DATASETS.register("folder")
-def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
-    from .pack import is_pack, read_pack
-
-    def read(root: str) -> DatasetBundle:
-        if is_pack(root):  # `dncml datasets pack folder`: the split as it was drawn when packed
-            return read_pack(root, expected="folder")
-        return read_folder(root, seed=spec.dataset_seed)
-
-    return read_data_root(spec.data_root, read)
+    return verified(bundle, verify_images)

@@ -45,11 +45,11 @@ import numpy as np
 
 from ..registry import DATASETS
 from .base import DatasetBundle, EvalSet, ImageSplit
-from .glyphs import GLYPH_FACES, GlyphConfig, _read_cache, prepare_glyphs
+from .glyphs import GLYPH_FACES, GlyphConfig, _read_cache, glyph_config, prepare_glyphs
 
 FAMILIES = ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono")
 FACES_PER_FAMILY = len(GLYPH_FACES) // len(FAMILIES)  # regular, bold, oblique, bold-oblique
-RECALL_KS = DATASETS.info("glyph_families")["recall_ks"]
+RECALL_KS = DATASETS.info("glyph_families").recall_ks
 assert all(face.startswith(FAMILIES[i // FACES_PER_FAMILY]) for i, face in enumerate(GLYPH_FACES))
 
 
@@ -77,13 +77,7 @@ def load_glyph_families(config: GlyphConfig, cache_dir: Path | None = None, prog
 
 @DATASETS.register("glyph_families")
 def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
-    config = GlyphConfig(
-        num_classes=spec.glyph_classes,
-        instances_per_class=spec.glyph_instances,
-        image_size=spec.resolved_image_size,
-        seed=spec.dataset_seed,
-    )
-    return load_glyph_families(config, cache_dir, progress=progress)
+    return load_glyph_families(glyph_config(spec), cache_dir, progress=progress)
 
 
 def shape(bundle: DatasetBundle, batch_size: int = 32, epochs: int = 16, learners: tuple[int, ...] = (4, 8)) -> dict:

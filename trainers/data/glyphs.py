@@ -57,7 +57,7 @@ import numpy as np
 from ..registry import DATASETS
 from .base import DatasetBundle, DatasetError, EvalSet, ImageSplit, default_cache_dir
 
-GLYPH_RECALL_KS = DATASETS.info("glyphs")["recall_ks"]
+GLYPH_RECALL_KS = DATASETS.info("glyphs").recall_ks
 
 # The 12 faces, in instance order (the face index of an image is its position here).
 GLYPH_FACES = (
@@ -604,12 +604,16 @@ def load_glyphs(config: GlyphConfig, cache_dir: Path | None = None, progress: bo
     )
 
 
-@DATASETS.register("glyphs")
-def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
-    config = GlyphConfig(
+def glyph_config(spec) -> GlyphConfig:
+    """The render a RunSpec asks for (`glyphs` and `glyph_families` read the same one)."""
+    return GlyphConfig(
         num_classes=spec.glyph_classes,
         instances_per_class=spec.glyph_instances,
         image_size=spec.resolved_image_size,
         seed=spec.dataset_seed,
     )
-    return load_glyphs(config, cache_dir, progress=progress)
+
+
+@DATASETS.register("glyphs")
+def load_for_spec(spec, progress: bool = True, cache_dir: Path | None = None) -> DatasetBundle:
+    return load_glyphs(glyph_config(spec), cache_dir, progress=progress)
