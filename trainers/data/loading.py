@@ -29,9 +29,9 @@ def load_dataset(spec: RunSpec, cache_dir: str | Path | None = None, progress: b
 
 def read_root(name: str, root: str | Path, seed: int = 0, verify_images: bool = False) -> DatasetBundle:
     """Dataset `name` (one declared `needs_root`) read from root: the unpacked archive, by its
-    registered reader `reader(root, seed=seed)`, or a pack of it (`dncml datasets pack`: the
+    registered reader `reader(Path(root), seed=seed)`, or a pack of it (`dncml datasets pack`: the
     split as it was drawn when packed); every image decoded first when verify_images."""
-    bundle = read_pack(root, expected=name) if is_pack(root) else DATASETS.builder(name)(root, seed=seed)
+    bundle = read_pack(root, expected=name) if is_pack(root) else DATASETS.builder(name)(Path(root), seed=seed)
     return verified(bundle, verify_images)
 
 
