@@ -140,34 +140,26 @@ DATASETS = DatasetRegistry(
     "dataset",
     ("dncml.trainers.data.glyphs", "dncml.trainers.data.glyph_families", "dncml.trainers.data.benchmarks", "dncml.trainers.data.folder"),
 )
-_GLYPH_KS = (1, 2, 4, 8)
+_KS_TO_8 = (1, 2, 4, 8)  # CUB's and Cars' Recall@K in the paper; glyphs and folder take them too
+# both glyph datasets are views of one render: grayscale, group labels (scripts), at most 256 pixels
+_GLYPH_RENDER = {"recall_ks": _KS_TO_8, "has_groups": True, "needs_root": False, "image_size": 32, "max_image_size": 256, "channels": 1}
+_PHOTOS = {"needs_root": True, "image_size": 224}  # read from files, the paper's 224 crops
 DATASETS.declare(
     "glyphs",
-    recall_ks=_GLYPH_KS,
-    has_groups=True,
-    needs_root=False,
-    image_size=32,
-    max_image_size=256,
-    channels=1,
+    **_GLYPH_RENDER,
     title="embedded default: Unicode code points x 12 DejaVu faces shipped with matplotlib; group labels: Unicode script / block",
 )
 # the SOP-shaped testbed: a class is (code point, type family) of the glyphs render (glyph_families.py)
 DATASETS.declare(
     "glyph_families",
-    recall_ks=_GLYPH_KS,
-    has_groups=True,
-    needs_root=False,
-    image_size=32,
-    max_image_size=256,
-    channels=1,
+    **_GLYPH_RENDER,
     title="embedded, shaped like SOP: a class = (code point, DejaVu family: Sans, Serif, Mono), its 4 faces x "
     "(glyph_instances / 12) images; the glyphs render relabelled (the same cache); group labels: Unicode script / block",
 )
 DATASETS.declare(
     "cub",
-    recall_ks=(1, 2, 4, 8),
-    needs_root=True,
-    image_size=224,
+    recall_ks=_KS_TO_8,
+    **_PHOTOS,
     title="CUB-200-2011 (birds, 200 classes)",
     archive="CUB_200_2011.tgz -> CUB_200_2011/ (pass that folder or its parent)",
     homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
@@ -177,9 +169,8 @@ DATASETS.declare(
 )
 DATASETS.declare(
     "cars",
-    recall_ks=(1, 2, 4, 8),
-    needs_root=True,
-    image_size=224,
+    recall_ks=_KS_TO_8,
+    **_PHOTOS,
     title="Stanford Cars / Cars196 (196 car models)",
     archive="car_ims.tgz -> car_ims/, plus cars_annos.mat next to it "
     "(or the devkit layout: devkit/, cars_train/, cars_test/, cars_test_annos_withlabels.mat)",
@@ -195,8 +186,7 @@ DATASETS.declare(
     "sop",
     recall_ks=(1, 10, 100, 1000),
     has_groups=True,
-    needs_root=True,
-    image_size=224,
+    **_PHOTOS,
     title="Stanford Online Products (22,634 products in 12 super-classes)",
     archive="Stanford_Online_Products.zip -> Stanford_Online_Products/",
     homepage="https://cvgl.stanford.edu/projects/lifted_struct/",
@@ -206,8 +196,7 @@ DATASETS.declare(
 DATASETS.declare(
     "inshop",
     recall_ks=(1, 10, 20, 30, 50),
-    needs_root=True,
-    image_size=224,
+    **_PHOTOS,
     title="DeepFashion In-shop Clothes Retrieval (7,982 items)",
     archive="In-shop Clothes Retrieval Benchmark: Img/img.zip -> img/, plus "
     "Eval/list_eval_partition.txt (either at the root or under Eval/)",
@@ -224,8 +213,7 @@ DATASETS.declare(
     "vehicleid",
     recall_ks=(1, 5),
     test_sets=("test_small", "test_medium", "test_large"),
-    needs_root=True,
-    image_size=224,
+    **_PHOTOS,
     title="PKU VehicleID (26,267 vehicles)",
     archive="VehicleID_V1.0 (on request from PKU) -> VehicleID_V1.0/ with image/ and train_test_split/",
     homepage="https://www.pkuml.org/resources/pku-vehicleid.html",
@@ -240,9 +228,8 @@ DATASETS.declare(
 )
 DATASETS.declare(
     "folder",
-    recall_ks=(1, 2, 4, 8),
-    needs_root=True,
-    image_size=224,
+    recall_ks=_KS_TO_8,
+    **_PHOTOS,
     title="Your own images: ROOT/<class name>/<images> (class-disjoint train / test)",
     archive="any folder with one sub-folder of .jpg / .png images per class (optional ROOT/split.txt)",
 )

@@ -70,7 +70,7 @@ def load_glyph_families(config: GlyphConfig, cache_dir: Path | None = None, prog
         train=part("train", ~in_test),
         tests=[EvalSet("test", query=part("test", in_test), gallery=None, recall_ks=RECALL_KS)],
         recall_ks=RECALL_KS,
-        channels=1,
+        channels=DATASETS.info("glyph_families").channels,
         group_names=group_names,
     )
 

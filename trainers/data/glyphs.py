@@ -598,7 +598,7 @@ def load_glyphs(config: GlyphConfig, cache_dir: Path | None = None, progress: bo
         train=part("train", ~in_test),
         tests=[test],
         recall_ks=GLYPH_RECALL_KS,
-        channels=1,
+        channels=DATASETS.info("glyphs").channels,
         group_names=group_names,
         class_names={c: f"{chr(cp)} U+{cp:04X}" for c, cp in enumerate(arrays["code_points"].tolist())},
     )
