@@ -113,6 +113,7 @@ def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4, every_e
                 "group_purity": {"random": 0.4, "kmeans": 0.7}.get(grouping, 1.0) if divides else None,
                 "cluster_changed": 0.1 * seed if divides and e > 1 else None,
                 "val_recall@1": 0.4 + 0.05 * e + 0.01 * seed,
+                "best_epoch": e,  # val R@1 rises every epoch: each is the best so far
                 "test_recall@1": 0.35 + 0.05 * e if every_eval or e == epochs - 1 else None,
             }
         )
@@ -655,9 +656,9 @@ def partial_store(root: Path) -> Path:
         trial("k2", "interrupted", spec_grouping="kmeans", spec_seed=2, **{"best_test_recall@1": 0.58}),
         trial("k3", "failed", error="boom", spec_grouping="kmeans", spec_seed=3),
     ]
-    epochs = [
-        {"trial_id": "k1", "epoch": e, "phase": "divide", "val_recall@1": v, "test_recall@1": t}
-        for e, (v, t) in enumerate([(0.5, 0.40), (0.7, 0.45), (0.7, 0.48), (None, None)])
+    epochs = [  # best_epoch as the trainer reports it: on the tie (no MAP@R to break it), the later epoch
+        {"trial_id": "k1", "epoch": e, "phase": "divide", "val_recall@1": v, "test_recall@1": t, "best_epoch": b}
+        for e, (v, t, b) in enumerate([(0.5, 0.40, 0), (0.7, 0.45, 1), (0.7, 0.48, 2), (None, None, 2)])
     ]
     write_sweep(root, card, trials, epochs)
     return root
@@ -696,7 +697,7 @@ def test_include_running_accepts_a_sweep_with_no_completed_trial(tmp_path):
         tmp_path,
         card,
         [trial("r0", "running", spec_grouping="none", spec_seed=0)],
-        [{"trial_id": "r0", "epoch": 0, "phase": "warmup", "val_recall@1": 0.3, "test_recall@1": 0.25}],
+        [{"trial_id": "r0", "epoch": 0, "phase": "warmup", "val_recall@1": 0.3, "test_recall@1": 0.25, "best_epoch": 0}],
     )
     with pytest.raises(StoreError, match="no completed trials"):
         load_experiment(tmp_path, "table6_grouping")
