@@ -58,6 +58,7 @@ from dncml.analysis.schema import (
     selected_column,
     spec_column,
 )
+from dncml.trainers.files import publish_file
 from dncml.trainers.spec import RunSpec, _field_type, valid_name
 
 # Per-epoch fields the trainer reports besides the evaluation metrics, and their types.
@@ -143,28 +144,12 @@ def new_id(name: str) -> str:
     return schema.sweep_id(safe_name(name, "name"))
 
 
-def atomic_write(path: Path, write) -> None:
-    """`write(temporary)` then rename over `path`: a reader sees the old file or the whole new one.
-    The temporary name is unique (concurrent writers never share it), removed if writing fails,
-    and flushed to disk before the rename, so a crash cannot leave a finished result half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    atomic_write(path, lambda temporary: pq.write_table(table, temporary))
+def _publish_file(table: pa.Table, path: Path) -> None:
+    publish_file(path, lambda temporary: pq.write_table(table, temporary))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda temporary: temporary.write_text(text))
+    publish_file(path, lambda temporary: temporary.write_text(text))
 
 
 def _first_line(error: BaseException) -> str:
@@ -421,7 +406,7 @@ class ResultsStore:
         """`data` at `path`, whole or not at all: locally a flushed temporary file renamed into
         place, on object storage one PUT of the whole content."""
         if self.local:
-            atomic_write(Path(path), lambda temporary: temporary.write_bytes(data))
+            publish_file(Path(path), lambda temporary: temporary.write_bytes(data))
             return
         with self.fs.open_output_stream(path) as out:
             out.write(data)
@@ -441,7 +426,7 @@ class ResultsStore:
 
     def write_table(self, table: pa.Table, path: str) -> None:
         if self.local:
-            _atomic_write(table, Path(path))
+            _publish_file(table, Path(path))
             return
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
@@ -749,7 +734,7 @@ class ResultsStore:
         data = self.read_bytes(self.path(sweep, STUDY_FILE))
         if data is not None and not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(target, lambda temporary: temporary.write_bytes(data))
+            publish_file(target, lambda temporary: temporary.write_bytes(data))
 
     def prepare_study(self, sweep: str, given: str | None = None) -> str:
         """The study's URL, its folder made."""
@@ -1115,5 +1100,5 @@ def write_embeddings(out: str | os.PathLike, split, vectors: np.ndarray) -> Path
     }
     if split.paths is not None:
         columns["path"] = pa.array(split.paths)
-    _atomic_write(pa.table(columns), out)
+    _publish_file(pa.table(columns), out)
     return out

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
+from dncml.analysis import schema
 from dncml.analysis.plots import KINDS, budget_summary, experiment_figure, optuna_paths, plot_experiment
 from dncml.analysis.store import StoreError, list_experiments, load_experiment, load_study, locate_store
 from dncml.analysis.tables import experiment_table, paper_comparison, render_table
@@ -68,15 +69,15 @@ def write_sweep(root: Path, card: dict, trials: list[dict], epochs: list[dict] =
     """A sweep directory as `dncml sweep` leaves it: the card, one file per trial and per epoch."""
     directory = root / card["sweep"]
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "experiment.json").write_text(json.dumps(card))
+    (directory / schema.CARD_FILE).write_text(json.dumps(card))
     for trial in trials:
-        _write(directory / "trials" / f"{trial['trial_id']}.parquet", {"sweep": card["sweep"], **trial})
+        _write(directory / schema.TRIALS_DIR / schema.trial_file(trial["trial_id"]), {"sweep": card["sweep"], **trial})
     for epoch in epochs:
-        _write(directory / "epochs" / f"{epoch['trial_id']}-e{epoch['epoch']:04d}.parquet", {"sweep": card["sweep"], **epoch})
+        _write(directory / schema.EPOCHS_DIR / schema.epoch_file(epoch["trial_id"], epoch["epoch"]), {"sweep": card["sweep"], **epoch})
     return directory
 
 
-def trial(trial_id: str, status: str = "completed", error: str | None = None, **fields) -> dict:
+def trial(trial_id: str, status: str = schema.COMPLETED, error: str | None = None, **fields) -> dict:
     row = {
         "trial_id": trial_id,
         "experiment": fields.pop("experiment", "table6_grouping"),
@@ -415,7 +416,7 @@ def test_markdown_rows_match_real_writer(tmp_path):
         "plot": {"kind": "curves", "metric": "val_recall@1"},
     }
     (tmp_path / sweep).mkdir()
-    (tmp_path / sweep / "experiment.json").write_text(json.dumps(card))
+    (tmp_path / sweep / schema.CARD_FILE).write_text(json.dumps(card))
     names = ["val_recall@1", "test_recall@1"]
     for k, recall in ((1, 0.5), (4, 0.6)):
         trial_id = f"k{k}"
@@ -521,7 +522,7 @@ def test_categories_are_never_joined_by_lines(tmp_path):
     with pytest.raises(StoreError, match="categorical"):
         experiment_figure(load_experiment(tmp_path, "table6_grouping"))
     card.update(plot={"kind": "metric_vs", "x": "num_learners"})
-    (tmp_path / card["sweep"] / "experiment.json").write_text(json.dumps(card))
+    (tmp_path / card["sweep"] / schema.CARD_FILE).write_text(json.dumps(card))
     fig = experiment_figure(load_experiment(tmp_path, "table6_grouping"))  # numbers on x: lines
     assert {bars.lines[0].get_linestyle() for bars in fig.axes[0].containers} == {"-"}
 

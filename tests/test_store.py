@@ -13,7 +13,8 @@ import sys
 import pandas as pd
 import pytest
 
-from dncml.platform.store import Lease, ResultsStore, StoreError, TrialRecorder, atomic_write, new_id, safe_name
+from dncml.platform.store import Lease, ResultsStore, StoreError, TrialRecorder, new_id, safe_name
+from dncml.trainers.files import publish_file
 from dncml.trainers.spec import from_dict
 
 SPEC = from_dict(dict(glyph_classes=48, warmup_epochs=0, epochs=2, finetune_epochs=1))
@@ -103,7 +104,7 @@ def test_ids_are_unique_within_one_second():
     assert len(ids) == 200
 
 
-def test_atomic_write_leaves_no_temporary_file_on_error(tmp_path):
+def test_publish_file_leaves_no_temporary_file_on_error(tmp_path):
     target = tmp_path / "row.parquet"
     target.write_text("old")
 
@@ -112,7 +113,7 @@ def test_atomic_write_leaves_no_temporary_file_on_error(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        atomic_write(target, failing)
+        publish_file(target, failing)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["row.parquet"]
 
 
@@ -201,3 +202,22 @@ def test_status_and_best_so_far_name_the_trial_rows_best_epoch_on_a_tie(tmp_path
     table = table.set_index("trial")
     assert table.loc["done-1", "at epoch"] == table.loc["live-1", "at epoch"] == row["best_epoch"] + 1  # shown 1-based
     assert table.loc["live-1", "best val_recall@1"] == pytest.approx(0.7)
+
+
+def test_publishing_dir_publishes_whole_keeps_a_concurrent_winner_and_cleans_up(tmp_path):
+    from dncml.trainers.files import publishing_dir
+
+    target = tmp_path / "cache" / "key"
+    with publishing_dir(target) as staging:
+        (staging / "a.npy").write_text("first")
+        assert not target.exists()  # nothing under the name until the block ends
+    assert (target / "a.npy").read_text() == "first" and oct(target.stat().st_mode & 0o777) != oct(0o700)
+    with publishing_dir(target) as staging:  # another writer got there first: its copy stands
+        (staging / "a.npy").write_text("second")
+    assert (target / "a.npy").read_text() == "first"
+    with pytest.raises(RuntimeError), publishing_dir(tmp_path / "cache" / "other") as staging:
+        raise RuntimeError("render failed")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["key"]  # no temporary left
+    with publishing_dir(target, replace=True) as staging:  # a pointer that moves (checkpoints/best)
+        (staging / "b.npy").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.npy"]
