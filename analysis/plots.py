@@ -37,6 +37,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .schema import BEST_PREFIX, COMPLETED, PRUNED, SPANS, STATUS, spec_column
 from .store import ExperimentData, StoreError, load_experiment, load_study
 from .tables import paired_delta, partial_note, seed_cells, t_interval, with_running
 from .vocabulary import (
@@ -65,12 +66,12 @@ KINDS = ("curves", "clusters", "metric_vs", "bars", "budget", "search")
 FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 DPI = 120
 PHASE_ORDER = ("warmup", "divide", "conquer", "baseline")
-BUDGET_FIELDS = ("warmup_epochs", "epochs", "finetune_epochs")
+BUDGET_FIELDS = SPANS
 
 
 # ---------------------------------------------------------------------------------- helpers
 def _axis_label(name: str) -> str:
-    base = name[5:] if name.startswith("best_") else name
+    base = name.removeprefix(BEST_PREFIX)
     split, _, rest = base.partition("_")
     label = metric_label(base)
     if split in ("val", "test") and rest:
@@ -90,7 +91,7 @@ def _pick_metric(data: ExperimentData, metric: str | None, trials: pd.DataFrame 
     """The metric to plot: asked for, else the card's plot.metric, else the table's first metric
     recorded, else the card's selection metric."""
     if metric:
-        return metric[5:] if metric.startswith("best_") else metric
+        return metric.removeprefix(BEST_PREFIX)
     if data.plot.get("metric"):
         return str(data.plot["metric"])
     if trials is not None:
@@ -112,7 +113,7 @@ def _trial_keys(data: ExperimentData, epochs: pd.DataFrame, trials: pd.DataFrame
 
 def _notes(trials: pd.DataFrame, groups: pd.Series) -> dict[str, str]:
     """Group -> its partial note for a legend (" (partial: 1 running)"; "" when complete)."""
-    return trials["status"].groupby(groups).agg(partial_note).to_dict() if "status" in trials else {}
+    return trials[STATUS].groupby(groups).agg(partial_note).to_dict() if STATUS in trials else {}
 
 
 def _colors(count: int) -> list:
@@ -500,13 +501,13 @@ def plot_bars(data: ExperimentData, metric: str | None = None) -> Figure:
 
 
 def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
-    trials = data.shown(("completed", "pruned"))
-    metric = metric[5:] if metric and metric.startswith("best_") else (metric or data.metric)
+    trials = data.shown((COMPLETED, PRUNED))
+    metric = metric.removeprefix(BEST_PREFIX) if metric else data.metric
     y = metric_values(trials, metric) * _scale(metric)
     order_by = [c for c in ("ended_at", "started_at", "trial_id") if c in trials]
     ranked = trials.assign(_y=y).sort_values(order_by, na_position="last").reset_index(drop=True)
     params = [field_name(data, p) for p in (data.card.get("search") or {})]
-    params = [p for p in params if f"spec_{p}" in ranked]
+    params = [p for p in params if spec_column(p) in ranked]
     panels = 1 + len(params)
     ncols = min(4, panels)
     nrows = math.ceil(panels / ncols)
@@ -514,8 +515,8 @@ def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     ax = axes[0]
     x = np.arange(1, len(ranked) + 1)
-    pruned = ranked["status"] == "pruned"
-    ax.scatter(x[~pruned], ranked["_y"][~pruned], s=22, color="tab:blue", label="completed", zorder=3)
+    pruned = ranked[STATUS] == PRUNED
+    ax.scatter(x[~pruned], ranked["_y"][~pruned], s=22, color="tab:blue", label=COMPLETED, zorder=3)
     if pruned.any():
         ax.scatter(x[pruned], ranked["_y"][pruned], s=22, color="tab:gray", marker="x", label="pruned (ASHA)", zorder=3)
     best = ranked["_y"].cummax() if metric_mode(metric, data) == "max" else ranked["_y"].cummin()
@@ -528,7 +529,7 @@ def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
     ax.legend(fontsize=8)
     distributions = {field_name(data, k): v for k, v in (data.card.get("search") or {}).items()}
     for ax, param in zip(axes[1:], params):
-        values = pd.to_numeric(ranked[f"spec_{param}"], errors="coerce")
+        values = pd.to_numeric(ranked[spec_column(param)], errors="coerce")
         ax.scatter(values, ranked["_y"], s=22, c=np.where(pruned, "tab:gray", "tab:blue"), zorder=3)
         spec = distributions.get(param) or {}
         if isinstance(spec, dict) and "loguniform" in spec and (values > 0).all():
@@ -547,7 +548,7 @@ def plot_search(data: ExperimentData, metric: str | None = None) -> Figure:
 def trial_budget(trials: pd.DataFrame) -> pd.Series:
     """Each trial's training budget in epochs: warm-up + divide + conquer (a schedule column the
     trials lack counts 0, as the RunSpec default does)."""
-    columns = [f"spec_{f}" for f in BUDGET_FIELDS if f"spec_{f}" in trials]
+    columns = [spec_column(f) for f in BUDGET_FIELDS if spec_column(f) in trials]
     if not columns:
         raise StoreError(f"the trials have no schedule columns ({', '.join('spec_' + f for f in BUDGET_FIELDS)})")
     return sum(pd.to_numeric(trials[c], errors="coerce").fillna(0) for c in columns)
@@ -683,7 +684,7 @@ def misfit(data: ExperimentData, kind: str) -> str | None:
     if kind == "metric_vs":
         x_field = field_name(data, str(data.plot.get("x") or fields[0]))
         trials = data.with_status(None)
-        column = f"spec_{x_field}"
+        column = spec_column(x_field)
         if column in trials and _numeric(trials[column].dropna()) is None:
             return f"its x field {x_field} is categorical: lines would join categories (bars draws it)"
         return None

@@ -9,49 +9,50 @@ shown as `interrupted?`, and `--resume` continues it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import socket
 import time
 
 import pandas as pd
 import pyarrow.fs as pafs
 
-from .store import CARD, StoreError, StoreRoot, _check_store, _read_card, _sweep_order, _visible, read_parquet_dir
-
-STALE_LEASE = 60.0  # seconds without a heartbeat after which a lease no longer counts
+from .schema import (
+    BEST_EPOCH,
+    CARD_FILE,
+    COMPLETED,
+    EPOCH,
+    EPOCH_SECONDS,
+    EPOCHS_DIR,
+    INTERRUPTED,
+    LEASES_DIR,
+    RUNNING,
+    SPANS,
+    STATUS,
+    TRIAL_ID,
+    TRIALS_DIR,
+    ExperimentCard,
+    StoreError,
+    lease_name,
+    read_lease,
+    spec_column,
+    sweep_order,
+    visible,
+)
+from .store import StoreRoot, _check_store, read_card, read_parquet_dir, selected_epochs
 
 
 def _live_leases(root: StoreRoot, sweep: str) -> list[dict]:
+    """The sweep's leases that count (the store's staleness rule), each with its run's `name`."""
     live = []
-    leases = root.listdir(root.join(sweep, ".leases"))
-    for path in sorted(i.path for i in leases if i.type == pafs.FileType.File and i.base_name.endswith(".json")):
+    leases = root.listdir(root.join(sweep, LEASES_DIR))
+    for info in sorted((i for i in leases if i.type == pafs.FileType.File and lease_name(i.base_name)), key=lambda i: i.path):
         try:
-            info = root.info(path)
-            record = json.loads(root.read_text(path))
-            age = time.time() - info.mtime.timestamp()
-        except (OSError, ValueError, AttributeError):
+            record = read_lease(root.read_text(info.path), time.time() - info.mtime.timestamp())
+        except (OSError, UnicodeDecodeError, AttributeError):
             continue
-        if age > STALE_LEASE or not isinstance(record, dict):
-            continue
-        if record.get("host") == socket.gethostname():
-            try:
-                os.kill(int(record.get("pid", -1)), 0)
-            except (ProcessLookupError, ValueError, TypeError):
-                continue
-            except PermissionError:
-                pass
-        live.append({**record, "name": path.rsplit("/", 1)[-1].removesuffix(".json")})
+        if record is not None:
+            live.append({**record, "name": lease_name(info.base_name)})
     return live
-
-
-def _planned_trials(card: dict) -> int | None:
-    grid = card.get("grid") or {}
-    count = 1
-    for values in grid.values():
-        count *= len(values) if isinstance(values, list) else 1
-    return count * int(card.get("num_samples") or 1) if card else None
 
 
 def error_reason(error, width: int = 72) -> str:
@@ -82,79 +83,83 @@ def sweep_status(root: StoreRoot | str, sweep: str | None = None) -> tuple[dict,
         text = os.fspath(root)
         root, sweep = _check_store(text.rstrip("/").rsplit("/", 1)[0] or "/"), text.rstrip("/").rsplit("/", 1)[-1]
     problems: list[str] = []
+    card = None
     try:
-        card = _read_card(root, sweep) if root.is_file(root.join(sweep, CARD)) else {}
+        card = ExperimentCard.from_dict(read_card(root, sweep)) if root.is_file(root.join(sweep, CARD_FILE)) else None
     except StoreError as error:  # shown, and the sweep's trials still are
-        card = {}
         problems.append(str(error))
-    metric = str(card.get("metric") or "val_recall@1")
-    mode = str(card.get("mode") or "max")
-    spans = [f"spec_{name}" for name in ("warmup_epochs", "epochs", "finetune_epochs")]
-    trials_dir, epochs_dir = root.join(sweep, "trials"), root.join(sweep, "epochs")
+    metric = (card or ExperimentCard()).metric
+    spans = [spec_column(name) for name in SPANS]
+    trials_dir, epochs_dir = root.join(sweep, TRIALS_DIR), root.join(sweep, EPOCHS_DIR)
     trials = read_parquet_dir(
         trials_dir,
         problems,
         root=root,
-        columns=["trial_id", "status", "setting", "spec_seed", "error", "started_at", "ended_at", "wall_seconds", *spans],
+        columns=[TRIAL_ID, STATUS, "setting", spec_column("seed"), "error", "started_at", "ended_at", "wall_seconds", *spans],
     )
-    epochs = read_parquet_dir(epochs_dir, problems, root=root, columns=["trial_id", "epoch", metric, "epoch_seconds"])
+    epochs = read_parquet_dir(epochs_dir, problems, root=root, columns=[TRIAL_ID, EPOCH, BEST_EPOCH, metric, EPOCH_SECONDS])
     live = _live_leases(root, sweep)
-    if len(trials) and "trial_id" not in trials:
+    if len(trials) and TRIAL_ID not in trials:
         problems.append(f"{trials_dir}: files without a trial_id column, not shown")
         trials = trials.iloc[:0]
-    if len(epochs) and not {"trial_id", "epoch"} <= set(epochs.columns):
+    if len(epochs) and not {TRIAL_ID, EPOCH} <= set(epochs.columns):
         problems.append(f"{epochs_dir}: files without trial_id and epoch columns, not counted")
-    if len(epochs) and {"trial_id", "epoch"} <= set(epochs.columns):
-        groups = epochs.assign(_metric=_column(epochs, metric), _seconds=_column(epochs, "epoch_seconds")).groupby("trial_id")
-        done = groups["epoch"].nunique()
-        best = groups["_metric"].max() if mode == "max" else groups["_metric"].min()
+    if len(epochs) and {TRIAL_ID, EPOCH} <= set(epochs.columns):
+        groups = epochs.assign(_seconds=_column(epochs, EPOCH_SECONDS)).groupby(TRIAL_ID)
+        done = groups[EPOCH].nunique()
         seconds = groups["_seconds"].mean()
+        # the best so far is the epoch the trainer's selection holds, as the trial row will say
+        selected = selected_epochs(epochs, [TRIAL_ID]).set_index(TRIAL_ID)
+        best, best_epoch = _column(selected, metric), _column(selected, EPOCH)
     else:
-        done = best = seconds = pd.Series(dtype=float)
-    table = pd.DataFrame({"trial": trials["trial_id"]} if len(trials) else {"trial": []})
+        done = best = best_epoch = seconds = pd.Series(dtype=float)
+    table = pd.DataFrame({"trial": trials[TRIAL_ID]} if len(trials) else {"trial": []})
+    eta = pd.Series(dtype=float)
     if len(trials):
-        total = sum(_column(trials, f"spec_{name}").fillna(0).astype(int) for name in ("warmup_epochs", "epochs", "finetune_epochs"))
-        ids = trials["trial_id"]
+        total = sum(_column(trials, column).fillna(0).astype(int) for column in spans)
+        ids = trials[TRIAL_ID]
         n_done = ids.map(done).fillna(0).astype(int)
-        status = trials["status"].astype(str) if "status" in trials else pd.Series("None", index=trials.index)
-        running = status == "running"
-        eta = (ids.map(seconds) * (total - n_done)).where(running & bool(live), float("nan"))
+        status = trials[STATUS].astype(str) if STATUS in trials else pd.Series("None", index=trials.index)
+        running = status == RUNNING
+        eta = (ids.map(seconds) * (total - n_done)).where(running & bool(live), float("nan")).reset_index(drop=True)
         table = pd.DataFrame(
             {
                 "trial": ids,
                 "setting": trials["setting"].fillna("") if "setting" in trials else "",
-                "seed": _column(trials, "spec_seed").map(lambda seed: "" if pd.isna(seed) else int(seed)),
+                "seed": _column(trials, spec_column("seed")).map(lambda seed: "" if pd.isna(seed) else int(seed)),
                 "status": status.where(~running | bool(live), "interrupted?"),
                 "epochs": n_done.astype(str) + "/" + total.astype(str),
                 f"best {metric}": ids.map(best).astype(float),
-                "ETA": eta.map(_duration),
+                # 1-based, as the console counts epochs ("epoch 3/8"); the store's best_epoch is 0-based
+                "at epoch": ids.map(best_epoch).map(lambda epoch: "" if pd.isna(epoch) else int(epoch) + 1),
+                "ETA": eta.map(_duration).to_numpy(),
                 "error": trials["error"].map(error_reason) if "error" in trials else "",
             }
         ).reset_index(drop=True)
         if not table["error"].astype(bool).any():
             table = table.drop(columns="error")  # no trial failed: no empty column
-    planned = _planned_trials(card)
+    planned = card.planned_trials if card else None
     counts = table["status"].value_counts().to_dict() if len(table) else {}
     if planned and planned > len(table):
         counts["not started"] = planned - len(table)
     state = (
-        "running"
+        RUNNING
         if live
-        else ("interrupted" if counts.get("interrupted?") or counts.get("interrupted") or counts.get("not started") else "finished")
+        else (INTERRUPTED if counts.get("interrupted?") or counts.get(INTERRUPTED) or counts.get("not started") else "finished")
     )
     return {
         "sweep": sweep,
-        "experiment": card.get("experiment", ""),
-        "preset": card.get("preset", ""),
+        "experiment": card.experiment if card else "",
+        "preset": card.preset if card else "",
         "state": state,
         "counts": counts,
         "holders": live,
         "problems": problems,
-        **_sweep_clock(trials, table, counts.get("not started", 0), state),
+        **_sweep_clock(trials, table, eta, counts.get("not started", 0), state),
     }, table
 
 
-def _sweep_clock(trials: pd.DataFrame, table: pd.DataFrame, not_started: int, state: str) -> dict:
+def _sweep_clock(trials: pd.DataFrame, table: pd.DataFrame, eta: pd.Series, not_started: int, state: str) -> dict:
     """The sweep's elapsed time (first trial start to now, or to the last end once finished) and,
     while running, its ETA: the running trials' longest ETA, plus the trials not started yet at
     the completed trials' mean wall time, as many at once as are running now."""
@@ -164,26 +169,15 @@ def _sweep_clock(trials: pd.DataFrame, table: pd.DataFrame, not_started: int, st
     ended = pd.to_datetime(trials.get("ended_at"), errors="coerce", utc=True).max() if "ended_at" in trials else pd.NaT
     until = pd.Timestamp.now(tz="UTC") if state == "running" or pd.isna(ended) else ended
     elapsed = (until - started).total_seconds() if pd.notna(started) else math.nan
-    eta = math.nan
-    if state == "running":
-        running = table[table["status"] == "running"]
-        walls = pd.to_numeric(trials.loc[trials["status"] == "completed", "wall_seconds"], errors="coerce").dropna()
-        own = [_seconds(text) for text in running["ETA"]] if len(running) else []
-        longest = max([t for t in own if math.isfinite(t)], default=0.0)
-        queued = not_started * float(walls.mean()) / max(1, len(running)) if not_started and len(walls) else 0.0
-        eta = longest + queued if (own or queued) else math.nan
-    return {"elapsed": elapsed, "eta": eta}
-
-
-def _seconds(text: str) -> float:
-    """`_duration`'s text back to seconds ("3m05s", "1h02m"; "" -> NaN)."""
-    if not text:
-        return math.nan
-    if "h" in text:
-        hours, minutes = text.rstrip("m").split("h")
-        return int(hours) * 3600 + int(minutes) * 60
-    minutes, seconds = text.rstrip("s").split("m")
-    return int(minutes) * 60 + int(seconds)
+    sweep_eta = math.nan
+    if state == RUNNING:
+        running = table["status"] == RUNNING
+        walls = pd.to_numeric(trials.loc[trials[STATUS] == COMPLETED, "wall_seconds"], errors="coerce").dropna()
+        own = eta[running.to_numpy()] if len(eta) else eta
+        longest = float(own.max()) if own.notna().any() else 0.0
+        queued = not_started * float(walls.mean()) / max(1, int(running.sum())) if not_started and len(walls) else 0.0
+        sweep_eta = longest + queued if (len(own) or queued) else math.nan
+    return {"elapsed": elapsed, "eta": sweep_eta}
 
 
 def render_status(store: str | os.PathLike, sweep: str | None = None) -> str:
@@ -199,9 +193,9 @@ def render_status(store: str | os.PathLike, sweep: str | None = None) -> str:
         (
             i.base_name
             for i in root.listdir(root.path)
-            if i.type == pafs.FileType.Directory and _visible(i.base_name) and root.is_dir(root.join(i.base_name, "trials"))
+            if i.type == pafs.FileType.Directory and visible(i.base_name) and root.is_dir(root.join(i.base_name, TRIALS_DIR))
         ),
-        key=_sweep_order,
+        key=sweep_order,
     )
     if not sweeps:
         return f"{root}: no sweeps or runs yet"

@@ -21,9 +21,7 @@ needs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import re
 import tempfile
 import urllib.parse
 import warnings
@@ -36,17 +34,25 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-CARD = "experiment.json"
-STUDY = "optuna.db"
-COMPACTED = "-all.parquet"  # epochs/<trial>-all.parquet: the platform's compacted epochs of a trial
-# Trials without a final row yet: still running, or stopped before their end (the platform marks
-# those it will not resume `interrupted`). Shown on request, at their best epoch so far.
-PARTIAL = ("running", "interrupted")
-_STAMP = re.compile(r"(\d{8}-\d{6})(?:-[0-9a-f]{6})?$")  # name-YYYYmmdd-HHMMSS[-random suffix]
-
-
-class StoreError(ValueError):
-    """A results store that is missing, empty or not what was asked for (one readable line)."""
+from .schema import (
+    BEST_EPOCH,
+    CARD_FILE,
+    COMPACTED,
+    COMPLETED,
+    EPOCH,
+    EPOCHS_DIR,
+    PARTIAL,
+    STATUS,
+    STUDY_FILE,
+    TRIAL_ID,
+    TRIALS_DIR,
+    ExperimentCard,
+    StoreError,
+    best_column,
+    parse_card,
+    sweep_order,
+    visible,
+)
 
 
 @dataclasses.dataclass
@@ -64,80 +70,91 @@ class ExperimentData:
     skipped: list[str] = dataclasses.field(default_factory=list)
 
     @property
+    def parsed_card(self) -> ExperimentCard:
+        """The card as its typed structure, with the defaults of fields an older card lacks."""
+        return ExperimentCard.from_dict(self.card)
+
+    @property
     def name(self) -> str:
-        return str(self.card.get("experiment", ""))
+        return self.parsed_card.experiment
 
     @property
     def preset(self) -> str:
-        return str(self.card.get("preset") or "")
+        return self.parsed_card.preset
 
     @property
     def rows(self) -> list[str]:
-        rows = self.card.get("rows") or []
-        return [rows] if isinstance(rows, str) else list(rows)
+        return self.parsed_card.rows
 
     @property
     def metric(self) -> str:
-        return str(self.card.get("metric") or "val_recall@1")
+        return self.parsed_card.metric
 
     @property
     def mode(self) -> str:
-        return str(self.card.get("mode") or "max")
+        return self.parsed_card.mode
 
     @property
     def table(self) -> dict[str, Any]:
-        return dict(self.card.get("table") or {})
+        return self.parsed_card.table
 
     @property
     def plot(self) -> dict[str, Any]:
-        return dict(self.card.get("plot") or {})
+        return self.parsed_card.plot
 
-    def with_status(self, status=("completed",)) -> pd.DataFrame:
+    def with_status(self, status=(COMPLETED,)) -> pd.DataFrame:
         """The trials whose status is one of `status` (all trials for None)."""
-        if status is None or "status" not in self.trials:
+        if status is None or STATUS not in self.trials:
             return self.trials
         status = (status,) if isinstance(status, str) else tuple(status)
-        return self.trials[self.trials["status"].isin(status)]
+        return self.trials[self.trials[STATUS].isin(status)]
 
-    def shown(self, status=("completed",)) -> pd.DataFrame:
+    def shown(self, status=(COMPLETED,)) -> pd.DataFrame:
         """The trials tables and plots show: those whose status is one of `status` (all for None),
         plus, with include_running, the partial ones at their best epoch so far."""
         if not self.include_running:
             return self.with_status(status)
         if status is not None:
             status = ((status,) if isinstance(status, str) else tuple(status)) + PARTIAL
-        return best_so_far(self.with_status(status), self.epochs, self.metric, self.mode)
+        return best_so_far(self.with_status(status), self.epochs)
 
     def partial(self) -> pd.DataFrame:
         """The partial trials shown with include_running (none without it)."""
         return self.with_status(PARTIAL) if self.include_running else self.trials.iloc[:0]
 
 
-def best_so_far(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+def selected_epochs(epochs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per trial (`keys`), the epoch row its model selection holds so far: the epoch that its
+    latest row's `best_epoch` names (the trainer's own choice, its tie-breaker included, so a
+    reader never picks another "best" than the trial row). No row for a trial that has not been
+    evaluated yet (`best_epoch` null or -1)."""
+    if not len(epochs) or not {EPOCH, BEST_EPOCH, *keys} <= set(epochs.columns):
+        return epochs.iloc[:0]
+    latest = epochs.sort_values(EPOCH, kind="stable").groupby(keys).tail(1)
+    chosen = latest[keys].assign(_chosen=pd.to_numeric(latest[BEST_EPOCH], errors="coerce"))
+    rows = epochs.merge(chosen[chosen["_chosen"] >= 0], on=keys)
+    rows = rows[pd.to_numeric(rows[EPOCH], errors="coerce") == rows["_chosen"]]
+    return rows.drop(columns="_chosen").drop_duplicates(keys, keep="last")
+
+
+def best_so_far(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     """The trials, partial ones given their best_<m> values (and best_epoch) from their epoch
-    rows: the epoch with the best `metric` by `mode`, the later one on ties. A value the trial
-    row already holds is kept; a running trial's row is written before its first epoch, so its
-    best_ columns stay null until it ends."""
-    partial = trials["status"].isin(PARTIAL) if "status" in trials else pd.Series(False, index=trials.index)
-    keys = [c for c in ("sweep", "trial_id") if c in trials and c in epochs]
-    if not partial.any() or "trial_id" not in keys or metric not in epochs:
+    rows: those of the epoch the trainer's selection holds so far (`selected_epochs`). A value
+    the trial row already holds is kept; a running trial's row is written before its first
+    epoch, so its best_ columns stay null until it ends."""
+    partial = trials[STATUS].isin(PARTIAL) if STATUS in trials else pd.Series(False, index=trials.index)
+    keys = [c for c in ("sweep", TRIAL_ID) if c in trials and c in epochs]
+    if not partial.any() or TRIAL_ID not in keys:
         return trials
-    names = [c for c in epochs.columns if c.startswith(("val_", "test_")) or (f"best_{c}" in trials and c != "epoch")]
-    rows = epochs.dropna(subset=[metric])
-    score = rows[metric] if mode == "max" else -rows[metric]
-    best = rows.assign(_score=score).sort_values(["_score", "epoch"]).groupby(keys).tail(1)
-    best = best[keys + names + ["epoch"]].rename(columns={**{n: f"best_{n}" for n in names}, "epoch": "best_epoch"})
+    names = [c for c in epochs.columns if c.startswith(("val_", "test_")) or (best_column(c) in trials and c != EPOCH)]
+    best = selected_epochs(epochs, keys)
+    best = best[keys + names + [EPOCH]].rename(columns={**{n: best_column(n) for n in names}, EPOCH: BEST_EPOCH})
     picked = trials.loc[partial, keys].merge(best, on=keys, how="left").set_axis(trials.index[partial])
     out = trials.copy()
     for column in picked.columns.difference(keys):
         held = out[column] if column in out else pd.Series(float("nan"), index=out.index)
         out[column] = held.where(held.notna() | ~partial, picked[column].reindex(out.index))
     return out
-
-
-def _visible(path) -> bool:
-    name = path.name if isinstance(path, Path) else str(path).rsplit("/", 1)[-1]
-    return not name.startswith((".", "_"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +191,7 @@ class StoreRoot:
 
     def files(self, path: str, suffix: str = ".parquet") -> list[str]:
         return sorted(
-            i.path for i in self.listdir(path) if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and _visible(i.base_name)
+            i.path for i in self.listdir(path) if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and visible(i.base_name)
         )
 
     def read_text(self, path: str) -> str:
@@ -182,20 +199,14 @@ class StoreRoot:
             return stream.read().decode()
 
 
-def _sweep_order(sweep: str) -> tuple[str, str]:
-    match = _STAMP.search(sweep)
-    return (match.group(1) if match else "", sweep)
-
-
-def _read_card(root: StoreRoot, sweep: str) -> dict[str, Any]:
-    where = root.where(sweep, CARD)
+def read_card(root: StoreRoot, sweep: str) -> dict[str, Any]:
+    """A sweep's experiment card as written (its typed form: `ExperimentCard.from_dict`)."""
+    where = root.where(sweep, CARD_FILE)
     try:
-        card = json.loads(root.read_text(root.join(sweep, CARD)))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        text = root.read_text(root.join(sweep, CARD_FILE))
+    except (OSError, UnicodeDecodeError) as error:
         raise StoreError(f"{where}: cannot read the experiment card ({error})") from None
-    if not isinstance(card, dict):
-        raise StoreError(f"{where}: the experiment card is not a JSON object")
-    return card
+    return parse_card(text, where)
 
 
 def store_root(store: str | os.PathLike | StoreRoot) -> StoreRoot:
@@ -234,13 +245,13 @@ def _scan(root: StoreRoot) -> tuple[dict[str, list[str]], dict[str, dict], list[
     experiments: dict[str, list[str]] = {}
     cards: dict[str, dict] = {}
     uncarded: list[str] = []
-    for directory in sorted(i.base_name for i in root.listdir(root.path) if i.type == pafs.FileType.Directory and _visible(i.base_name)):
-        if not root.is_file(root.join(directory, CARD)):
-            if root.is_dir(root.join(directory, "trials")) or root.is_dir(root.join(directory, "epochs")):
+    for directory in sorted(i.base_name for i in root.listdir(root.path) if i.type == pafs.FileType.Directory and visible(i.base_name)):
+        if not root.is_file(root.join(directory, CARD_FILE)):
+            if root.is_dir(root.join(directory, TRIALS_DIR)) or root.is_dir(root.join(directory, EPOCHS_DIR)):
                 uncarded.append(directory)
             continue
         try:
-            card = _read_card(root, directory)
+            card = read_card(root, directory)
         except StoreError as error:  # one truncated card must not hide every other sweep
             warnings.warn(f"skipped sweep {directory}: {error}", stacklevel=2)
             uncarded.append(directory)
@@ -249,7 +260,7 @@ def _scan(root: StoreRoot) -> tuple[dict[str, list[str]], dict[str, dict], list[
         cards[directory] = card
         experiments.setdefault(name, []).append(directory)
     for sweeps in experiments.values():
-        sweeps.sort(key=_sweep_order)
+        sweeps.sort(key=sweep_order)
     return experiments, cards, uncarded
 
 
@@ -297,7 +308,7 @@ def read_parquet_dir(
     if "__filename" not in frame:
         return frame
     compacted = frame["__filename"].str.endswith(COMPACTED)
-    keys = ["trial_id", "epoch"]
+    keys = [TRIAL_ID, EPOCH]
     if compacted.any() and not compacted.all() and set(keys) <= set(frame.columns) and frame.duplicated(keys).any():
         frame = frame.assign(_compacted=compacted).sort_values("_compacted", kind="stable").drop_duplicates(keys)
         frame = frame.drop(columns="_compacted").sort_index().reset_index(drop=True)
@@ -326,12 +337,12 @@ def _read_one_by_one(root: StoreRoot, files: list[str], skipped: list[str] | Non
 
 def _require_completed(trials: pd.DataFrame, experiment: str, sweeps: list[str], include_running: bool) -> None:
     where = sweeps[0] if len(sweeps) == 1 else f"{len(sweeps)} sweeps ({', '.join(sweeps)})"
-    if trials.empty or "status" not in trials:
+    if trials.empty or STATUS not in trials:
         raise StoreError(f"experiment {experiment!r}: no trials recorded yet in {where}")
-    accepted = ("completed",) + (PARTIAL if include_running else ())
-    if trials["status"].isin(accepted).any():
+    accepted = (COMPLETED,) + (PARTIAL if include_running else ())
+    if trials[STATUS].isin(accepted).any():
         return
-    counts = trials["status"].value_counts()
+    counts = trials[STATUS].value_counts()
     summary = ", ".join(f"{int(n)} {status}" for status, n in counts.items())
     message = f"experiment {experiment!r}: no completed {'or running ' if include_running else ''}trials in {where} ({summary})"
     errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=object)
@@ -379,15 +390,15 @@ def load_experiment(
     experiment = experiment or only_experiment(experiments, cards, sweep, root)
     if sweep not in (None, "all") and sweep not in cards:
         if root.is_dir(root.join(sweep)):
-            raise StoreError(f"sweep {sweep!r} in {root} has no {CARD} (was it written by `dncml sweep`?)")
+            raise StoreError(f"sweep {sweep!r} in {root} has no {CARD_FILE} (was it written by `dncml sweep`?)")
         known = ", ".join(experiments.get(experiment, [])) or "none"
         raise StoreError(f"no sweep {sweep!r} in {root}; sweeps of {experiment!r}: {known}")
     if not experiments:
-        extra = f" (sweep dirs without {CARD}: {', '.join(uncarded)})" if uncarded else ""
+        extra = f" (sweep dirs without {CARD_FILE}: {', '.join(uncarded)})" if uncarded else ""
         raise StoreError(f"results store {root} holds no sweeps{extra}")
     if experiment not in experiments:
         present = ", ".join(f"{name} ({len(s)} sweep{'s' if len(s) > 1 else ''})" for name, s in sorted(experiments.items()))
-        extra = f"; sweep dirs without {CARD}: {', '.join(uncarded)}" if uncarded else ""
+        extra = f"; sweep dirs without {CARD_FILE}: {', '.join(uncarded)}" if uncarded else ""
         raise StoreError(f"no sweep of experiment {experiment!r} in {root}; it holds: {present}{extra}")
 
     if sweep is None:
@@ -402,8 +413,8 @@ def load_experiment(
         chosen = [sweep]
 
     skipped: list[str] = []
-    trials = [read_parquet_dir(root.join(s, "trials"), skipped, root) for s in chosen]
-    epoch_frames = [read_parquet_dir(root.join(s, "epochs"), skipped, root) for s in chosen]
+    trials = [read_parquet_dir(root.join(s, TRIALS_DIR), skipped, root) for s in chosen]
+    epoch_frames = [read_parquet_dir(root.join(s, EPOCHS_DIR), skipped, root) for s in chosen]
     trials_df = _concat(trials, chosen)
     epochs_df = _concat(epoch_frames, chosen)
     if require_completed:
@@ -438,22 +449,24 @@ def load_study(store: str | Path, sweep: str):
     sweep id), opened read-only; None when the sweep has none. A database that cannot be read
     or lacks the study also gives None, with a warning: the study only adds figures."""
     root = _check_store(store)
-    if not root.is_file(root.join(sweep, STUDY)):
+    if not root.is_file(root.join(sweep, STUDY_FILE)):
         return None
     import optuna
     import sqlalchemy.exc
 
     if root.local:
-        path = Path(root.join(sweep, STUDY))
+        path = Path(root.join(sweep, STUDY_FILE))
     else:  # a copy of the bucket's study on this machine (SQLite reads local files only)
-        path = Path(tempfile.mkdtemp(prefix="dncml-study-")) / STUDY
-        with root.fs.open_input_stream(root.join(sweep, STUDY)) as stream:
+        path = Path(tempfile.mkdtemp(prefix="dncml-study-")) / STUDY_FILE
+        with root.fs.open_input_stream(root.join(sweep, STUDY_FILE)) as stream:
             path.write_bytes(stream.read())
     url = f"sqlite:///file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&uri=true"
     try:
         return optuna.load_study(study_name=sweep, storage=url)
     except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as error:
-        warnings.warn(f"{root.where(sweep, STUDY)}: no readable Optuna study {sweep!r} ({type(error).__name__}: {error})", stacklevel=2)
+        warnings.warn(
+            f"{root.where(sweep, STUDY_FILE)}: no readable Optuna study {sweep!r} ({type(error).__name__}: {error})", stacklevel=2
+        )
         return None
 
 

@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .store import PARTIAL, ExperimentData, StoreError, load_experiment
+from .schema import BEST_EPOCH, BEST_PREFIX, COMPLETED, PARTIAL, STATUS, spec_column
+from .store import ExperimentData, StoreError, load_experiment
 from .vocabulary import (
     available_metrics,
     baseline_key,
@@ -60,7 +61,7 @@ def resolve_metrics(data: ExperimentData, trials: pd.DataFrame, metrics: Iterabl
     if isinstance(metrics, str):
         metrics = [metrics]
     if metrics:
-        names = [m[len("best_") :] if m.startswith("best_") and m != "best_epoch" else m for m in metrics]
+        names = [m if m == BEST_EPOCH else m.removeprefix(BEST_PREFIX) for m in metrics]
         missing = [m for m in names if metric_column(trials, m) is None]
         if missing:
             raise StoreError(
@@ -110,10 +111,10 @@ def t_interval(values: Iterable[float]) -> Interval:
 def seed_cells(trials: pd.DataFrame, values: pd.Series, groups: pd.Series) -> dict[str, pd.Series]:
     """`values` averaged per (sweep, seed) within each group (row key): group -> a Series indexed
     by (sweep, seed), the units paired with the baseline's. Trials without a seed are left out."""
-    if "spec_seed" not in trials:
+    if spec_column("seed") not in trials:
         return {}
     sweeps = trials["sweep"].astype(str) if "sweep" in trials else pd.Series("", index=trials.index)
-    frame = pd.DataFrame({"group": groups, "sweep": sweeps, "seed": trials["spec_seed"], "value": values})
+    frame = pd.DataFrame({"group": groups, "sweep": sweeps, "seed": trials[spec_column("seed")], "value": values})
     means = frame.dropna(subset=["seed", "value"]).groupby(["group", "sweep", "seed"])["value"].mean()
     return {group: cells.droplevel("group") for group, cells in means.groupby(level="group")}
 
@@ -142,7 +143,7 @@ def with_running(data: ExperimentData, include_running: bool) -> ExperimentData:
 
 
 def experiment_table(
-    data: ExperimentData, metrics: Iterable[str] | str | None = None, status=("completed",), include_running: bool = False
+    data: ExperimentData, metrics: Iterable[str] | str | None = None, status=(COMPLETED,), include_running: bool = False
 ) -> pd.DataFrame:
     """One row per setting (index: the row key), in the table's order. Columns: `label`, the row
     fields, `trials` (and `partial`, the running or interrupted ones among them, with
@@ -172,12 +173,12 @@ def experiment_table(
         table[field] = [first.loc[k, field] for k in order]
     table["trials"] = keys.value_counts().reindex(order).astype(int)
     if data.include_running:
-        statuses = trials["status"].groupby(keys)
+        statuses = trials[STATUS].groupby(keys)
         table["partial"] = statuses.agg(lambda s: int(s.isin(PARTIAL).sum())).reindex(order).astype(int)
         table["label"] += statuses.agg(partial_note).reindex(order)
-    searched = [f for f in (field_name(data, p) for p in data.card.get("search") or {}) if f"spec_{f}" in trials and f not in fields]
+    searched = [f for f in (field_name(data, p) for p in data.card.get("search") or {}) if spec_column(f) in trials and f not in fields]
     for field in searched:  # a search's rows are its trials: show what each sampled
-        table[field] = trials.groupby(keys)[f"spec_{field}"].first().reindex(order)
+        table[field] = trials.groupby(keys)[spec_column(field)].first().reindex(order)
     bases = {k: baseline_key(data, k) for k in order}
     for name in names:
         numbers = metric_values(trials, name)
@@ -265,9 +266,9 @@ def _caption(data: ExperimentData, table: pd.DataFrame, trials: pd.DataFrame, st
     """The table's caption; stored: of the CSV, whose numbers are as stored (no %, no bold)."""
     names = table.attrs["metrics"]
     sweeps = data.sweeps[0] if len(data.sweeps) == 1 else f"{len(data.sweeps)} sweeps"
-    datasets = sorted({str(v) for v in trials.get("spec_dataset", pd.Series(dtype=object)).dropna()})
-    statuses = data.trials["status"] if "status" in data.trials else pd.Series(dtype=object)
-    shown = statuses[statuses.index.isin(trials.index)].value_counts().sort_index(key=lambda s: s != "completed")
+    datasets = sorted({str(v) for v in trials.get(spec_column("dataset"), pd.Series(dtype=object)).dropna()})
+    statuses = data.trials[STATUS] if STATUS in data.trials else pd.Series(dtype=object)
+    shown = statuses[statuses.index.isin(trials.index)].value_counts().sort_index(key=lambda s: s != COMPLETED)
     others = statuses[~statuses.index.isin(trials.index)].value_counts()
     seeds = _range(table["trials"])
     parts = [
@@ -449,7 +450,7 @@ def _provenance(data: ExperimentData) -> list[str]:
     return [
         f"dncml {release}, table of experiment {data.name}{store}",
         f"sweeps: {', '.join(data.sweeps)}; {len(data.trials)} trial rows (statuses: "
-        + ", ".join(f"{s} {n}" for s, n in data.trials["status"].value_counts().items())
+        + ", ".join(f"{s} {n}" for s, n in data.trials[STATUS].value_counts().items())
         + ")",
     ]
 
@@ -539,18 +540,12 @@ def table_with_caption(
     return _html(data, caption, header, rows, bold), caption
 
 
-def render_table(
-    store: str | Path | ExperimentData,
-    experiment: str | None = None,
-    fmt: str = "md",
-    metrics: Iterable[str] | str | None = None,
-    sweep: str | None = None,
-    include_running: bool = False,
-) -> str:
+def render_table(store: str | Path | ExperimentData, experiment: str | None = None, **options) -> str:
     """The experiment's table as text (md | latex | html | csv): Markdown with its caption above;
     LaTeX and HTML through pandas' Styler with the caption inside (LaTeX: booktabs rules, a
     `\\label`, a short caption; both: the provenance in a comment); CSV without a caption (see
-    `table_with_caption`). `store` may also be an already loaded ExperimentData (experiment and
-    sweep are then ignored). include_running: also the running and interrupted trials, their
-    rows marked partial."""
-    return table_with_caption(store, experiment, fmt, metrics, sweep, include_running)[0]
+    `table_with_caption`, whose options, fmt, metrics, sweep and include_running, it takes).
+    `store` may also be an already loaded ExperimentData (experiment and sweep are then
+    ignored). include_running: also the running and interrupted trials, their rows marked
+    partial."""
+    return table_with_caption(store, experiment, **options)[0]

@@ -20,18 +20,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .schema import BEST_EPOCH, BEST_PREFIX, FINAL_PREFIX, best_column, spec_column
 from .store import ExperimentData, StoreError
 
 ALIASES = {"K": "num_learners", "T": "recluster_every", "m": "samples_per_class", "d": "embedding_dim"}
-TRIAL_METRICS = ("wall_seconds", "train_seconds", "cluster_seconds", "eval_seconds", "epochs_done", "best_epoch")
+TRIAL_METRICS = ("wall_seconds", "train_seconds", "cluster_seconds", "eval_seconds", "epochs_done", BEST_EPOCH)
 _PERCENT = re.compile(r"(recall@|nmi|map@|precision@|accuracy)")
 
 
 # ------------------------------------------------------------------------------ metric names
 def base_metric(name: str) -> str:
     """`best_test_recall@1` / `final_test_recall@1` -> `test_recall@1`."""
-    for prefix in ("best_", "final_"):
-        if name.startswith(prefix) and name != "best_epoch":
+    for prefix in (BEST_PREFIX, FINAL_PREFIX):
+        if name.startswith(prefix) and name != BEST_EPOCH:
             return name[len(prefix) :]
     return name
 
@@ -71,15 +72,17 @@ def metric_mode(name: str, data: ExperimentData | None = None) -> str:
 
 def available_metrics(trials: pd.DataFrame) -> list[str]:
     """The metric names some trial recorded (best_<name> columns, then timing columns)."""
-    names = [c[5:] for c in trials.columns if c.startswith("best_") and c != "best_epoch" and trials[c].notna().any()]
+    names = [
+        c.removeprefix(BEST_PREFIX) for c in trials.columns if c.startswith(BEST_PREFIX) and c != BEST_EPOCH and trials[c].notna().any()
+    ]
     names += [c for c in TRIAL_METRICS if c in trials and trials[c].notna().any()]
     return names
 
 
 def metric_column(trials: pd.DataFrame, name: str) -> str | None:
     """The trials' column holding metric `name` (None when no trial recorded it)."""
-    for column in (f"best_{name}", name):
-        if column in trials and not (column == "best_epoch" and name != "best_epoch") and trials[column].notna().any():
+    for column in (best_column(name), name):
+        if column in trials and not (column == BEST_EPOCH and name != BEST_EPOCH) and trials[column].notna().any():
             return column
     return None
 
@@ -137,10 +140,10 @@ def row_fields(data: ExperimentData) -> list[str]:
 
 def field_column(trials: pd.DataFrame, field: str) -> str:
     """The trials' column of a RunSpec field (spec_<field>) or of a trial column (trial_id)."""
-    for column in (f"spec_{field}", field):
+    for column in (spec_column(field), field):
         if column in trials:
             return column
-    raise StoreError(f"the trials have no column for field {field!r} (expected spec_{field})")
+    raise StoreError(f"the trials have no column for field {field!r} (expected {spec_column(field)})")
 
 
 def row_values(data: ExperimentData, trials: pd.DataFrame) -> pd.DataFrame:

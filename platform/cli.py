@@ -31,14 +31,13 @@ class UsageError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The error types a user can fix. Their modules are light (no torch, no ray), so the error
     path stays fast."""
-    from dncml.analysis.store import StoreError
+    from dncml.analysis.schema import StoreError  # the store's one error: its writer's and its readers'
     from dncml.experiments.loader import ExperimentError
     from dncml.platform.errors import PlatformError
-    from dncml.platform.store import StoreError as StoreWriteError
     from dncml.trainers.data.base import DatasetError
     from dncml.trainers.spec import SpecError
 
-    return (UsageError, DatasetError, SpecError, FileNotFoundError, ExperimentError, PlatformError, StoreError, StoreWriteError)
+    return (UsageError, DatasetError, SpecError, FileNotFoundError, ExperimentError, PlatformError, StoreError)
 
 
 # ---------------------------------------------------------------------------------- datasets

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dncml.analysis.schema import COMPLETED, INTERRUPTED
 from dncml.trainers.checkpoints import load_checkpoint, load_checkpoint_spec
 from dncml.trainers.divide_and_conquer import train
 from dncml.trainers.runtime import resolve_device
@@ -134,7 +135,7 @@ def _train_local(spec: RunSpec, run_dir: str | Path | None, storage: str | None,
                 state = train(spec, seam)
             except KeyboardInterrupt:
                 if recorder:
-                    recorder.finish("interrupted", error="interrupted (Ctrl-C or SIGTERM) before the run finished")
+                    recorder.finish(INTERRUPTED, error="interrupted (Ctrl-C or SIGTERM) before the run finished")
                 raise
             except BaseException as error:
                 if recorder:
@@ -148,7 +149,7 @@ def _train_local(spec: RunSpec, run_dir: str | Path | None, storage: str | None,
             finally:
                 bar.close()
             if recorder:
-                if recorder.finish("completed") != "completed":
+                if recorder.finish(COMPLETED) != COMPLETED:
                     raise RunFailed(f"run {trial_id}: {recorder.store.trial_row(sweep, trial_id)['error']}")
                 summary.info(f"results appended to {recorder.store.where(recorder.sweep)}")
             tested = selected_test_metrics(state.history)

@@ -29,7 +29,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import socket
 import subprocess
 import tempfile
@@ -46,6 +45,20 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+import dncml.analysis.schema as schema
+from dncml.analysis.schema import (
+    BOOKKEEPING,
+    STATUSES,
+    STUDY_FILE,
+    TENSORBOARD_DIR,
+    ExperimentCard,
+    StoreError,
+    best_column,
+    final_column,
+    selected_column,
+    spec_column,
+)
+from dncml.trainers.files import publish_file
 from dncml.trainers.spec import RunSpec, _field_type, valid_name
 
 # Per-epoch fields the trainer reports besides the evaluation metrics, and their types.
@@ -64,7 +77,7 @@ EPOCH_FIELDS: dict[str, pa.DataType] = {
     "lr": pa.float64(),
     "eval_seconds": pa.float64(),
     "epoch_seconds": pa.float64(),
-    "best_epoch": pa.int64(),
+    schema.BEST_EPOCH: pa.int64(),
     "reclustered": pa.bool_(),
     "cluster_seconds": pa.float64(),
     "embed_seconds": pa.float64(),
@@ -108,11 +121,6 @@ TRIAL_FIELDS: dict[str, pa.DataType] = {
     "embedding_form": pa.string(),
     "recipe_settings": pa.string(),  # JSON: each recipe-governed choice as the run resolved it
 }
-STATUSES = ("running", "completed", "failed", "pruned", "interrupted")
-
-
-class StoreError(ValueError):
-    """A results store that is missing, empty or not what was asked for."""
 
 
 def _spec_type(name: str) -> pa.DataType:
@@ -133,31 +141,15 @@ def safe_name(value: str, what: str) -> str:
 
 def new_id(name: str) -> str:
     """`name-YYYYmmdd-HHMMSS-xxxxxx`: unique even for two runs of one spec started in the same second."""
-    return f"{safe_name(name, 'name')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return schema.sweep_id(safe_name(name, "name"))
 
 
-def atomic_write(path: Path, write) -> None:
-    """`write(temporary)` then rename over `path`: a reader sees the old file or the whole new one.
-    The temporary name is unique (concurrent writers never share it), removed if writing fails,
-    and flushed to disk before the rename, so a crash cannot leave a finished result half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    atomic_write(path, lambda temporary: pq.write_table(table, temporary))
+def _publish_file(table: pa.Table, path: Path) -> None:
+    publish_file(path, lambda temporary: pq.write_table(table, temporary))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda temporary: temporary.write_text(text))
+    publish_file(path, lambda temporary: temporary.write_text(text))
 
 
 def _first_line(error: BaseException) -> str:
@@ -242,10 +234,6 @@ def tag_name(metric: str) -> str:
     return metric.replace("@", "_at_")
 
 
-# Epoch fields that count or identify rather than measure: not drawn as TensorBoard scalars.
-BOOKKEEPING = ("epoch", "total_epochs", "steps", "assignment_version", "assignment_digest", "best_epoch", "workers", "cluster_repaired")
-
-
 def tensorboard_scalars(logdir: Path, metrics: dict[str, Any]) -> None:
     """Every numeric metric of an epoch as a TensorBoard scalar at step = epoch (`val_recall@1` as
     `val_recall_at_1`), in one event directory per trial (`tensorboard --logdir STORE`). A writer
@@ -272,7 +260,7 @@ def tensorboard_hparams(logdir: Path, hparams: dict[str, Any], metrics: dict[str
 
     values = {k: v if isinstance(v, (bool, str, int, float)) else str(v) for k, v in hparams.items()}
     finite = {
-        f"hparams/{tag_name(k)}": float(v)
+        f"{schema.HPARAMS_PREFIX}{tag_name(k)}": float(v)
         for k, v in metrics.items()
         if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v)
     }
@@ -317,12 +305,6 @@ def _rows_table(rows: list[dict[str, Any]], types: dict[str, pa.DataType]) -> pa
                 }
     columns = {name: pa.array([_cell(row.get(name), kind) for row in rows], type=kind) for name, kind in types.items()}
     return pa.Table.from_pydict(columns, schema=pa.schema([pa.field(name, kind) for name, kind in types.items()]))
-
-
-COMPACTED = "-all.parquet"  # epochs/<trial_id>-all.parquet: a trial's epochs, once it ended
-_EPOCH_FILE = re.compile(r"-e(\d{4,})\.parquet$")
-STUDY_FILE = "optuna.db"  # STORE/<sweep>/optuna.db, study name = the sweep id
-TENSORBOARD_DIR = "tensorboard"  # STORE/<sweep>/tensorboard/<trial id>/events.*
 
 
 class ResultsStore:
@@ -417,14 +399,14 @@ class ResultsStore:
         return sorted(
             info.path
             for info in self.listdir(path)
-            if info.type == pafs.FileType.File and info.base_name.endswith(suffix) and not info.base_name.startswith((".", "_"))
+            if info.type == pafs.FileType.File and info.base_name.endswith(suffix) and schema.visible(info.base_name)
         )
 
     def publish(self, path: str, data: bytes) -> None:
         """`data` at `path`, whole or not at all: locally a flushed temporary file renamed into
         place, on object storage one PUT of the whole content."""
         if self.local:
-            atomic_write(Path(path), lambda temporary: temporary.write_bytes(data))
+            publish_file(Path(path), lambda temporary: temporary.write_bytes(data))
             return
         with self.fs.open_output_stream(path) as out:
             out.write(data)
@@ -444,7 +426,7 @@ class ResultsStore:
 
     def write_table(self, table: pa.Table, path: str) -> None:
         if self.local:
-            _atomic_write(table, Path(path))
+            _publish_file(table, Path(path))
             return
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
@@ -483,11 +465,11 @@ class ResultsStore:
     def ray_dir(self, sweep: str, run_id: str | None = None) -> str:
         """Ray's own files of a sweep (Tune's state under `tune/`, one Ray Train run per trial),
         absolute: Ray hands it to processes with other working directories."""
-        return self.path("_ray", sweep, *([run_id] if run_id else []))
+        return self.path(schema.RAY_DIR, sweep, *([run_id] if run_id else []))
 
     def run_path(self, sweep: str, run_id: str, *parts: str) -> str:
         """A file of one run beside Ray's own (its fatal error, its clustering actor's rounds)."""
-        return self.path("_ray", sweep, run_id, *parts)
+        return self.path(schema.RAY_DIR, sweep, run_id, *parts)
 
     def ray_storage(self, sweep: str) -> tuple[str, pafs.FileSystem | None]:
         """(storage_path, storage_filesystem) for Ray's RunConfig: the store's own place."""
@@ -504,16 +486,24 @@ class ResultsStore:
         ]
         return sorted(wanted)
 
-    def write_card(self, sweep: str, card: dict[str, Any]) -> None:
+    def write_card(self, sweep: str, card: ExperimentCard | dict[str, Any]) -> None:
         """The experiment card (`experiment.json`): what analysis needs to read the sweep alone."""
-        self.publish(self.card_path(sweep), json.dumps(card, indent=2, default=str).encode())
+        card = card if isinstance(card, ExperimentCard) else ExperimentCard.from_dict(card)
+        self.publish(self.card_path(sweep), card.to_json().encode())
 
     def card_path(self, sweep: str) -> str:
-        return self.path(sweep, "experiment.json")
+        return self.path(sweep, schema.CARD_FILE)
 
-    def read_card(self, sweep: str) -> dict[str, Any] | None:
+    def read_card(self, sweep: str) -> ExperimentCard | None:
+        """The sweep's card (None when it has none; StoreError when it is not a card)."""
         data = self.read_bytes(self.card_path(sweep))
-        return json.loads(data) if data is not None else None
+        if data is None:
+            return None
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as error:
+            raise StoreError(f"{self.where(sweep, schema.CARD_FILE)}: cannot read the experiment card ({error})") from None
+        return ExperimentCard.from_dict(schema.parse_card(text, self.where(sweep, schema.CARD_FILE)))
 
     def write_text(self, path: str, text: str) -> None:
         self.publish(path, text.encode())
@@ -526,7 +516,7 @@ class ResultsStore:
     def trial_rows(self, sweep: str, columns: list[str] | None = None, skipped: list[str] | None = None) -> list[dict[str, Any]]:
         """Every trial row of a sweep (only `columns`, if given), as plain dicts. A file that
         cannot be read is skipped and named (a warning, and `skipped`)."""
-        table = self.read_tables(self.files(self.path(sweep, "trials")), skipped)
+        table = self.read_tables(self.files(self.path(sweep, schema.TRIALS_DIR)), skipped)
         if table is None:
             return []
         table = table.drop_columns(["__filename"])
@@ -540,10 +530,10 @@ class ResultsStore:
 
     def write_trial(self, sweep: str, row: dict[str, Any], metric_names: list[str]) -> None:
         types = dict(TRIAL_FIELDS)
-        types.update({f"spec_{f.name}": _spec_type(f.name) for f in dataclasses.fields(RunSpec)})
-        for prefix in ("final_", "best_"):
-            types.update({prefix + name: pa.float64() for name in metric_names})
-        self.write_table(_row_table(row, types), self.path(sweep, "trials", f"{row['trial_id']}.parquet"))
+        types.update({spec_column(f.name): _spec_type(f.name) for f in dataclasses.fields(RunSpec)})
+        for column in (final_column, best_column):
+            types.update({column(name): pa.float64() for name in metric_names})
+        self.write_table(_row_table(row, types), self.path(sweep, schema.TRIALS_DIR, schema.trial_file(row["trial_id"])))
 
     @staticmethod
     def _epoch_types(metric_names: list[str]) -> dict[str, pa.DataType]:
@@ -551,13 +541,13 @@ class ResultsStore:
         types.update({name: pa.float64() for name in metric_names})
         # `test_eval: selected`: the last epoch carries the selected weights' test metrics; every
         # row has their columns, so that one schema reads the whole sweep
-        types.update({f"selected_{name}": pa.float64() for name in metric_names if not name.startswith("val_")})
+        types.update({selected_column(name): pa.float64() for name in metric_names if not name.startswith("val_")})
         return types
 
     def write_epoch(self, sweep: str, trial_id: str, metrics: dict[str, Any], metric_names: list[str]) -> None:
         row = {**metrics, "sweep": sweep, "trial_id": trial_id}
-        name = f"{trial_id}-e{int(metrics['epoch']):04d}.parquet"
-        self.write_table(_row_table(row, self._epoch_types(metric_names)), self.path(sweep, "epochs", name))
+        name = schema.epoch_file(trial_id, metrics["epoch"])
+        self.write_table(_row_table(row, self._epoch_types(metric_names)), self.path(sweep, schema.EPOCHS_DIR, name))
         self.tensorboard(sweep, trial_id, metrics)
 
     def record_missing_epochs(self, sweep: str, trial_id: str, history: list[dict[str, Any]], metric_names: list[str]) -> list[int]:
@@ -574,7 +564,9 @@ class ResultsStore:
         """A whole finished trial's epoch rows at once, in the compacted form a trial ends in
         (`<trial>-all.parquet`; no TensorBoard events): what imports and benchmarks write."""
         rows = [{**metrics, "sweep": sweep, "trial_id": trial_id} for metrics in rows]
-        self.write_table(_rows_table(rows, self._epoch_types(metric_names)), self.path(sweep, "epochs", trial_id + COMPACTED))
+        self.write_table(
+            _rows_table(rows, self._epoch_types(metric_names)), self.path(sweep, schema.EPOCHS_DIR, schema.compacted_file(trial_id))
+        )
 
     def tensorboard(self, sweep: str, trial_id: str, metrics: dict[str, Any], write=None) -> None:
         """`write(logdir, metrics)` (default: the epoch's scalars, `tensorboard_scalars`) as
@@ -594,14 +586,12 @@ class ResultsStore:
     def _epoch_files(self, sweep: str, trial_id: str) -> tuple[str | None, list[str]]:
         """(the compacted file if any, the per-epoch files in epoch order) of one trial."""
         compacted, per_epoch = None, []
-        for path in self.files(self.path(sweep, "epochs")):
+        for path in self.files(self.path(sweep, schema.EPOCHS_DIR)):
             name = path.rsplit("/", 1)[-1]
-            if name == trial_id + COMPACTED:
+            if name == schema.compacted_file(trial_id):
                 compacted = path
-            else:
-                match = _EPOCH_FILE.search(name)
-                if match and name[: match.start()] == trial_id:
-                    per_epoch.append(path)
+            elif schema.epoch_of(name, trial_id) is not None:
+                per_epoch.append(path)
         return compacted, per_epoch
 
     def _epoch_table(self, sweep: str, trial_id: str) -> tuple[pa.Table | None, str | None, list[str]]:
@@ -629,18 +619,18 @@ class ResultsStore:
         table, compacted, per_epoch = self._epoch_table(sweep, trial_id)
         if table is None or not per_epoch:
             return
-        self.write_table(table, self.path(sweep, "epochs", trial_id + COMPACTED))
+        self.write_table(table, self.path(sweep, schema.EPOCHS_DIR, schema.compacted_file(trial_id)))
         for path in per_epoch:
             self.delete(path)
 
     def trial_row(self, sweep: str, trial_id: str) -> dict[str, Any] | None:
         """A trial's row as recorded (None if the store has none)."""
-        path = self.path(sweep, "trials", f"{trial_id}.parquet")
+        path = self.path(sweep, schema.TRIALS_DIR, schema.trial_file(trial_id))
         return self.read_table(path).to_pylist()[0] if self.is_file(path) else None
 
     def latest_run(self, sweep: str, name: str) -> dict[str, Any] | None:
         """The newest trial row of the runs named `name` in a sweep (None if there is none)."""
-        rows = [row for row in self.trial_rows(sweep) if row.get("spec_name") == name]
+        rows = [row for row in self.trial_rows(sweep) if row.get(spec_column("name")) == name]
         return max(rows, key=lambda row: (row.get("started_at") or "", row["trial_id"])) if rows else None
 
     def selected_checkpoint(self, sweep: str, trial_id: str) -> str:
@@ -650,7 +640,7 @@ class ResultsStore:
         if row is None:
             raise StoreError(f"no trial {trial_id!r} in {self.where(sweep)}")
         epochs = {e["epoch"]: e for e in self.epoch_rows(sweep, trial_id)}
-        chosen = epochs.get(row.get("best_epoch"), {})
+        chosen = epochs.get(row.get(schema.BEST_EPOCH), {})
         path = chosen.get("checkpoint")
         if not path or not self.is_file(path.rstrip("/") + "/state.pt"):
             raise StoreError(
@@ -681,7 +671,7 @@ class ResultsStore:
         """The lease that says a sweep (name `sweep`) or one run of it is being run."""
         self.own_sweep_dir(sweep)
         what = f"{sweep}/{name}"
-        path = self.path(sweep, ".leases", f"{name}.json")
+        path = self.path(sweep, schema.LEASES_DIR, schema.lease_file(name))
         if self.local:
             return Lease(Path(path), what)
         if self.fs.type_name == "s3":
@@ -697,7 +687,7 @@ class ResultsStore:
         trial is finished: Tune may record a trial's end after the store did (or never, when the
         driver dies in between)."""
         row = self.trial_row(sweep, trial_id)
-        if row is None or row.get("status") != "completed":
+        if row is None or row.get("status") != schema.COMPLETED:
             return None
         epochs = self.epoch_rows(sweep, trial_id)
         return epochs if [e["epoch"] for e in epochs] == list(range(total_epochs)) else None
@@ -744,7 +734,7 @@ class ResultsStore:
         data = self.read_bytes(self.path(sweep, STUDY_FILE))
         if data is not None and not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(target, lambda temporary: temporary.write_bytes(data))
+            publish_file(target, lambda temporary: temporary.write_bytes(data))
 
     def prepare_study(self, sweep: str, given: str | None = None) -> str:
         """The study's URL, its folder made."""
@@ -771,27 +761,14 @@ def spec_differences(row: dict[str, Any], spec: RunSpec) -> list[str]:
     """The RunSpec fields on which a stored trial row and `spec` disagree, as `field: stored -> given`."""
     differences = []
     for name, value in spec.to_dict().items():
-        stored = row.get(f"spec_{name}")
+        stored = row.get(spec_column(name))
         if (
-            f"spec_{name}" in row
+            spec_column(name) in row
             and stored != value
             and not (isinstance(stored, float) and isinstance(value, float) and np.isclose(stored, value, rtol=1e-12, atol=0))
         ):
             differences.append(f"{name}: {stored!r} -> {value!r}")
     return differences
-
-
-def _alive_here(record: dict) -> bool:
-    """Whether a lease record's process lives (on this host; another host's always counts)."""
-    if record.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(record.get("pid", -1)), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        pass  # alive, another user's
-    return True
 
 
 def _refusal(what: str, holder: dict) -> StoreError:
@@ -811,7 +788,7 @@ class Lease:
     under an exclusive `flock` of a lock file beside it, so of two processes started together
     exactly one gets the lease."""
 
-    HEARTBEAT, STALE = 15.0, 60.0
+    HEARTBEAT, STALE = schema.LEASE_HEARTBEAT, schema.LEASE_STALE
 
     def __init__(self, path: Path, what: str):
         self.path, self.what = Path(path), what
@@ -820,13 +797,11 @@ class Lease:
     def holder(self) -> dict | None:
         """The live holder's record, or None when the lease is free (absent or stale)."""
         try:
-            record = json.loads(self.path.read_text())
+            text = self.path.read_text()
             age = time.time() - self.path.stat().st_mtime
-        except (OSError, ValueError):
+        except OSError:
             return None
-        if age > self.STALE or not isinstance(record, dict) or not _alive_here(record):
-            return None
-        return {**record, "heartbeat_age": age}
+        return schema.read_lease(text, age, self.STALE)
 
     def acquire(self) -> Lease:
         import fcntl
@@ -837,7 +812,7 @@ class Lease:
             holder = self.holder()
             if holder is not None and not (holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()):
                 raise _refusal(self.what, holder)
-            record = {"host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
+            record = schema.lease_record(_now())
             write_text_atomic(self.path, json.dumps(record))
         self._stop = threading.Event()
 
@@ -904,8 +879,7 @@ class BucketLease:
         return _s3_client(self.store, self.what)
 
     def _body(self) -> bytes:
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": self._started, "token": self._token, "beat": time.time()}
-        return json.dumps(record).encode()
+        return json.dumps(schema.lease_record(self._started, token=self._token, beat=time.time())).encode()
 
     @staticmethod
     def _code(error) -> str:
@@ -926,7 +900,7 @@ class BucketLease:
                 raise
         age = time.time() - got["LastModified"].timestamp()
         record = {**record, "heartbeat_age": age, "etag": got["ETag"]} if isinstance(record, dict) else {"etag": got["ETag"]}
-        if age > self.STALE or not _alive_here(record):
+        if not schema.lease_is_live(record, age, self.STALE):
             return {**record, "stale": True}
         return record
 
@@ -1030,7 +1004,7 @@ class TrialRecorder:
             store.compact_epochs(sweep, trial_id)  # what it recorded so far, in one file
         self.history: list[dict] = []
         if start:
-            self._write("running")
+            self._write(schema.RUNNING)
 
     def epoch(self, metrics: dict[str, Any]) -> None:
         self.store.write_epoch(self.sweep, self.trial_id, metrics, self.metric_names)
@@ -1042,11 +1016,11 @@ class TrialRecorder:
             raise ValueError(f"status must be one of {STATUSES}")
         self.history = self.store.epoch_rows(self.sweep, self.trial_id)
         recorded = [h["epoch"] for h in self.history]
-        if status == "completed" and recorded != list(range(self.spec.total_epochs)):
+        if status == schema.COMPLETED and recorded != list(range(self.spec.total_epochs)):
             # `completed` means every epoch is in the store: anything else is a failure to say so.
             missing = sorted(set(range(self.spec.total_epochs)) - set(recorded))
             status, error = (
-                "failed",
+                schema.FAILED,
                 (f"the run ended but the store holds epochs {recorded} of {self.spec.total_epochs} (missing {missing[:10]})"),
             )
         self._write(status, error)
@@ -1056,7 +1030,7 @@ class TrialRecorder:
     def fail(self, error: BaseException | str) -> str:
         """Record the trial as failed with the error's type and message (shortened)."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        return self.finish("failed", error=text[:4000])
+        return self.finish(schema.FAILED, error=text[:4000])
 
     def _write(self, status: str, error: str | None = None) -> None:
         row: dict[str, Any] = {
@@ -1068,7 +1042,7 @@ class TrialRecorder:
             "error": error,
             "epochs_done": len(self.history),
             "started_at": self.started.isoformat(timespec="seconds"),
-            "ended_at": None if status == "running" else _now(),
+            "ended_at": None if status == schema.RUNNING else _now(),
             "wall_seconds": (dt.datetime.now(dt.timezone.utc) - self.started).total_seconds(),
             "host": socket.gethostname(),
             "git_revision": git_revision(),
@@ -1076,29 +1050,29 @@ class TrialRecorder:
             "embedding_form": self.spec.embedding_form,
             "recipe_settings": json.dumps(self.spec.recipe_settings(), sort_keys=True),  # what the null fields resolved to
         }
-        row.update({f"spec_{k}": v for k, v in self.spec.to_dict().items()})
+        row.update({spec_column(k): v for k, v in self.spec.to_dict().items()})
         if self.history:
             row["train_steps"] = sum(h.get("steps") or 0 for h in self.history)
             row["train_seconds"] = sum(h.get("train_seconds") or 0.0 for h in self.history)
             row["cluster_seconds"] = sum(h.get("cluster_seconds") or 0.0 for h in self.history)
             row["eval_seconds"] = sum(h.get("eval_seconds") or 0.0 for h in self.history)
-            row["best_epoch"] = self.history[-1].get("best_epoch")
+            row[schema.BEST_EPOCH] = self.history[-1].get(schema.BEST_EPOCH)
             best = selected_epoch(self.history) or {}
             tested = selected_test_metrics(self.history)
             for name in self.metric_names:
                 evaluated = [h for h in self.history if h.get(name) is not None]
-                row["final_" + name] = evaluated[-1][name] if evaluated else None
-                row["best_" + name] = tested.get(name) if name.startswith("test_") else best.get(name)
+                row[final_column(name)] = evaluated[-1][name] if evaluated else None
+                row[best_column(name)] = tested.get(name) if name.startswith("test_") else best.get(name)
         self.store.write_trial(self.sweep, row, self.metric_names)
-        if status != "running" and self.history:
+        if status != schema.RUNNING and self.history:
             hparams = {"setting": self.setting, "status": status, **self.spec.to_dict()}
-            best = {k: v for k, v in row.items() if k.startswith("best_") and k != "best_epoch"}
+            best = {k: v for k, v in row.items() if k.startswith(schema.BEST_PREFIX) and k != schema.BEST_EPOCH}
             self.store.tensorboard(self.sweep, self.trial_id, best, lambda logdir, metrics: tensorboard_hparams(logdir, hparams, metrics))
 
 
 def selected_epoch(history: list[dict]) -> dict | None:
     """The report of the epoch model selection chose (the last report names it)."""
-    chosen = history[-1].get("best_epoch") if history else None
+    chosen = history[-1].get(schema.BEST_EPOCH) if history else None
     return next((report for report in history if report["epoch"] == chosen), None)
 
 
@@ -1111,7 +1085,7 @@ def selected_test_metrics(history: list[dict]) -> dict:
     tested = {name: value for name, value in best.items() if name.startswith("test_") and value is not None}
     if tested or not history:
         return tested
-    prefix = "selected_"
+    prefix = schema.SELECTED_PREFIX
     return {name[len(prefix) :]: value for name, value in history[-1].items() if name.startswith(prefix + "test_") and value is not None}
 
 
@@ -1126,5 +1100,5 @@ def write_embeddings(out: str | os.PathLike, split, vectors: np.ndarray) -> Path
     }
     if split.paths is not None:
         columns["path"] = pa.array(split.paths)
-    _atomic_write(pa.table(columns), out)
+    _publish_file(pa.table(columns), out)
     return out

@@ -31,6 +31,18 @@ import pyarrow.fs as pafs
 import ray
 from ray import tune
 
+from dncml.analysis.schema import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    PARTIAL,
+    PRUNED,
+    RUNNING,
+    ExperimentCard,
+    best_column,
+    spec_column,
+    spec_field,
+)
 from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid, short_value
 from dncml.trainers.spec import SpecError, valid_name
 
@@ -72,7 +84,7 @@ def stored_trials(store: ResultsStore, sweep: str) -> dict[str, list[dict]]:
         if not valid_name(row.get("trial_id")):
             log.warning(f"sweep {sweep}: a trial row with the trial id {str(row.get('trial_id'))[:80]!r} is not resumed (not a valid name)")
             continue
-        values = {name[len("spec_") :]: value for name, value in row.items() if name.startswith("spec_")}
+        values = {spec_field(name): value for name, value in row.items() if spec_field(name) is not None}
         found.setdefault(spec_key(values), []).append(row)
     return found
 
@@ -111,7 +123,7 @@ def make_trial(
         previous = claim_trial(store, claims, stored.get(spec_key(spec.to_dict()), []), trial_id) if stored and claims else None
         if previous is not None:
             trial_id = previous["trial_id"]  # a resumed sweep continues the store's trial of this configuration
-            if previous.get("status") in ("failed", "pruned"):
+            if previous.get("status") in (FAILED, PRUNED):
                 return  # its recorded end stands (as it did for Tune: an errored trial is not run again)
         finished = None if reason else store.finished_trial(sweep, trial_id, spec.total_epochs)
         if finished:
@@ -170,11 +182,11 @@ class ProgressPrinter(tune.Callback):
 
     def _end(self, trial, status: str, reason: str = "") -> None:
         if trial.trial_id not in self.progress.finished:
-            best = (trial.last_result or {}).get(f"best_{self.experiment.metric}")
+            best = (trial.last_result or {}).get(best_column(self.experiment.metric))
             self.bar.update(1, last=f"{self.label(trial)}: {status}", best=f"{best:.4f}" if isinstance(best, float) else None)
         self.progress.finished[trial.trial_id] = status
         result = trial.last_result or {}
-        value = result.get(f"best_{self.experiment.metric}")
+        value = result.get(best_column(self.experiment.metric))
         shown = f" {self.experiment.metric} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
         log.info(f"[{self.label(trial)}] {status}{shown}{reason}")
         log.info(self.progress.line())
@@ -182,7 +194,7 @@ class ProgressPrinter(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         stopped = "epoch" in result and "total_epochs" in result and int(result["epoch"]) + 1 < int(result["total_epochs"])
-        self._end(trial, "pruned" if stopped else "completed")  # ASHA ends a trial it stops as a completed one
+        self._end(trial, PRUNED if stopped else COMPLETED)  # ASHA ends a trial it stops as a completed one
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # One line: the reason (the store's trial row has it too); Tune keeps the traceback in
@@ -335,9 +347,6 @@ def refuse_links(store: ResultsStore, sweep: str) -> None:
             raise PlatformError(f"{path} is a symbolic link: refused (a sweep's folders hold its own files only)")
 
 
-CARD_KEYS = ("base_run", "grid", "search", "num_samples", "metric", "mode")
-
-
 def check_same_experiment(store: ResultsStore, sweep: str, experiment: Experiment) -> None:
     """`--resume` continues the sweep it started, not a changed one: the runs, axes and search
     must be those of the stored experiment card."""
@@ -345,12 +354,12 @@ def check_same_experiment(store: ResultsStore, sweep: str, experiment: Experimen
         stored = store.read_card(sweep)
     except (OSError, ValueError) as error:
         raise PlatformError(f"--resume: the experiment card of sweep {sweep} cannot be read ({str(error)[:200]}): refused") from None
-    if not isinstance(stored, dict):
+    if stored is None:
         raise PlatformError(f"--resume: sweep {sweep} has no experiment card (experiment.json): nothing this store started, refused")
-    current = json.loads(json.dumps(experiment.card(sweep), default=str))
-    changed = [key for key in CARD_KEYS if stored.get(key) != current.get(key)]
+    current = ExperimentCard.from_dict(json.loads(json.dumps(experiment.card(sweep), default=str)))
+    changed = [key for key in ExperimentCard.RESUME_KEYS if getattr(stored, key) != getattr(current, key)]
     if changed:
-        details = "; ".join(f"{key}: {stored.get(key)!r} -> {current.get(key)!r}" for key in changed)
+        details = "; ".join(f"{key}: {getattr(stored, key)!r} -> {getattr(current, key)!r}" for key in changed)
         raise PlatformError(
             f"--resume: sweep {sweep} was started from a different experiment spec ({details[:1500]}); "
             "resume it with the same spec, or start a new sweep without --resume"
@@ -419,13 +428,13 @@ def run_sweep(
     if resume and experiment.search:
         store.restore_study(sweep, optuna_storage)  # a resume on another machine: the study from the store
         rows = [row for group in stored.values() for row in group]
-        unfinished = [row for row in rows if row.get("status") in ("running", "interrupted")]
+        unfinished = [row for row in rows if row.get("status") in PARTIAL]
         done = len(rows) - len(unfinished)
-        points = [{name: row.get(f"spec_{runspec_field(name)}") for name in experiment.search} for row in unfinished]
+        points = [{name: row.get(spec_column(runspec_field(name))) for name in experiment.search} for row in unfinished]
         num_samples = max(0, experiment.num_samples - done)
         from .tracking import resume_study
 
-        resume_study(store.study_url(sweep, optuna_storage), sweep, rows, f"best_{experiment.metric}")
+        resume_study(store.study_url(sweep, optuna_storage), sweep, rows, best_column(experiment.metric))
     trainable = tune.with_resources(
         make_trial(experiment, store.address, sweep, resources, stored, claims if resume else None), {"CPU": TRIAL_CPU}
     )
@@ -439,9 +448,7 @@ def run_sweep(
     # A resumed grid runs every trial again (the finished ones hand Tune their stored result at
     # once), so it counts from 0; a resumed search samples only what is left, so its finished
     # trials count from the start.
-    ended = (
-        {t: s for t, s in store.statuses(sweep).items() if s in ("completed", "pruned", "failed")} if resume and experiment.search else {}
-    )
+    ended = {t: s for t, s in store.statuses(sweep).items() if s in (COMPLETED, PRUNED, FAILED)} if resume and experiment.search else {}
     printer = ProgressPrinter(experiment, total + len(ended), limit, ended, store, sweep)
     callbacks = [printer, monitor, NoTuneTensorBoard()]
     if mlflow_uri:
@@ -539,10 +546,10 @@ class SweepResult:
         """The completed trial with the best `best_<metric>` (the sweep's selection metric and
         mode), as a row of `trials`; None when no trial completed."""
         trials = self.trials
-        column = f"best_{self.metric}"
+        column = best_column(self.metric)
         if trials.empty or column not in trials:
             return None
-        completed = trials[(trials["status"] == "completed") & trials[column].notna()]
+        completed = trials[(trials["status"] == COMPLETED) & trials[column].notna()]
         if completed.empty:
             return None
         return completed.loc[completed[column].idxmax() if self.mode == "max" else completed[column].idxmin()]
@@ -621,7 +628,7 @@ def _tune_config(
         # Our own `epoch` as the time axis: Tune's training_iteration restarts at 1 when a
         # sweep is restored, the epoch a resumed run reports does not.
         scheduler = ASHAScheduler(
-            metric=f"best_{experiment.metric}",
+            metric=best_column(experiment.metric),
             mode=experiment.mode,
             time_attr="epoch",
             grace_period=int(experiment.asha.get("grace_period", 2)),
@@ -640,7 +647,7 @@ def _tune_config(
         # on object storage keeps it on this machine's disk (or at --optuna-storage) and gets a
         # copy after every finished trial (StudyCopy).
         search = optuna_search()(
-            metric=f"best_{experiment.metric}",
+            metric=best_column(experiment.metric),
             mode=experiment.mode,
             # a resumed search samples on from a new seed (the old one would repeat its first picks)
             seed=int(experiment.run.get("seed", 0)) + seed_offset,
@@ -651,7 +658,7 @@ def _tune_config(
         return tune.TuneConfig(
             search_alg=search, num_samples=num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True
         )
-    metric = {} if scheduler else {"metric": f"best_{experiment.metric}", "mode": experiment.mode}
+    metric = {} if scheduler else {"metric": best_column(experiment.metric), "mode": experiment.mode}
     return tune.TuneConfig(**metric, num_samples=num_samples, max_concurrent_trials=limit, scheduler=scheduler, reuse_actors=True)
 
 
@@ -696,7 +703,7 @@ def reconcile(
     for tune_id, (status, config, error) in monitor.ended().items():
         trial_id = (ids or {}).get(tune_id, tune_id)  # a resumed trial continues a stored one
         row = store.trial_row(sweep, trial_id)
-        if row is not None and row.get("status") != "running":
+        if row is not None and row.get("status") != RUNNING:
             continue  # the trial recorded its own end
         if row is None and status != "ERROR":
             continue  # never started: nothing to record
@@ -705,9 +712,9 @@ def reconcile(
         if status == "ERROR":
             recorder.fail(error or "Tune ended the trial in error")
         elif status == "TERMINATED" and experiment.asha and not monitor.triggered:
-            recorder.finish("pruned")
+            recorder.finish(PRUNED)
         else:
             reason = "the sweep stopped early" if monitor.triggered else "the sweep was interrupted"
-            recorder.finish("interrupted", error=f"{reason} before this trial finished")
+            recorder.finish(INTERRUPTED, error=f"{reason} before this trial finished")
     statuses = list(store.statuses(sweep).values())
     return {status: statuses.count(status) for status in dict.fromkeys(statuses)}

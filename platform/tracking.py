@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from dncml.analysis.schema import COMPLETED, spec_column
 from dncml.experiments.loader import Experiment, sample_is_valid
 
-from .store import STUDY_FILE, TENSORBOARD_DIR, tag_name  # noqa: F401 (declared by the store, which writes them)
+from .store import tag_name
 
 
 class MLflowCallback(MLflowLoggerCallback):
@@ -63,14 +64,14 @@ def resume_study(url: str, study_name: str, rows: list[dict], metric: str) -> No
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return  # the sweep never asked its searcher for a trial
-    completed = [row for row in rows if row.get("status") == "completed" and row.get(metric) is not None]
+    completed = [row for row in rows if row.get("status") == COMPLETED and row.get(metric) is not None]
     told = set()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         match = next(
             (
                 row
                 for row in completed
-                if row["trial_id"] not in told and all(row.get(f"spec_{name}") == value for name, value in trial.params.items())
+                if row["trial_id"] not in told and all(row.get(spec_column(name)) == value for name, value in trial.params.items())
             ),
             None,
         )

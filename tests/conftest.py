@@ -58,62 +58,31 @@ def s3_server(tmp_path_factory):
     subprocesses) at it; nothing in dncml knows it is a test server. The secret key is a random
     string, so a test can grep the store for it."""
     import secrets
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
     import types
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")  # noqa: SIM115 (open for the whole session)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    from local_s3 import moto_server
+
     env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "dncml-test-key",
         "AWS_SECRET_ACCESS_KEY": f"dncml-secret-{secrets.token_hex(8)}",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    previous = {name: os.environ.get(name) for name in env}
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto's server did not start (exit {server.poll()})") from None
-                time.sleep(0.2)
-        os.environ.update(env)
-        import boto3
+    previous = {name: os.environ.get(name) for name in [*env, "AWS_ENDPOINT_URL"]}
+    with open(tmp_path_factory.mktemp("moto") / "server.log", "wb") as log, moto_server(output=log) as endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+        try:
+            os.environ.update(env)
+            import boto3
 
-        bucket = "dncml-test"
-        boto3.client("s3").create_bucket(Bucket=bucket)
-        yield types.SimpleNamespace(endpoint=env["AWS_ENDPOINT_URL"], bucket=bucket, env=env, secret=env["AWS_SECRET_ACCESS_KEY"])
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+            bucket = "dncml-test"
+            boto3.client("s3").create_bucket(Bucket=bucket)
+            yield types.SimpleNamespace(endpoint=endpoint, bucket=bucket, env=env, secret=env["AWS_SECRET_ACCESS_KEY"])
+        finally:
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @pytest.fixture()

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
+from dncml.analysis import schema
 from dncml.analysis.plots import KINDS, budget_summary, experiment_figure, optuna_paths, plot_experiment
 from dncml.analysis.store import StoreError, list_experiments, load_experiment, load_study, locate_store
 from dncml.analysis.tables import experiment_table, paper_comparison, render_table
@@ -68,15 +69,15 @@ def write_sweep(root: Path, card: dict, trials: list[dict], epochs: list[dict] =
     """A sweep directory as `dncml sweep` leaves it: the card, one file per trial and per epoch."""
     directory = root / card["sweep"]
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "experiment.json").write_text(json.dumps(card))
+    (directory / schema.CARD_FILE).write_text(json.dumps(card))
     for trial in trials:
-        _write(directory / "trials" / f"{trial['trial_id']}.parquet", {"sweep": card["sweep"], **trial})
+        _write(directory / schema.TRIALS_DIR / schema.trial_file(trial["trial_id"]), {"sweep": card["sweep"], **trial})
     for epoch in epochs:
-        _write(directory / "epochs" / f"{epoch['trial_id']}-e{epoch['epoch']:04d}.parquet", {"sweep": card["sweep"], **epoch})
+        _write(directory / schema.EPOCHS_DIR / schema.epoch_file(epoch["trial_id"], epoch["epoch"]), {"sweep": card["sweep"], **epoch})
     return directory
 
 
-def trial(trial_id: str, status: str = "completed", error: str | None = None, **fields) -> dict:
+def trial(trial_id: str, status: str = schema.COMPLETED, error: str | None = None, **fields) -> dict:
     row = {
         "trial_id": trial_id,
         "experiment": fields.pop("experiment", "table6_grouping"),
@@ -113,6 +114,7 @@ def epoch_rows(trial_id: str, grouping: str, seed: int, epochs: int = 4, every_e
                 "group_purity": {"random": 0.4, "kmeans": 0.7}.get(grouping, 1.0) if divides else None,
                 "cluster_changed": 0.1 * seed if divides and e > 1 else None,
                 "val_recall@1": 0.4 + 0.05 * e + 0.01 * seed,
+                "best_epoch": e,  # val R@1 rises every epoch: each is the best so far
                 "test_recall@1": 0.35 + 0.05 * e if every_eval or e == epochs - 1 else None,
             }
         )
@@ -414,7 +416,7 @@ def test_markdown_rows_match_real_writer(tmp_path):
         "plot": {"kind": "curves", "metric": "val_recall@1"},
     }
     (tmp_path / sweep).mkdir()
-    (tmp_path / sweep / "experiment.json").write_text(json.dumps(card))
+    (tmp_path / sweep / schema.CARD_FILE).write_text(json.dumps(card))
     names = ["val_recall@1", "test_recall@1"]
     for k, recall in ((1, 0.5), (4, 0.6)):
         trial_id = f"k{k}"
@@ -520,7 +522,7 @@ def test_categories_are_never_joined_by_lines(tmp_path):
     with pytest.raises(StoreError, match="categorical"):
         experiment_figure(load_experiment(tmp_path, "table6_grouping"))
     card.update(plot={"kind": "metric_vs", "x": "num_learners"})
-    (tmp_path / card["sweep"] / "experiment.json").write_text(json.dumps(card))
+    (tmp_path / card["sweep"] / schema.CARD_FILE).write_text(json.dumps(card))
     fig = experiment_figure(load_experiment(tmp_path, "table6_grouping"))  # numbers on x: lines
     assert {bars.lines[0].get_linestyle() for bars in fig.axes[0].containers} == {"-"}
 
@@ -655,9 +657,9 @@ def partial_store(root: Path) -> Path:
         trial("k2", "interrupted", spec_grouping="kmeans", spec_seed=2, **{"best_test_recall@1": 0.58}),
         trial("k3", "failed", error="boom", spec_grouping="kmeans", spec_seed=3),
     ]
-    epochs = [
-        {"trial_id": "k1", "epoch": e, "phase": "divide", "val_recall@1": v, "test_recall@1": t}
-        for e, (v, t) in enumerate([(0.5, 0.40), (0.7, 0.45), (0.7, 0.48), (None, None)])
+    epochs = [  # best_epoch as the trainer reports it: on the tie (no MAP@R to break it), the later epoch
+        {"trial_id": "k1", "epoch": e, "phase": "divide", "val_recall@1": v, "test_recall@1": t, "best_epoch": b}
+        for e, (v, t, b) in enumerate([(0.5, 0.40, 0), (0.7, 0.45, 1), (0.7, 0.48, 2), (None, None, 2)])
     ]
     write_sweep(root, card, trials, epochs)
     return root
@@ -696,7 +698,7 @@ def test_include_running_accepts_a_sweep_with_no_completed_trial(tmp_path):
         tmp_path,
         card,
         [trial("r0", "running", spec_grouping="none", spec_seed=0)],
-        [{"trial_id": "r0", "epoch": 0, "phase": "warmup", "val_recall@1": 0.3, "test_recall@1": 0.25}],
+        [{"trial_id": "r0", "epoch": 0, "phase": "warmup", "val_recall@1": 0.3, "test_recall@1": 0.25, "best_epoch": 0}],
     )
     with pytest.raises(StoreError, match="no completed trials"):
         load_experiment(tmp_path, "table6_grouping")

@@ -57,9 +57,11 @@ def _ours(modules: set[str]) -> set[str]:
 
 
 def test_dependency_direction():
-    """ARCHITECTURE.md: analysis -> the store only; platform -> trainers, experiments, analysis
-    (the CLI's table / plot / status commands only); experiments -> trainers; trainers -> torch,
-    faiss, pytorch-metric-learning, never Ray."""
+    """ARCHITECTURE.md: analysis -> the store only; platform -> trainers, experiments, and of
+    analysis only its store-format module (`dncml.analysis.schema`, which the writer shares with
+    the readers), the CLI (table / plot / status commands) all of analysis; experiments ->
+    trainers; trainers -> torch, faiss, pytorch-metric-learning, never Ray; analysis/schema.py ->
+    the standard library only."""
     trainers = _imports("trainers")
     assert "ray" not in _top(trainers)
     assert _ours(trainers) <= {"dncml.trainers"}
@@ -70,8 +72,32 @@ def test_dependency_direction():
     assert not _top(experiments) & {"ray", "torch", "faiss"}
     assert _ours(experiments) <= {"dncml.experiments", "dncml.trainers"}
     platform = _imports("platform", exclude=("cli.py",))
-    assert _ours(platform) <= {"dncml.platform", "dncml.trainers", "dncml.experiments"}
+    assert _ours(platform) <= {"dncml.platform", "dncml.trainers", "dncml.experiments", "dncml.analysis"}
+    from_analysis = {m for m in platform if m == "dncml.analysis" or m.startswith("dncml.analysis.")}
+    assert from_analysis == {"dncml.analysis.schema"}, from_analysis  # the writer writes through the shared format
     assert _ours(_imports("platform")) <= {"dncml.platform", "dncml.trainers", "dncml.experiments", "dncml.analysis"}
+
+
+def _file_imports(path: Path) -> set[str]:
+    """Every module a file imports, relative ones included (as `.name`)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." * node.level + (node.module or ""))
+    return found
+
+
+def test_the_store_format_module_imports_only_the_standard_library():
+    """analysis/schema.py is shared by the writer (platform) and the readers (analysis): it may
+    cost neither side a dependency (no pandas, pyarrow, torch, Ray; nothing of dncml)."""
+    imported = _file_imports(ROOT / "analysis" / "schema.py")
+    assert imported, "no imports found: the parser missed them"
+    outside = {m for m in imported if m.startswith(".") or m.split(".")[0] not in sys.stdlib_module_names | {"__future__"}}
+    assert not outside, outside
 
 
 def test_one_style_ruff_clean():

@@ -13,7 +13,8 @@ import sys
 import pandas as pd
 import pytest
 
-from dncml.platform.store import Lease, ResultsStore, StoreError, TrialRecorder, atomic_write, new_id, safe_name
+from dncml.platform.store import Lease, ResultsStore, StoreError, TrialRecorder, new_id, safe_name
+from dncml.trainers.files import publish_file
 from dncml.trainers.spec import from_dict
 
 SPEC = from_dict(dict(glyph_classes=48, warmup_epochs=0, epochs=2, finetune_epochs=1))
@@ -103,7 +104,7 @@ def test_ids_are_unique_within_one_second():
     assert len(ids) == 200
 
 
-def test_atomic_write_leaves_no_temporary_file_on_error(tmp_path):
+def test_publish_file_leaves_no_temporary_file_on_error(tmp_path):
     target = tmp_path / "row.parquet"
     target.write_text("old")
 
@@ -112,7 +113,7 @@ def test_atomic_write_leaves_no_temporary_file_on_error(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        atomic_write(target, failing)
+        publish_file(target, failing)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["row.parquet"]
 
 
@@ -164,3 +165,59 @@ def test_record_missing_epochs_writes_only_what_the_store_lacks(tmp_path):
     rows = store.epoch_rows("s", "t")
     assert [(r["epoch"], r["loss"]) for r in rows] == [(0, 1.0), (1, 0.5)]  # epoch 0 kept as recorded
     assert store.record_missing_epochs("s", "t", history, ["val_recall@1"]) == []
+
+
+def test_status_and_best_so_far_name_the_trial_rows_best_epoch_on_a_tie(tmp_path):
+    """val R@1 ties at epochs 1 and 2; MAP@R (the trainer's tie-breaker) is higher at epoch 1, so
+    the trainer selects epoch 1 and every later row says so (`best_epoch`). The readers take that
+    choice, not their own: re-deriving "the later one on ties" named epoch 2."""
+    from dncml.analysis.schema import CARD_FILE, ExperimentCard
+    from dncml.analysis.status import sweep_status
+    from dncml.analysis.store import best_so_far, load_experiment
+
+    store = ResultsStore(tmp_path)
+    store.write_card("s-20260101-000000", ExperimentCard(experiment="tie", preset="quick", rows=["seed"]))
+    assert (tmp_path / "s-20260101-000000" / CARD_FILE).is_file()
+    names = ["val_recall@1", "val_map@r", "test_recall@1"]
+    reports = [(0.5, 0.20, 0), (0.7, 0.40, 1), (0.7, 0.30, 1)]  # (val R@1, val MAP@R, best_epoch so far)
+    for trial_id in ("done-1", "live-1"):
+        recorder = TrialRecorder(store, "s-20260101-000000", trial_id, SPEC, metric_names=names)
+        for epoch, (recall, map_r, best) in enumerate(reports):
+            recorder.epoch(
+                {**epoch_row(epoch), "val_recall@1": recall, "val_map@r": map_r, "test_recall@1": 0.1 * epoch, "best_epoch": best}
+            )
+        if trial_id == "done-1":
+            assert recorder.finish("completed") == "completed"
+    row = store.trial_row("s-20260101-000000", "done-1")
+    assert row["best_epoch"] == 1 and row["best_val_map@r"] == pytest.approx(0.40)
+
+    data = load_experiment(tmp_path, "tie", include_running=True)
+    shown = best_so_far(data.trials, data.epochs).set_index("trial_id")
+    assert shown.loc["live-1", "status"] == "running"
+    assert shown.loc["live-1", "best_epoch"] == row["best_epoch"] == shown.loc["done-1", "best_epoch"]
+    assert shown.loc["live-1", "best_val_map@r"] == pytest.approx(0.40)
+    assert shown.loc["live-1", "best_test_recall@1"] == pytest.approx(0.1)  # epoch 1's, not epoch 2's 0.2
+
+    _, table = sweep_status(str(tmp_path / "s-20260101-000000"))
+    table = table.set_index("trial")
+    assert table.loc["done-1", "at epoch"] == table.loc["live-1", "at epoch"] == row["best_epoch"] + 1  # shown 1-based
+    assert table.loc["live-1", "best val_recall@1"] == pytest.approx(0.7)
+
+
+def test_publishing_dir_publishes_whole_keeps_a_concurrent_winner_and_cleans_up(tmp_path):
+    from dncml.trainers.files import publishing_dir
+
+    target = tmp_path / "cache" / "key"
+    with publishing_dir(target) as staging:
+        (staging / "a.npy").write_text("first")
+        assert not target.exists()  # nothing under the name until the block ends
+    assert (target / "a.npy").read_text() == "first" and oct(target.stat().st_mode & 0o777) != oct(0o700)
+    with publishing_dir(target) as staging:  # another writer got there first: its copy stands
+        (staging / "a.npy").write_text("second")
+    assert (target / "a.npy").read_text() == "first"
+    with pytest.raises(RuntimeError), publishing_dir(tmp_path / "cache" / "other") as staging:
+        raise RuntimeError("render failed")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["key"]  # no temporary left
+    with publishing_dir(target, replace=True) as staging:  # a pointer that moves (checkpoints/best)
+        (staging / "b.npy").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["b.npy"]

@@ -5,8 +5,6 @@ Optuna study's copy, and bad store URIs. No Ray runtime is started here."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -220,29 +218,13 @@ def test_a_checkpoint_comes_back_from_the_bucket(s3_store, tmp_path):
 def test_refused_credentials_give_one_line(tmp_path, monkeypatch):
     """A server that checks credentials (moto's, with its IAM checks on) refuses unknown keys:
     one line that says so, for the platform and for analysis."""
-    import socket
+    from local_s3 import moto_server
 
     from dncml.analysis.store import StoreError as ReadError
     from dncml.analysis.store import load_experiment
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    with moto_server(env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -250,6 +232,3 @@ def test_refused_credentials_give_one_line(tmp_path, monkeypatch):
             ResultsStore("s3://any-bucket/prefix").check()
         with pytest.raises(ReadError, match="the credentials were refused"):
             load_experiment("s3://any-bucket/prefix", "e")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(10)

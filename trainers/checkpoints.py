@@ -8,8 +8,6 @@ files are written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 import yaml
 
+from .files import publish_file
 from .grouping import Assignment
 from .spec import RunSpec, from_dict
 
@@ -89,27 +88,6 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _atomic(path: Path, write) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as handle:  # on disk before it takes the name: a crash leaves the old file or the new one
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    try:
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(directory)  # the rename itself
-    finally:
-        os.close(directory)
-
-
 def readable_checkpoint(directory: str | Path) -> str | None:
     """Why a checkpoint directory cannot be resumed from (None: it can): its files are there and
     `state.pt` opens as tensors and plain data (memory-mapped: nothing is read in full)."""
@@ -137,8 +115,8 @@ def save_checkpoint(directory: str, spec: RunSpec, net: torch.nn.Module, optimiz
         "bank": plain(bank.state()) if bank is not None else None,
         "selected_model": state.selected_model if state.best_epoch != state.epoch - 1 else None,
     }
-    _atomic(path / "state.pt", lambda temporary: torch.save(payload, temporary))
-    _atomic(path / "spec.yaml", lambda temporary: Path(temporary).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False)))
+    publish_file(path / "state.pt", lambda temporary: torch.save(payload, temporary))
+    publish_file(path / "spec.yaml", lambda temporary: Path(temporary).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False)))
     return str(path)
 
 

@@ -12,9 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from torch import nn
 
 from .data.base import default_cache_dir
 from .data.pretraining_glyphs import PretrainingSet, load_pretraining_set  # noqa: F401 (PretrainingSet: the config's type)
+from .files import publishing_dir
 
 log = logging.getLogger(__name__)
 WEIGHTS = "weights.pt"
@@ -64,23 +62,11 @@ def pretrained_glyphnet(config: PretrainConfig = PretrainConfig(), cache_dir: Pa
     target = pretrained_dir(config, cache_dir)
     if (target / WEIGHTS).is_file():
         return target / WEIGHTS
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with publishing_dir(target, done=lambda found: (found / WEIGHTS).is_file()) as tmp:
         state, provenance = train_classifier(config, cache_dir, progress)
         torch.save(state, tmp / WEIGHTS)
         provenance["sha256"] = hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / WEIGHTS).is_file():  # not a concurrent writer that got there first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target / WEIGHTS
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .files import publishing_dir
 from .grouping import Assignment, LocalGroupingService, PartitionRequest
 from .metric_keys import PROGRESS_METRICS, selected_key
 
@@ -85,12 +86,8 @@ class LocalRun:
             shutil.rmtree(target)
         shutil.move(checkpoint_dir, target)
         if metrics.get("best_epoch") == metrics["epoch"]:
-            best = self.checkpoints / "best"
-            staging = self.checkpoints / ".best-staging"
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(target, staging)
-            shutil.rmtree(best, ignore_errors=True)
-            staging.rename(best)
+            with publishing_dir(self.checkpoints / "best", replace=True) as staging:
+                shutil.copytree(target, staging, dirs_exist_ok=True)
         epochs = sorted(p for p in self.checkpoints.glob("epoch-*") if p.is_dir())
         for old in epochs[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -19,10 +19,9 @@ here unless AWS_ENDPOINT_URL is set), and prints the figures and the number of f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # the suite's local S3 server, shared with conftest
+from local_s3 import moto_server  # noqa: E402
+
 METRICS = ["val_recall@1", "val_nmi", "test_recall@1", "test_recall@2", "test_nmi", "test_map@r"]
 SWEEP = "bench-default-20260101-000000-abcdef"
 
@@ -113,33 +115,6 @@ def measure(uri: str, trials: int, epochs: int) -> None:
         print(f"  {label:<30} {seconds:6.2f} s   peak {peak:6.0f} MiB   ({first})")
 
 
-def s3_server() -> tuple[subprocess.Popen | None, str]:
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        return None, "dncml-bench"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    os.environ.update(
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY=secrets.token_hex(8),
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return server, "dncml-bench"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=1000)
@@ -155,20 +130,20 @@ def main() -> None:
         measure(str(Path(scratch) / "store"), args.trials, args.epochs)
     if args.no_s3:
         return
-    server, bucket = s3_server()
-    try:
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("AWS_ENDPOINT_URL"):  # else the server it names
+            endpoint = stack.enter_context(moto_server())
+            credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(8), "AWS_DEFAULT_REGION": "us-east-1"}
+            os.environ.update(AWS_ENDPOINT_URL=endpoint, **credentials)
         import boto3
 
+        bucket = "dncml-bench"
         client = boto3.client("s3")
         if bucket not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
             client.create_bucket(Bucket=bucket)
         prefix = f"s3://{bucket}/bench-{secrets.token_hex(3)}"
         print(f"S3 store (local S3 server at {os.environ['AWS_ENDPOINT_URL']}):")
         measure(prefix, args.trials, args.epochs)
-    finally:
-        if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(10)
 
 
 if __name__ == "__main__":

@@ -44,16 +44,14 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..files import publishing_dir
 from ..registry import DATASETS
 from .base import DatasetBundle, DatasetError, EvalSet, ImageSplit, default_cache_dir
 
@@ -519,25 +517,11 @@ def prepare_glyphs(config: GlyphConfig, cache_dir: Path | None = None, progress:
     target = glyphs_cache_path(config, cache_dir)
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with publishing_dir(target) as tmp:
         arrays = render_glyphs(config, progress=progress)
         for name in ARRAY_NAMES:
             np.save(tmp / f"{name}.npy", arrays[name], allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(_meta(config, arrays), indent=2, sort_keys=True) + "\n")
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a concurrent writer that got there first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

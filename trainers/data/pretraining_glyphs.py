@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
-import tempfile
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..files import publishing_dir
 from .base import DatasetError, default_cache_dir
 from .glyphs import GLYPH_FACES, NUM_FACES, RENDER_VERSION, GlyphConfig, _eligible, _faces, _render_class, face_paths
 
@@ -131,9 +129,7 @@ def prepare_pretraining_set(config: PretrainingSet, cache_dir: Path | None = Non
     target = Path(cache_dir or default_cache_dir()) / "glyph-pretraining" / config.key
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with publishing_dir(target) as tmp:
         arrays = render_pretraining_set(config, progress)
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
@@ -146,16 +142,6 @@ def prepare_pretraining_set(config: PretrainingSet, cache_dir: Path | None = Non
             "images": int(len(arrays["images"])),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
