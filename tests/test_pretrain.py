@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from dncml.trainers.backbones import build_backbone
 from dncml.trainers.data.base import DatasetError
 from dncml.trainers.data.glyphs import GlyphConfig, glyph_code_points, select_classes
 from dncml.trainers.data.pretraining_glyphs import PretrainingSet, check_disjoint, pretraining_classes
-from dncml.trainers.model import build_backbone
-from dncml.trainers.pretrain import PretrainConfig, pretrained_glyphnet
+from dncml.trainers.pretrain import PretrainConfig, pretrained_glyphnet, resolve_weights
 from dncml.trainers.spec import SpecError, from_dict
 
 
@@ -58,7 +58,8 @@ def test_pretraining_is_deterministic_cached_and_used_by_runs(tmp_path, monkeypa
 
     # A run with `pretrained: <that file>` loads exactly those weights, with frozen BatchNorm.
     spec = from_dict({"pretrained": str(first), "glyph_classes": 48})
-    backbone = build_backbone(spec, 1)
+    assert resolve_weights(spec) == first
+    backbone = build_backbone(spec.backbone, 1, resolve_weights(spec))
     assert all(torch.equal(backbone.state_dict()[k], weights[k]) for k in weights)
     assert spec.resolved_freeze_bn == "all"
     with pytest.raises(SpecError, match="'cache' is for backbone resnet18, resnet50"):

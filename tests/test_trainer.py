@@ -32,6 +32,7 @@ from dncml.trainers.grouping import (
     repair,
 )
 from dncml.trainers.model import DivideAndConquerNet
+from dncml.trainers.pretrain import resolve_weights
 from dncml.trainers.runtime import make_optimizer
 from dncml.trainers.sampler import ClusterBatchSampler
 from dncml.trainers.seam import LocalRun, Seam, World
@@ -672,8 +673,9 @@ def test_backbone_rests_after_each_reclustering_and_full_embedding_phase(tmp_pat
 
 
 def run_initial_backbone(spec, data):
+    weights = resolve_weights(spec)
     torch.manual_seed(spec.seed)
-    return DivideAndConquerNet(spec, data.channels, len(np.unique(data.train.labels))).state_dict()
+    return DivideAndConquerNet(spec, data.channels, len(np.unique(data.train.labels)), weights).state_dict()
 
 
 def test_pretrained_backbone_has_frozen_batchnorm(tmp_path, tiny_data):
@@ -723,7 +725,9 @@ def test_learned_masks_start_at_ones_learn_faster_and_split_with_the_hierarchy(t
     with torch.no_grad():
         net.masks[0].mul_(0.5)
         net.masks[2].mul_(0.25)
-    copied = net.set_learner_blocks([(0, 1), (1, 2), (2, 3), (3, 4)], split=True)
+    assert spec.plan.splits_at(2) and spec.plan.mask_copies(2) == [(1, 0), (3, 2)]  # the plan's sibling rule
+    assert spec.plan.mask_copies(1) == [(2, 0)] and spec.plan.mask_copies(0) == []  # K = 1 -> 2; round 0 splits nothing
+    copied = net.set_learner_blocks([(0, 1), (1, 2), (2, 3), (3, 4)], spec.plan.mask_copies(2))
     assert torch.equal(net.masks[1], net.masks[0]) and torch.equal(net.masks[3], net.masks[2])
     assert {id(p) for p in copied} == {id(net.masks[1]), id(net.masks[3])}
     assert net.active_masks == [0, 1, 2, 3]
