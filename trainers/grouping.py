@@ -3,6 +3,8 @@
 Pure functions of (vectors, labels, previous assignment): k-means (Faiss, whole training set),
 the binary hierarchy (TPAMI), random and ground-truth-label partitions, Hungarian matching so
 learner k keeps "its" data across rounds, and the repair of clusters too small to form batches.
+Every strategy of the grouping table (`groupings.py`) has its partition function here,
+registered with `@partitioner`; `compute_assignment` dispatches on the request's strategy.
 `LocalGroupingService` is the single-process grouping service of the trainer's seam; on Ray the
 clustering actor in `dncml.platform` calls the same `compute_assignment`.
 """
