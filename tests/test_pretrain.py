@@ -68,3 +68,22 @@ def test_pretraining_is_deterministic_cached_and_used_by_runs(tmp_path, monkeypa
         from_dict({"pretrained": "glyphs", "backbone": "resnet18"})
     assert PretrainingSet(max_classes=40).classes()[0] == pretraining_classes()[0]
     assert len(np.unique([cp for cp, _ in PretrainingSet(max_classes=40).classes()])) == 40
+
+
+def test_building_a_model_never_looks_for_weights_and_the_resolver_names_the_file(tmp_path, monkeypatch):
+    from dncml.trainers.model import DivideAndConquerNet
+
+    monkeypatch.setenv("DNCML_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    glyphs = from_dict({"pretrained": "glyphs", "glyph_classes": 48})
+    DivideAndConquerNet(glyphs, 1, 8)  # the architecture alone: nothing pre-trained, nothing looked up
+    assert not (tmp_path / "cache").exists()
+    assert resolve_weights(from_dict({"glyph_classes": 48})) is None
+    imagenet = from_dict({"backbone": "resnet18", "pretrained": "cache", "image_size": 32, "glyph_classes": 48})
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        resolve_weights(imagenet)
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "resnet18-f37072fd.pth").write_bytes(b"")
+    (hub / "resnet50-0676ba61.pth").write_bytes(b"")
+    assert resolve_weights(imagenet) == hub / "resnet18-f37072fd.pth"

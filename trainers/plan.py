@@ -4,8 +4,8 @@ time.
 Which phase an epoch is in, when the data is re-clustered, how many clusters a round has, when
 the binary hierarchy (TPAMI) splits and which learner then starts from its parent's mask, which
 block of the embedding each cluster's learner trains, which blocks exist at all, and when the
-backbone rests. The trainer, the model and the grouping
-request all ask the plan; none of them re-derives it.
+backbone rests. The trainer, the model and the grouping request all ask the plan; none of them
+re-derives it.
 
 The embedding is stored as K unit slices of d/K dimensions. A *block* `(first, last)` is the
 slices [first, last): `(k, k + 1)` is learner k of the flat split, `(0, K)` the full embedding

@@ -581,7 +581,9 @@ def _validate(spec: RunSpec) -> None:
     grouping = GROUPINGS[spec.grouping]
     if spec.hierarchy == "binary" and grouping.binary_strategy is None:
         binary = groupings.names(lambda g: g.binary_strategy is not None)
-        raise SpecError(f"RunSpec field 'hierarchy' = 'binary' splits k-means clusters: it needs grouping {' or '.join(map(repr, binary))}")
+        raise SpecError(
+            f"RunSpec field 'hierarchy' = 'binary' splits every round's clusters in two: it needs grouping {' or '.join(map(repr, binary))}"
+        )
     if spec.masks == "learned" and grouping.divides and not grouping.splits_embedding:
         raise SpecError(
             "RunSpec field 'masks' = 'learned' gives each cluster its own mask: it needs a grouping "
