@@ -260,8 +260,9 @@ def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
     never race to render the same cache. Returns the loaded bundle."""
     import numpy as np
 
+    from dncml.trainers.backbones import build_backbone
     from dncml.trainers.data.loading import load_dataset
-    from dncml.trainers.model import build_backbone
+    from dncml.trainers.pretrain import resolve_weights
     from dncml.trainers.spec import check_against_data
 
     bundle = load_dataset(spec, progress=True)
@@ -274,7 +275,8 @@ def prepare_data(spec: runspec.RunSpec, num_workers: int = 1):
     for note in bundle.notes:
         log.warning(f"dataset {spec.dataset}: {note}")
     check_against_data(spec, len(np.unique(bundle.train.labels)), bundle.train.has_groups, num_workers)
-    build_backbone(spec, bundle.channels)  # weights that cannot load fail here; `pretrained: glyphs` is trained once, here
+    # `pretrained: glyphs` is pre-trained once, here, not by every worker; weights that cannot load fail here
+    build_backbone(spec.backbone, bundle.channels, resolve_weights(spec, progress=True))
     return bundle
 
 

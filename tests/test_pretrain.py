@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from dncml.trainers.backbones import build_backbone
 from dncml.trainers.data.base import DatasetError
 from dncml.trainers.data.glyphs import GlyphConfig, glyph_code_points, select_classes
 from dncml.trainers.data.pretraining_glyphs import PretrainingSet, check_disjoint, pretraining_classes
-from dncml.trainers.model import build_backbone
-from dncml.trainers.pretrain import PretrainConfig, pretrained_glyphnet
+from dncml.trainers.pretrain import PretrainConfig, pretrained_glyphnet, resolve_weights
 from dncml.trainers.spec import SpecError, from_dict
 
 
@@ -58,7 +58,8 @@ def test_pretraining_is_deterministic_cached_and_used_by_runs(tmp_path, monkeypa
 
     # A run with `pretrained: <that file>` loads exactly those weights, with frozen BatchNorm.
     spec = from_dict({"pretrained": str(first), "glyph_classes": 48})
-    backbone = build_backbone(spec, 1)
+    assert resolve_weights(spec) == first
+    backbone = build_backbone(spec.backbone, 1, resolve_weights(spec))
     assert all(torch.equal(backbone.state_dict()[k], weights[k]) for k in weights)
     assert spec.resolved_freeze_bn == "all"
     with pytest.raises(SpecError, match="'cache' is for backbone resnet18, resnet50"):
@@ -67,3 +68,22 @@ def test_pretraining_is_deterministic_cached_and_used_by_runs(tmp_path, monkeypa
         from_dict({"pretrained": "glyphs", "backbone": "resnet18"})
     assert PretrainingSet(max_classes=40).classes()[0] == pretraining_classes()[0]
     assert len(np.unique([cp for cp, _ in PretrainingSet(max_classes=40).classes()])) == 40
+
+
+def test_building_a_model_never_looks_for_weights_and_the_resolver_names_the_file(tmp_path, monkeypatch):
+    from dncml.trainers.model import DivideAndConquerNet
+
+    monkeypatch.setenv("DNCML_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    glyphs = from_dict({"pretrained": "glyphs", "glyph_classes": 48})
+    DivideAndConquerNet(glyphs, 1, 8)  # the architecture alone: nothing pre-trained, nothing looked up
+    assert not (tmp_path / "cache").exists()
+    assert resolve_weights(from_dict({"glyph_classes": 48})) is None
+    imagenet = from_dict({"backbone": "resnet18", "pretrained": "cache", "image_size": 32, "glyph_classes": 48})
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        resolve_weights(imagenet)
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "resnet18-f37072fd.pth").write_bytes(b"")
+    (hub / "resnet50-0676ba61.pth").write_bytes(b"")
+    assert resolve_weights(imagenet) == hub / "resnet18-f37072fd.pth"

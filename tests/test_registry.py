@@ -8,8 +8,8 @@ import torch
 
 from dncml.trainers import registry
 from dncml.trainers import spec as runspec
+from dncml.trainers.backbones import build_backbone
 from dncml.trainers.losses import build_loss
-from dncml.trainers.model import build_backbone
 from dncml.trainers.spec import SpecError, from_dict
 
 
@@ -32,7 +32,7 @@ def test_validation_reads_the_registries():
 @pytest.mark.parametrize("backbone", registry.BACKBONES.names())
 def test_every_backbone_validation_allows_builds(backbone):
     spec = from_dict({"backbone": backbone, "image_size": 32, "glyph_classes": 48})
-    net = build_backbone(spec, in_channels=1)
+    net = build_backbone(spec.backbone, in_channels=1)
     features = net(torch.zeros(2, 1, 32, 32))
     assert features.shape == (2, net.feature_dim)
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from dncml.trainers import divide_and_conquer as dnc
-from dncml.trainers import embedding
+from dncml.trainers import embedding, groupings
+from dncml.trainers import grouping as grouping_service
 from dncml.trainers.checkpoints import load_checkpoint
 from dncml.trainers.data.loading import load_dataset
 from dncml.trainers.embedding import EmbeddingBank
@@ -32,10 +33,11 @@ from dncml.trainers.grouping import (
     repair,
 )
 from dncml.trainers.model import DivideAndConquerNet
+from dncml.trainers.pretrain import resolve_weights
 from dncml.trainers.runtime import make_optimizer
 from dncml.trainers.sampler import ClusterBatchSampler
 from dncml.trainers.seam import LocalRun, Seam, World
-from dncml.trainers.spec import GROUPINGS, LOSSES, SpecError, from_dict, parse_overrides
+from dncml.trainers.spec import GROUPINGS, LOSSES, SpecError, field_help, from_dict, parse_overrides
 
 TINY = dict(
     glyph_classes=48,
@@ -618,6 +620,57 @@ def test_every_grouping_runs(grouping, tmp_path, tiny_data):
         assert len(eval(history[0]["cluster_sizes"])) == 4
 
 
+def test_a_grouping_added_to_the_table_validates_and_trains(tmp_path, tiny_data):
+    """Adding a grouping (CONTRIBUTING.md) is one entry of the table and the function computing its
+    partition: a toy `by_label_parity` (even classes to learner 0, odd ones to learner 1) is then
+    a valid `grouping:`, and a local run divides by it, asks for no vectors, keeps classes whole."""
+    assert "by_label_parity" not in GROUPINGS
+    groupings.GROUPINGS["by_label_parity"] = groupings.Grouping(strategy="by_label_parity", splits_embedding=True, needs_vectors=False)
+    try:
+
+        @grouping_service.partitioner("by_label_parity")
+        def by_label_parity(request, vectors):
+            assert vectors is None  # the table says it needs none: no embedding pass
+            return request.labels % 2, float("nan")
+
+        spec = tiny(grouping="by_label_parity", K=2, epochs=2, finetune_epochs=1, steps_per_epoch=2, eval_every=10)
+        assert "by_label_parity" in field_help()["grouping"]
+        assert spec.plan.divides and spec.plan.splits_embedding and spec.plan.strategy == "by_label_parity"
+        rounds = []
+
+        def service(request):
+            assignment = LocalGroupingService()(request)
+            rounds.append((request, assignment))
+            return assignment
+
+        history = []
+        dnc.train(spec, Seam(report=lambda m, c: history.append(m), partition=service, checkpoint_root=str(tmp_path)), tiny_data)
+        check_run(history, spec)
+        assert [m["active_learners"] for m in history] == [2, 2, 1]  # divide, divide, conquer
+        assert len(rounds) == 2 and all(not request.needs_vectors and request.vectors is None for request, _ in rounds)
+        _, targets = np.unique(tiny_data.train.labels, return_inverse=True)
+        assert all((assignment.clusters == targets % 2).all() for _, assignment in rounds)
+        assert history[0]["class_purity"] == 1.0
+    finally:
+        del groupings.GROUPINGS["by_label_parity"]
+        del grouping_service.PARTITIONERS["by_label_parity"]
+    with pytest.raises(SpecError, match="allowed values are"):
+        tiny(grouping="by_label_parity")
+
+
+def test_every_strategy_of_the_grouping_table_has_a_partitioner():
+    strategies = set(groupings.strategies())
+    assert strategies == set(grouping_service.PARTITIONERS) == {"kmeans", "binary", "random", "gt_labels"}
+    assert tuple(GROUPINGS) == ("none", "kmeans", "kmeans_nosplit", "random", "gt_labels")
+    assert [name for name in GROUPINGS if tiny(grouping=name).plan.splits_embedding] == ["kmeans", "random", "gt_labels"]
+    assert [tiny(grouping=name).plan.strategy for name in GROUPINGS] == ["none", "kmeans", "kmeans", "random", "gt_labels"]
+    assert tiny(grouping="kmeans", hierarchy="binary").plan.strategy == "binary"
+    with pytest.raises(SpecError, match="not kmeans_nosplit"):
+        tiny(grouping="kmeans_nosplit", masks="learned")
+    with pytest.raises(SpecError, match="needs grouping 'kmeans'"):
+        tiny(grouping="random", hierarchy="binary")
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_runs(loss, tmp_path, tiny_data):
     spec = tiny(loss=loss, epochs=1, finetune_epochs=1, steps_per_epoch=2, eval_every=10)
@@ -672,8 +725,9 @@ def test_backbone_rests_after_each_reclustering_and_full_embedding_phase(tmp_pat
 
 
 def run_initial_backbone(spec, data):
+    weights = resolve_weights(spec)
     torch.manual_seed(spec.seed)
-    return DivideAndConquerNet(spec, data.channels, len(np.unique(data.train.labels))).state_dict()
+    return DivideAndConquerNet(spec, data.channels, len(np.unique(data.train.labels)), weights).state_dict()
 
 
 def test_pretrained_backbone_has_frozen_batchnorm(tmp_path, tiny_data):
@@ -723,7 +777,9 @@ def test_learned_masks_start_at_ones_learn_faster_and_split_with_the_hierarchy(t
     with torch.no_grad():
         net.masks[0].mul_(0.5)
         net.masks[2].mul_(0.25)
-    copied = net.set_learner_blocks([(0, 1), (1, 2), (2, 3), (3, 4)], split=True)
+    assert spec.plan.splits_at(2) and spec.plan.mask_copies(2) == [(1, 0), (3, 2)]  # the plan's sibling rule
+    assert spec.plan.mask_copies(1) == [(2, 0)] and spec.plan.mask_copies(0) == []  # K = 1 -> 2; round 0 splits nothing
+    copied = net.set_learner_blocks([(0, 1), (1, 2), (2, 3), (3, 4)], spec.plan.mask_copies(2))
     assert torch.equal(net.masks[1], net.masks[0]) and torch.equal(net.masks[3], net.masks[2])
     assert {id(p) for p in copied} == {id(net.masks[1]), id(net.masks[3])}
     assert net.active_masks == [0, 1, 2, 3]

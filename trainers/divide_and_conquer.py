@@ -31,6 +31,7 @@ from .embedding import EmbeddingBank, embed_split, evaluate, loader
 from .grouping import Assignment, PartitionRequest
 from .metric_keys import TIE_BREAKER, best_key, selected_key
 from .model import DivideAndConquerNet
+from .pretrain import resolve_weights
 from .runtime import Timer, autocast, backbone_resting, make_optimizer, memory_format, reset_optimizer_state, seed_epoch, to_device
 from .sampler import ClusterBatchSampler
 from .seam import Seam
@@ -44,8 +45,9 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
     check_against_data(spec, len(class_ids), data.train.has_groups, world.world_size)
     num_samples = len(targets)
 
+    weights = resolve_weights(spec, progress=world.is_chief)  # `pretrained: glyphs` may pre-train here, before the seed
     torch.manual_seed(spec.seed)  # the initial weights are a function of the run's seed alone
-    net = DivideAndConquerNet(spec, data.channels, len(class_ids)).to(device, memory_format=memory_format(spec))
+    net = DivideAndConquerNet(spec, data.channels, len(class_ids), weights).to(device, memory_format=memory_format(spec))
     model = world.wrap_model(net)
     optimizer, scheduler = make_optimizer(spec, net)
     # `batch_size` is the global batch (the paper's): every worker takes its share of each step's
@@ -70,7 +72,7 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
         assignment = state.assignment if phase == "divide" else whole_training_set(num_samples)
         blocks = [plan.block_of(c, assignment.num_clusters, epoch) for c in range(assignment.num_clusters)]
         net.undivided = plan.undivided_at(epoch)
-        reset_optimizer_state(optimizer, net.set_learner_blocks(blocks, split=bool(metrics.get("split"))))
+        reset_optimizer_state(optimizer, net.set_learner_blocks(blocks, plan.mask_copies(epoch)))
         sampler.set_assignment(assignment.clusters, assignment.num_clusters)
 
         # Training: one learner per step, a batch from that learner's cluster.
@@ -120,7 +122,6 @@ def train(spec: RunSpec, seam: Seam, data: DatasetBundle | None = None) -> Train
                 "full_embedding": plan.full_embedding_at(epoch),
             }
         )
-        metrics.pop("split", None)
         if world.is_chief and ((epoch + 1) % spec.eval_every == 0 or epoch + 1 == spec.total_epochs):
             eval_timer = Timer()
             test_every_eval = spec.test_eval == "every_eval"
@@ -225,7 +226,6 @@ def divide(
         bank.reset()
     return assignment, {
         "reclustered": True,
-        "split": request.splits,
         "cluster_seconds": timer(),
         "embed_seconds": embed_seconds,
         "kmeans_seconds": assignment.seconds,

@@ -3,6 +3,8 @@
 Pure functions of (vectors, labels, previous assignment): k-means (Faiss, whole training set),
 the binary hierarchy (TPAMI), random and ground-truth-label partitions, Hungarian matching so
 learner k keeps "its" data across rounds, and the repair of clusters too small to form batches.
+Every strategy of the grouping table (`groupings.py`) has its partition function here,
+registered with `@partitioner`; `compute_assignment` dispatches on the request's strategy.
 `LocalGroupingService` is the single-process grouping service of the trainer's seam; on Ray the
 clustering actor in `dncml.platform` calls the same `compute_assignment`.
 """
@@ -11,14 +13,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from . import groupings
 from .faiss_ops import kmeans
-
-STRATEGIES = ("kmeans", "binary", "random", "gt_labels")
 
 
 @dataclass
@@ -54,7 +56,7 @@ class PartitionRequest:
 
     @property
     def needs_vectors(self) -> bool:
-        return self.strategy in ("kmeans", "binary") and self.num_clusters > 1
+        return groupings.strategy_needs_vectors(self.strategy) and self.num_clusters > 1
 
 
 @dataclass
@@ -214,29 +216,63 @@ def binary_split(vectors: np.ndarray, previous: np.ndarray, num_previous: int, s
     return clusters
 
 
+# strategy -> the function computing a round's partition: (request, vectors) -> (clusters, cost).
+# The names are the strategies of the grouping table (`groupings.GROUPINGS`).
+Partitioner = Callable[["PartitionRequest", "np.ndarray | None"], tuple[np.ndarray, float]]
+PARTITIONERS: dict[str, Partitioner] = {}
+
+
+def partitioner(strategy: str) -> Callable[[Partitioner], Partitioner]:
+    """Decorator: `fn` computes the partition of `strategy` (a strategy of the grouping table)."""
+
+    def register(fn: Partitioner) -> Partitioner:
+        PARTITIONERS[strategy] = fn
+        return fn
+
+    return register
+
+
+@partitioner("kmeans")
+def flat_kmeans(request: PartitionRequest, vectors: np.ndarray | None) -> tuple[np.ndarray, float]:
+    seed = request.seed + 1000 * request.round
+    result = kmeans(vectors, request.num_clusters, seed=seed, niter=request.kmeans_iterations, max_points=request.kmeans_sample)
+    return result.assignment, result.objective
+
+
+@partitioner("binary")
+def binary_hierarchy(request: PartitionRequest, vectors: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """A split round halves every cluster; once the hierarchy has reached K, flat k-means."""
+    if not request.splits:
+        return flat_kmeans(request, vectors)
+    seed = request.seed + 1000 * request.round
+    return binary_split(vectors, request.previous, request.previous_num_clusters, seed, request.kmeans_iterations), float("nan")
+
+
+@partitioner("random")
+def random_strategy(request: PartitionRequest, vectors: np.ndarray | None) -> tuple[np.ndarray, float]:
+    return random_partition(len(request.labels), request.num_clusters, request.seed), float("nan")
+
+
+@partitioner("gt_labels")
+def ground_truth_strategy(request: PartitionRequest, vectors: np.ndarray | None) -> tuple[np.ndarray, float]:
+    return ground_truth_partition(request.labels, request.groups, request.num_clusters), float("nan")
+
+
 def compute_assignment(request: PartitionRequest, vectors: np.ndarray | None) -> Assignment:
     """Run one round of the grouping strategy on the whole training set."""
     started = time.perf_counter()
     labels, k, previous = request.labels, request.num_clusters, request.previous
     num_previous = request.previous_num_clusters if previous is not None else 0
     cost = float("nan")
-    if request.strategy not in STRATEGIES:
-        raise ValueError(f"unknown grouping strategy {request.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    known = [name for name in groupings.strategies() if name in PARTITIONERS]
+    if request.strategy not in known:
+        raise ValueError(f"unknown grouping strategy {request.strategy!r}; allowed: {', '.join(known)}")
     if request.splits and (previous is None or k != 2 * num_previous):
         raise ValueError(f"round {request.round}: a binary split needs the last round's clusters and K = 2 x {num_previous}, got K = {k}")
     if k == 1:
         clusters = np.zeros(len(labels), dtype=np.int64)
-    elif request.strategy == "random":
-        clusters = random_partition(len(labels), k, request.seed)
-    elif request.strategy == "gt_labels":
-        clusters = ground_truth_partition(labels, request.groups, k)
-    elif request.splits:
-        clusters = binary_split(vectors, previous, num_previous, request.seed + 1000 * request.round, request.kmeans_iterations)
-    else:  # flat k-means (also the binary hierarchy once it has reached K)
-        result = kmeans(
-            vectors, k, seed=request.seed + 1000 * request.round, niter=request.kmeans_iterations, max_points=request.kmeans_sample
-        )
-        clusters, cost = result.assignment, result.objective
+    else:
+        clusters, cost = PARTITIONERS[request.strategy](request, vectors)
     # Every worker takes whole classes of each step's batch: a cluster needs 2 classes per worker.
     clusters, repaired = repair(clusters, labels, k, min_classes=2 * request.world_size, move_strays=request.move_strays)
     changed = float("nan")

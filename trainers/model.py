@@ -1,4 +1,5 @@
-"""Backbones and the split embedding: K learners as slices of one embedding layer.
+"""The split embedding: K learners as slices of one embedding layer, on a backbone
+(`backbones.py`).
 
 The embedding layer `f: R^m -> R^d` is initialised once, as one d-dim layer drawn from the run's
 seed, whatever K and the grouping: a seed means the same initial weights in every row of a
@@ -11,106 +12,18 @@ let Adam's momentum move them). The parameter count does not depend on K.
 
 from __future__ import annotations
 
-import glob
 import math
 import os
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import build_backbone
 from .losses import build_loss
 from .plan import Block, block_key
-from .registry import BACKBONES
 from .spec import RunSpec
-
-
-class GlyphNet(nn.Module):
-    """Three conv-BN-ReLU-pool blocks (32/64/128 channels): ~100k parameters, CPU-friendly."""
-
-    def __init__(self, in_channels: int = 1):
-        super().__init__()
-        layers: list[nn.Module] = []
-        for cin, cout in ((in_channels, 32), (32, 64), (64, 128)):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.feature_dim = 128
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images)
-
-
-class ResNetBackbone(nn.Module):
-    def __init__(self, depth: int, in_channels: int, pretrained: str | None):
-        super().__init__()
-        import torchvision
-
-        net = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth](weights=None)
-        if pretrained is not None:
-            state = torch.load(_weights_file(depth, pretrained), map_location="cpu", weights_only=True)
-            missing, unexpected = net.load_state_dict(state, strict=False)
-            if [k for k in missing if not k.startswith("fc.")] or unexpected:
-                raise ValueError(
-                    f"{pretrained}: not a torchvision ResNet-{depth} state dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
-                )
-        self.feature_dim = net.fc.in_features
-        net.fc = nn.Identity()
-        self.net = net
-        self.in_channels = in_channels
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.in_channels == 1:
-            images = images.expand(-1, 3, -1, -1)  # grayscale glyphs through an RGB network
-        return self.net(images)
-
-
-def _weights_file(depth: int, pretrained: str) -> str:
-    """A local weights file, or the torchvision file in the torch hub cache. Never downloads."""
-    if pretrained != "cache":
-        return os.path.expanduser(pretrained)
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    found = sorted(glob.glob(str(cache / f"resnet{depth}-*.pth")))
-    if not found:
-        raise FileNotFoundError(
-            f"pretrained: 'cache' found no ImageNet weights for ResNet-{depth} in {cache} "
-            f"(expected resnet{depth}-<hash>.pth). dncml never downloads: copy torchvision's file there "
-            f"(or set TORCH_HOME), or give pretrained: /path/to/weights.pth"
-        )
-    return found[-1]
-
-
-def build_backbone(spec: RunSpec, in_channels: int, progress: bool = True) -> nn.Module:
-    return BACKBONES.create(spec.backbone, spec, in_channels, progress=progress)
-
-
-@BACKBONES.register("glyphnet")
-def glyphnet(spec: RunSpec, in_channels: int, progress: bool = True) -> GlyphNet:
-    net = GlyphNet(in_channels)
-    if spec.pretrained is not None:
-        from .pretrain import PretrainConfig, pretrained_glyphnet
-
-        path = (
-            pretrained_glyphnet(PretrainConfig(image_size=spec.resolved_image_size), progress=progress)
-            if spec.pretrained == "glyphs"
-            else Path(os.path.expanduser(spec.pretrained))
-        )
-        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: loading runs no code
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as error:
-            raise ValueError(f"{path}: not a GlyphNet state dict for {in_channels} input channel(s) ({error})") from None
-    return net
-
-
-@BACKBONES.register("resnet18")
-def resnet18(spec: RunSpec, in_channels: int, progress: bool = True) -> ResNetBackbone:
-    return ResNetBackbone(18, in_channels, spec.pretrained)
-
-
-@BACKBONES.register("resnet50")
-def resnet50(spec: RunSpec, in_channels: int, progress: bool = True) -> ResNetBackbone:
-    return ResNetBackbone(50, in_channels, spec.pretrained)
 
 
 def initial_embedding(feature_dim: int, d: int, k: int, init: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,12 +66,14 @@ class DivideAndConquerNet(nn.Module):
     beta, masks) exactly like the backbone's, so they stay identical on every worker.
     """
 
-    def __init__(self, spec: RunSpec, in_channels: int, num_classes: int):
+    def __init__(self, spec: RunSpec, in_channels: int, num_classes: int, backbone_weights: str | os.PathLike | None = None):
+        """`backbone_weights`: the file the backbone starts from, as `pretrain.resolve_weights(spec)`
+        names it; None starts it from scratch (or from a checkpoint loaded over it)."""
         super().__init__()
         d, k = spec.embedding_dim, spec.num_learners
         self.num_learners = k
         self.form = spec.embedding_form
-        self.backbone = build_backbone(spec, in_channels)
+        self.backbone = build_backbone(spec.backbone, in_channels, backbone_weights)
         weight, bias = initial_embedding(self.backbone.feature_dim, d, k, spec.setting("embedding_init"))
         # `one` (authors_code): the layer is one parameter, its rows the learners' slices: a step
         # on learner k gives the other rows a zero gradient, and Adam's momentum still moves them.
@@ -226,21 +141,18 @@ class DivideAndConquerNet(nn.Module):
 
     # -- the TPAMI hierarchy with learned masks ----------------------------------------------------
     @torch.no_grad()
-    def set_learner_blocks(self, blocks: list[Block], split: bool) -> list[nn.Parameter]:
-        """The blocks this round's learners train. When the binary hierarchy has just split,
-        each child block (first, middle) / (middle, last) inherits its parent's mask: the second
-        child's mask becomes a copy of the first's. Returns the masks that were overwritten (their
+    def set_learner_blocks(self, blocks: list[Block], mask_copies: Sequence[tuple[int, int]] = ()) -> list[nn.Parameter]:
+        """The blocks this round's learners train, and the masks to copy as (to, from) learner
+        slices (`DivisionPlan.mask_copies`: when the binary hierarchy has just split, a second
+        child starts from its parent's mask). Returns the masks that were overwritten (their
         optimiser state must be reset, as the authors re-create the masks' optimiser group)."""
         if not self.learned_masks:
             return []
         starts = sorted({first for first, last in blocks if (first, last) != (0, self.num_learners)})
         copied = []
-        if split:
-            for first, last in blocks:
-                width = last - first
-                if (first // width) % 2:  # the second child of the parent block (first - width, last)
-                    self.masks[first].copy_(self.masks[first - width])
-                    copied.append(self.masks[first])
+        for target, source in mask_copies:
+            self.masks[target].copy_(self.masks[source])
+            copied.append(self.masks[target])
         self.active_masks = starts or list(range(self.num_learners))
         return copied
 

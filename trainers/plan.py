@@ -2,9 +2,10 @@
 time.
 
 Which phase an epoch is in, when the data is re-clustered, how many clusters a round has, when
-the binary hierarchy (TPAMI) splits, which block of the embedding each cluster's learner trains,
-which blocks exist at all, and when the backbone rests. The trainer, the model and the grouping
-request all ask the plan; none of them re-derives it.
+the binary hierarchy (TPAMI) splits and which learner then starts from its parent's mask, which
+block of the embedding each cluster's learner trains, which blocks exist at all, and when the
+backbone rests. The trainer, the model and the grouping request all ask the plan; none of them
+re-derives it.
 
 The embedding is stored as K unit slices of d/K dimensions. A *block* `(first, last)` is the
 slices [first, last): `(k, k + 1)` is learner k of the flat split, `(0, K)` the full embedding
@@ -16,16 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-Block = tuple[int, int]
+from .groupings import GROUPINGS, Grouping
 
-# grouping -> the strategy the grouping service runs (the hierarchy replaces flat k-means)
-_STRATEGY = {"kmeans": "kmeans", "kmeans_nosplit": "kmeans", "random": "random", "gt_labels": "gt_labels"}
+Block = tuple[int, int]
 
 
 @dataclass(frozen=True)
 class DivisionPlan:
     num_learners: int  # K: unit slices of the embedding (the final number of learners)
-    grouping: str  # none | kmeans | kmeans_nosplit | random | gt_labels
+    grouping: str  # a name of `groupings.GROUPINGS`
     hierarchy: str  # flat | binary
     recluster_every: int  # T, epochs
     warmup_epochs: int
@@ -36,21 +36,31 @@ class DivisionPlan:
 
     # -- what kind of run --------------------------------------------------------------------
     @property
+    def declared(self) -> Grouping:
+        """The grouping's entry in the table (`groupings.GROUPINGS`)."""
+        return GROUPINGS[self.grouping]
+
+    @property
     def divides(self) -> bool:
         """False for the baseline: one learner, all data, the whole embedding."""
-        return self.grouping != "none"
+        return self.declared.divides
 
     @property
     def splits_embedding(self) -> bool:
         """Each cluster trains its own block (False for the baseline and kmeans_nosplit)."""
-        return self.divides and self.grouping != "kmeans_nosplit"
+        return self.divides and self.declared.splits_embedding
+
+    @property
+    def splits_clusters(self) -> bool:
+        """The binary hierarchy (TPAMI): each round splits the last round's clusters in two."""
+        return self.hierarchy == "binary" and self.declared.binary_strategy is not None
 
     @property
     def strategy(self) -> str:
-        """What the grouping service runs in a round."""
-        if self.grouping == "kmeans" and self.hierarchy == "binary":
-            return "binary"
-        return _STRATEGY.get(self.grouping, "none")
+        """What the grouping service runs in a round ("none" for the baseline)."""
+        if self.splits_clusters:
+            return self.declared.binary_strategy
+        return self.declared.strategy or "none"
 
     @property
     def total_epochs(self) -> int:
@@ -81,10 +91,12 @@ class DivisionPlan:
     def splits_at_round(self, round_index: int) -> bool:
         """True where the binary hierarchy splits every cluster of the last round in two."""
         return (
-            self.strategy == "binary"
-            and round_index > 0
-            and self.clusters_in_round(round_index) == 2 * self.clusters_in_round(round_index - 1)
+            self.splits_clusters and round_index > 0 and self.clusters_in_round(round_index) == 2 * self.clusters_in_round(round_index - 1)
         )
+
+    def splits_at(self, epoch: int) -> bool:
+        """The division round that starts at `epoch` splits every cluster in two."""
+        return self.reclusters_at(epoch) and self.splits_at_round(self.round_of(epoch))
 
     def undivided_at(self, epoch: int) -> bool:
         """Before the first division (the warm-up of a dividing run): every row of a table
@@ -113,6 +125,17 @@ class DivisionPlan:
             return (0, self.num_learners)
         width = self.num_learners // num_clusters
         return (cluster * width, (cluster + 1) * width)
+
+    def mask_copies(self, epoch: int) -> list[tuple[int, int]]:
+        """The hierarchy's sibling rule, as (to, from) learner slices: when the binary hierarchy
+        has just split at `epoch`, the cluster 2c + 1 (the second child of parent c, block
+        (first, last)) starts from its parent's learned mask, held by the first child's first
+        slice (first - width). Nothing outside a split, nor in a full-embedding epoch."""
+        if not self.splits_at(epoch) or self.full_embedding_at(epoch):
+            return []
+        num_clusters = self.clusters_in_round(self.round_of(epoch))
+        width = self.num_learners // num_clusters
+        return [(cluster * width, (cluster - 1) * width) for cluster in range(1, num_clusters, 2)]
 
     def blocks(self) -> list[Block]:
         """Every block some learner may train: the full embedding and the K slices (flat), plus

@@ -1,4 +1,10 @@
-"""Pre-training GlyphNet by classification on the glyph pre-training classes (`pretrained: glyphs`).
+"""Resolving a run's `pretrained:` to a weights file, and pre-training GlyphNet by classification
+on the glyph pre-training classes (`pretrained: glyphs`).
+
+`resolve_weights` is the one place that turns `pretrained:` (null, "glyphs", "cache", a local
+path) into a file; a backbone builder (`backbones.py`) only loads the file it is given. Callers
+run it before they build a model, so that pre-training is never a hidden side effect of
+building one (nor of its RNG draws).
 
 The embedded dataset's analogue of the ImageNet backbone the paper starts from: a supervised
 classifier trained on classes that are in neither the train nor the test split of `glyphs`
@@ -9,24 +15,30 @@ weights), cached under `$DNCML_CACHE/pretrained/` with its provenance, like the 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import GlyphNet
 from .data.base import default_cache_dir
 from .data.pretraining_glyphs import PretrainingSet, load_pretraining_set  # noqa: F401 (PretrainingSet: the config's type)
 from .files import publishing_dir
 
 log = logging.getLogger(__name__)
 WEIGHTS = "weights.pt"
+
+if TYPE_CHECKING:
+    from .spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -70,12 +82,38 @@ def pretrained_glyphnet(config: PretrainConfig = PretrainConfig(), cache_dir: Pa
     return target / WEIGHTS
 
 
+def resolve_weights(spec: RunSpec, progress: bool = True) -> Path | None:
+    """The weights file the run's backbone starts from (None: from scratch). `glyphs`: the cached
+    pre-trained GlyphNet for the run's image size, pre-trained now when it is not cached (minutes
+    on a CPU; the caller asked for it: run this before seeding and building the model). `cache`:
+    torchvision's ImageNet file in the torch hub cache. Anything else: a local file. Never
+    downloads."""
+    if spec.pretrained is None:
+        return None
+    if spec.pretrained == "glyphs":
+        return pretrained_glyphnet(PretrainConfig(image_size=spec.resolved_image_size), progress=progress)
+    if spec.pretrained == "cache":
+        return torchvision_cache_file(spec.backbone)
+    return Path(os.path.expanduser(spec.pretrained))
+
+
+def torchvision_cache_file(backbone: str) -> Path:
+    """torchvision's weights file for `backbone` (`<backbone>-<hash>.pth`) in the torch hub cache."""
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(glob.glob(str(cache / f"{backbone}-*.pth")))
+    if not found:
+        raise FileNotFoundError(
+            f"pretrained: 'cache' found no ImageNet weights for {backbone} in {cache} "
+            f"(expected {backbone}-<hash>.pth). dncml never downloads: copy torchvision's file there "
+            f"(or set TORCH_HOME), or give pretrained: /path/to/weights.pth"
+        )
+    return Path(found[-1])
+
+
 def train_classifier(config: PretrainConfig, cache_dir: Path | None = None, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """Train GlyphNet + a linear head on the pre-training classes; return the backbone's state
     dict (tensors only) and the provenance (classes, epochs, accuracies, time, versions)."""
     from tqdm import tqdm
-
-    from .model import GlyphNet
 
     started = time.perf_counter()
     data = load_pretraining_set(config.data, cache_dir, progress)

@@ -4,7 +4,7 @@
 A registry *declares* its names and what validation needs to know about each (a dataset's
 Recall@K, a backbone's named weights) here, in a light module that imports no torch, so a spec
 is checked in a fraction of a second; the builders register themselves with a decorator in the
-module that holds them (`model.py`, `losses.py`, the dataset readers), which `create` imports on
+module that holds them (`backbones.py`, `losses.py`, the dataset readers), which `create` imports on
 first use. A builder for an undeclared name, or a declared name without a builder, is an error:
 what validation allows is exactly what construction builds.
 """
@@ -234,7 +234,7 @@ DATASETS.declare(
     archive="any folder with one sub-folder of .jpg / .png images per class (optional ROOT/split.txt)",
 )
 
-BACKBONES = Registry("backbone", ("dncml.trainers.model",))
+BACKBONES = Registry("backbone", ("dncml.trainers.backbones",))
 # pretrained: the named weights a backbone takes besides a local file ("cache": torchvision's
 # ImageNet file in $TORCH_HOME; "glyphs": GlyphNet pre-trained on glyph classes outside train/test).
 BACKBONES.declare("glyphnet", pretrained=("glyphs",), min_image_size=16)

@@ -20,13 +20,13 @@ from typing import Any
 
 import yaml
 
-from . import metric_keys, registry
+from . import groupings, metric_keys, registry
 from .data.base import DATA_ROOT_VARIABLES, data_root_variables  # declared where roots are read
 from .plan import DivisionPlan
 
 DATASETS = registry.DATASETS.names()  # as at import; validation reads the registry itself (a dataset declared later)
 BACKBONES = registry.BACKBONES.names()
-GROUPINGS = ("none", "kmeans", "kmeans_nosplit", "random", "gt_labels")
+GROUPINGS = groupings.GROUPINGS  # the table itself: its names are the choices (a grouping added there is valid here)
 HIERARCHIES = ("flat", "binary")
 CLUSTER_SPACES = ("embedding", "backbone")
 EMBEDDING_SOURCES = ("full_pass", "training_pass")
@@ -556,12 +556,16 @@ def _validate(spec: RunSpec) -> None:
         )
     if spec.hierarchy == "binary" and k & (k - 1):
         raise SpecError(f"RunSpec field 'num_learners' (K) = {k}: hierarchy 'binary' doubles K, so K must be a power of 2")
-    if spec.hierarchy == "binary" and spec.grouping != "kmeans":
-        raise SpecError("RunSpec field 'hierarchy' = 'binary' splits k-means clusters: it needs grouping 'kmeans'")
-    if spec.masks == "learned" and spec.grouping == "kmeans_nosplit":
+    grouping = GROUPINGS[spec.grouping]
+    if spec.hierarchy == "binary" and grouping.binary_strategy is None:
+        binary = groupings.names(lambda g: g.binary_strategy is not None)
+        raise SpecError(
+            f"RunSpec field 'hierarchy' = 'binary' splits every round's clusters in two: it needs grouping {' or '.join(map(repr, binary))}"
+        )
+    if spec.masks == "learned" and grouping.divides and not grouping.splits_embedding:
         raise SpecError(
             "RunSpec field 'masks' = 'learned' gives each cluster its own mask: it needs a grouping "
-            "that divides the embedding (kmeans, random, gt_labels), not kmeans_nosplit"
+            f"that divides the embedding ({', '.join(groupings.names(lambda g: g.splits_embedding))}), not {spec.grouping}"
         )
     if spec.freeze_backbone_epochs >= spec.recluster_every:
         raise SpecError(
@@ -593,10 +597,10 @@ def _validate(spec: RunSpec) -> None:
         raise SpecError(f"RunSpec field 'glyph_instances' = {spec.glyph_instances}: must be a multiple of 12 (the DejaVu faces)")
     if spec.glyph_classes is not None and spec.glyph_classes < 8:
         raise SpecError(f"RunSpec field 'glyph_classes' = {spec.glyph_classes}: must be >= 8 or null (all)")
-    if spec.grouping == "gt_labels" and not registry.DATASETS.info(spec.dataset).has_groups:
+    if grouping.needs_groups and not registry.DATASETS.info(spec.dataset).has_groups:
         with_groups = [name for name in registry.DATASETS.names() if registry.DATASETS.info(name).has_groups]
         raise SpecError(
-            f"RunSpec field 'grouping' = 'gt_labels' needs a dataset with group labels "
+            f"RunSpec field 'grouping' = {spec.grouping!r} needs a dataset with group labels "
             f"({', '.join(with_groups)}); {spec.dataset!r} has none"
         )
     if registry.DATASETS.info(spec.dataset).needs_root and spec.data_root is None:
@@ -649,8 +653,8 @@ def check_against_data(spec: RunSpec, num_train_classes: int, has_groups: bool, 
             f"(2 x {world_size} worker(s)) = {num_train_classes // per_cluster} (each learner's cluster needs "
             f"2 classes per worker)"
         )
-    if spec.grouping == "gt_labels" and not has_groups:
-        raise SpecError(f"RunSpec field 'grouping' = 'gt_labels': dataset {spec.dataset!r} carries no group labels")
+    if GROUPINGS[spec.grouping].needs_groups and not has_groups:
+        raise SpecError(f"RunSpec field 'grouping' = {spec.grouping!r}: dataset {spec.dataset!r} carries no group labels")
     classes_per_batch = spec.batch_size // spec.samples_per_class
     if classes_per_batch > num_train_classes:
         raise SpecError(
