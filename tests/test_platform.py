@@ -133,11 +133,12 @@ def test_lean_trainer_leaves_out_the_dataset_manager_and_on_one_node_the_cleaner
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from dncml.platform.ray_compat import default_callbacks
     from dncml.platform.train import lean_controller_env, lean_trainer
 
     def callbacks():
         trainer = lean_trainer(TorchTrainer)(lambda config: None, scaling_config=ScalingConfig(num_workers=1))
-        return {type(callback).__name__ for callback in trainer._create_default_callbacks()}
+        return {type(callback).__name__ for callback in default_callbacks(trainer)}
 
     assert len([n for n in ray_local.nodes() if n["Alive"]]) == 1
     lean = callbacks()
