@@ -313,7 +313,7 @@ def cmd_sweep(args) -> int:
     from dncml.platform.sweep import run_sweep
 
     sweep, summary = run_sweep(
-        args.spec,
+        experiment,  # loaded once: the sweep runs this object
         overrides=args.set,
         preset=args.preset,
         address=args.address,

@@ -382,7 +382,7 @@ def concurrency(experiment: Experiment, resources: Resources, requested: int | N
 
 
 def run_sweep(
-    spec_path: str,
+    spec_path: str | Experiment,
     preset: str | None = None,
     address: str | None = None,
     storage: str = "results",
@@ -395,10 +395,16 @@ def run_sweep(
     overrides: list[str] | None = None,
 ):
     """Run (or with resume, continue) the experiment's sweep; returns a `SweepResult` (which
-    unpacks as `(sweep id, status counts)`). overrides: `--set run.FIELD=VALUE` /
-    `grid.AXIS=[...]` over the preset."""
+    unpacks as `(sweep id, status counts)`). spec_path: the experiment's spec file or name, or
+    the `Experiment` already loaded (the command line loads it before Ray is imported; the sweep
+    then uses that one object throughout, and `preset` / `overrides` only name what it was loaded
+    with in the resume command). overrides: `--set run.FIELD=VALUE` / `grid.AXIS=[...]` over the
+    preset."""
     started = time.time()
-    experiment = load_experiment(spec_path, preset, overrides)  # every grid point validated here
+    if isinstance(spec_path, Experiment):
+        experiment, spec_path = spec_path, str(spec_path.path)
+    else:
+        experiment = load_experiment(spec_path, preset, overrides)  # every grid point validated here
     store = ResultsStore(storage)
     store.check()  # an unreachable store, a missing bucket: one line, before Ray starts
     sweep = _sweep_id(experiment, store, resume, sweep_id)
