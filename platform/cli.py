@@ -311,7 +311,7 @@ def cmd_sweep(args) -> int:
     from dncml.platform.sweep import run_sweep
 
     sweep, summary = run_sweep(
-        args.spec,
+        experiment,  # loaded once: the sweep runs this object
         overrides=args.set,
         preset=args.preset,
         address=args.address,
@@ -474,20 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = command("embed", "export a checkpoint's embeddings and labels to Parquet")
-    p.add_argument("checkpoint", nargs="?", help="a checkpoint directory (holds state.pt and spec.yaml), e.g. runs/NAME/checkpoints/best")
-    p.add_argument("--trial", default=None, help="instead: a trial id of the results store; its validation-selected checkpoint")
-    p.add_argument("--storage", default="results", help="with --trial: the results store (a directory or s3://BUCKET/PREFIX)")
-    p.add_argument("--sweep", default="train", help="with --trial: its sweep id (train: where `dncml train` records)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="which split to embed")
+    _checkpoint_arguments(p, split_help="which split to embed")
     p.add_argument("--out", required=True, help="the Parquet file to write")
     p.set_defaults(func=cmd_embed)
 
     p = command("retrievals", "a PNG grid of queries and their nearest neighbours (right: green, wrong: red)")
-    p.add_argument("checkpoint", nargs="?", help="a checkpoint directory, e.g. runs/NAME-.../checkpoints/best")
-    p.add_argument("--trial", default=None, help="instead: a trial id of the results store; its validation-selected checkpoint")
-    p.add_argument("--storage", default="results", help="with --trial: the results store")
-    p.add_argument("--sweep", default="train", help="with --trial: its sweep id (train: where `dncml train` records)")
-    p.add_argument("--split", choices=("train", "val", "test"), default="test", help="where queries and neighbours come from")
+    _checkpoint_arguments(p, split_help="where queries and neighbours come from")
     p.add_argument("--queries", type=int, default=8, help="queries (rows), of distinct classes")
     p.add_argument("--k", type=int, default=5, help="neighbours per query")
     p.add_argument("--out", required=True, help="the PNG file to write")
@@ -540,6 +532,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-running", action="store_true", help="also running / interrupted trials")
     p.set_defaults(func=cmd_plot)
     return parser
+
+
+def _checkpoint_arguments(p, split_help: str) -> None:
+    """The arguments of a command that reads one checkpoint (`_checkpoint_of`): a directory, or
+    `--trial ID` of a results store; and the split it reads."""
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint directory (holds state.pt and spec.yaml), e.g. runs/NAME/checkpoints/best")
+    p.add_argument("--trial", default=None, help="instead: a trial id of the results store; its validation-selected checkpoint")
+    p.add_argument("--storage", default="results", help="with --trial: the results store (a directory or s3://BUCKET/PREFIX)")
+    p.add_argument("--sweep", default="train", help="with --trial: its sweep id (train: where `dncml train` records)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test", help=split_help)
 
 
 def _starts_local_ray(args) -> bool:

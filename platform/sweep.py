@@ -46,7 +46,7 @@ from dncml.analysis.schema import (
 from dncml.experiments.loader import Experiment, load_experiment, sample_is_valid, short_value
 from dncml.trainers.spec import SpecError, valid_name
 
-from . import console
+from . import console, ray_compat
 from .console import Bar, Progress, duration, epoch_line, log, timeline
 from .console import summary as outcome
 from .errors import PlatformError
@@ -391,7 +391,7 @@ def concurrency(experiment: Experiment, resources: Resources, requested: int | N
 
 
 def run_sweep(
-    spec_path: str,
+    spec_path: str | Experiment,
     preset: str | None = None,
     address: str | None = None,
     storage: str = "results",
@@ -404,10 +404,16 @@ def run_sweep(
     overrides: list[str] | None = None,
 ):
     """Run (or with resume, continue) the experiment's sweep; returns a `SweepResult` (which
-    unpacks as `(sweep id, status counts)`). overrides: `--set run.FIELD=VALUE` /
-    `grid.AXIS=[...]` over the preset."""
+    unpacks as `(sweep id, status counts)`). spec_path: the experiment's spec file or name, or
+    the `Experiment` already loaded (the command line loads it before Ray is imported; the sweep
+    then uses that one object throughout, and `preset` / `overrides` only name what it was loaded
+    with in the resume command). overrides: `--set run.FIELD=VALUE` / `grid.AXIS=[...]` over the
+    preset."""
     started = time.time()
-    experiment = load_experiment(spec_path, preset, overrides)  # every grid point validated here
+    if isinstance(spec_path, Experiment):
+        experiment, spec_path = spec_path, str(spec_path.path)
+    else:
+        experiment = load_experiment(spec_path, preset, overrides)  # every grid point validated here
     store = ResultsStore(storage)
     store.check()  # an unreachable store, a missing bucket: one line, before Ray starts
     sweep = _sweep_id(experiment, store, resume, sweep_id)
@@ -676,17 +682,17 @@ def optuna_search():
 
     class Search(OptunaSearch):
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is None or trial_id in self._completed_trials:
+            ot_trial = ray_compat.optuna_trial(self, trial_id)
+            if ot_trial is None or ray_compat.optuna_trial_told(self, trial_id):
                 return super().on_trial_complete(trial_id, result, error)
             ot_trial.set_user_attr(DNCML_TRIAL_ID, trial_id)
             epoch, total = (result or {}).get("epoch"), (result or {}).get("total_epochs")
             if not error and epoch is not None and total is not None and int(epoch) + 1 < int(total):
                 try:
-                    self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+                    ray_compat.optuna_study(self).tell(ot_trial, state=TrialState.PRUNED)
                 except Exception as exc:  # as Ray's own: a study that refuses the tell is logged
                     log.warning(f"optuna: {exc}")
-                self._completed_trials.add(trial_id)
+                ray_compat.mark_optuna_trial_told(self, trial_id)
                 return None
             return super().on_trial_complete(trial_id, result, error)
 

@@ -9,6 +9,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from dncml.analysis.schema import COMPLETED, spec_column
 from dncml.experiments.loader import Experiment, sample_is_valid
 
+from . import ray_compat
 from .store import tag_name
 
 
@@ -24,23 +25,25 @@ class MLflowCallback(MLflowLoggerCallback):
         self.experiment = experiment
 
     def log_trial_start(self, trial) -> None:
-        if trial not in self._trial_runs:
+        runs, mlflow = ray_compat.mlflow_trial_runs(self), ray_compat.mlflow_logger_util(self)
+        if trial not in runs:
             tags = {
                 **self.tags,
                 "trial_name": str(trial),
                 "dncml.trial_id": trial.trial_id,
                 "dncml.setting": self.experiment.setting_label(trial.config),
             }
-            run = self.mlflow_util.start_run(tags=tags, run_name=f"{tags['dncml.setting']} {trial.trial_id}")
-            self._trial_runs[trial] = run.info.run_id
+            run = mlflow.start_run(tags=tags, run_name=f"{tags['dncml.setting']} {trial.trial_id}")
+            runs[trial] = run.info.run_id
         # An invalid sample (the trial records why and fails) is logged with the base spec.
         valid = sample_is_valid(self.experiment, trial.config) is None
         spec = self.experiment.run_spec(trial.config) if valid else self.experiment.run_spec()
-        self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log=spec.to_dict())
+        mlflow.log_params(run_id=runs[trial], params_to_log=spec.to_dict())
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         numbers = {tag_name(k): v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=numbers, step=int(result.get("epoch", iteration)))
+        run_id = ray_compat.mlflow_trial_runs(self)[trial]
+        ray_compat.mlflow_logger_util(self).log_metrics(run_id=run_id, metrics_to_log=numbers, step=int(result.get("epoch", iteration)))
 
 
 def optuna_storage(url: str):

@@ -27,7 +27,7 @@ from dncml.trainers.data.base import DatasetError
 from dncml.trainers.divide_and_conquer import NonFiniteLoss
 from dncml.trainers.seam import Seam, World
 
-from . import console
+from . import console, ray_compat
 from .clustering import ActorGroupingService, ClusteringFailed, start_actor
 from .console import log, summary, timeline
 from .errors import PlatformError, RunFailed
@@ -205,36 +205,15 @@ def lean_trainer(base: type) -> type:
     the user set wins over. Multi-node clusters keep the cleaner and the watcher;
     DNCML_LEAN_TRAIN=0 keeps all of Ray Train's defaults."""
 
-    class LeanTrainer(base):
-        def _create_default_callbacks(self):
-            callbacks = super()._create_default_callbacks()
-            if not lean():
-                return callbacks
-            drop = {"PlacementGroupCleanerCallback"} if one_node() else set()
-            if not self.datasets:
-                drop.add("DatasetsCallback")
-            return [callback for callback in callbacks if type(callback).__name__ not in drop]
+    def keep(trainer, callback) -> bool:
+        if not lean():
+            return True
+        name = ray_compat.callback_name(callback)
+        if name == ray_compat.PLACEMENT_GROUP_CLEANER:
+            return not one_node()
+        return name != ray_compat.DATASETS_CALLBACK or bool(trainer.datasets)
 
-        def _register_sigint_handler(self, controller):
-            # Ray Train's own Ctrl-C handler aborts the controller and then exits the driver with
-            # SystemExit (recorded as `failed`): without it, Ctrl-C and SIGTERM are a
-            # KeyboardInterrupt that `fit_run` records as `interrupted` (the controller goes with
-            # the driver).
-            return None
-
-        def _initialize_and_run_controller(self, **controller_init_kwargs):
-            # Ray Train hands the controller the RAY_TRAIN_* variables set in this process, so
-            # they are set for this run only (the caller's own Ray Train runs keep its settings).
-            added = {name: value for name, value in lean_controller_env().items() if name not in os.environ}
-            os.environ.update(added)
-            try:
-                return super()._initialize_and_run_controller(**controller_init_kwargs)
-            finally:
-                for name in added:
-                    os.environ.pop(name, None)
-
-    LeanTrainer.__name__ = LeanTrainer.__qualname__ = base.__name__
-    return LeanTrainer
+    return ray_compat.trainer_subclass(base, keep_callback=keep, controller_env=lean_controller_env)
 
 
 def lean():
@@ -249,9 +228,9 @@ def lean_controller_env() -> dict[str, str]:
     """Ray Train variables that `lean_trainer` sets for the controller, unless set already."""
     if not lean():
         return {}
-    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    env = {ray_compat.HEALTH_CHECK_INTERVAL: "0.5"}
     if one_node():
-        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+        env[ray_compat.PREEMPTION_WATCHER] = "0"
     return env
 
 
@@ -358,7 +337,7 @@ def local_ray_options(**extra) -> dict:
     """`ray.init` arguments of a private local Ray that only this machine can reach: the node's
     address is the loopback, so the GCS, the raylet, the workers and the agents bind 127.0.0.1
     (by default they bind every interface or the node's address), and the dashboard too."""
-    return {"address": "local", "include_dashboard": True, "dashboard_host": "127.0.0.1", "_node_ip_address": "127.0.0.1", **extra}
+    return {"address": "local", "include_dashboard": True, "dashboard_host": "127.0.0.1", **ray_compat.loopback_node("127.0.0.1"), **extra}
 
 
 def _ray_logging_level() -> int:
@@ -396,8 +375,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     if address in (None, "local"):
         # A private Ray for one sweep: leave out what a laptop does not need, so that each trial
         # starts fewer processes (a spot-preemption watcher per worker group, Train's metrics).
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+        os.environ.setdefault(ray_compat.PREEMPTION_WATCHER, "0")
+        os.environ.setdefault(ray_compat.TRAIN_METRICS, "0")
     try:
         console.handle_sigterm()  # before ray.init too: a SIGTERM while it starts is Ctrl-C as well
         if address in (None, "local"):

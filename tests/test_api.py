@@ -11,6 +11,7 @@ optuna = pytest.importorskip("optuna")
 def test_an_asha_stopped_trial_is_pruned_in_the_study_and_named_by_its_trial_id():
     from ray import tune
 
+    from dncml.platform.ray_compat import optuna_study
     from dncml.platform.sweep import DNCML_TRIAL_ID, optuna_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -20,7 +21,7 @@ def test_an_asha_stopped_trial_is_pruned_in_the_study_and_named_by_its_trial_id(
         for epoch in range(last_epoch + 1):
             search.on_trial_result(trial_id, {"best_val_recall@1": 0.1 * (epoch + 1), "training_iteration": epoch + 1})
         search.on_trial_complete(trial_id, {"best_val_recall@1": 0.1 * (last_epoch + 1), "epoch": last_epoch, "total_epochs": 4})
-    trials = {t.user_attrs[DNCML_TRIAL_ID]: t for t in search._ot_study.trials}
+    trials = {t.user_attrs[DNCML_TRIAL_ID]: t for t in optuna_study(search).trials}
     assert trials["stopped_a"].state.name == "PRUNED" and trials["stopped_a"].value == pytest.approx(0.2)  # its last report
     assert trials["full_b"].state.name == "COMPLETE" and trials["full_b"].value == pytest.approx(0.4)
 
@@ -181,3 +182,40 @@ def test_a_failed_trial_prints_the_reason_its_row_records(tmp_path):
     printer = ProgressPrinter(experiment, 1, 1, store=store, sweep="s")
     trial = SimpleNamespace(trial_id="t1", get_error=lambda: None, config={"grouping": "kmeans", "seed": 0})
     assert printer.reason(trial) == "ValueError: bad.pt: not weights"  # Tune's own error is not there yet
+
+
+def test_a_sweep_loads_its_experiment_once(tmp_path, monkeypatch):
+    """`dncml sweep` reads and validates the spec once, before Ray is imported, and the sweep's
+    set-up (the data checks, and everything after) goes on with that one object."""
+    import dncml.experiments.loader as loader
+    import dncml.platform.sweep as sweep_module
+    from dncml.platform import cli
+
+    loads, checked = [], []
+    real = loader.load_experiment
+
+    def counting(*args, **kwargs):
+        loads.append(args[0])
+        return real(*args, **kwargs)
+
+    class StopBeforeRay(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise StopBeforeRay
+
+    monkeypatch.setattr(loader, "load_experiment", counting)
+    monkeypatch.setattr(sweep_module, "load_experiment", counting)
+    monkeypatch.setattr(sweep_module, "check_data_everywhere", lambda experiment, workers: checked.append(experiment))
+    monkeypatch.setattr(sweep_module, "connect", stop)
+    spec = _experiment(tmp_path, {"num_learners": [2, 4]})
+    args = cli.build_parser().parse_args(["sweep", spec, "--storage", str(tmp_path / "store")])
+    with pytest.raises(StopBeforeRay):
+        cli.cmd_sweep(args)
+    assert loads == [spec]
+    assert len(checked) == 1 and checked[0].path == __import__("pathlib").Path(spec) and checked[0].grid == {"num_learners": [2, 4]}
+    # the Python API given a path loads it itself, once
+    loads.clear()
+    with pytest.raises(StopBeforeRay):
+        sweep_module.run_sweep(spec, storage=str(tmp_path / "store"))
+    assert loads == [spec]

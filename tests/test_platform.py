@@ -133,11 +133,12 @@ def test_lean_trainer_leaves_out_the_dataset_manager_and_on_one_node_the_cleaner
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from dncml.platform.ray_compat import default_callbacks
     from dncml.platform.train import lean_controller_env, lean_trainer
 
     def callbacks():
         trainer = lean_trainer(TorchTrainer)(lambda config: None, scaling_config=ScalingConfig(num_workers=1))
-        return {type(callback).__name__ for callback in trainer._create_default_callbacks()}
+        return {type(callback).__name__ for callback in default_callbacks(trainer)}
 
     assert len([n for n in ray_local.nodes() if n["Alive"]]) == 1
     lean = callbacks()
@@ -574,7 +575,16 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
-def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
+@pytest.fixture(scope="module")
+def two_node_cluster(s3_server):
+    """A two-node `ray start` cluster on this machine, shared by the module's multi-node tests:
+    a head and a second node, each in its own process group (`_stop` ends it), token
+    authentication, and no directory shared between them: each node has its own temporary
+    directory and glyph cache (`homes[i] / "cache"`), as two machines have. The nodes' environment
+    holds the standard AWS variables of the test bucket (`s3_server`), and not the session's
+    loopback switch (`ray start` refuses it on a cluster). `env`: what a client needs to reach it."""
+    import types
+
     import ray
 
     if ray.is_initialized():
@@ -587,34 +597,25 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     address = f"127.0.0.1:{gcs_port}"
-    head = _start_node(
-        [
-            "--head",
-            f"--port={gcs_port}",
-            "--num-cpus=2",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard_port}",
-            "--include-dashboard=true",
-        ],
-        env,
-        tmp_path / "head.log",
-    )
-    nodes = [head]
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    # Short paths: Ray's socket paths under a node's temporary directory must fit AF_UNIX's 107
+    # bytes, which pytest's tmp_path leaves no room for.
+    homes = [Path(tempfile.mkdtemp(prefix=f"dn{name}-", dir="/tmp")) for name in ("h", "n")]
+    logs = [home / "node.log" for home in homes]
+    nodes = []
     try:
-        ray_cli = str(Path(sys.executable).with_name("ray"))
+        for home in homes:
+            (home / "cache").mkdir()
+        node_env = [{**env, "DNCML_CACHE": str(home / "cache")} for home in homes]
+        head_args = ["--head", f"--port={gcs_port}", "--num-cpus=2", "--dashboard-host=127.0.0.1"]
+        head_args += [f"--dashboard-port={dashboard_port}", "--include-dashboard=true", f"--temp-dir={homes[0] / 'ray'}"]
+        nodes.append(_start_node(head_args, node_env[0], logs[0]))
         wait_for(
             lambda: subprocess.run([ray_cli, "status", f"--address={address}"], env=env, capture_output=True).returncode == 0,
             120,
             "the head node",
         )
-        # Its own temporary directory, as a second machine has: nodes sharing one would share
-        # (and garbage-collect under each other) the job's unpacked working directory.
-        node_log = tmp_path / "node2.log"
-        # A short path: Ray's socket paths under it must fit AF_UNIX's 107 bytes, which pytest's
-        # tmp_path (/tmp/pytest-of-USER/pytest-N/test_multinode_.../) leaves no room for.
-        node_temp = tempfile.mkdtemp(prefix="dn-", dir="/tmp")
-        request.addfinalizer(lambda: shutil.rmtree(node_temp, ignore_errors=True))
-        nodes.append(_start_node([f"--address={address}", "--num-cpus=2", f"--temp-dir={node_temp}"], env, node_log))
+        nodes.append(_start_node([f"--address={address}", "--num-cpus=2", f"--temp-dir={homes[1] / 'ray'}"], node_env[1], logs[1]))
 
         def two_nodes():
             out = subprocess.run(
@@ -632,86 +633,92 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, request):
         try:
             wait_for(two_nodes, 300, "the second node to join", interval=3)
         except AssertionError as error:
-            raise AssertionError(f"{error}; the node said:\n{node_log.read_text()[-3000:]}") from None
-
-        # Two workers of 1.5 CPUs each cannot share a 2-CPU node: the trial's DDP group spans
-        # both nodes (and the clustering actor serves workers on two nodes).
-        spec = write_experiment(tmp_path, "cluster", {"seed": [0]}, resources={"num_workers": 2, "cpus_per_worker": 1.5})
-        store = tmp_path / "store"
-        result = run_cli("sweep", str(spec), "--address", address, "--storage", str(store), env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
-        sweep = next(store.glob("cluster-*")).name
-        trials, epochs = read_store(store, sweep)
-        assert trials["status"].tolist() == ["completed"]
-        assert all(len(ids.split(",")) == 2 for ids in epochs["node_ids"])  # workers on both nodes
-        assert epochs["workers_agree"].all()
-
-        # What users do from their laptop: ship their own experiment folder as the job's working
-        # directory (its spec names its base run by a relative path) and submit the sweep with no
-        # --address. Two 1.5-CPU trials cannot share a 2-CPU node: they run on both nodes.
-        user_dir = tmp_path / "my_experiments"
-        (user_dir / "runs").mkdir(parents=True)
-        (user_dir / "runs" / "smoke.yaml").write_text(SMOKE.read_text())
-        card = yaml.safe_load(spec.read_text())
-        card.update(name="shipped", base="runs/smoke.yaml", grid={"seed": [0, 1]}, resources={"num_workers": 1, "cpus_per_worker": 1.5})
-        (user_dir / "shipped.yaml").write_text(yaml.safe_dump(card))
-        submit = [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}"]
-        job_store = tmp_path / "job_store"
-        job = subprocess.run(
-            [*submit, "--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(job_store)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=tmp_path,
-        )
-        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
-        assert "succeeded" in job.stdout.lower()
-        job_trials, job_epochs = read_store(job_store, next(job_store.glob("shipped-*")).name)
-        assert job_trials["status"].tolist() == ["completed"] * 2
-        assert job_epochs.groupby("trial_id")["node_ids"].first().nunique() == 2  # trials on both nodes
-
-        # The code shipped too: dncml as a package directory in py_modules (the workers import it
-        # from there), the experiment folder as the working directory, via --runtime-env-json. (A
-        # .whl in py_modules breaks in Ray 2.60: the trial's and the Train workers' runtime envs
-        # install the same wheel at once on a fresh node and one of them fails.)
-        shipped = tmp_path / "ship"
-        built = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(shipped), str(ROOT)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert built.returncode == 0, built.stderr[-2000:]
-        runtime_env = {"working_dir": str(user_dir), "py_modules": [str(shipped / "dncml")]}
-        modules_store = tmp_path / "modules_store"
-        job = subprocess.run(
-            [
-                *submit,
-                "--runtime-env-json",
-                json.dumps(runtime_env),
-                "--",
-                "dncml",
-                "sweep",
-                "shipped.yaml",
-                "--storage",
-                str(modules_store),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=tmp_path,
-        )
-        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
-        modules_trials = pd.read_parquet(next(modules_store.glob("shipped-*")) / "trials")
-        assert modules_trials["status"].tolist() == ["completed"] * 2
+            raise AssertionError(f"{error}; the node said:\n{logs[1].read_text()[-3000:]}") from None
+        yield types.SimpleNamespace(address=address, dashboard=f"http://127.0.0.1:{dashboard_port}", env=env, homes=homes, ray_cli=ray_cli)
     finally:
         for node in reversed(nodes):
             _stop(node)
+        for home in homes:
+            shutil.rmtree(home, ignore_errors=True)
 
 
-def test_two_nodes_that_share_no_directory_run_a_sweep_from_a_bucket(tmp_path, request, s3_store, s3_server):
+def test_multinode_cluster_sweep_and_job_submission(tmp_path, two_node_cluster):
+    address, env, ray_cli = two_node_cluster.address, two_node_cluster.env, two_node_cluster.ray_cli
+    # Two workers of 1.5 CPUs each cannot share a 2-CPU node: the trial's DDP group spans
+    # both nodes (and the clustering actor serves workers on two nodes).
+    spec = write_experiment(tmp_path, "cluster", {"seed": [0]}, resources={"num_workers": 2, "cpus_per_worker": 1.5})
+    store = tmp_path / "store"
+    result = run_cli("sweep", str(spec), "--address", address, "--storage", str(store), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = next(store.glob("cluster-*")).name
+    trials, epochs = read_store(store, sweep)
+    assert trials["status"].tolist() == ["completed"]
+    assert all(len(ids.split(",")) == 2 for ids in epochs["node_ids"])  # workers on both nodes
+    assert epochs["workers_agree"].all()
+
+    # What users do from their laptop: ship their own experiment folder as the job's working
+    # directory (its spec names its base run by a relative path) and submit the sweep with no
+    # --address. Two 1.5-CPU trials cannot share a 2-CPU node: they run on both nodes.
+    user_dir = tmp_path / "my_experiments"
+    (user_dir / "runs").mkdir(parents=True)
+    (user_dir / "runs" / "smoke.yaml").write_text(SMOKE.read_text())
+    card = yaml.safe_load(spec.read_text())
+    card.update(name="shipped", base="runs/smoke.yaml", grid={"seed": [0, 1]}, resources={"num_workers": 1, "cpus_per_worker": 1.5})
+    (user_dir / "shipped.yaml").write_text(yaml.safe_dump(card))
+    submit = [ray_cli, "job", "submit", f"--address={two_node_cluster.dashboard}"]
+    job_store = tmp_path / "job_store"
+    job = subprocess.run(
+        [*submit, "--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(job_store)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    assert "succeeded" in job.stdout.lower()
+    job_trials, job_epochs = read_store(job_store, next(job_store.glob("shipped-*")).name)
+    assert job_trials["status"].tolist() == ["completed"] * 2
+    assert job_epochs.groupby("trial_id")["node_ids"].first().nunique() == 2  # trials on both nodes
+
+    # The code shipped too: dncml as a package directory in py_modules (the workers import it
+    # from there), the experiment folder as the working directory, via --runtime-env-json. (A
+    # .whl in py_modules breaks in Ray 2.60: the trial's and the Train workers' runtime envs
+    # install the same wheel at once on a fresh node and one of them fails.)
+    shipped = tmp_path / "ship"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(shipped), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    runtime_env = {"working_dir": str(user_dir), "py_modules": [str(shipped / "dncml")]}
+    modules_store = tmp_path / "modules_store"
+    job = subprocess.run(
+        [
+            *submit,
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "dncml",
+            "sweep",
+            "shipped.yaml",
+            "--storage",
+            str(modules_store),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    modules_trials = pd.read_parquet(next(modules_store.glob("shipped-*")) / "trials")
+    assert modules_trials["status"].tolist() == ["completed"] * 2
+
+
+def test_two_nodes_that_share_no_directory_run_a_sweep_from_a_bucket(tmp_path, two_node_cluster, s3_store, s3_server):
     """A two-node `ray start` cluster (token auth) whose nodes share no directory: each its own
     temporary directory and glyph cache, the store only in the bucket (the standard AWS
     variables in every node's environment). A sweep submitted with `ray job submit
@@ -720,122 +727,62 @@ def test_two_nodes_that_share_no_directory_run_a_sweep_from_a_bucket(tmp_path, r
     and `dncml status` read the bucket, `dncml embed --trial` reads a selected checkpoint back
     from it, and no object in it holds the secret key."""
     import boto3
-    import ray
 
     from dncml.analysis.store import load_experiment
 
-    if ray.is_initialized():
-        ray.shutdown()
-    gcs_port, dashboard_port = _free_port(), _free_port()
-    base_env = {
-        **{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},  # a cluster: not the loopback only
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    address = f"127.0.0.1:{gcs_port}"
-    homes = []
-    for name in ("head", "node2"):
-        home = Path(tempfile.mkdtemp(prefix=f"dn{name[0]}-", dir="/tmp"))  # short: Ray's socket paths
-        request.addfinalizer(lambda home=home: shutil.rmtree(home, ignore_errors=True))
-        (home / "cache").mkdir()
-        homes.append(home)
-    node_env = [{**base_env, "DNCML_CACHE": str(home / "cache")} for home in homes]
-    nodes = [
-        _start_node(
-            [
-                "--head",
-                f"--port={gcs_port}",
-                "--num-cpus=2",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dashboard_port}",
-                "--include-dashboard=true",
-                f"--temp-dir={homes[0] / 'ray'}",
-            ],
-            node_env[0],
-            tmp_path / "head.log",
-        )
-    ]
-    try:
-        ray_cli = str(Path(sys.executable).with_name("ray"))
-        wait_for(
-            lambda: subprocess.run([ray_cli, "status", f"--address={address}"], env=base_env, capture_output=True).returncode == 0,
-            120,
-            "the head node",
-        )
-        nodes.append(
-            _start_node([f"--address={address}", "--num-cpus=2", f"--temp-dir={homes[1] / 'ray'}"], node_env[1], tmp_path / "n2.log")
-        )
-        wait_for(
-            lambda: (
-                subprocess.run(
-                    [sys.executable, "-c", f"import ray; ray.init(address='{address}'); print(sum(n['Alive'] for n in ray.nodes()))"],
-                    env=base_env,
-                    capture_output=True,
-                    text=True,
-                )
-                .stdout.strip()
-                .endswith("2")
-            ),
-            300,
-            "the second node to join",
-            interval=3,
-        )
-        user_dir = tmp_path / "my_experiments"
-        (user_dir / "runs").mkdir(parents=True)
-        (user_dir / "runs" / "smoke.yaml").write_text(SMOKE.read_text())
-        card = yaml.safe_load(write_experiment(tmp_path, "x", {"seed": [0]}).read_text())
-        card.update(name="bucketjob", base="runs/smoke.yaml", grid={"seed": [0, 1]}, resources={"num_workers": 1, "cpus_per_worker": 1.5})
-        (user_dir / "bucketjob.yaml").write_text(yaml.safe_dump(card))
-        job = subprocess.run(
-            [ray_cli, "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", "--working-dir", str(user_dir), "--"]
-            + ["dncml", "sweep", "bucketjob.yaml", "--storage", s3_store],
-            env=base_env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=tmp_path,
-        )
-        assert job.returncode == 0 and "succeeded" in job.stdout.lower(), (job.stdout + job.stderr)[-3000:]
-        data = load_experiment(s3_store, "bucketjob")
-        assert data.trials["status"].tolist() == ["completed"] * 2
-        assert data.epochs.groupby("trial_id")["node_ids"].first().nunique() == 2  # trials on both nodes
-        assert any((homes[1] / "cache").iterdir())  # the second node rendered its own glyphs: nothing shared
-        table = run_cli("table", s3_store, "--experiment", "bucketjob")
-        assert table.returncode == 0 and "2 completed trials" in table.stdout, table.stderr[-2000:]
+    address, base_env, ray_cli, homes = two_node_cluster.address, two_node_cluster.env, two_node_cluster.ray_cli, two_node_cluster.homes
+    user_dir = tmp_path / "my_experiments"
+    (user_dir / "runs").mkdir(parents=True)
+    (user_dir / "runs" / "smoke.yaml").write_text(SMOKE.read_text())
+    card = yaml.safe_load(write_experiment(tmp_path, "x", {"seed": [0]}).read_text())
+    card.update(name="bucketjob", base="runs/smoke.yaml", grid={"seed": [0, 1]}, resources={"num_workers": 1, "cpus_per_worker": 1.5})
+    (user_dir / "bucketjob.yaml").write_text(yaml.safe_dump(card))
+    job = subprocess.run(
+        [ray_cli, "job", "submit", f"--address={two_node_cluster.dashboard}", "--working-dir", str(user_dir), "--"]
+        + ["dncml", "sweep", "bucketjob.yaml", "--storage", s3_store],
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert job.returncode == 0 and "succeeded" in job.stdout.lower(), (job.stdout + job.stderr)[-3000:]
+    data = load_experiment(s3_store, "bucketjob")
+    assert data.trials["status"].tolist() == ["completed"] * 2
+    assert data.epochs.groupby("trial_id")["node_ids"].first().nunique() == 2  # trials on both nodes
+    assert any((homes[1] / "cache").iterdir())  # the second node rendered its own glyphs: nothing shared
+    table = run_cli("table", s3_store, "--experiment", "bucketjob")
+    assert table.returncode == 0 and "2 completed trials" in table.stdout, table.stderr[-2000:]
 
-        # kill -9 of a sweep's driver on the cluster, then --resume from a fresh process
-        (user_dir / "killed.yaml").write_text(yaml.safe_dump({**card, "name": "bucketkill", "run": {**card["run"], "epochs": 3}}))
-        second = f"{s3_store}/second"
-        filesystem, base = pafs_from(second)
-        driver = subprocess.Popen(
-            [*CLI, "sweep", str(user_dir / "killed.yaml"), "--address", address, "--storage", second],
-            cwd=tmp_path,
-            env=base_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            wait_for(lambda: epoch_objects(filesystem, base) >= 2, 400, "two epochs in the bucket")
-            os.kill(driver.pid, signal.SIGKILL)
-            driver.wait(30)
-        finally:
-            try:
-                os.killpg(driver.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(10)  # the cluster notices its driver is gone and ends that job's trials
-        resumed = run_cli("sweep", str(user_dir / "killed.yaml"), "--address", address, "--storage", second, "--resume", env=base_env)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        killed = load_experiment(second, "bucketkill")
-        assert sorted(killed.trials["status"]) == ["completed"] * 2
-        assert not killed.epochs.duplicated(["trial_id", "epoch"]).any()
-        assert sorted(killed.epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[0, 1, 2, 3]] * 2
-        assert "finished" in run_cli("status", second).stdout
+    # kill -9 of a sweep's driver on the cluster, then --resume from a fresh process
+    (user_dir / "killed.yaml").write_text(yaml.safe_dump({**card, "name": "bucketkill", "run": {**card["run"], "epochs": 3}}))
+    second = f"{s3_store}/second"
+    filesystem, base = pafs_from(second)
+    driver = subprocess.Popen(
+        [*CLI, "sweep", str(user_dir / "killed.yaml"), "--address", address, "--storage", second],
+        cwd=tmp_path,
+        env=base_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: epoch_objects(filesystem, base) >= 2, 400, "two epochs in the bucket")
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
     finally:
-        for node in reversed(nodes):
-            _stop(node)
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(10)  # the cluster notices its driver is gone and ends that job's trials
+    resumed = run_cli("sweep", str(user_dir / "killed.yaml"), "--address", address, "--storage", second, "--resume", env=base_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    killed = load_experiment(second, "bucketkill")
+    assert sorted(killed.trials["status"]) == ["completed"] * 2
+    assert not killed.epochs.duplicated(["trial_id", "epoch"]).any()
+    assert sorted(killed.epochs.groupby("trial_id")["epoch"].apply(list).tolist()) == [[0, 1, 2, 3]] * 2
+    assert "finished" in run_cli("status", second).stdout
     out = tmp_path / "embeddings.parquet"
     trial = killed.trials["trial_id"].iloc[0]
     embedded = run_cli("embed", "--trial", trial, "--storage", second, "--sweep", killed.sweeps[0], "--out", str(out))
