@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from dncml.analysis.schema import COMPLETED
 from dncml.trainers.metric_keys import SELECTION_METRIC
 
 log = logging.getLogger("dncml")
@@ -169,7 +170,7 @@ class Progress:
         remaining = (
             (self.total * self.epochs_per_trial)
             - done
-            - sum(self.epochs_per_trial - self.epochs.get(t, 0) for t, s in self.finished.items() if s != "completed")
+            - sum(self.epochs_per_trial - self.epochs.get(t, 0) for t, s in self.finished.items() if s != COMPLETED)
         )
         eta = elapsed / done * remaining if done else math.nan
         state = ", ".join(f"{n} {s}" for s, n in counts.items()) or "0 done"

@@ -22,6 +22,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from dncml.analysis.schema import COMPLETED, INTERRUPTED
 from dncml.trainers import spec as runspec
 from dncml.trainers.data.base import DatasetError
 from dncml.trainers.divide_and_conquer import NonFiniteLoss
@@ -312,7 +313,7 @@ def fit_run(
         result = trainer.fit()
         timeline("fit returned", run_id)
     except KeyboardInterrupt:
-        recorder.finish("interrupted", error="interrupted (Ctrl-C or SIGTERM) before the run finished")
+        recorder.finish(INTERRUPTED, error="interrupted (Ctrl-C or SIGTERM) before the run finished")
         raise
     except BaseException as error:
         recorder.fail(error)
@@ -326,7 +327,7 @@ def fit_run(
     if message is not None:
         recorder.fail(message)
         raise RunFailed(f"run {run_id}: {message}")
-    if recorder.finish("completed") != "completed":
+    if recorder.finish(COMPLETED) != COMPLETED:
         raise RunFailed(f"run {run_id}: {recorder.store.trial_row(sweep, recorder.trial_id)['error']}")
     timeline("recorded", run_id)
     fault_point("after_completed")  # tests interrupt here: the store is ahead of Tune's bookkeeping

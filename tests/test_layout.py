@@ -110,3 +110,17 @@ def test_one_style_ruff_clean():
     for command in ([ruff, "check", "."], [ruff, "format", "--check", "."]):
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+def test_the_trainers_metric_keys_and_the_stores_columns_agree():
+    """The layering forbids trainers/ and analysis/ to import each other, so the keys the trainer
+    reports (`metric_keys`) and the columns the store's format names them by (`schema`) are the one
+    contract spelled on both sides of the seam: this pins them together."""
+    from dncml.analysis import schema
+    from dncml.trainers import metric_keys
+
+    for metric in ("val_recall@1", "test_map@r", "test_small_nmi"):
+        assert metric_keys.selected_key(metric) == schema.selected_column(metric)
+        assert metric_keys.best_key(metric) == schema.best_column(metric)
+    source = (ROOT / "trainers" / "divide_and_conquer.py").read_text()
+    assert f'"{schema.BEST_EPOCH}"' in source  # the trainer reports the selection under the store's column name

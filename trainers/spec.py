@@ -98,6 +98,14 @@ CHOICES = {
     "test_eval": TEST_EVALS,
 }
 
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """CHOICES with the registries' names read now: a dataset, backbone or loss declared after
+    import (CONTRIBUTING.md) is a valid value without touching this module."""
+    live = {"dataset": registry.DATASETS, "backbone": registry.BACKBONES, "loss": registry.LOSSES}
+    return {**CHOICES, **{name: tuple(table.names()) for name, table in live.items()}}
+
+
 # Short names used in the paper and on the command line (`--set K=8`).
 ALIASES = {"K": "num_learners", "T": "recluster_every", "m": "samples_per_class", "d": "embedding_dim"}
 
@@ -514,7 +522,7 @@ def _validate(spec: RunSpec) -> None:
             f"RunSpec field 'name' = {spec.name!r}: use letters, digits, '.', '_' and '-' (at most 128, "
             "not starting with '.' or '-', no '..'): it names files of the run"
         )
-    for name, allowed in {**CHOICES, "dataset": registry.DATASETS.names()}.items():
+    for name, allowed in choices().items():
         _choice(spec, name, allowed)
     for name, minimum in (
         ("embedding_dim", 1),
@@ -671,12 +679,12 @@ def check_against_data(spec: RunSpec, num_train_classes: int, has_groups: bool, 
 
 def field_help() -> dict[str, str]:
     """Field -> 'type = default' (for `dncml train --help-spec`)."""
-    out = {}
+    out, allowed = {}, choices()
     for name, f in _fields().items():
         base, optional = _field_type(name)
         default = f.default if f.default is not dataclasses.MISSING else None
         out[name] = f"{base.__name__}{' | null' if optional else ''} = {default!r}" + (
-            f"  (one of: {', '.join(CHOICES[name])})" if name in CHOICES else ""
+            f"  (one of: {', '.join(allowed[name])})" if name in allowed else ""
         )
         if name in RECIPE_SETTINGS["paper"]:
             out[name] += "  null: the recipe's, " + ", ".join(f"{r}: {v[name]!r}" for r, v in RECIPE_SETTINGS.items())
