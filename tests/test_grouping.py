@@ -65,6 +65,19 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
+def kmeans_request(vectors, labels):
+    """The fields of a k-means PartitionRequest into 4 clusters of `vectors`, all but its round and seed."""
+    return dict(
+        strategy="kmeans",
+        num_clusters=4,
+        labels=labels,
+        groups=np.full(len(labels), -1),
+        indices=np.arange(len(labels)),
+        vectors=vectors,
+        kmeans_iterations=20,
+    )
+
+
 def test_kmeans_rounds_keep_their_clusters():
     vectors, labels, blob = blobs()
     # Faiss k-means starts from random points, so some seeds merge two blobs (a local optimum that
@@ -74,15 +87,7 @@ def test_kmeans_rounds_keep_their_clusters():
     first_seed = good[0]
     second_seed = next(s for s in good[1:] if not np.array_equal(raw[s], raw[first_seed]))
 
-    request = dict(
-        strategy="kmeans",
-        num_clusters=4,
-        labels=labels,
-        groups=np.full(len(labels), -1),
-        indices=np.arange(len(labels)),
-        vectors=vectors,
-        kmeans_iterations=20,
-    )
+    request = kmeans_request(vectors, labels)
     service = LocalGroupingService()
     first = service(PartitionRequest(round=0, seed=first_seed, **request))
     assert same_partition(first.clusters, blob) and first.repaired == 0 and first.version == 0
@@ -97,15 +102,7 @@ def test_matching_is_not_skipped_when_the_last_round_had_an_empty_cluster():
     still matched to it (learners keep their data), not handed out in k-means' own numbering."""
     vectors, labels, blob = blobs()
     previous = np.where(blob == 3, 2, blob)  # blobs 2 and 3 shared learner 2; learner 3 had nothing
-    request = dict(
-        strategy="kmeans",
-        num_clusters=4,
-        labels=labels,
-        groups=np.full(len(labels), -1),
-        indices=np.arange(len(labels)),
-        vectors=vectors,
-        kmeans_iterations=20,
-    )
+    request = kmeans_request(vectors, labels)
     with pytest.raises(ValueError, match="previous_num_clusters"):
         PartitionRequest(round=1, seed=0, previous=previous, **request)
     for seed in range(20):
