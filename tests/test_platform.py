@@ -673,15 +673,12 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, two_node_cluster):
     # --address. Two 1.5-CPU trials cannot share a 2-CPU node: they run on both nodes.
     user_dir = user_experiment_folder(tmp_path, yaml.safe_load(spec.read_text()), "shipped")
     submit = [ray_cli, "job", "submit", f"--address={two_node_cluster.dashboard}"]
+
+    def submit_job(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*submit, *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
     job_store = tmp_path / "job_store"
-    job = subprocess.run(
-        [*submit, "--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(job_store)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    job = submit_job("--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(job_store))
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     assert "succeeded" in job.stdout.lower()
     job_trials, job_epochs = read_store(job_store, next(job_store.glob("shipped-*")).name)
@@ -702,24 +699,7 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, two_node_cluster):
     assert built.returncode == 0, built.stderr[-2000:]
     runtime_env = {"working_dir": str(user_dir), "py_modules": [str(shipped / "dncml")]}
     modules_store = tmp_path / "modules_store"
-    job = subprocess.run(
-        [
-            *submit,
-            "--runtime-env-json",
-            json.dumps(runtime_env),
-            "--",
-            "dncml",
-            "sweep",
-            "shipped.yaml",
-            "--storage",
-            str(modules_store),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    job = submit_job("--runtime-env-json", json.dumps(runtime_env), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(modules_store))
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     modules_trials = pd.read_parquet(next(modules_store.glob("shipped-*")) / "trials")
     assert modules_trials["status"].tolist() == ["completed"] * 2
