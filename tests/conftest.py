@@ -27,6 +27,32 @@ def glyph_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_data():
+    """The data set of the tiny trainer rig (`rigs.tiny()`), loaded once per session."""
+    from rigs import tiny
+
+    from dncml.trainers.data.loading import load_dataset
+
+    return load_dataset(tiny(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread, for a module that asks (`pytest.mark.usefixtures("one_thread")`): on a
+    small, shared CPU, OpenMP threads that spin-wait for each other make steps an order of
+    magnitude slower (and timings erratic) when other work is running."""
+    import faiss
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One private local Ray runtime for all in-process Ray tests (started on first use)."""
     import ray

@@ -1050,8 +1050,9 @@ NOTEBOOK_FIGURES = {
 }
 
 
-@pytest.mark.parametrize("name, expected", [("table6_grouping", ["none", "kmeans", "random"]), ("fig1_learners", ["1", "2", "4"])])
-def test_notebooks_execute(t6_store, tmp_path, name, expected):
+def notebook_runner():
+    """nbformat and nbclient, with a Jupyter kernel named python3 to run notebooks on; the test
+    is skipped where the environment has none of them."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -1060,6 +1061,12 @@ def test_notebooks_execute(t6_store, tmp_path, name, expected):
         KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
         pytest.skip("no Jupyter kernel named python3 (pip install ipykernel in this environment)")
+    return nbformat, nbclient
+
+
+@pytest.mark.parametrize("name, expected", [("table6_grouping", ["none", "kmeans", "random"]), ("fig1_learners", ["1", "2", "4"])])
+def test_notebooks_execute(t6_store, tmp_path, name, expected):
+    nbformat, nbclient = notebook_runner()
     if name == "fig1_learners":
         _fig1_store(t6_store)
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
@@ -1083,14 +1090,7 @@ def test_notebooks_execute(t6_store, tmp_path, name, expected):
 def test_notebook_finds_a_relative_store_from_the_repository_root(t6_store, tmp_path):
     """Run from analysis/notebooks of a checkout, `STORE = "results"` (left as shipped) is the
     store at the repository root."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        KernelSpecManager().get_kernel_spec("python3")
-    except NoSuchKernel:
-        pytest.skip("no Jupyter kernel named python3 (pip install ipykernel in this environment)")
+    nbformat, nbclient = notebook_runner()
     repo = tmp_path / "checkout"
     (repo / "analysis" / "notebooks").mkdir(parents=True)
     (repo / "pyproject.toml").write_text("")

@@ -61,6 +61,18 @@ def read_store(store: Path, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_parquet(store / sweep / "trials"), pd.read_parquet(store / sweep / "epochs")
 
 
+def user_experiment_folder(tmp_path: Path, card: dict, name: str) -> Path:
+    """A user's own experiment folder, shipped as a job's working directory: the smoke run in
+    runs/, and `card` as `<name>.yaml` naming it by a relative path, two seeds of one 1.5-CPU
+    worker each (two such trials cannot share a 2-CPU node)."""
+    user_dir = tmp_path / "my_experiments"
+    (user_dir / "runs").mkdir(parents=True)
+    (user_dir / "runs" / "smoke.yaml").write_text(SMOKE.read_text())
+    card.update(name=name, base="runs/smoke.yaml", grid={"seed": [0, 1]}, resources={"num_workers": 1, "cpus_per_worker": 1.5})
+    (user_dir / f"{name}.yaml").write_text(yaml.safe_dump(card))
+    return user_dir
+
+
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
@@ -659,22 +671,14 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, two_node_cluster):
     # What users do from their laptop: ship their own experiment folder as the job's working
     # directory (its spec names its base run by a relative path) and submit the sweep with no
     # --address. Two 1.5-CPU trials cannot share a 2-CPU node: they run on both nodes.
-    user_dir = tmp_path / "my_experiments"
-    (user_dir / "runs").mkdir(parents=True)
-    (user_dir / "runs" / "smoke.yaml").write_text(SMOKE.read_text())
-    card = yaml.safe_load(spec.read_text())
-    card.update(name="shipped", base="runs/smoke.yaml", grid={"seed": [0, 1]}, resources={"num_workers": 1, "cpus_per_worker": 1.5})
-    (user_dir / "shipped.yaml").write_text(yaml.safe_dump(card))
+    user_dir = user_experiment_folder(tmp_path, yaml.safe_load(spec.read_text()), "shipped")
     submit = [ray_cli, "job", "submit", f"--address={two_node_cluster.dashboard}"]
+
+    def submit_job(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*submit, *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
     job_store = tmp_path / "job_store"
-    job = subprocess.run(
-        [*submit, "--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(job_store)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    job = submit_job("--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(job_store))
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     assert "succeeded" in job.stdout.lower()
     job_trials, job_epochs = read_store(job_store, next(job_store.glob("shipped-*")).name)
@@ -695,24 +699,7 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, two_node_cluster):
     assert built.returncode == 0, built.stderr[-2000:]
     runtime_env = {"working_dir": str(user_dir), "py_modules": [str(shipped / "dncml")]}
     modules_store = tmp_path / "modules_store"
-    job = subprocess.run(
-        [
-            *submit,
-            "--runtime-env-json",
-            json.dumps(runtime_env),
-            "--",
-            "dncml",
-            "sweep",
-            "shipped.yaml",
-            "--storage",
-            str(modules_store),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    job = submit_job("--runtime-env-json", json.dumps(runtime_env), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(modules_store))
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     modules_trials = pd.read_parquet(next(modules_store.glob("shipped-*")) / "trials")
     assert modules_trials["status"].tolist() == ["completed"] * 2
@@ -731,12 +718,8 @@ def test_two_nodes_that_share_no_directory_run_a_sweep_from_a_bucket(tmp_path, t
     from dncml.analysis.store import load_experiment
 
     address, base_env, ray_cli, homes = two_node_cluster.address, two_node_cluster.env, two_node_cluster.ray_cli, two_node_cluster.homes
-    user_dir = tmp_path / "my_experiments"
-    (user_dir / "runs").mkdir(parents=True)
-    (user_dir / "runs" / "smoke.yaml").write_text(SMOKE.read_text())
     card = yaml.safe_load(write_experiment(tmp_path, "x", {"seed": [0]}).read_text())
-    card.update(name="bucketjob", base="runs/smoke.yaml", grid={"seed": [0, 1]}, resources={"num_workers": 1, "cpus_per_worker": 1.5})
-    (user_dir / "bucketjob.yaml").write_text(yaml.safe_dump(card))
+    user_dir = user_experiment_folder(tmp_path, card, "bucketjob")  # updates card as it writes it
     job = subprocess.run(
         [ray_cli, "job", "submit", f"--address={two_node_cluster.dashboard}", "--working-dir", str(user_dir), "--"]
         + ["dncml", "sweep", "bucketjob.yaml", "--storage", s3_store],

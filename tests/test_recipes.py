@@ -10,63 +10,21 @@ import math
 import numpy as np
 import pytest
 import torch
+from rigs import batch, tiny, train_locally
 
-from dncml.trainers import divide_and_conquer as dnc
-from dncml.trainers.data.loading import load_dataset
 from dncml.trainers.grouping import repair
 from dncml.trainers.losses import NearestNegativesMiner
 from dncml.trainers.model import DivideAndConquerNet
 from dncml.trainers.runtime import make_optimizer
 from dncml.trainers.sampler import ClusterBatchSampler
-from dncml.trainers.seam import Seam
-from dncml.trainers.spec import RECIPE_SETTINGS, SpecError, field_help, from_dict
+from dncml.trainers.spec import RECIPE_SETTINGS, SpecError, field_help
 
-TINY = dict(
-    glyph_classes=48,
-    glyph_instances=12,
-    image_size=16,
-    embedding_dim=32,
-    batch_size=16,
-    samples_per_class=4,
-    K=4,
-    T=1,
-    warmup_epochs=0,
-    epochs=2,
-    finetune_epochs=1,
-    lr=1e-3,
-    lr_embedding=1e-3,
-    steps_per_epoch=3,
-    kmeans_iterations=10,
-)
-
-
-def tiny(**changes):
-    return from_dict({**TINY, **changes})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    return load_dataset(tiny(), progress=False)
-
-
-def batch(num_classes=4, m=4, size=16, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(num_classes).repeat_interleave(m)
-    prototypes = torch.randn(num_classes, 1, size, size, generator=generator)
-    return prototypes[labels] + 0.5 * torch.randn(len(labels), 1, size, size, generator=generator), labels
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(spec, root, data):
     history = []
-    dnc.train(spec, Seam(report=lambda metrics, checkpoint: history.append(metrics), checkpoint_root=str(root)), data)
+    train_locally(spec, root, data, report=lambda metrics, checkpoint: history.append(metrics))
     return history
 
 

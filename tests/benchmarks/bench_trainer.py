@@ -34,15 +34,16 @@ import numpy as np
 import torch
 import yaml
 
-from dncml.trainers import divide_and_conquer as dnc
 from dncml.trainers.data.base import ImageSplit
 from dncml.trainers.embedding import embed_split
 from dncml.trainers.faiss_ops import num_gpus
 from dncml.trainers.grouping import PartitionRequest, compute_assignment
 from dncml.trainers.model import DivideAndConquerNet
 from dncml.trainers.runtime import make_optimizer
-from dncml.trainers.seam import Seam
 from dncml.trainers.spec import from_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suite's tiny training rigs, shared with the tests
+from rigs import train_locally  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -134,27 +135,9 @@ def bench_overhead(size: str) -> None:
         label = "a small size (glyph_classes = 600, glyph_instances = 24, 32x32)"
     # glyphs_quick.yaml's model and optimiser; warm-up 0 and no evaluation, so epoch 2 is the
     # second round (after two epochs of training) and nothing else is timed.
-    spec = from_dict(
-        dict(
-            **glyphs,
-            image_size=32,
-            d=128,
-            K=4,
-            grouping="kmeans",
-            T=T,
-            loss="margin",
-            batch_size=128,
-            m=4,
-            warmup_epochs=0,
-            epochs=6,
-            finetune_epochs=0,
-            lr=1e-3,
-            lr_embedding=1e-3,
-            lr_loss=1e-2,
-            eval_every=100,
-            seed=0,
-        )
-    )
+    model = dict(image_size=32, d=128, K=4, loss="margin", batch_size=128, m=4, lr=1e-3, lr_embedding=1e-3, lr_loss=1e-2)
+    schedule = dict(grouping="kmeans", T=T, warmup_epochs=0, epochs=6, finetune_epochs=0, eval_every=100, seed=0)
+    spec = from_dict({**glyphs, **model, **schedule})
     header(f"3. clustering overhead per epoch at T = {T}, on {label}; (round s / T) / epoch training s")
     from dncml.trainers.data.loading import load_dataset
 
@@ -181,7 +164,7 @@ def bench_overhead(size: str) -> None:
 
         with tempfile.TemporaryDirectory() as root:
             try:
-                dnc.train(spec.replace(**change), Seam(report=report, checkpoint_root=root), data)
+                train_locally(spec.replace(**change), root, data, report=report)
             except Stop:
                 pass
         round_metrics = history[4]  # the third round: a steady state for every variant
