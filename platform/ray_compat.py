@@ -16,12 +16,17 @@ The hooks:
   `PREEMPTION_WATCHER`, `TRAIN_METRICS`;
 * `ray.init(_node_ip_address=...)` (`loopback_node`);
 * Ray Tune's `OptunaSearch` state: `_ot_trials`, `_ot_study`, `_completed_trials`;
-* Ray's `MLflowLoggerCallback` state: `_trial_runs` and `mlflow_util`.
+* Ray's `MLflowLoggerCallback` state: `_trial_runs` and `mlflow_util`;
+* the variable Ray's job supervisor hands a submitted job's driver (`JOB_CONFIG_VARIABLE`, in
+  `ray._private.runtime_env.constants`), which `job_working_dir` reads.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 RAY_VERSION_CHECKED = "2.60.0"
 
@@ -91,6 +96,21 @@ def callback_name(callback) -> str:
 def loopback_node(address: str = "127.0.0.1") -> dict:
     """`ray.init` arguments that make the new local node's own address `address`."""
     return {NODE_IP_ADDRESS_ARGUMENT: address}
+
+
+# The JSON job config (runtime env, metadata) Ray's job supervisor gives a submitted driver.
+JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def job_working_dir() -> Path | None:
+    """The directory a `ray job submit --working-dir` driver runs in: Ray's temporary copy of the
+    working directory (under the node's `runtime_resources/working_dir_files/`), which Ray
+    deletes with the job's runtime env. None outside such a job."""
+    try:
+        runtime_env = json.loads(os.environ.get(JOB_CONFIG_VARIABLE) or "{}").get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    return Path.cwd() if isinstance(runtime_env, dict) and runtime_env.get("working_dir") else None
 
 
 # ------------------------------------------------------------------ Ray Tune's OptunaSearch

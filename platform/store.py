@@ -61,6 +61,8 @@ from dncml.analysis.schema import (
 from dncml.trainers.files import publish_file
 from dncml.trainers.spec import RunSpec, _field_type, valid_name
 
+from . import ray_compat
+
 # Per-epoch fields the trainer reports besides the evaluation metrics, and their types.
 EPOCH_FIELDS: dict[str, pa.DataType] = {
     "epoch": pa.int64(),
@@ -344,6 +346,14 @@ class ResultsStore:
         if self.local:
             if Path(self.base).exists() and not Path(self.base).is_dir():
                 raise StoreError(f"results store {self.uri} is not a directory")
+            job_dir = ray_compat.job_working_dir()
+            if job_dir is not None and Path(self.base).resolve().is_relative_to(job_dir.resolve()):
+                # Everything written there would go with Ray's copy of --working-dir when the job ends.
+                raise StoreError(
+                    f"results store {self.uri} is inside this Ray job's working directory, Ray's temporary copy of "
+                    "--working-dir, which it deletes after the job: pass --storage an absolute path every node "
+                    "sees (a shared filesystem) or a bucket (s3://BUCKET/PREFIX)"
+                )
             return
         bucket = self.base.split("/", 1)[0]
         try:

@@ -152,3 +152,26 @@ def test_nothing_else_in_platform_touches_ray_internals():
             used += [node.value] if isinstance(node, ast.Constant) and node.value in hooks else []
             offenders += [f"{path.name}:{node.lineno}: {name}" for name in used]
     assert not offenders, offenders
+
+
+def test_the_job_config_variable_is_what_the_job_supervisor_sets():
+    constants = importlib.import_module("ray._private.runtime_env.constants")
+    _hook(
+        getattr(constants, "RAY_JOB_CONFIG_JSON_ENV_VAR", None) == ray_compat.JOB_CONFIG_VARIABLE,
+        "RAY_JOB_CONFIG_JSON_ENV_VAR",
+        "ray._private.runtime_env.constants",
+    )
+    supervisor = importlib.import_module("ray.dashboard.modules.job.job_supervisor")
+    _hook("RAY_JOB_CONFIG_JSON_ENV_VAR" in _source(supervisor), "RAY_JOB_CONFIG_JSON_ENV_VAR", "the job supervisor's driver env")
+
+
+def test_job_working_dir_only_inside_a_job_with_a_working_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(ray_compat.JOB_CONFIG_VARIABLE, raising=False)
+    assert ray_compat.job_working_dir() is None
+    monkeypatch.setenv(ray_compat.JOB_CONFIG_VARIABLE, '{"runtime_env": {"py_modules": ["gcs://m.zip"]}, "metadata": {}}')
+    assert ray_compat.job_working_dir() is None
+    monkeypatch.setenv(ray_compat.JOB_CONFIG_VARIABLE, "not json")
+    assert ray_compat.job_working_dir() is None
+    monkeypatch.setenv(ray_compat.JOB_CONFIG_VARIABLE, '{"runtime_env": {"working_dir": "gcs://_ray_pkg_0a.zip"}}')
+    assert ray_compat.job_working_dir() == tmp_path

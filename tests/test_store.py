@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,6 +17,8 @@ import pytest
 from dncml.platform.store import Lease, ResultsStore, StoreError, TrialRecorder, new_id, safe_name
 from dncml.trainers.files import publish_file
 from dncml.trainers.spec import from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPEC = from_dict(dict(glyph_classes=48, warmup_epochs=0, epochs=2, finetune_epochs=1))
 
@@ -221,3 +224,32 @@ def test_publishing_dir_publishes_whole_keeps_a_concurrent_winner_and_cleans_up(
     with publishing_dir(target, replace=True) as staging:  # a pointer that moves (checkpoints/best)
         (staging / "b.npy").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["b.npy"]
+
+
+def test_a_store_inside_a_ray_jobs_working_directory_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """`ray job submit --working-dir D -- dncml sweep ...` runs the driver in Ray's temporary copy
+    of D, deleted with the job: a relative --storage (the default `results`) would put every row
+    there. It is refused in one line, before Ray starts; an absolute path outside it or a bucket
+    is fine."""
+    from dncml.platform import ray_compat
+
+    job_copy = tmp_path / "runtime_resources" / "working_dir_files" / "_ray_pkg_0a"
+    job_copy.mkdir(parents=True)
+    monkeypatch.chdir(job_copy)
+    monkeypatch.setenv(ray_compat.JOB_CONFIG_VARIABLE, json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_0a.zip"}}))
+    for inside in ("results", str(job_copy / "deep" / "results")):
+        with pytest.raises(StoreError, match="working directory.*--storage"):
+            ResultsStore(inside).check()
+    assert not (job_copy / "results").exists() and not (job_copy / "deep").exists()
+    ResultsStore(str(tmp_path / "shared" / "results")).check()  # outside the copy: accepted
+    result = subprocess.run(
+        [sys.executable, "-m", "dncml.platform.cli", "sweep", str(ROOT / "experiments" / "table6_grouping.yaml"), "--preset", "smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, ray_compat.JOB_CONFIG_VARIABLE: json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}})},
+        cwd=job_copy,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().count("\n") == 0 and "working directory" in result.stderr
+    assert not (job_copy / "results").exists()
