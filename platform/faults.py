@@ -2,7 +2,8 @@
 relying on timing luck.
 
 `DNCML_PAUSE_AT="<point>:<marker file>"` makes the process that reaches `fault_point(<point>)`
-create the marker file and then sleep, until the test interrupts or kills it;
+create the marker file and then sleep, until the test interrupts or kills it, or removes the
+marker (then the process goes on: a test can change the world, e.g. fill the disk, in between);
 `DNCML_CRASH_AT="<point>"` makes it die there at once (as a segfault or an OOM kill would), every
 time. Unset (always, outside tests), a fault point costs two environment lookups.
 """
@@ -23,4 +24,6 @@ def fault_point(name: str, seconds: float = 3600.0) -> None:
     if point != name or not marker:
         return
     Path(marker).touch()
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while Path(marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)

@@ -3,14 +3,18 @@ real processes: nothing here starts Ray."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,3 +337,86 @@ def test_a_resumed_search_settles_its_study_from_the_store(tmp_path):
     trials = {t.number: t for t in optuna.load_study(study_name="s", storage=optuna_storage(url)).get_trials()}
     assert trials[done.number].state == TrialState.COMPLETE and trials[done.number].value == 0.75
     assert trials[cut.number].state == TrialState.FAIL
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "64m"):
+    """A real filesystem of its own at `path` (tmpfs), so a test can fill it; skipped where this
+    process may not mount (not root, or a container without the capability)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a real full disk needs root to mount a small tmpfs")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _fill(disk: Path) -> Path:
+    """Write a filler file until the filesystem says it is full (unbuffered: every byte lands)."""
+    filler = disk / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for size in (1 << 20, 4096, 1):
+            while True:
+                try:
+                    os.write(descriptor, b"\0" * size)
+                except OSError as error:
+                    assert error.errno == errno.ENOSPC, error
+                    break
+    finally:
+        os.close(descriptor)
+    return filler
+
+
+def test_a_full_disk_mid_run_loses_nothing_written_and_status_and_resume_read_it_right(tmp_path):
+    """A local run whose run directory and store fill up after its first epoch: it stops with one
+    line (exit 1), the first epoch's checkpoint and row are intact, `dncml status` shows the run
+    `interrupted?` (its row could not say `failed`: the disk was full), and once there is room
+    `--resume` finishes it with every epoch recorded exactly once."""
+    import pandas as pd
+
+    from dncml.analysis.status import render_status
+
+    with small_disk(tmp_path / "disk") as disk:
+        run_dir, store, marker = disk / "run", disk / "store", tmp_path / "checkpointed"
+        args = ["train", str(SMOKE), "--local", *TINY, "--set", "epochs=3", "--run-dir", str(run_dir), "--storage", str(store)]
+        process = subprocess.Popen(
+            [*CLI, *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "DNCML_PAUSE_AT": f"local_recorded:{marker}"},  # after the first epoch's row
+        )
+        try:
+            deadline = time.time() + 240
+            while not marker.exists() and time.time() < deadline and process.poll() is None:
+                time.sleep(0.2)
+            assert marker.exists(), process.communicate(timeout=30)
+            first_rows = pd.read_parquet(store / "train" / "epochs")
+            filler = _fill(disk)
+            marker.unlink()  # the run goes on, onto a full disk
+            out, err = process.communicate(timeout=240)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode == 1, err[-3000:]
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "No space left on device" in lines[0] and "Traceback" not in err, err[-3000:]
+        assert (run_dir / "checkpoints" / "epoch-0000" / "state.pt").is_file()
+        pd.testing.assert_frame_equal(pd.read_parquet(store / "train" / "epochs"), first_rows)  # nothing written was lost
+        (status,) = pd.read_parquet(store / "train" / "trials")["status"]
+        assert status == "running"  # the failure row could not be written ...
+        assert "interrupted?" in render_status(store)  # ... and status reads it right
+
+        filler.unlink()
+        again = subprocess.run([*CLI, *args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        epochs = pd.read_parquet(store / "train" / "epochs")
+        assert sorted(epochs["epoch"]) == list(range(int(epochs["total_epochs"].iloc[0]))) and len(epochs) > len(first_rows)
+        (status,) = pd.read_parquet(store / "train" / "trials")["status"]
+        assert status == "completed"

@@ -8,6 +8,7 @@ files are written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,11 @@ def save_checkpoint(directory: str, spec: RunSpec, net: torch.nn.Module, optimiz
         "bank": plain(bank.state()) if bank is not None else None,
         "selected_model": state.selected_model if state.best_epoch != state.epoch - 1 else None,
     }
-    publish_file(path / "state.pt", lambda temporary: torch.save(payload, temporary))
+    # Serialised in memory, then written: torch.save straight to a file turns a full disk into
+    # "[enforce fail at inline_container.cc] unexpected pos", a plain write into ENOSPC's own message.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    publish_file(path / "state.pt", lambda temporary: Path(temporary).write_bytes(buffer.getbuffer()))
     publish_file(path / "spec.yaml", lambda temporary: Path(temporary).write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False)))
     return str(path)
 
