@@ -135,6 +135,18 @@ def test_data_root_expands_only_documented_variables_and_keeps_them_out_of_the_s
     assert "${HOME}/no-such-images" in error and "home-secret-4711" not in error
 
 
+def pause_at(point: str, marker: Path) -> dict:
+    """The environment of a process that pauses at fault point `point` (platform/faults.py)."""
+    return {**os.environ, "DNCML_PAUSE_AT": f"{point}:{marker}"}
+
+
+def wait_for_pause(process: subprocess.Popen, marker: Path, seconds: float = 240) -> None:
+    deadline = time.time() + seconds
+    while not marker.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), process.communicate(timeout=30)
+
+
 def test_sigterm_to_a_local_run_records_interrupted_and_prints_the_resume_command(tmp_path):
     import signal
 
@@ -143,18 +155,10 @@ def test_sigterm_to_a_local_run_records_interrupted_and_prints_the_resume_comman
     run_dir, store, marker = tmp_path / "run", tmp_path / "store", tmp_path / "recorded"
     args = ["train", str(SMOKE), "--local", *TINY, "--set", "epochs=3", "--run-dir", str(run_dir), "--storage", str(store)]
     process = subprocess.Popen(
-        [*CLI, *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "DNCML_PAUSE_AT": f"local_recorded:{marker}"},
+        [*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=pause_at("local_recorded", marker)
     )
     try:
-        deadline = time.time() + 240
-        while not marker.exists() and time.time() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        assert marker.exists(), process.communicate(timeout=30)
+        wait_for_pause(process, marker)
         from dncml.analysis.status import render_status
 
         shown = render_status(store)  # the run is live: its lease is in the store as well as in its run directory
@@ -384,19 +388,10 @@ def test_a_full_disk_mid_run_loses_nothing_written_and_status_and_resume_read_it
     with small_disk(tmp_path / "disk") as disk:
         run_dir, store, marker = disk / "run", disk / "store", tmp_path / "checkpointed"
         args = ["train", str(SMOKE), "--local", *TINY, "--set", "epochs=3", "--run-dir", str(run_dir), "--storage", str(store)]
-        process = subprocess.Popen(
-            [*CLI, *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "DNCML_PAUSE_AT": f"local_recorded:{marker}"},  # after the first epoch's row
-        )
+        env = pause_at("local_recorded", marker)  # after the first epoch's row
+        process = subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
-            deadline = time.time() + 240
-            while not marker.exists() and time.time() < deadline and process.poll() is None:
-                time.sleep(0.2)
-            assert marker.exists(), process.communicate(timeout=30)
+            wait_for_pause(process, marker)
             first_rows = pd.read_parquet(store / "train" / "epochs")
             filler = _fill(disk)
             marker.unlink()  # the run goes on, onto a full disk
