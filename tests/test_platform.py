@@ -384,10 +384,12 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     finished = before[before["status"] == "completed"].set_index("trial_id")["started_at"]
     assert len(finished) == 1
     ((trial_id, started),) = finished.items()
-    epoch_files_before = {f.name: f.stat().st_mtime_ns for f in (store / sweep / "epochs").glob(f"{trial_id}-*.parquet")}
-    assert list(epoch_files_before) == [f"{trial_id}-all.parquet"]  # its 2 epochs, compacted as it ended
-    row_file = store / sweep / "trials" / f"{trial_id}.parquet"
-    row_written = row_file.stat().st_mtime_ns
+    # its 2 epochs compacted as it ended, then its row and epochs merged into segments by the driver
+    # as the interrupted sweep ended (the interrupted trials keep their own files)
+    assert not list((store / sweep / "epochs").glob(f"{trial_id}-*.parquet"))
+    assert not (store / sweep / "trials" / f"{trial_id}.parquet").exists()
+    segments_before = {f: f.stat().st_mtime_ns for f in (store / sweep).glob("*/~segment-*.parquet")}
+    assert sorted(f.parent.name for f in segments_before) == ["epochs", "trials"]
 
     # Tune's own state, replaced by what a store-sharer could write: a resume unpickles none of it.
     import pickle
@@ -408,11 +410,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     trials, epochs = read_store(store, sweep)
     assert sorted(trials["status"]) == ["completed"] * 3
     assert trials.set_index("trial_id").loc[trial_id, "started_at"] == started  # not run again
-    epoch_files_after = {f.name: f.stat().st_mtime_ns for f in (store / sweep / "epochs").glob(f"{trial_id}-*.parquet")}
-    assert epoch_files_after == epoch_files_before  # its epochs were not rewritten either
-    # ... nor its row: no Ray Train run was started for it (which would resume from its last
-    # checkpoint, train nothing, and record the trial again).
-    assert row_file.stat().st_mtime_ns == row_written
+    # Neither its epochs nor its row were rewritten: no Ray Train run was started for it (which
+    # would resume from its last checkpoint, train nothing, and record the trial again).
+    assert {f: f.stat().st_mtime_ns for f in segments_before} == segments_before
+    assert not list((store / sweep / "epochs").glob(f"{trial_id}-*.parquet"))
+    assert len(list((store / sweep).glob("*/~segment-*.parquet"))) == 4  # the two resumed trials: merged as it ended
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert len(epochs) == 3 * 2  # three trials x (epochs 1 + finetune 1), nothing lost
 
