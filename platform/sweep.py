@@ -27,6 +27,7 @@ import shlex
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 from ray import tune
@@ -40,6 +41,7 @@ from dncml.analysis.schema import (
     PRUNED,
     RUNNING,
     ExperimentCard,
+    StoreError,
     best_column,
     spec_column,
     spec_field,
@@ -310,10 +312,16 @@ class StoreCompaction(tune.Callback):
         self.store, self.sweep = store, sweep
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.store.compact_sweep(self.sweep)
+        self.merge()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.store.compact_sweep(self.sweep)
+        self.merge()
+
+    def merge(self) -> None:
+        try:
+            self.store.compact_sweep(self.sweep)
+        except (OSError, pa.ArrowException, StoreError) as error:  # a speed-up only: the sweep goes on, the files stay as they are
+            log.warning(f"store: could not merge ended trials into a segment ({error}); the next trial's end tries again")
 
 
 class StopWhen(tune.stopper.Stopper):
