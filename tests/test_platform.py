@@ -677,7 +677,15 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, two_node_cluster):
     submit = [ray_cli, "job", "submit", f"--address={two_node_cluster.dashboard}"]
 
     def submit_job(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*submit, *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        # Ray's job server answers 500 "No available agent to submit job, please try again
+        # later" while the head's dashboard agent is not registered yet (seen on a loaded
+        # 2-core machine): nothing was started, so try again, as the message says.
+        for attempt in range(6):
+            job = subprocess.run([*submit, *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+            if "No available agent to submit job" not in job.stderr:
+                return job
+            time.sleep(10)
+        return job
 
     job_store = tmp_path / "job_store"
     job = submit_job("--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(job_store))
