@@ -680,7 +680,7 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, two_node_cluster):
         # Ray's job server answers 500 "No available agent to submit job, please try again
         # later" while the head's dashboard agent is not registered yet (seen on a loaded
         # 2-core machine): nothing was started, so try again, as the message says.
-        for attempt in range(6):
+        for _ in range(6):
             job = subprocess.run([*submit, *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
             if "No available agent to submit job" not in job.stderr:
                 return job
