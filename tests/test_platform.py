@@ -604,6 +604,10 @@ def two_node_cluster(s3_server):
     if ray.is_initialized():
         ray.shutdown()  # one Ray instance at a time on this machine keeps Ray's own tools unambiguous
     gcs_port, dashboard_port = _free_port(), _free_port()
+    # Each node's dashboard agent on a port of its own: Ray's default (52365) is one per machine,
+    # so a second node here, or any other Ray on the machine, would leave a node without its
+    # agent, and the head without one refuses jobs ("No available agent to submit job").
+    agent_ports = [_free_port(), _free_port()]
     env = {
         **{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},  # a cluster: not the loopback only
         "RAY_AUTH_MODE": "token",
@@ -623,13 +627,16 @@ def two_node_cluster(s3_server):
         node_env = [{**env, "DNCML_CACHE": str(home / "cache")} for home in homes]
         head_args = ["--head", f"--port={gcs_port}", "--num-cpus=2", "--dashboard-host=127.0.0.1"]
         head_args += [f"--dashboard-port={dashboard_port}", "--include-dashboard=true", f"--temp-dir={homes[0] / 'ray'}"]
+        head_args += [f"--dashboard-agent-listen-port={agent_ports[0]}"]
         nodes.append(_start_node(head_args, node_env[0], logs[0]))
         wait_for(
             lambda: subprocess.run([ray_cli, "status", f"--address={address}"], env=env, capture_output=True).returncode == 0,
             120,
             "the head node",
         )
-        nodes.append(_start_node([f"--address={address}", "--num-cpus=2", f"--temp-dir={homes[1] / 'ray'}"], node_env[1], logs[1]))
+        worker_args = [f"--address={address}", "--num-cpus=2", f"--temp-dir={homes[1] / 'ray'}"]
+        worker_args += [f"--dashboard-agent-listen-port={agent_ports[1]}"]
+        nodes.append(_start_node(worker_args, node_env[1], logs[1]))
 
         def two_nodes():
             out = subprocess.run(
@@ -677,15 +684,7 @@ def test_multinode_cluster_sweep_and_job_submission(tmp_path, two_node_cluster):
     submit = [ray_cli, "job", "submit", f"--address={two_node_cluster.dashboard}"]
 
     def submit_job(*args: str) -> subprocess.CompletedProcess:
-        # Ray's job server answers 500 "No available agent to submit job, please try again
-        # later" while the head's dashboard agent is not registered yet (seen on a loaded
-        # 2-core machine): nothing was started, so try again, as the message says.
-        for _ in range(6):
-            job = subprocess.run([*submit, *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-            if "No available agent to submit job" not in job.stderr:
-                return job
-            time.sleep(10)
-        return job
+        return subprocess.run([*submit, *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
     job_store = tmp_path / "job_store"
     job = submit_job("--working-dir", str(user_dir), "--", "dncml", "sweep", "shipped.yaml", "--storage", str(job_store))
