@@ -5,10 +5,14 @@
     STORE/<sweep>/trials/<trial_id>.parquet           one row per trial (rewritten as it ends)
     STORE/<sweep>/epochs/<trial_id>-e<epoch>.parquet  one row per (trial, epoch), while it runs
     STORE/<sweep>/epochs/<trial_id>-all.parquet       a trial's epochs in one file, once it ended
+    STORE/<sweep>/{trials,epochs}/~segment-*.parquet  many ended trials' rows in one file (the sweep's driver merges them)
     STORE/<sweep>/optuna.db                           a search's Optuna study (study name = sweep id)
     STORE/<sweep>/tensorboard/<trial_id>/events.*     TensorBoard events
     STORE/<sweep>/.leases/<name>.json                 who runs the sweep (or one run of it) now
     STORE/_ray/...                                    Ray's own files (never read by analysis)
+
+A row may briefly exist in two files (a compaction cut short leaves both copies): readers keep,
+per key (`ROW_KEYS`), the copy in the file of the highest `file_rank`, the newest kind of write.
 
 Standard library only: the trainers' side (torch), Ray and pandas stay out, so importing the
 format costs nothing on either side.
@@ -41,6 +45,10 @@ LEASES_DIR = ".leases"
 RAY_DIR = "_ray"
 PARQUET = ".parquet"
 COMPACTED = "-all.parquet"  # epochs/<trial_id>-all.parquet: a trial's epochs, once it ended
+# trials/ and epochs/~segment-<trials>-<random>.parquet: ended trials' rows merged into one file.
+# '~' is no character of a trial id (`safe_name`), so no trial's own file is ever taken for one.
+SEGMENT_PREFIX = "~segment-"
+_SEGMENT_FILE = re.compile(r"^~segment-(\d+)-[0-9a-f]+\.parquet$")
 LEASE_SUFFIX = ".json"
 _EPOCH_FILE = re.compile(r"-e(\d{4,})\.parquet$")
 
@@ -55,6 +63,32 @@ def epoch_file(trial_id: str, epoch: int) -> str:
 
 def compacted_file(trial_id: str) -> str:
     return trial_id + COMPACTED
+
+
+def segment_file(trials: int) -> str:
+    """A new segment's name: how many trials it holds (the writer's merge rule reads it from a
+    listing alone) and a random part (two segments never share a name)."""
+    return f"{SEGMENT_PREFIX}{int(trials):06d}-{uuid.uuid4().hex[:12]}{PARQUET}"
+
+
+def segment_trials(file_name: str) -> int | None:
+    """The trials a segment file holds (`~segment-000032-....parquet` -> 32), None for any other file."""
+    match = _SEGMENT_FILE.match(file_name)
+    return int(match.group(1)) if match else None
+
+
+def epoch_file_trial(file_name: str) -> str | None:
+    """The trial a per-epoch file belongs to (`t-1-e0003.parquet` -> `t-1`), None for any other file."""
+    match = _EPOCH_FILE.search(file_name)
+    return file_name[: match.start()] if match and not file_name.startswith(SEGMENT_PREFIX) else None
+
+
+def file_rank(file_name: str) -> int:
+    """Which copy of a row wins when two files hold it: a trial's own or per-epoch file (written
+    last) 2, a trial's compacted epochs 1, a segment 0."""
+    if file_name.startswith(SEGMENT_PREFIX):
+        return 0
+    return 1 if file_name.endswith(COMPACTED) else 2
 
 
 def epoch_of(file_name: str, trial_id: str) -> int | None:
@@ -114,6 +148,8 @@ STATUSES = (RUNNING, COMPLETED, FAILED, PRUNED, INTERRUPTED)
 # Trials without a final row yet: still running, or stopped before their end (the platform marks
 # those it will not resume `interrupted`). Shown on request, at their best epoch so far.
 PARTIAL = (RUNNING, INTERRUPTED)
+# Trials whose end stands (a resumed sweep runs none of them again): their rows may be merged into segments.
+ENDED = (COMPLETED, FAILED, PRUNED)
 
 # ----------------------------------------------------------------------------- columns
 SPEC_PREFIX = "spec_"  # trials: every RunSpec field, `spec_<field>`
@@ -129,6 +165,10 @@ STARTED_AT, ENDED_AT, WALL_SECONDS, EPOCH_SECONDS = "started_at", "ended_at", "w
 SPANS = ("warmup_epochs", "epochs", "finetune_epochs")  # the RunSpec fields whose sum is a trial's epochs
 # Epoch fields that count or identify rather than measure (not drawn as TensorBoard scalars).
 BOOKKEEPING = ("epoch", "total_epochs", "steps", "assignment_version", "assignment_digest", BEST_EPOCH, "workers", "cluster_repaired")
+
+
+# The key of a row in each directory: one trial row per trial, one epoch row per (trial, epoch).
+ROW_KEYS = {TRIALS_DIR: (TRIAL_ID,), EPOCHS_DIR: (TRIAL_ID, EPOCH)}
 
 
 def spec_column(field: str) -> str:

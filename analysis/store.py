@@ -30,18 +30,17 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
+from .rows import read_rows
 from .schema import (
     BEST_EPOCH,
     CARD_FILE,
-    COMPACTED,
     COMPLETED,
     EPOCH,
     EPOCHS_DIR,
     PARTIAL,
+    ROW_KEYS,
     STATUS,
     STUDY_FILE,
     TRIAL_ID,
@@ -269,70 +268,26 @@ def list_experiments(store: str | Path) -> dict[str, list[str]]:
     return _scan(_check_store(store))[0]
 
 
-def _dataset_table(filesystem: pafs.FileSystem, paths: list[str], columns: list[str] | None = None) -> pa.Table:
-    """The files as one table, one `pyarrow.dataset` scan: schemas unified (missing columns
-    null, int64 + double -> double), each row's file in `__filename`; only `columns` (those
-    that exist) if given. The footers are read side by side first (Arrow's own inspection reads
-    them one after another: on a bucket, one round trip each)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(16) as pool:
-        schemas = list(pool.map(lambda path: pq.read_schema(path, filesystem=filesystem), paths))
-    schema = pa.unify_schemas(schemas, promote_options="permissive")
-    names = schema.names if columns is None else [c for c in schema.names if c in set(columns)]
-    dataset = pads.FileSystemDataset.from_paths(paths, schema=schema, format=pads.ParquetFileFormat(), filesystem=filesystem)
-    return dataset.to_table(columns=[*names, "__filename"])
-
-
 def read_parquet_dir(
     directory: str | Path, skipped: list[str] | None = None, root: StoreRoot | None = None, columns: list[str] | None = None
 ) -> pd.DataFrame:
-    """Every visible Parquet file of a directory (a local path, or a path in `root`'s filesystem)
-    as one DataFrame, schemas unified (missing columns -> null, int64 + double -> double); an
-    empty DataFrame when there is none. One `pyarrow.dataset` scan reads them all. A file that
-    cannot be read (corrupt, truncated by a full disk or a killed copy) is left out with a warning
-    naming it, and "path: error" appended to `skipped`: one bad file must not hide the results of
-    every other trial. `columns`: only those (the ones that exist). Where a trial's compacted epochs (`<trial>-all.parquet`) and a per-epoch
-    file hold the same epoch (a resumed trial re-ran it), the per-epoch row wins."""
+    """Every visible Parquet file of a store directory (`trials/` or `epochs/` of a sweep: a local
+    path, or a path in `root`'s filesystem) as one DataFrame, with one `pyarrow.dataset` scan
+    (`rows.read_rows`): schemas unified, one row per key (`schema.ROW_KEYS`: where a segment, a
+    trial's compacted epochs and a per-epoch file hold the same row, the newest kind wins), an
+    empty DataFrame when there is none. A file that cannot be read (corrupt, truncated by a full
+    disk or a killed copy) is left out with a warning naming it, and "path: error" appended to
+    `skipped`: one bad file must not hide the results of every other trial. `columns`: only
+    those (the ones that exist) and the keys."""
     root = root or store_root(Path(directory).parent)
     path = str(directory) if not root.local else str(Path(directory).absolute())
-    files = root.files(path)
-    if not files:
-        return pd.DataFrame()
-    try:
-        frame = _dataset_table(root.fs, files, columns).to_pandas()
-    except (OSError, pa.ArrowException):
-        frame = _read_one_by_one(root, files, skipped)
-        if columns is not None and len(frame):
-            frame = frame[[c for c in frame.columns if c in set(columns) or c == "__filename"]]
-    if "__filename" not in frame:
-        return frame
-    compacted = frame["__filename"].str.endswith(COMPACTED)
-    keys = [TRIAL_ID, EPOCH]
-    if compacted.any() and not compacted.all() and set(keys) <= set(frame.columns) and frame.duplicated(keys).any():
-        frame = frame.assign(_compacted=compacted).sort_values("_compacted", kind="stable").drop_duplicates(keys)
-        frame = frame.drop(columns="_compacted").sort_index().reset_index(drop=True)
-    return frame.drop(columns="__filename")
+    keys = ROW_KEYS.get(path.rstrip("/").rsplit("/", 1)[-1], (TRIAL_ID,))
 
+    def where(file: str) -> str:
+        return root.where(file[len(root.path) + 1 :]) if file.startswith(root.path + "/") else file
 
-def _read_one_by_one(root: StoreRoot, files: list[str], skipped: list[str] | None) -> pd.DataFrame:
-    tables = []
-    for path in files:
-        try:
-            table = pq.read_table(path, filesystem=root.fs)
-            tables.append(table.append_column("__filename", pa.array([path] * len(table), pa.string())))
-        except (OSError, pa.ArrowException) as error:
-            note = f"{root.where(path[len(root.path) + 1 :]) if path.startswith(root.path + '/') else path}: {error}"
-            warnings.warn(f"skipped unreadable Parquet file {note}", stacklevel=3)
-            if skipped is not None:
-                skipped.append(note)
-    if not tables:
-        return pd.DataFrame()
-    try:
-        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        # Columns whose types cannot be promoted (a string and a number): pandas holds them as objects.
-        return pd.concat([t.to_pandas() for t in tables], ignore_index=True, sort=False)
+    table = read_rows(root.fs, root.files(path), keys, columns, skipped, where)
+    return pd.DataFrame() if table is None else table.to_pandas()
 
 
 def _require_completed(trials: pd.DataFrame, experiment: str, sweeps: list[str], include_running: bool) -> None:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .schema import BEST_EPOCH, BEST_PREFIX, COMPLETED, PARTIAL, STATUS, spec_column
 from .store import ExperimentData, StoreError, load_experiment
@@ -104,6 +103,8 @@ def t_interval(values: Iterable[float]) -> Interval:
     mean = float(values.mean()) if n else math.nan
     if n < 2:
         return Interval(mean, math.nan, math.nan, n)
+    from scipy import stats  # here: it costs every `dncml table` most of a second; only intervals need it
+
     half = float(stats.t.ppf(0.975, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n)
 

@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import dncml.analysis.schema as schema
+from dncml.analysis.rows import read_rows
 from dncml.analysis.schema import (
     BOOKKEEPING,
     STATUSES,
@@ -62,6 +62,11 @@ from dncml.trainers.files import publish_file
 from dncml.trainers.spec import RunSpec, _field_type, valid_name
 
 from . import ray_compat
+
+# A sweep's driver merges ended trials into a segment once this many are ready (or an eighth of
+# those merged before, so a sweep of N trials is about 8 log(N / 256) segments); small enough that
+# a paper-size sweep of 40 trials is read as a handful of files.
+SEGMENT_TRIALS = 32
 
 # Per-epoch fields the trainer reports besides the evaluation metrics, and their types.
 EPOCH_FIELDS: dict[str, pa.DataType] = {
@@ -445,28 +450,19 @@ class ResultsStore:
     def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(path, columns=columns, filesystem=self.fs)
 
-    def read_tables(self, paths: list[str], skipped: list[str] | None = None) -> pa.Table | None:
-        """The files as one table with one `pyarrow.dataset` call (schemas unified: missing
-        columns null, int64 + double -> double) and a `__filename` column. A file that cannot
-        be read is left out with a warning naming it ("path: error" added to `skipped`): one bad
-        file must not hide every other trial."""
-        if not paths:
-            return None
-        try:
-            return _dataset_table(self.fs, paths)
-        except (OSError, pa.ArrowException):
-            pass
-        good = []
-        for path in paths:
-            try:
-                pq.read_metadata(path, filesystem=self.fs)
-                good.append(path)
-            except (OSError, pa.ArrowException) as error:
-                note = f"{self.where(path[len(self.base) + 1 :])}: {_first_line(error)}"
-                warnings.warn(f"skipped unreadable Parquet file {note}", stacklevel=2)
-                if skipped is not None:
-                    skipped.append(note)
-        return _dataset_table(self.fs, good) if good else None
+    def read_rows(
+        self, directory: str, columns: list[str] | None = None, skipped: list[str] | None = None, row_filter=None
+    ) -> pa.Table | None:
+        """A sweep directory's rows (`trials/` or `epochs/`) as one table, one row per key
+        (`rows.read_rows`: a trial's own file over a segment, per-epoch over compacted), sorted
+        by it; only `columns` (and the keys) if given; None when there is no file. A file that
+        cannot be read is left out with a warning naming it ("path: error" added to `skipped`):
+        one bad file must not hide every other trial."""
+        keys = schema.ROW_KEYS[directory.rstrip("/").rsplit("/", 1)[-1]]
+        return read_rows(self.fs, self.files(directory), keys, columns, skipped, self._where, row_filter)
+
+    def _where(self, path: str) -> str:
+        return self.where(path[len(self.base) + 1 :]) if path.startswith(self.base + "/") else path
 
     # --------------------------------------------------------------------------- the layout
     def sweep_dir(self, sweep: str) -> str:
@@ -524,12 +520,11 @@ class ResultsStore:
 
     # --------------------------------------------------------------------------- the rows
     def trial_rows(self, sweep: str, columns: list[str] | None = None, skipped: list[str] | None = None) -> list[dict[str, Any]]:
-        """Every trial row of a sweep (only `columns`, if given), as plain dicts. A file that
-        cannot be read is skipped and named (a warning, and `skipped`)."""
-        table = self.read_tables(self.files(self.path(sweep, schema.TRIALS_DIR)), skipped)
+        """Every trial row of a sweep (only `columns`, if given), as plain dicts, by trial id. A
+        file that cannot be read is skipped and named (a warning, and `skipped`)."""
+        table = self.read_rows(self.path(sweep, schema.TRIALS_DIR), columns, skipped)
         if table is None:
             return []
-        table = table.drop_columns(["__filename"])
         if columns is not None:
             table = table.select([c for c in columns if c in table.column_names])
         return table.to_pylist()
@@ -593,29 +588,26 @@ class ResultsStore:
             if events.is_file():
                 self.publish(self.path(sweep, TENSORBOARD_DIR, trial_id, events.name), events.read_bytes())
 
-    def _epoch_files(self, sweep: str, trial_id: str) -> tuple[str | None, list[str]]:
-        """(the compacted file if any, the per-epoch files in epoch order) of one trial."""
-        compacted, per_epoch = None, []
+    def _epoch_files(self, sweep: str, trial_id: str) -> tuple[str | None, list[str], list[str]]:
+        """(the compacted file if any, the per-epoch files in epoch order, the segments) of one trial's
+        epochs (a segment may hold them: the driver merges ended trials)."""
+        compacted, per_epoch, segments = None, [], []
         for path in self.files(self.path(sweep, schema.EPOCHS_DIR)):
             name = path.rsplit("/", 1)[-1]
             if name == schema.compacted_file(trial_id):
                 compacted = path
             elif schema.epoch_of(name, trial_id) is not None:
                 per_epoch.append(path)
-        return compacted, per_epoch
+            elif schema.segment_trials(name) is not None:
+                segments.append(path)
+        return compacted, per_epoch, segments
 
     def _epoch_table(self, sweep: str, trial_id: str) -> tuple[pa.Table | None, str | None, list[str]]:
-        compacted, per_epoch = self._epoch_files(sweep, trial_id)
-        files = ([compacted] if compacted else []) + per_epoch
-        tables = [self.read_table(f) for f in files]
-        if not tables:
-            return None, compacted, per_epoch
-        table = pa.concat_tables(tables, promote_options="permissive")
-        # a per-epoch row (written after the compaction: a resumed trial) wins over the compacted one
-        epochs = table["epoch"].to_pylist()
-        last = {epoch: i for i, epoch in enumerate(epochs)}
-        keep = sorted(last.values(), key=lambda i: epochs[i])
-        return table.take(pa.array(keep, type=pa.int64())), compacted, per_epoch
+        compacted, per_epoch, segments = self._epoch_files(sweep, trial_id)
+        files = segments + ([compacted] if compacted else []) + per_epoch
+        only = pads.field(schema.TRIAL_ID) == trial_id if segments else None
+        table = read_rows(self.fs, files, schema.ROW_KEYS[schema.EPOCHS_DIR], where=self._where, row_filter=only)
+        return (table if table is not None and table.num_rows else None), compacted, per_epoch
 
     def epoch_rows(self, sweep: str, trial_id: str) -> list[dict[str, Any]]:
         """One trial's epoch rows, in epoch order, as plain dicts (missing values as None)."""
@@ -633,10 +625,61 @@ class ResultsStore:
         for path in per_epoch:
             self.delete(path)
 
+    def compact_sweep(self, sweep: str, final: bool = False) -> int:
+        """Ended trials' rows and epochs merged into one segment file each (`~segment-*.parquet` in
+        `trials/` and `epochs/`), their own files then removed: a sweep of N trials is read as
+        about log N files, not 2 N. Called by the sweep's driver alone (it holds the sweep's
+        lease) whenever a trial ends, and with `final` as the sweep ends. A trial is merged only
+        once its end stands (`schema.ENDED`) and its epochs are compacted; each trial is merged
+        once. Merges when at least `SEGMENT_TRIALS` trials are ready, or an eighth of those
+        already merged (`final`: any), so segments grow with the sweep. Safe at any point: the
+        segment is published before anything is removed, and readers keep one copy of a row.
+        Returns the trials merged."""
+        trials_dir, epochs_dir = self.path(sweep, schema.TRIALS_DIR), self.path(sweep, schema.EPOCHS_DIR)
+        trial_files = self.files(trials_dir)
+        own = [path for path in trial_files if schema.segment_trials(path.rsplit("/", 1)[-1]) is None]
+        merged = sum(schema.segment_trials(path.rsplit("/", 1)[-1]) or 0 for path in trial_files)
+        due = 1 if final else max(SEGMENT_TRIALS, merged // 8)
+        if len(own) < due:
+            return 0
+        table = read_rows(self.fs, own, schema.ROW_KEYS[schema.TRIALS_DIR], [schema.STATUS], where=self._where)
+        epoch_files = self.files(epochs_dir)
+        running = {schema.epoch_file_trial(path.rsplit("/", 1)[-1]) for path in epoch_files} - {None}
+        ready = sorted(
+            row[schema.TRIAL_ID]
+            for row in (table.to_pylist() if table is not None else [])
+            if row[schema.STATUS] in schema.ENDED and row[schema.TRIAL_ID] not in running
+        )
+        if len(ready) < due or not ready:
+            return 0
+        compacted = set(epoch_files)
+        epochs = [p for p in (self.path(sweep, schema.EPOCHS_DIR, schema.compacted_file(t)) for t in ready) if p in compacted]
+        rows = [self.path(sweep, schema.TRIALS_DIR, schema.trial_file(t)) for t in ready]
+        removed = []
+        for paths, directory in ((epochs, schema.EPOCHS_DIR), (rows, schema.TRIALS_DIR)):  # epochs first: a row's epochs are never missing
+            table = read_rows(self.fs, paths, schema.ROW_KEYS[directory], where=self._where) if paths else None
+            if table is None:
+                continue
+            self.write_table(table, self.path(sweep, directory, schema.segment_file(len(ready))))
+            held = set(table[schema.TRIAL_ID].to_pylist())
+            # only the files whose rows the segment holds: an unreadable one stays where it is
+            removed += [
+                p for p, t in zip(paths, ready if directory == schema.TRIALS_DIR else [_compacted_trial(p) for p in paths]) if t in held
+            ]
+        for path in removed:
+            self.delete(path)
+        return len(ready)
+
     def trial_row(self, sweep: str, trial_id: str) -> dict[str, Any] | None:
-        """A trial's row as recorded (None if the store has none)."""
+        """A trial's row as recorded (None if the store has none): its own file, else the segment
+        that holds it."""
         path = self.path(sweep, schema.TRIALS_DIR, schema.trial_file(trial_id))
-        return self.read_table(path).to_pylist()[0] if self.is_file(path) else None
+        if self.is_file(path):
+            return self.read_table(path).to_pylist()[0]
+        segments = [p for p in self.files(self.path(sweep, schema.TRIALS_DIR)) if schema.segment_trials(p.rsplit("/", 1)[-1]) is not None]
+        only = pads.field(schema.TRIAL_ID) == trial_id
+        table = read_rows(self.fs, segments, schema.ROW_KEYS[schema.TRIALS_DIR], where=self._where, row_filter=only)
+        return table.to_pylist()[0] if table is not None and table.num_rows else None
 
     def latest_run(self, sweep: str, name: str) -> dict[str, Any] | None:
         """The newest trial row of the runs named `name` in a sweep (None if there is none)."""
@@ -753,18 +796,8 @@ class ResultsStore:
         return self.study_url(sweep, given)
 
 
-def _dataset_table(filesystem: pafs.FileSystem, paths: list[str]) -> pa.Table:
-    """The files as one table, one `pyarrow.dataset` scan (schemas unified: missing columns
-    null, int64 + double -> double; each row's file in `__filename`). The footers are read side
-    by side first (Arrow's own inspection reads them one after another: on a bucket, one round
-    trip each)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(16) as pool:
-        schemas = list(pool.map(lambda path: pq.read_schema(path, filesystem=filesystem), paths))
-    schema = pa.unify_schemas(schemas, promote_options="permissive")
-    dataset = pads.FileSystemDataset.from_paths(paths, schema=schema, format=pads.ParquetFileFormat(), filesystem=filesystem)
-    return dataset.to_table(columns=[*schema.names, "__filename"])
+def _compacted_trial(path: str) -> str:
+    return path.rsplit("/", 1)[-1].removesuffix(schema.COMPACTED)
 
 
 def spec_differences(row: dict[str, Any], spec: RunSpec) -> list[str]:

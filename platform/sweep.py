@@ -27,18 +27,21 @@ import shlex
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 from ray import tune
 
 from dncml.analysis.schema import (
     COMPLETED,
+    EPOCHS_DIR,
     FAILED,
     INTERRUPTED,
     PARTIAL,
     PRUNED,
     RUNNING,
     ExperimentCard,
+    StoreError,
     best_column,
     spec_column,
     spec_field,
@@ -300,6 +303,27 @@ class StudyCopy(tune.Callback):
         self.store.save_study(self.sweep, self.given)
 
 
+class StoreCompaction(tune.Callback):
+    """Whenever a trial ends, the store merges ended trials into segments
+    (`ResultsStore.compact_sweep`), so that readers of a big sweep read few files. The driver
+    alone does it: it holds the sweep's lease, and trial processes never remove a file."""
+
+    def __init__(self, store: ResultsStore, sweep: str):
+        self.store, self.sweep = store, sweep
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.merge()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.merge()
+
+    def merge(self) -> None:
+        try:
+            self.store.compact_sweep(self.sweep)
+        except (OSError, pa.ArrowException, StoreError) as error:  # a speed-up only: the sweep goes on, the files stay as they are
+            log.warning(f"store: could not merge ended trials into a segment ({error}); the next trial's end tries again")
+
+
 class StopWhen(tune.stopper.Stopper):
     """Tune's way to end a whole sweep: `stop_all` as soon as the monitor has triggered."""
 
@@ -456,7 +480,7 @@ def run_sweep(
     # trials count from the start.
     ended = {t: s for t, s in store.statuses(sweep).items() if s in (COMPLETED, PRUNED, FAILED)} if resume and experiment.search else {}
     printer = ProgressPrinter(experiment, total + len(ended), limit, ended, store, sweep)
-    callbacks = [printer, monitor, NoTuneTensorBoard()]
+    callbacks = [printer, monitor, NoTuneTensorBoard(), StoreCompaction(store, sweep)]
     if mlflow_uri:
         from .tracking import MLflowCallback
 
@@ -486,7 +510,8 @@ def run_sweep(
             finally:
                 console.handle_sigterm()
                 printer.bar.close()
-    summary = reconcile(store, sweep, experiment, monitor, claimed(store, claims))
+        summary = reconcile(store, sweep, experiment, monitor, claimed(store, claims))
+        store.compact_sweep(sweep, final=True)  # the ended trials left over, in one last segment
     if monitor.triggered:
         summary["stopped early"] = 1
         outcome.warning(
@@ -544,8 +569,8 @@ class SweepResult:
         import pandas as pd
 
         store = ResultsStore(self.store)
-        ids = sorted(str(row["trial_id"]) for row in store.trial_rows(self.sweep, ["trial_id"]))
-        return pd.DataFrame([row for trial_id in ids for row in store.epoch_rows(self.sweep, trial_id)])
+        table = store.read_rows(store.path(self.sweep, EPOCHS_DIR))  # sorted by (trial, epoch)
+        return pd.DataFrame() if table is None else pd.DataFrame(table.to_pylist())
 
     @property
     def best_trial(self):
@@ -706,9 +731,10 @@ def reconcile(
     (or missing) belongs to a trial that Tune ended in error ('failed': it died before recording
     its failure), stopped early ('pruned' by ASHA; 'interrupted' when the whole sweep was stopped)
     or never let finish (Ctrl-C: 'interrupted', and `--resume` runs it again)."""
+    rows = {row["trial_id"]: row for row in store.trial_rows(sweep, ["trial_id", "status"])}  # one read, not one per trial
     for tune_id, (status, config, error) in monitor.ended().items():
         trial_id = (ids or {}).get(tune_id, tune_id)  # a resumed trial continues a stored one
-        row = store.trial_row(sweep, trial_id)
+        row = rows.get(trial_id)
         if row is not None and row.get("status") != RUNNING:
             continue  # the trial recorded its own end
         if row is None and status != "ERROR":

@@ -384,10 +384,12 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     finished = before[before["status"] == "completed"].set_index("trial_id")["started_at"]
     assert len(finished) == 1
     ((trial_id, started),) = finished.items()
-    epoch_files_before = {f.name: f.stat().st_mtime_ns for f in (store / sweep / "epochs").glob(f"{trial_id}-*.parquet")}
-    assert list(epoch_files_before) == [f"{trial_id}-all.parquet"]  # its 2 epochs, compacted as it ended
-    row_file = store / sweep / "trials" / f"{trial_id}.parquet"
-    row_written = row_file.stat().st_mtime_ns
+    # its 2 epochs compacted as it ended, then its row and epochs merged into segments by the driver
+    # as the interrupted sweep ended (the interrupted trials keep their own files)
+    assert not list((store / sweep / "epochs").glob(f"{trial_id}-*.parquet"))
+    assert not (store / sweep / "trials" / f"{trial_id}.parquet").exists()
+    segments_before = {f: f.stat().st_mtime_ns for f in (store / sweep).glob("*/~segment-*.parquet")}
+    assert sorted(f.parent.name for f in segments_before) == ["epochs", "trials"]
 
     # Tune's own state, replaced by what a store-sharer could write: a resume unpickles none of it.
     import pickle
@@ -408,11 +410,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     trials, epochs = read_store(store, sweep)
     assert sorted(trials["status"]) == ["completed"] * 3
     assert trials.set_index("trial_id").loc[trial_id, "started_at"] == started  # not run again
-    epoch_files_after = {f.name: f.stat().st_mtime_ns for f in (store / sweep / "epochs").glob(f"{trial_id}-*.parquet")}
-    assert epoch_files_after == epoch_files_before  # its epochs were not rewritten either
-    # ... nor its row: no Ray Train run was started for it (which would resume from its last
-    # checkpoint, train nothing, and record the trial again).
-    assert row_file.stat().st_mtime_ns == row_written
+    # Neither its epochs nor its row were rewritten: no Ray Train run was started for it (which
+    # would resume from its last checkpoint, train nothing, and record the trial again).
+    assert {f: f.stat().st_mtime_ns for f in segments_before} == segments_before
+    assert not list((store / sweep / "epochs").glob(f"{trial_id}-*.parquet"))
+    assert len(list((store / sweep).glob("*/~segment-*.parquet"))) == 4  # the two resumed trials: merged as it ended
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert len(epochs) == 3 * 2  # three trials x (epochs 1 + finetune 1), nothing lost
 
@@ -602,6 +604,10 @@ def two_node_cluster(s3_server):
     if ray.is_initialized():
         ray.shutdown()  # one Ray instance at a time on this machine keeps Ray's own tools unambiguous
     gcs_port, dashboard_port = _free_port(), _free_port()
+    # Each node's dashboard agent on a port of its own: Ray's default (52365) is one per machine,
+    # so a second node here, or any other Ray on the machine, would leave a node without its
+    # agent, and the head without one refuses jobs ("No available agent to submit job").
+    agent_ports = [_free_port(), _free_port()]
     env = {
         **{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},  # a cluster: not the loopback only
         "RAY_AUTH_MODE": "token",
@@ -621,13 +627,16 @@ def two_node_cluster(s3_server):
         node_env = [{**env, "DNCML_CACHE": str(home / "cache")} for home in homes]
         head_args = ["--head", f"--port={gcs_port}", "--num-cpus=2", "--dashboard-host=127.0.0.1"]
         head_args += [f"--dashboard-port={dashboard_port}", "--include-dashboard=true", f"--temp-dir={homes[0] / 'ray'}"]
+        head_args += [f"--dashboard-agent-listen-port={agent_ports[0]}"]
         nodes.append(_start_node(head_args, node_env[0], logs[0]))
         wait_for(
             lambda: subprocess.run([ray_cli, "status", f"--address={address}"], env=env, capture_output=True).returncode == 0,
             120,
             "the head node",
         )
-        nodes.append(_start_node([f"--address={address}", "--num-cpus=2", f"--temp-dir={homes[1] / 'ray'}"], node_env[1], logs[1]))
+        worker_args = [f"--address={address}", "--num-cpus=2", f"--temp-dir={homes[1] / 'ray'}"]
+        worker_args += [f"--dashboard-agent-listen-port={agent_ports[1]}"]
+        nodes.append(_start_node(worker_args, node_env[1], logs[1]))
 
         def two_nodes():
             out = subprocess.run(

@@ -253,3 +253,21 @@ def test_a_store_inside_a_ray_jobs_working_directory_is_refused_before_anything_
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().count("\n") == 0 and "working directory" in result.stderr
     assert not (job_copy / "results").exists()
+
+
+def test_a_merge_that_fails_does_not_end_the_sweep(tmp_path, monkeypatch, caplog):
+    """Merging ended trials into segments is a speed-up: when the store refuses it (a bucket's
+    hiccup), the driver's callback logs one line and the sweep goes on, its files as they were."""
+    from dncml.platform.sweep import StoreCompaction
+
+    store = ResultsStore(str(tmp_path / "store"))
+
+    def refuse(self, sweep, final=False):
+        raise OSError("When listing objects under key 'bucket/s/trials': AWS Error NETWORK_CONNECTION")
+
+    monkeypatch.setattr(ResultsStore, "compact_sweep", refuse)
+    callback = StoreCompaction(store, "s")
+    with caplog.at_level("WARNING"):
+        callback.on_trial_complete(0, [], None)
+        callback.on_trial_error(0, [], None)
+    assert sum("could not merge ended trials" in r.getMessage() for r in caplog.records) == 2

@@ -232,3 +232,101 @@ def test_refused_credentials_give_one_line(tmp_path, monkeypatch):
             ResultsStore("s3://any-bucket/prefix").check()
         with pytest.raises(ReadError, match="the credentials were refused"):
             load_experiment("s3://any-bucket/prefix", "e")
+
+
+def _ended_trials(store: ResultsStore, sweep: str, count: int, compact: bool, status: str = "completed") -> list[str]:
+    """`count` trials of 3 epochs each ended as `status` (the driver merging after each when `compact`)."""
+    ids = []
+    for t in range(count):
+        recorder = TrialRecorder(store, sweep, f"t-{t:03d}", SPEC, metric_names=NAMES)
+        for epoch in range(3):
+            recorder.epoch(epoch_row(epoch, loss=t + epoch / 10))
+        recorder.finish(status)
+        ids.append(recorder.trial_id)
+        if compact:
+            store.compact_sweep(sweep)
+    return ids
+
+
+def _names(store: ResultsStore, sweep: str, directory: str) -> list[str]:
+    return [p.rsplit("/", 1)[-1] for p in store.files(store.path(sweep, directory))]
+
+
+def test_ended_trials_merge_into_segments_that_read_the_same(store_uri, tmp_path, monkeypatch):
+    """The driver merges ended trials into segment files as they end (here every 4): a sweep of
+    10 trials is a few files, and every reader (analysis, status, the platform's per-trial reads) sees exactly
+    the rows an unmerged store holds; a running trial stays in its own files."""
+    from dncml.analysis.status import sweep_status
+    from dncml.analysis.store import load_experiment
+
+    monkeypatch.setattr("dncml.platform.store.SEGMENT_TRIALS", 4)
+    merged, plain = ResultsStore(store_uri), ResultsStore(str(tmp_path / "plain"))
+    for store in (merged, plain):
+        store.write_card("s", {"experiment": "e", "sweep": "s", "metric": "val_recall@1", "grid": {"seed": list(range(11))}})
+        _ended_trials(store, "s", 10, compact=store is merged)
+        live = TrialRecorder(store, "s", "live", SPEC, metric_names=NAMES)
+        live.epoch(epoch_row(0))
+    trials = _names(merged, "s", "trials")
+    segments = [n for n in trials if n.startswith("~segment-")]
+    assert len(segments) == 2 and all(n.startswith("~segment-000004-") for n in segments)
+    assert len(trials) == 2 + 2 + 1  # the segments, the 2 not merged yet, the live trial
+    assert "live-e0000.parquet" in _names(merged, "s", "epochs")
+
+    a, b = load_experiment(merged.uri, "e", include_running=True), load_experiment(plain.uri, "e", include_running=True)
+    for got, want in ((a.trials, b.trials), (a.epochs, b.epochs)):
+        columns = [c for c in want.columns if c not in ("started_at", "ended_at", "wall_seconds")]
+        pd.testing.assert_frame_equal(got[columns].reset_index(drop=True), want[columns].reset_index(drop=True))
+    shown = sweep_status(merged.uri.rstrip("/") + "/s")[1]
+    assert len(shown) == 11 and (shown["status"] == "completed").sum() == 10
+    assert merged.trial_row("s", "t-000")["status"] == "completed"  # from the segment
+    assert [e["loss"] for e in merged.epoch_rows("s", "t-000")] == [0.0, 0.1, 0.2]
+    assert merged.finished_trial("s", "t-005", 3) is not None
+    assert merged.statuses("s") == plain.statuses("s")
+
+    assert merged.compact_sweep("s", final=True) == 2  # the sweep's end: what is left, in one more segment
+    assert len([n for n in _names(merged, "s", "trials") if n.startswith("~segment-")]) == 3
+    assert _names(merged, "s", "trials")[0] == "live.parquet"  # still running: its own file
+    assert len(load_experiment(merged.uri, "e", include_running=True).epochs) == 10 * 3 + 1
+
+
+def test_a_merge_cut_short_leaves_every_row_once_and_a_newer_row_wins(store_uri, monkeypatch):
+    """A driver killed between publishing a segment and removing the merged files leaves two
+    copies of each row: readers keep one, and the next merge finishes the job. A trial row
+    written after its trial was merged (a newer write) wins over the segment's copy."""
+    from dncml.analysis.store import load_experiment
+
+    store = ResultsStore(store_uri)
+    store.write_card("s", {"experiment": "e", "sweep": "s", "metric": "val_recall@1", "grid": {}})
+    _ended_trials(store, "s", 3, compact=False)
+    monkeypatch.setattr(ResultsStore, "delete", lambda self, path: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    with pytest.raises(KeyboardInterrupt):
+        store.compact_sweep("s", final=True)
+    monkeypatch.undo()
+    assert len(_names(store, "s", "trials")) == 4 and len(_names(store, "s", "epochs")) == 4  # both copies
+    data = load_experiment(store_uri, "e")
+    assert sorted(data.trials["trial_id"]) == ["t-000", "t-001", "t-002"] and len(data.epochs) == 9
+    assert len(store.epoch_rows("s", "t-001")) == 3
+    store.compact_sweep("s", final=True)
+    assert len(load_experiment(store_uri, "e").epochs) == 9
+    assert all(n.startswith("~segment-") for n in _names(store, "s", "trials") + _names(store, "s", "epochs"))
+
+    again = TrialRecorder(store, "s", "t-001", SPEC, metric_names=NAMES, start=False)
+    again.history = store.epoch_rows("s", "t-001")
+    again._write("failed", error="rewritten")
+    assert store.trial_row("s", "t-001")["error"] == "rewritten"
+    assert load_experiment(store_uri, "e").trials.set_index("trial_id").loc["t-001", "status"] == "failed"
+
+
+def test_only_ended_trials_are_merged(store_uri):
+    """Running and interrupted trials (a resumed sweep runs them again) keep their own files;
+    completed, failed and pruned ones (their end stands) are merged."""
+    store = ResultsStore(store_uri)
+    for status in ("completed", "failed", "pruned", "interrupted"):
+        TrialRecorder(store, "s", f"{status}-1", SPEC, metric_names=NAMES).finish(status) if status != "completed" else None
+    _ended_trials(store, "s", 1, compact=False)
+    TrialRecorder(store, "s", "running-1", SPEC, metric_names=NAMES)
+    assert store.compact_sweep("s") == 0  # fewer than a segment's worth, and not the end
+    assert store.compact_sweep("s", final=True) == 3
+    own = [n for n in _names(store, "s", "trials") if not n.startswith("~segment-")]
+    assert own == ["interrupted-1.parquet", "running-1.parquet"]
+    assert sorted(store.statuses("s")) == ["failed-1", "interrupted-1", "pruned-1", "running-1", "t-000"]

@@ -5,7 +5,8 @@
 Fills a store with `--trials` synthetic trials x `--epochs` epochs through the store's own
 writer (`ResultsStore.write_trial`, and `write_epochs`: a finished trial's epochs in the one
 compacted file a trial ends in; the last trial stays `running` with per-epoch files, as a live
-sweep has), then times, each in a fresh process (interpreter start included) with its peak
+sweep has), the ended trials merged into segments as the sweep's driver merges them
+(`compact_sweep` after every trial), then times, each in a fresh process (interpreter start included) with its peak
 memory:
 
 1. `dncml status STORE`
@@ -70,6 +71,7 @@ def fill(uri: str, trials: int, epochs: int) -> tuple[float, int]:
             store.write_epochs(SWEEP, recorder.trial_id, rows, METRICS)
             recorder.history = rows
             recorder._write("completed")
+            store.compact_sweep(SWEEP)  # what the sweep's driver does whenever a trial ends
     files = len(store.files(store.path(SWEEP, "epochs"))) + len(store.files(store.path(SWEEP, "trials")))
     return time.perf_counter() - started, files + 1
 
