@@ -63,9 +63,9 @@ from dncml.trainers.spec import RunSpec, _field_type, valid_name
 
 from . import ray_compat
 
-# A sweep's driver merges ended trials into a segment once this many are ready (or an eighth of
-# those merged before, so a sweep of N trials is about 8 log(N / 256) segments); small enough that
-# a paper-size sweep of 40 trials is read as a handful of files.
+# A sweep's driver merges ended trials into a segment once this many are ready, or an eighth of
+# those merged before: up to 256 trials, one segment per 32; beyond, about 8.5 ln(N / 256) more
+# (1,000 trials: 20 segments). A paper-size sweep of 40 trials is read as a handful of files.
 SEGMENT_TRIALS = 32
 
 # Per-epoch fields the trainer reports besides the evaluation metrics, and their types.
