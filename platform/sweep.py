@@ -306,7 +306,7 @@ class StudyCopy(tune.Callback):
 class StoreCompaction(tune.Callback):
     """Whenever a trial ends, the store merges ended trials into segments
     (`ResultsStore.compact_sweep`), so that readers of a big sweep read few files. The driver
-    alone does it: it holds the sweep's lease, and trial processes never remove a file."""
+    alone does it: it holds the sweep's lease; a trial process removes only its own per-epoch files."""
 
     def __init__(self, store: ResultsStore, sweep: str):
         self.store, self.sweep = store, sweep
