@@ -94,7 +94,7 @@ def file_rank(file_name: str) -> int:
 def epoch_of(file_name: str, trial_id: str) -> int | None:
     """The epoch a per-epoch file of `trial_id` holds (`<trial_id>-e0003.parquet` -> 3), else None."""
     match = _EPOCH_FILE.search(file_name)
-    return int(match.group(1)) if match and file_name[: match.start()] == trial_id else None
+    return int(match.group(1)) if match and epoch_file_trial(file_name) == trial_id else None
 
 
 def lease_file(name: str) -> str:

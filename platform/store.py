@@ -650,22 +650,19 @@ class ResultsStore:
             for row in (table.to_pylist() if table is not None else [])
             if row[schema.STATUS] in schema.ENDED and row[schema.TRIAL_ID] not in running
         )
-        if len(ready) < due or not ready:
+        if len(ready) < due:
             return 0
-        compacted = set(epoch_files)
-        epochs = [p for p in (self.path(sweep, schema.EPOCHS_DIR, schema.compacted_file(t)) for t in ready) if p in compacted]
-        rows = [self.path(sweep, schema.TRIALS_DIR, schema.trial_file(t)) for t in ready]
+        present = set(epoch_files)
+        epochs = {t: p for t in ready if (p := self.path(sweep, schema.EPOCHS_DIR, schema.compacted_file(t))) in present}
+        rows = {t: self.path(sweep, schema.TRIALS_DIR, schema.trial_file(t)) for t in ready}
         removed = []
-        for paths, directory in ((epochs, schema.EPOCHS_DIR), (rows, schema.TRIALS_DIR)):  # epochs first: a row's epochs are never missing
-            table = read_rows(self.fs, paths, schema.ROW_KEYS[directory], where=self._where) if paths else None
+        for files, directory in ((epochs, schema.EPOCHS_DIR), (rows, schema.TRIALS_DIR)):  # epochs first: a row's epochs are never missing
+            table = read_rows(self.fs, list(files.values()), schema.ROW_KEYS[directory], where=self._where) if files else None
             if table is None:
                 continue
             self.write_table(table, self.path(sweep, directory, schema.segment_file(len(ready))))
             held = set(table[schema.TRIAL_ID].to_pylist())
-            # only the files whose rows the segment holds: an unreadable one stays where it is
-            removed += [
-                p for p, t in zip(paths, ready if directory == schema.TRIALS_DIR else [_compacted_trial(p) for p in paths]) if t in held
-            ]
+            removed += [path for trial, path in files.items() if trial in held]  # an unreadable file stays where it is
         for path in removed:
             self.delete(path)
         return len(ready)
@@ -794,10 +791,6 @@ class ResultsStore:
         if not given:
             self._study_file(sweep).parent.mkdir(parents=True, exist_ok=True)
         return self.study_url(sweep, given)
-
-
-def _compacted_trial(path: str) -> str:
-    return path.rsplit("/", 1)[-1].removesuffix(schema.COMPACTED)
 
 
 def spec_differences(row: dict[str, Any], spec: RunSpec) -> list[str]:
