@@ -192,24 +192,41 @@ def cmd_datasets_show(args) -> int:
 # ---------------------------------------------------------------------------------- pretrain
 def cmd_pretrain(args) -> int:
     import json
+    import shutil
+    import tempfile
 
-    from dncml.trainers.pretrain import PretrainConfig, pretrained_dir, pretrained_glyphnet
+    from dncml.trainers.pretrain import PROVENANCE, WEIGHTS, PretrainConfig, pretrained_dir, pretrained_glyphnet, shipped_weights
 
     config = PretrainConfig(epochs=args.epochs, image_size=args.image_size, seed=args.seed)
-    cached = (pretrained_dir(config) / "weights.pt").is_file()
-    path = pretrained_glyphnet(config, progress=True)
-    provenance = json.loads((path.parent / "provenance.json").read_text())
-    print(f"GlyphNet {'already pre-trained' if cached else 'pre-trained'}: {path}")
-    print(
-        f"  {provenance['classes']} classes ({provenance['images']} images) outside the glyphs train and test "
-        f"splits, {config.epochs} epochs, held-out accuracy {provenance['held_out_accuracy']:.3f}, "
-        f"{provenance['seconds']:.0f} s"
-    )
-    if args.out:
-        import shutil
-
-        shutil.copyfile(path, args.out)
-        print(f"  copied to {args.out} (use it as `pretrained: {args.out}`)")
+    shipped = shipped_weights(config)
+    with tempfile.TemporaryDirectory(prefix="dncml-pretrain-") as scratch:
+        if args.from_scratch:  # trained here, in a scratch cache: the user's cache stays as it is
+            path = pretrained_glyphnet(config, cache_dir=Path(scratch), progress=True, shipped=False)
+            done = "pre-trained from scratch (not cached)"
+        else:
+            cached = (pretrained_dir(config) / WEIGHTS).is_file()
+            path = pretrained_glyphnet(config, progress=True)
+            done = "already in the cache" if cached else "cached"
+        provenance = json.loads((path.parent / PROVENANCE).read_text())
+        print(f"GlyphNet {done}: {path if not args.from_scratch else '(scratch)'}")
+        print(
+            f"  {provenance['classes']} classes ({provenance['images']} images) outside the glyphs train and test "
+            f"splits, {config.epochs} epochs, held-out accuracy {provenance['held_out_accuracy']:.3f}; "
+            f"{provenance.get('source', 'trained here')}"
+        )
+        print(f"  sha256 {provenance['sha256']}")
+        if args.from_scratch and shipped is not None:
+            same = provenance["sha256"] == shipped[1]["sha256"]
+            print(
+                "  the same bytes as the weights shipped with dncml"
+                if same
+                else "  not the bytes shipped with dncml: float reductions differ between machines and thread counts "
+                f"(shipped: torch {shipped[1]['torch']}, {shipped[1]['torch_threads']} threads; here: "
+                f"torch {provenance['torch']}, {provenance['torch_threads']} threads)"
+            )
+        if args.out:
+            shutil.copyfile(path, args.out)
+            print(f"  copied to {args.out} (use it as `pretrained: {args.out}`)")
     return 0
 
 
@@ -455,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32, help="pixels (the glyphs default)")
     p.add_argument("--seed", type=int, default=0, help="render and training seed")
     p.add_argument("--out", default=None, help="also copy the weights file here")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train it here (minutes), in a scratch directory, and say whether the bytes match the copy shipped with dncml",
+    )
     p.set_defaults(func=cmd_pretrain)
 
     p = command("train", "one divide-and-conquer run (Ray Train, or --local in this process)")

@@ -4,6 +4,7 @@ with frozen BatchNorm."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import unicodedata
 
@@ -87,3 +88,39 @@ def test_building_a_model_never_looks_for_weights_and_the_resolver_names_the_fil
     (hub / "resnet18-f37072fd.pth").write_bytes(b"")
     (hub / "resnet50-0676ba61.pth").write_bytes(b"")
     assert resolve_weights(imagenet) == hub / "resnet18-f37072fd.pth"
+
+
+def test_the_default_pretraining_ships_checked_and_is_cached_without_training(tmp_path, monkeypatch):
+    """`pretrained: glyphs` at its default config starts from the weights shipped with dncml: the
+    bytes its provenance names, trained on today's pre-training classes, copied into the cache
+    without a training step; a shipped file that does not match its sha256 is refused."""
+    import hashlib
+
+    from dncml.trainers import pretrain
+
+    config = PretrainConfig()
+    source, provenance = pretrain.shipped_weights(config)
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == provenance["sha256"]
+    assert provenance["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
+    classes = np.array([cp for cp, _ in config.data.classes()], dtype=np.int64)
+    assert provenance["code_points_sha256"] == hashlib.sha256(classes.tobytes()).hexdigest()  # the classes of today's code
+    assert pretrain.shipped_weights(PretrainConfig(epochs=1)) is None  # only the default ships
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the weights ship")
+
+    monkeypatch.setattr(pretrain, "train_classifier", no_training)
+    cached = pretrained_glyphnet(config, cache_dir=tmp_path / "cache", progress=False)
+    assert cached.read_bytes() == source.read_bytes()
+    assert json.loads((cached.parent / pretrain.PROVENANCE).read_text())["source"].startswith("shipped with dncml")
+    build_backbone("glyphnet", 1, cached)  # strict load into today's GlyphNet
+
+    tampered = tmp_path / "shipped"
+    tampered.mkdir()
+    original = source.read_bytes()
+    (tampered / source.name).write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])
+    (tampered / source.with_suffix(".json").name).write_text(json.dumps(provenance))
+    monkeypatch.setattr(pretrain, "SHIPPED_DIR", tampered)
+    with pytest.raises(pretrain.ShippedWeightsCorrupt, match="sha256"):
+        pretrained_glyphnet(config, cache_dir=tmp_path / "other", progress=False)
+    assert not (pretrain.pretrained_dir(config, tmp_path / "other") / pretrain.WEIGHTS).exists()  # nothing half-published

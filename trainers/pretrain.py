@@ -11,6 +11,12 @@ classifier trained on classes that are in neither the train nor the test split o
 (`data/pretraining_glyphs.py`), whose classification head is then thrown away. Deterministic for
 its seed (on one machine: float reductions depend on the thread count, recorded with the
 weights), cached under `$DNCML_CACHE/pretrained/` with its provenance, like the glyph render.
+
+The default pre-training ships with dncml (`weights/<key>.pt` and its provenance, 370 KiB): a
+fresh machine starts from the same bytes as the README's numbers instead of spending 3-4 CPU
+minutes on a backbone that another machine's float reductions might make differently. Its
+sha256 is checked before it is copied into the cache; `dncml pretrain glyphnet --from-scratch`
+trains it again and says whether the bytes match.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from .files import publishing_dir
 
 log = logging.getLogger(__name__)
 WEIGHTS = "weights.pt"
+PROVENANCE = "provenance.json"
+SHIPPED_DIR = Path(__file__).with_name("weights")  # package data: `<key>.pt` + `<key>.json`
 
 if TYPE_CHECKING:
     from .spec import RunSpec
@@ -69,17 +77,49 @@ def pretrained_dir(config: PretrainConfig, cache_dir: Path | None = None) -> Pat
     return Path(cache_dir or default_cache_dir()) / "pretrained" / config.key
 
 
-def pretrained_glyphnet(config: PretrainConfig = PretrainConfig(), cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """The weights file of a GlyphNet pre-trained with `config`: from the cache, else trained now
-    (a few minutes on a laptop CPU) and cached."""
+class ShippedWeightsCorrupt(RuntimeError):
+    """The weights shipped with dncml do not match the sha256 of their provenance."""
+
+
+def shipped_weights(config: PretrainConfig) -> tuple[Path, dict] | None:
+    """The shipped weights file for `config` and its provenance, or None when none ships."""
+    weights = SHIPPED_DIR / f"{config.key}.pt"
+    provenance = SHIPPED_DIR / f"{config.key}.json"
+    if not (weights.is_file() and provenance.is_file()):
+        return None
+    return weights, json.loads(provenance.read_text())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pretrained_glyphnet(
+    config: PretrainConfig = PretrainConfig(), cache_dir: Path | None = None, progress: bool = True, shipped: bool = True
+) -> Path:
+    """The weights file of a GlyphNet pre-trained with `config`: from the cache; else, with
+    `shipped`, the copy that ships with dncml for this config (checked, then cached); else
+    trained now (a few minutes on a laptop CPU) and cached."""
     target = pretrained_dir(config, cache_dir)
     if (target / WEIGHTS).is_file():
         return target / WEIGHTS
+    found = shipped_weights(config) if shipped else None
     with publishing_dir(target, done=lambda found: (found / WEIGHTS).is_file()) as tmp:
-        state, provenance = train_classifier(config, cache_dir, progress)
-        torch.save(state, tmp / WEIGHTS)
-        provenance["sha256"] = hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest()
-        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        if found is not None:
+            source, provenance = found
+            if _sha256(source) != provenance.get("sha256"):
+                raise ShippedWeightsCorrupt(
+                    f"{source}: its sha256 is not the {provenance.get('sha256')} of {source.with_suffix('.json').name}; "
+                    f"reinstall dncml, or train it here with `dncml pretrain glyphnet --from-scratch`"
+                )
+            (tmp / WEIGHTS).write_bytes(source.read_bytes())
+            provenance = {**provenance, "source": f"shipped with dncml ({source.name})"}
+            log.info("pre-trained GlyphNet: the copy shipped with dncml (%s)", source.name)
+        else:
+            state, provenance = train_classifier(config, cache_dir, progress)
+            torch.save(state, tmp / WEIGHTS)
+            provenance["sha256"] = _sha256(tmp / WEIGHTS)
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     return target / WEIGHTS
 
 
