@@ -566,7 +566,10 @@ def budget_summary(data: ExperimentData, metric: str | None = None) -> pd.DataFr
     steps, from their `train_steps`; NaN for older stores), the metric's `mean` and 95 %
     t-interval over seeds (`low`, `high`, `n`), and the paired difference from the baseline
     setting's line at the same budget (`delta`, `delta low`, `delta high`, `delta n`, `delta
-    noise`; n = 0 for the baseline's own line and without a baseline). Values as stored.
+    noise`; n = 0 for the baseline's own line and without a baseline), and the same difference
+    at equal optimiser steps (`steps delta`, `steps delta low`, `steps delta high`, `steps delta
+    n`; see `equal_steps_deltas`), for recipes whose schedule gives the lines unequal steps at
+    one budget. Values as stored.
     attrs: metric, x (the field left out of the lines), fields (the line fields)."""
     trials = data.shown()
     metric = _pick_metric(data, metric, trials)
@@ -580,6 +583,8 @@ def budget_summary(data: ExperimentData, metric: str | None = None) -> pd.DataFr
     base_of = {_line_of(fields, key, x_field): _line_of(fields, base, x_field) for key, base in bases.items() if base}
     notes = _notes(trials, lines)
     empty = pd.Series(dtype=float)
+    steps_of = pd.to_numeric(trials["train_steps"], errors="coerce") if "train_steps" in trials else pd.Series(np.nan, index=trials.index)
+    curves = _seed_curves(trials, y, steps_of, lines)
     records = []
     for b in sorted(budget.unique()):
         at = budget == b
@@ -588,7 +593,19 @@ def budget_summary(data: ExperimentData, metric: str | None = None) -> pd.DataFr
             base = base_of.get(line)
             spread = t_interval(y[at & (lines == line)])
             delta = paired_delta(cells.get(line, empty), cells.get(base, empty)) if base not in (None, line) else t_interval([])
-            steps = pd.to_numeric(trials.loc[at & (lines == line), "train_steps"], errors="coerce") if "train_steps" in trials else empty
+            same = at & (lines == line)
+            steps = steps_of[same]
+            equal_steps = (
+                t_interval(
+                    equal_steps_deltas(
+                        seed_cells(trials[same], y[same], lines[same]).get(line, empty),
+                        seed_cells(trials[same], steps_of[same], lines[same]).get(line, empty),
+                        curves.get(base, {}),
+                    )
+                )
+                if base not in (None, line)
+                else t_interval([])
+            )
             records.append(
                 {
                     "line": line,
@@ -604,6 +621,10 @@ def budget_summary(data: ExperimentData, metric: str | None = None) -> pd.DataFr
                     "delta high": delta.high,
                     "delta n": delta.n,
                     "delta noise": delta.noise,
+                    "steps delta": equal_steps.mean,
+                    "steps delta low": equal_steps.low,
+                    "steps delta high": equal_steps.high,
+                    "steps delta n": equal_steps.n,
                 }
             )
     summary = pd.DataFrame(records)
@@ -611,11 +632,48 @@ def budget_summary(data: ExperimentData, metric: str | None = None) -> pd.DataFr
     return summary
 
 
+def _seed_curves(trials: pd.DataFrame, values: pd.Series, steps: pd.Series, lines: pd.Series) -> dict[str, dict]:
+    """line -> {(sweep, seed): (steps, values)}, sorted by steps: each seed's metric against its
+    optimiser steps over the budgets, the baseline curve `equal_steps_deltas` reads."""
+    if spec_column("seed") not in trials:
+        return {}
+    sweeps = trials["sweep"].astype(str) if "sweep" in trials else pd.Series("", index=trials.index)
+    frame = pd.DataFrame({"line": lines, "sweep": sweeps, "seed": trials[spec_column("seed")], "steps": steps, "value": values})
+    frame = frame.dropna().groupby(["line", "sweep", "seed", "steps"], as_index=False)["value"].mean()
+    curves: dict[str, dict] = {}
+    for (line, sweep, seed), points in frame.groupby(["line", "sweep", "seed"]):
+        curves.setdefault(line, {})[(sweep, seed)] = (points["steps"].to_numpy(float), points["value"].to_numpy(float))
+    return curves
+
+
+def equal_steps_deltas(values: pd.Series, steps: pd.Series, base_curves: dict) -> list[float]:
+    """A line's per-(sweep, seed) values minus the baseline of the same sweep and seed at the
+    same optimiser steps: the baseline's value interpolated between its two budgets that bracket
+    the line's steps, linear in log steps (an assumption; the budgets double), and none where the
+    steps fall outside the baseline's budgets (no extrapolation). A seed without a baseline in
+    its own sweep uses the baseline's curve of that seed in another sweep, as `paired_delta` does."""
+    by_seed = {seed: curve for (_, seed), curve in base_curves.items()}
+    differences = []
+    for key, value in values.items():
+        curve = base_curves.get(key, by_seed.get(key[1]))
+        at = steps.get(key, math.nan)
+        if curve is None or not np.isfinite(at) or at <= 0 or len(curve[0]) == 0:
+            continue
+        base_steps, base_values = curve
+        if base_steps[0] <= at <= base_steps[-1]:
+            differences.append(value - float(np.interp(np.log(at), np.log(base_steps), base_values)))
+    return differences
+
+
 def plot_budget(data: ExperimentData, metric: str | None = None) -> Figure:
     summary = budget_summary(data, metric)
     metric, scale = summary.attrs["metric"], _scale(summary.attrs["metric"])
     lines = ordered_keys(data, summary["line"], summary.attrs["fields"])
     has_delta = bool((summary["delta n"] > 0).any())
+    # Equal steps only where some line's steps differ from the baseline's at a budget (recipe
+    # authors_code's round robin); under equal steps per epoch it repeats the equal-epochs Δ.
+    unequal = (summary["steps delta n"] > 0) & ((summary["steps delta"] - summary["delta"]).abs() > 1e-12)
+    has_steps_delta = has_delta and bool(unequal.any())
     fig = Figure(figsize=(8.5, 8.0 if has_delta else 5.6), layout="constrained")
     axes = fig.subplots(2 if has_delta else 1, 1, sharex=True, squeeze=False, height_ratios=[2, 1] if has_delta else None)[:, 0]
     budgets = sorted(summary["budget"].unique())
@@ -640,13 +698,21 @@ def plot_budget(data: ExperimentData, metric: str | None = None) -> Figure:
             axes[1].errorbar(x, mean, yerr=error, marker="o", capsize=4, lw=1.5, color=color)
             noise = paired["delta noise"].to_numpy(dtype=bool)
             axes[1].plot(x[noise], mean[noise], "o", color=color, markerfacecolor="white", zorder=3)
+        matched = rows[rows["steps delta n"] > 0]
+        if has_steps_delta and len(matched):
+            x = matched["budget"] + dodge * (index - (len(lines) - 1) / 2 + 2.5)  # beside the equal-epochs bars
+            mean = matched["steps delta"] * scale
+            error = [(mean - matched["steps delta low"] * scale).fillna(0.0), (matched["steps delta high"] * scale - mean).fillna(0.0)]
+            axes[1].errorbar(x, mean, yerr=error, marker="D", ms=5, capsize=3, lw=1.2, ls="--", color=color, alpha=0.8)
     axes[0].set_ylabel(_axis_label(metric))
     axes[0].grid(alpha=0.3)
     if has_delta:
         axes[1].axhline(0.0, color="0.3", lw=1.0)
         axes[1].set_ylabel(f"Δ {metric_label(metric)}" + (" (points)" if is_percent(metric) else ""))
         axes[1].set_title(
-            f"paired by seed vs the baseline ({baseline_text(data)}) at the same budget; hollow: the 95 % interval spans 0", fontsize=10
+            f"paired by seed vs the baseline ({baseline_text(data)}) at the same budget; hollow: the 95 % interval spans 0"
+            + ("\ndashed, ◆: at the same optimiser steps (the baseline interpolated in log steps)" if has_steps_delta else ""),
+            fontsize=10,
         )
         axes[1].grid(alpha=0.3)
     axes[-1].set_xlabel("training budget (epochs: warm-up + divide + conquer)")

@@ -801,9 +801,56 @@ def test_budget_plot_lines_intervals_and_paired_deltas(tmp_path):
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["K=1 (n=3)", "K=4 (n=3)"]
     assert any(list(line.get_ydata()) == [0.0, 0.0] for line in bottom.get_lines())  # the zero line
     assert "budget" in bottom.get_xlabel() and "Δ R@1" in bottom.get_ylabel()
+    assert "--" not in [line.get_linestyle() for line in bottom.get_lines()]  # no equal-steps pairs here: no dashed Δ
     assert plot_experiment(data, "budget", tmp_path / "budget.png").read_bytes()[:8] == PNG
     without = dataclasses.replace(data, card={**data.card, "table": {"metrics": ["test_recall@1"]}})
     assert len(experiment_figure(without).axes) == 1  # no baseline: no Δ panel
+
+
+def test_budget_summary_compares_at_equal_steps(tmp_path):
+    """Under a schedule that gives D&C more steps at one budget (recipe authors_code), the
+    summary also pairs each D&C seed with the same seed's baseline at the same optimiser steps:
+    interpolated linearly in log steps between the two baseline budgets that bracket them, and
+    not at all outside the baseline's budgets (no extrapolation)."""
+    steps = {(1, 2): 30, (1, 4): 60, (4, 2): 40, (4, 4): 80}  # baseline doubles; D&C at 40 lies between
+    card = {
+        "experiment": "budget",
+        "preset": "smoke",
+        "sweep": "budget-smoke-20260101-000000",
+        "rows": ["K", "epochs"],
+        "metric": "val_recall@1",
+        "mode": "max",
+        "grid": {"num_learners": [1, 4], "epochs": [2, 4], "seed": [0, 1, 2]},
+        "table": {"baseline": {"K": 1}, "metrics": ["test_recall@1"]},
+        "plot": {"kind": "budget", "x": "epochs", "metric": "test_recall@1"},
+    }
+    rows = [
+        trial(
+            f"b{k}{e}{s}",
+            experiment="budget",
+            spec_num_learners=k,
+            spec_epochs=e,
+            spec_seed=s,
+            train_steps=steps[k, e],
+            **{"best_test_recall@1": v},
+        )
+        for (k, e), values in BUDGET_RECALL.items()
+        for s, v in enumerate(values)
+    ]
+    write_sweep(tmp_path, card, rows)
+    summary = budget_summary(load_experiment(tmp_path, "budget")).set_index(["line", "budget"])
+    at = math.log(40 / 30) / math.log(60 / 30)  # where 40 steps lie between 30 and 60, in log steps
+    per_seed = [dc - (b2 + at * (b4 - b2)) for dc, b2, b4 in zip(BUDGET_RECALL[4, 2], BUDGET_RECALL[1, 2], BUDGET_RECALL[1, 4])]
+    short = summary.loc[("4", 2.0)]
+    assert short["steps delta n"] == 3 and short["steps delta"] == pytest.approx(np.mean(per_seed))
+    half = stats.t.ppf(0.975, 2) * np.std(per_seed, ddof=1) / math.sqrt(3)
+    assert short["steps delta high"] - short["steps delta"] == pytest.approx(half)
+    assert short["steps delta"] < short["delta"]  # the baseline with as many steps is closer than at equal epochs
+    assert summary.loc[("4", 4.0)]["steps delta n"] == 0  # 80 steps: past the baseline's longest budget
+    assert summary.loc[("1", 2.0)]["steps delta n"] == 0  # the baseline itself
+    bottom = experiment_figure(load_experiment(tmp_path, "budget")).axes[1]
+    assert [line.get_linestyle() for line in bottom.get_lines()].count("--") == 1  # the equal-steps Δ, drawn once
+    assert "optimiser steps" in bottom.get_title()
 
 
 def test_aliases_come_from_the_card(tmp_path):
