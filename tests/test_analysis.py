@@ -745,7 +745,8 @@ def test_unknown_figure_extensions_are_refused(t6_store, tmp_path, name):
 BUDGET_RECALL = {(1, 2): [0.50, 0.52, 0.54], (4, 2): [0.55, 0.56, 0.60], (1, 4): [0.60, 0.61, 0.62], (4, 4): [0.61, 0.63, 0.62]}
 
 
-def budget_store(root: Path, **card) -> Path:
+def budget_store(root: Path, steps: dict | None = None, **card) -> Path:
+    """steps: (K, epochs) -> the trials' train_steps (None: round robin's, D&C gets more)."""
     card = {
         "experiment": "budget",
         "preset": "smoke",
@@ -769,7 +770,7 @@ def budget_store(root: Path, **card) -> Path:
                 spec_epochs=e,
                 spec_seed=s,
                 spec_warmup_epochs=1,
-                train_steps=10 * (1 + e) * (2 if k > 1 else 1),  # round robin: D&C gets more steps
+                train_steps=steps[k, e] if steps else 10 * (1 + e) * (2 if k > 1 else 1),
                 **{"best_test_recall@1": v},
             )  # no finetune column: 0
             for (k, e), values in BUDGET_RECALL.items()
@@ -813,41 +814,17 @@ def test_budget_summary_compares_at_equal_steps(tmp_path):
     interpolated linearly in log steps between the two baseline budgets that bracket them, and
     not at all outside the baseline's budgets (no extrapolation)."""
     steps = {(1, 2): 30, (1, 4): 60, (4, 2): 40, (4, 4): 80}  # baseline doubles; D&C at 40 lies between
-    card = {
-        "experiment": "budget",
-        "preset": "smoke",
-        "sweep": "budget-smoke-20260101-000000",
-        "rows": ["K", "epochs"],
-        "metric": "val_recall@1",
-        "mode": "max",
-        "grid": {"num_learners": [1, 4], "epochs": [2, 4], "seed": [0, 1, 2]},
-        "table": {"baseline": {"K": 1}, "metrics": ["test_recall@1"]},
-        "plot": {"kind": "budget", "x": "epochs", "metric": "test_recall@1"},
-    }
-    rows = [
-        trial(
-            f"b{k}{e}{s}",
-            experiment="budget",
-            spec_num_learners=k,
-            spec_epochs=e,
-            spec_seed=s,
-            train_steps=steps[k, e],
-            **{"best_test_recall@1": v},
-        )
-        for (k, e), values in BUDGET_RECALL.items()
-        for s, v in enumerate(values)
-    ]
-    write_sweep(tmp_path, card, rows)
+    budget_store(tmp_path, steps=steps)
     summary = budget_summary(load_experiment(tmp_path, "budget")).set_index(["line", "budget"])
     at = math.log(40 / 30) / math.log(60 / 30)  # where 40 steps lie between 30 and 60, in log steps
     per_seed = [dc - (b2 + at * (b4 - b2)) for dc, b2, b4 in zip(BUDGET_RECALL[4, 2], BUDGET_RECALL[1, 2], BUDGET_RECALL[1, 4])]
-    short = summary.loc[("4", 2.0)]
+    short = summary.loc[("4", 3.0)]  # warm-up 1 + divide 2
     assert short["steps delta n"] == 3 and short["steps delta"] == pytest.approx(np.mean(per_seed))
     half = stats.t.ppf(0.975, 2) * np.std(per_seed, ddof=1) / math.sqrt(3)
     assert short["steps delta high"] - short["steps delta"] == pytest.approx(half)
     assert short["steps delta"] < short["delta"]  # the baseline with as many steps is closer than at equal epochs
-    assert summary.loc[("4", 4.0)]["steps delta n"] == 0  # 80 steps: past the baseline's longest budget
-    assert summary.loc[("1", 2.0)]["steps delta n"] == 0  # the baseline itself
+    assert summary.loc[("4", 5.0)]["steps delta n"] == 0  # 80 steps: past the baseline's longest budget
+    assert summary.loc[("1", 3.0)]["steps delta n"] == 0  # the baseline itself
     bottom = experiment_figure(load_experiment(tmp_path, "budget")).axes[1]
     assert [line.get_linestyle() for line in bottom.get_lines()].count("--") == 1  # the equal-steps Δ, drawn once
     assert "optimiser steps" in bottom.get_title()
