@@ -589,20 +589,14 @@ def budget_summary(data: ExperimentData, metric: str | None = None) -> pd.DataFr
     for b in sorted(budget.unique()):
         at = budget == b
         cells = seed_cells(trials[at], y[at], lines[at])
+        step_cells = seed_cells(trials[at], steps_of[at], lines[at])
         for line in ordered_keys(data, lines[at], others):
             base = base_of.get(line)
             spread = t_interval(y[at & (lines == line)])
             delta = paired_delta(cells.get(line, empty), cells.get(base, empty)) if base not in (None, line) else t_interval([])
-            same = at & (lines == line)
-            steps = steps_of[same]
+            steps = steps_of[at & (lines == line)]
             equal_steps = (
-                t_interval(
-                    equal_steps_deltas(
-                        seed_cells(trials[same], y[same], lines[same]).get(line, empty),
-                        seed_cells(trials[same], steps_of[same], lines[same]).get(line, empty),
-                        curves.get(base, {}),
-                    )
-                )
+                t_interval(equal_steps_deltas(cells.get(line, empty), step_cells.get(line, empty), curves.get(base, {})))
                 if base not in (None, line)
                 else t_interval([])
             )
@@ -651,13 +645,14 @@ def equal_steps_deltas(values: pd.Series, steps: pd.Series, base_curves: dict) -
     same optimiser steps: the baseline's value interpolated between its two budgets that bracket
     the line's steps, linear in log steps (an assumption; the budgets double), and none where the
     steps fall outside the baseline's budgets (no extrapolation). A seed without a baseline in
-    its own sweep uses the baseline's curve of that seed in another sweep, as `paired_delta` does."""
+    its own sweep uses that seed's baseline curve from another sweep (`paired_delta` would use
+    the mean over its sweeps)."""
     by_seed = {seed: curve for (_, seed), curve in base_curves.items()}
     differences = []
     for key, value in values.items():
         curve = base_curves.get(key, by_seed.get(key[1]))
         at = steps.get(key, math.nan)
-        if curve is None or not np.isfinite(at) or at <= 0 or len(curve[0]) == 0:
+        if curve is None or not np.isfinite(at) or at <= 0:
             continue
         base_steps, base_values = curve
         if base_steps[0] <= at <= base_steps[-1]:
