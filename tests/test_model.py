@@ -5,6 +5,8 @@ backbone, learned masks. Tiny rendered glyphs on CPU (tests/rigs.py)."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -227,3 +229,36 @@ def test_learned_masks_start_at_ones_learn_faster_and_split_with_the_hierarchy(t
     history, _, _ = run(spec, tmp_path, tiny_data)
     assert [m["active_learners"] for m in history] == [1, 2, 4]
     assert spec.embedding_form == "whole"  # masks are off at test time
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("freeze", ["none", "stats", "all"])
+def test_glyphnet_forward_is_its_layers_with_frozen_batchnorm_folded(layout, freeze):
+    """GlyphNet's forward (BN folded into the convolution when frozen, ReLU after the pool, the
+    weights' layout kept) computes what its `body` of layers computes: outputs, the gradients of
+    every trained parameter, and under `freeze_bn: none` the running statistics it updates."""
+    from dncml.trainers.backbones import GlyphNet
+
+    torch.manual_seed(0)
+    net = GlyphNet(1).to(memory_format=layout)
+    for norm in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        with torch.no_grad():  # statistics and affine weights away from their init, so a wrong fold shows
+            norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+            norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+        norm.train(freeze == "none")
+        norm.weight.requires_grad_(freeze != "all"), norm.bias.requires_grad_(freeze != "all")
+    twin = copy.deepcopy(net)
+    images = torch.rand(16, 1, 32, 32).contiguous(memory_format=layout)
+
+    fast, reference = net(images), twin.body(images)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(fast)
+    (fast * weights).sum().backward()
+    (reference * weights).sum().backward()
+    trained = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    assert {name for name, _ in trained} >= {"body.0.weight", "body.4.weight", "body.8.weight"}
+    assert (freeze != "all") == ("body.1.weight" in dict(trained))
+    for name, parameter in trained:
+        torch.testing.assert_close(parameter.grad, twin.get_parameter(name).grad, rtol=1e-4, atol=1e-5, msg=name)
+    for name, buffer in net.named_buffers():
+        torch.testing.assert_close(buffer, twin.get_buffer(name), msg=name)

@@ -16,13 +16,29 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .registry import BACKBONES
 
 
 class GlyphNet(nn.Module):
-    """Three conv-BN-ReLU-pool blocks (32/64/128 channels): ~100k parameters, CPU-friendly."""
+    """Three conv-BN-ReLU-pool blocks (32/64/128 channels): ~100k parameters, CPU-friendly.
+
+    The forward pass computes the same function as `body` (the layers, kept for the state dict's
+    names) in fewer passes over the activations, which on a CPU cost about as much as the
+    convolutions themselves:
+    * a BatchNorm in eval mode (frozen statistics: `freeze_bn` stats or all) is an affine map per
+      channel, folded into its convolution's weight and bias; autograd trains the convolution (and
+      BN's affine weights, where they train) through the fold;
+    * ReLU after the max-pool instead of before (they commute: ReLU is monotone), on a quarter of
+      the values;
+    * each block's output in the layout of the weights: the first convolution's output (1 input
+      channel, where NCHW and NHWC strides coincide) comes back NCHW, which would put every later
+      layer in NCHW.
+    Together: a training step of the quick run 1.2-1.5x faster on one core, evaluation about 1.1x
+    (`bench_trainer.py --only step`, which times both forms side by side).
+    """
 
     def __init__(self, in_channels: int = 1):
         super().__init__()
@@ -33,7 +49,27 @@ class GlyphNet(nn.Module):
         self.feature_dim = 128
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images)
+        layout = torch.channels_last if _is_channels_last(self.body[4].weight) else torch.contiguous_format
+        x = images
+        for conv, norm in zip(self.body[0::4][:3], self.body[1::4][:3]):
+            x = norm(conv(x)) if norm.training else _conv_frozen_norm(conv, norm, x)
+            x = F.relu(F.max_pool2d(x.contiguous(memory_format=layout), 2))
+        return x.mean((2, 3))
+
+
+def _conv_frozen_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """conv then an eval-mode BatchNorm, as one convolution: y = (W s) * x + (beta - mu s) with
+    s = gamma / sqrt(var + eps), per output channel."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    shift = -norm.running_mean * scale
+    if norm.affine:
+        scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    return F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _is_channels_last(weight: torch.Tensor) -> bool:
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 class ResNetBackbone(nn.Module):

@@ -42,6 +42,7 @@ from dncml.trainers.model import DivideAndConquerNet
 from dncml.trainers.runtime import make_optimizer
 from dncml.trainers.spec import from_dict
 
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suite's tiny training rigs, shared with the tests
 from rigs import train_locally  # noqa: E402
 
@@ -88,6 +89,48 @@ def bench_step(batch_size: int = 128, warm: int = 5, steps: int = 30, d: int = 1
         print(f"{name:<30}{medians[name] * 1e3:>12.1f}{q[0]:>10.1f}{q[1]:>10.1f}")
     divide, plain = medians.values()
     print(f"ratio divide / plain: {divide / plain:.3f}")
+
+
+def bench_backbone_forms(warm: int = 5, steps: int = 40) -> None:
+    """GlyphNet's forward (frozen BN folded into the convolutions, ReLU after the pool, NHWC kept)
+    vs its layers run one after another (`body`), in the quick run's set-up (the shipped
+    pre-trained backbone, frozen BatchNorm, K = 8, channels_last), step by step interleaved."""
+    from dncml.trainers.pretrain import resolve_weights
+    from dncml.trainers.runtime import memory_format
+
+    spec = from_dict({**yaml.safe_load((ROOT / "experiments/runs/glyphs_pretrained.yaml").read_text()), "num_learners": 8})
+    header(f"1b. GlyphNet forward vs its layers one by one (quick run: freeze_bn {spec.resolved_freeze_bn}, K = 8, batch 128, eval 64)")
+    layout = memory_format(spec)
+    forms = {}
+    for name in ("forward (folded)", "layers (body)"):
+        torch.manual_seed(0)
+        net = DivideAndConquerNet(spec, 1, 300, resolve_weights(spec)).to(memory_format=layout).train()
+        if name == "layers (body)":
+            net.backbone.forward = net.backbone.body.forward
+        forms[name] = (net, make_optimizer(spec, net)[0])
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(128, 1, 32, 32, generator=generator).contiguous(memory_format=layout)
+    labels = torch.arange(32).repeat_interleave(4)
+    train_times: dict[str, list[float]] = {name: [] for name in forms}
+    eval_times: dict[str, list[float]] = {name: [] for name in forms}
+    for i in range(warm + steps):
+        for name, (net, optimizer) in forms.items():
+            started = time.perf_counter()
+            loss, _ = net(images, labels, (i % 8, i % 8 + 1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            trained = time.perf_counter()
+            net.embed(images[:64])
+            if i >= warm:
+                train_times[name].append(trained - started)
+                eval_times[name].append(time.perf_counter() - trained)
+    print(f"{'form':<20}{'step ms':>10}{'train img/s':>13}{'eval img/s':>12}")
+    for name in forms:
+        step, embed = statistics.median(train_times[name]), statistics.median(eval_times[name])
+        print(f"{name:<20}{step * 1e3:>10.1f}{128 / step:>13.0f}{64 / embed:>12.0f}")
+    (fast, slow) = (statistics.median(train_times[name]) for name in forms)
+    print(f"speed-up of the training step: {slow / fast:.2f}x")
 
 
 # ------------------------------------------------------------------------- 2. clustering round
@@ -335,6 +378,7 @@ def main(argv=None) -> int:
     chosen = [args.only] if args.only else ["step", "round", "data"] + ([] if args.skip_overhead else ["overhead"])
     if "step" in chosen:
         bench_step()
+        bench_backbone_forms()
     if "round" in chosen:
         bench_round(tuple(args.sizes))
     if "data" in chosen:
