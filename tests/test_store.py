@@ -144,7 +144,7 @@ def test_a_live_lease_is_refused_and_a_dead_one_taken_over(tmp_path):
 
 
 def test_store_callback_stops_a_run_whose_workers_disagree(tmp_path):
-    from dncml.platform.train import StoreCallback, WorkersDisagree
+    from dncml.platform.controller import StoreCallback, WorkersDisagree
 
     callback = StoreCallback(str(tmp_path), "train", "t-1", ["val_recall@1"])
     agree = [{**epoch_row(0), "assignment_version": 0, "assignment_digest": 7, "node_id": n} for n in ("a", "b")]
@@ -271,3 +271,15 @@ def test_a_merge_that_fails_does_not_end_the_sweep(tmp_path, monkeypatch, caplog
         callback.on_trial_complete(0, [], None)
         callback.on_trial_error(0, [], None)
     assert sum("could not merge ended trials" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_the_controller_loads_the_store_callback_without_the_trainer():
+    """Ray Train's controller (a new process every trial) unpickles `StoreCallback`: its module
+    must not pull in the training stack that only the workers need."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "pytorch_metric_learning", "scipy.stats", "dncml.trainers.divide_and_conquer")
+    code = f"import sys, dncml.platform.controller; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
+    assert loaded.strip() == "[]"
