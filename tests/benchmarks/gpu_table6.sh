@@ -25,7 +25,7 @@ import sys
 from dncml.experiments.loader import load_experiment
 from dncml.platform.store import ResultsStore
 
-card = load_experiment("table6_grouping", "quick").card("table6_gpu16")
+card = load_experiment("table6_grouping", "quick", overrides=["run.epochs=15"]).card("table6_gpu16")  # the runs above: 15 + 1 epochs
 card.update(preset="gpu16", description="quick Table 6 at a 16-epoch budget (15 divide + 1 conquer) on one GPU, without Ray")
 ResultsStore(sys.argv[1]).write_card("table6_gpu16", card)
 PY
