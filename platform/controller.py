@@ -2,8 +2,9 @@
 row to the results store.
 
 Kept apart from `train.py` so that unpickling it in the controller imports only the store and
-Ray Train, not the trainer (torch's training stack, pytorch-metric-learning, SciPy): the
-controller is a new process for every trial, and those imports were a second of its start-up.
+Ray Train, not the trainer (dncml's trainers, pytorch-metric-learning, SciPy; torch the controller
+imports anyway, for Ray's `TorchConfig`): the controller is a new process for every trial, and
+those imports were a second of its start-up.
 """
 
 from __future__ import annotations
